@@ -1,0 +1,575 @@
+"""The synchronous client: :func:`connect`, :class:`Hub`, :class:`Space`, :class:`Version`.
+
+>>> import embcache
+>>> hub = embcache.connect()                                  # embedded Redis when no URL is given
+>>> space = hub.create_space("movies", dim=64, metric="cosine")
+>>> v1 = space.create_version()
+>>> v1.upsert(["m1", "m2"], vectors, metadatas=[{"genre": "drama"}, {"genre": "comedy"}])
+>>> v1.query(vectors[:1], n_results=2).ids
+[['m1', 'm2']]
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from . import codec
+from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .catalogue import Catalogue, SpaceRecord, VersionRecord
+from .errors import InvalidInput, NotFound
+from .filters import compile_where
+from .keys import Keys, check_name
+from .search import merge_ranked
+from .store import Store, open_client, translate_errors
+from .views import Overlay, OverlayItem, pos_key, search_view
+
+__all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
+
+Consistency = Literal["eventual", "session", "strong"]
+CONSISTENCY_LEVELS = ("eventual", "session", "strong")
+DEFAULT_CACHE_BYTES = 2 << 30
+_INCLUDE_GET = ("embeddings", "metadatas")
+_INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
+
+
+@dataclass
+class QueryResult:
+    """Column-oriented answer of a query, one row per query embedding.
+
+    ``ids[i]`` lists the ids nearest to query ``i``, nearest first. ``distances`` is a float32 array
+    ``(n_queries, n_results)`` in the space's metric; where a query has fewer than ``n_results`` matches its
+    row ends in ``inf``. ``metadatas`` and ``embeddings`` are filled when ``include`` asks for them.
+    """
+
+    ids: list[list[str]]
+    distances: np.ndarray
+    metadatas: list[list[dict[str, Any] | None]] | None = None
+    embeddings: list[np.ndarray] | None = None
+
+
+@dataclass
+class GetResult:
+    """Column-oriented answer of :meth:`Version.get`: the ids found, in the order asked, and their data."""
+
+    ids: list[str]
+    embeddings: np.ndarray | None = None
+    metadatas: list[dict[str, Any] | None] | None = None
+    partitions: list[str] | None = None
+
+
+def connect(
+    url: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    cluster: bool | None = None,
+    prefix: str = "emb",
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    refresh_interval: float = 1.0,
+) -> "Hub":
+    """Connect to a hub.
+
+    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; without it ``EMBCACHE_URL`` is used, and without that
+    the embedded server (see :mod:`embcache.server`) is started or reused. Redis Cluster is detected unless
+    ``cluster`` says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often
+    (seconds) loaded partitions are checked for new data.
+    """
+    if url is None:
+        url = os.environ.get("EMBCACHE_URL") or None
+    if url is None:
+        from .server import ensure_embedded
+
+        url = ensure_embedded()
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidInput(f"url must start with redis://, rediss:// or unix://, got {url!r}")
+    if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+        raise InvalidInput("cache_bytes must be a positive integer")
+    client = open_client(url, username=username, password=password, cluster=cluster)
+    return Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
+               username=username, password=password)
+
+
+class Hub:
+    """One Redis deployment holding many spaces. Create it with :func:`connect`; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        url: str = "",
+        prefix: str = "emb",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        refresh_interval: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.url = url
+        self.username = username
+        self._password = password
+        self.keys = Keys(prefix)
+        self.store = Store(client, self.keys)
+        self.store.ensure_functions()
+        self.catalogue = Catalogue(self.store)
+        self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
+        self._records: dict[str, SpaceRecord] = {}
+        self._registered: set[tuple[str, str, str]] = set()
+        self._session: dict[tuple[str, str, str], Overlay] = {}
+        self._session_lock = threading.Lock()
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when the data lives on Redis Cluster."""
+        return self.store.is_cluster
+
+    # spaces -----------------------------------------------------------------------------------------------
+    def create_space(
+        self,
+        name: str,
+        dim: int,
+        metric: str = "cosine",
+        *,
+        dtype: str = "float32",
+        M: int = 16,
+        ef_construction: int = 200,
+        ef: int = 64,
+    ) -> "Space":
+        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken."""
+        check_name(name, "space name")
+        params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef)
+        record = SpaceRecord(name=name, created=time.time(), **params)
+        self.catalogue.create_space(record)
+        self._records[name] = record
+        return Space(self, record)
+
+    def space(self, name: str) -> "Space":
+        """An existing space; :class:`~embcache.errors.NotFound` otherwise."""
+        return Space(self, self._record(name))
+
+    def spaces(self) -> list[str]:
+        """Names of all spaces, sorted."""
+        return self.catalogue.list_spaces()
+
+    def drop_space(self, name: str) -> None:
+        """Delete a space with all its versions, data and snapshots."""
+        record = self._record(name)
+        cat = self.catalogue
+        with translate_errors(f"drop space {name}"):
+            self.store.r.srem(self.keys.spaces(), name)
+            for v in cat.list_versions(name):
+                for p in cat.partitions(name, v.name):
+                    self.store.delete_partition(self.keys.partition(name, v.name, p))
+            for key in cat.space_keys(name):
+                self.store.r.delete(key)
+        self._records.pop(record.name, None)
+        self.cache.drop(lambda pid: pid[0] == name)
+        with self._session_lock:
+            for pid in [p for p in self._session if p[0] == name]:
+                del self._session[pid]
+        self._registered = {p for p in self._registered if p[0] != name}
+
+    def _record(self, name: str) -> SpaceRecord:
+        rec = self._records.get(name)
+        if rec is None:
+            rec = self.catalogue.get_space(name)
+            self._records[name] = rec
+        return rec
+
+    # lifecycle --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the refresher and close the connections."""
+        self.cache.close()
+        self.store.r.close()
+
+    def __enter__(self) -> "Hub":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Hub({self.url!r})"
+
+    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
+    def _remember(self, pid: tuple[str, str, str], items: Overlay) -> None:
+        if self.cache.cached(pid) is None and not self.cache.loading(pid):
+            return  # a base loaded later reads these writes from Redis
+        with self._session_lock:
+            self._session.setdefault(pid, {}).update(items)
+
+    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay:
+        with self._session_lock:
+            ov = self._session.get(pid)
+            if not ov:
+                return {}
+            covered = pos_key(base_pos)
+            stale = [i for i, it in ov.items() if pos_key(it.pos) <= covered]
+            for i in stale:
+                del ov[i]
+            return dict(ov)
+
+
+class Space:
+    """A named embedding space. Get one from :meth:`Hub.create_space` or :meth:`Hub.space`."""
+
+    def __init__(self, hub: Hub, record: SpaceRecord) -> None:
+        self.hub = hub
+        self.record = record
+        self.name = record.name
+        self.dim = record.dim
+        self.metric = record.metric
+        self.dtype = record.dtype
+        self.M = record.M
+        self.ef_construction = record.ef_construction
+        self.ef = record.ef
+        self.info = SpaceInfo(record.dim, record.dtype, record.metric)
+
+    def __repr__(self) -> str:
+        return f"Space({self.name!r}, dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r})"
+
+    def create_version(self, name: str | None = None, *, description: str = "") -> "Version":
+        """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
+        if not isinstance(description, str):
+            raise InvalidInput("description must be a str")
+        rec = self.hub.catalogue.create_version(self.name, name, description)
+        return Version(self, rec)
+
+    def version(self, name: str) -> "Version":
+        """A version by name or alias (``space.version("live")``)."""
+        target = self.hub.catalogue.resolve(self.name, name)
+        return Version(self, self.hub.catalogue.get_version(self.name, target))
+
+    def versions(self) -> list["Version"]:
+        """All versions, oldest first."""
+        return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
+
+    def set_alias(self, alias: str, version: "Version | str") -> None:
+        """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
+        name = version.name if isinstance(version, Version) else version
+        if isinstance(version, Version) and version.space.name != self.name:
+            raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
+        self.hub.catalogue.set_alias(self.name, alias, name)
+
+    def promote(self, version: "Version | str", alias: str = "live") -> None:
+        """Same as ``set_alias(alias, version)``."""
+        self.set_alias(alias, version)
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: version name}``."""
+        return self.hub.catalogue.aliases(self.name)
+
+    def alias_history(self, alias: str) -> list[str]:
+        """Previous targets of ``alias``, most recent first."""
+        return self.hub.catalogue.alias_history(self.name, alias)
+
+    def rollback(self, alias: str = "live") -> "Version":
+        """Point ``alias`` back at its previous target and return that version."""
+        return self.version(self.hub.catalogue.rollback(self.name, alias))
+
+    def default_version(self) -> "Version":
+        """The version ``live`` points at, else the newest one."""
+        aliases = self.aliases()
+        if "live" in aliases:
+            return self.version(aliases["live"])
+        versions = self.versions()
+        if not versions:
+            raise NotFound(f"space {self.name!r} has no versions")
+        return versions[-1]
+
+    def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`Version.query` on :meth:`default_version`."""
+        return self.default_version().query(query_embeddings, n_results, **kwargs)
+
+    def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`Version.query_by_id` on :meth:`default_version`."""
+        return self.default_version().query_by_id(ids, n_results, **kwargs)
+
+
+class Version:
+    """One generation of a space's embeddings: where items are written and queried."""
+
+    def __init__(self, space: Space, record: VersionRecord) -> None:
+        self.space = space
+        self.hub = space.hub
+        self.name = record.name
+        self.state = record.state
+        self.description = record.description
+
+    def __repr__(self) -> str:
+        return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
+
+    def _pid(self, partition: str) -> tuple[str, str, str]:
+        return (self.space.name, self.name, partition)
+
+    def _pk(self, partition: str):  # noqa: ANN202
+        return self.hub.keys.partition(self.space.name, self.name, partition)
+
+    # writes -----------------------------------------------------------------------------------------------
+    def upsert(
+        self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
+        partition: str = "default",
+    ) -> int:
+        """Insert or replace items in ``partition``; returns how many were written.
+
+        ``embeddings`` is array-like ``(n, dim)``. The whole call is atomic on its partition: all items and the
+        change-log entry are written together, or nothing is. Metadata replaces the item's previous metadata
+        (``None`` clears it). An id may live in only one partition of a version.
+        """
+        check_name(partition, "partition name")
+        id_list = codec.check_ids(ids)
+        mat = codec.check_matrix(embeddings, self.space.dim)
+        if mat.shape[0] != len(id_list):
+            raise InvalidInput(f"got {len(id_list)} ids but {mat.shape[0]} embeddings")
+        meta_texts = codec.check_metadatas(metadatas, len(id_list))
+        if self.space.metric == "cosine":
+            mat = codec.normalise(mat)
+        blobs = codec.encode_vectors(mat, self.space.dtype)
+        pid = self._pid(partition)
+        self._register(partition)
+        self._refuse_ids_elsewhere(partition, id_list)
+        store = self.hub.store
+        pos = store.write_upserts(self._pk(partition), id_list, blobs, meta_texts)
+        store.mark_dirty(self.space.name, self.name, partition)
+        stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
+        metas = metadatas if metadatas is not None else [None] * len(id_list)
+        self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)})
+        return len(id_list)
+
+    def delete(self, ids: Sequence[str], partition: str | None = None) -> int:
+        """Delete items (from ``partition``, or wherever they are); returns how many existed."""
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        parts = [check_name(partition, "partition name")] if partition is not None else self.partitions()
+        if partition is not None and partition not in self.partitions():
+            raise NotFound(f"version {self.name!r} has no partition {partition!r}")
+        self._check_open()
+        id_list = list(dict.fromkeys(id_list))
+        total = 0
+        for p in parts:
+            gone, pos = self.hub.store.write_deletes(self._pk(p), id_list)
+            if pos is not None:
+                self.hub.store.mark_dirty(self.space.name, self.name, p)
+                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone})
+            total += len(gone)
+        return total
+
+    def seal(self) -> None:
+        """Make the version read-only (idempotent)."""
+        for p in self.hub.catalogue.seal(self.space.name, self.name):
+            self.hub.store.flag_sealed(self._pk(p))
+        self.state = "sealed"
+
+    def _check_open(self) -> None:
+        rec = self.hub.catalogue.get_version(self.space.name, self.name)
+        self.state = rec.state
+        if rec.state != "open":
+            from .errors import VersionSealed
+
+            raise VersionSealed(f"version {self.space.name}/{self.name} is sealed")
+
+    def _register(self, partition: str) -> None:
+        pid = self._pid(partition)
+        if pid not in self.hub._registered:
+            self.hub.catalogue.register_partition(self.space.name, self.name, partition)
+            self.hub._registered.add(pid)
+
+    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> None:
+        for p in self.partitions():
+            if p == partition:
+                continue
+            found = [i for i, there in zip(ids, self.hub.store.existing(self._pk(p), ids)) if there]
+            if found:
+                raise InvalidInput(
+                    f"id {found[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
+                    "an item lives in one partition: delete it there first"
+                )
+
+    # reads ------------------------------------------------------------------------------------------------
+    def partitions(self) -> list[str]:
+        """Names of the partitions that hold (or held) items, sorted."""
+        return self.hub.catalogue.partitions(self.space.name, self.name)
+
+    def _partitions_arg(self, partitions: object) -> list[str]:
+        known = self.partitions()
+        if partitions is None:
+            return known
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        if not isinstance(partitions, (list, tuple)) or not partitions:
+            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
+        for p in partitions:
+            check_name(p, "partition name")
+            if p not in known:
+                raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
+        return list(dict.fromkeys(partitions))
+
+    def count(self, partition: str | None = None) -> int:
+        """Number of items (in one partition, or in all)."""
+        parts = self._partitions_arg(None if partition is None else [partition])
+        return sum(self.hub.store.count(self._pk(p)) for p in parts)
+
+    def get(
+        self, ids: Sequence[str], include: Sequence[str] = _INCLUDE_GET, partitions: Sequence[str] | None = None
+    ) -> GetResult:
+        """Stored items by id, in the order asked; ids that do not exist are left out.
+
+        Embeddings of ``cosine`` spaces come back normalised (they are stored that way).
+        """
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        include = _check_include(include, _INCLUDE_GET)
+        found: dict[str, tuple[bytes, bytes | None, str]] = {}
+        for p in self._partitions_arg(partitions):
+            vecs, metas = self.hub.store.read_items(self._pk(p), id_list)
+            for i, v, m in zip(id_list, vecs, metas):
+                if v is not None:
+                    found[i] = (v, m, p)
+        order = [i for i in dict.fromkeys(id_list) if i in found]
+        res = GetResult(ids=order, partitions=[found[i][2] for i in order])
+        if "embeddings" in include:
+            res.embeddings = codec.decode_vectors([found[i][0] for i in order], self.space.dim, self.space.dtype)
+        if "metadatas" in include:
+            res.metadatas = codec.parse_json_objects(found[i][1] for i in order)
+        return res
+
+    def query(
+        self,
+        query_embeddings: Any,
+        n_results: int = 10,
+        *,
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        include: Sequence[str] = ("distances",),
+    ) -> QueryResult:
+        """Nearest neighbours of each query embedding.
+
+        ``query_embeddings`` is ``(n, dim)`` or one vector ``(dim,)``. ``partitions`` restricts the search;
+        ``where`` filters on metadata (see :mod:`embcache.filters`); ``ef`` overrides the space's search width.
+        ``consistency``: ``eventual`` answers from loaded bases only; ``session`` (default) adds this hub's own
+        writes; ``strong`` adds every write committed before the call (one round trip per partition).
+        """
+        queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
+        k = codec.check_n_results(n_results)
+        include = _check_include(include, _INCLUDE_QUERY)
+        predicate = compile_where(where)
+        ef = _check_ef(ef)
+        if consistency not in CONSISTENCY_LEVELS:
+            raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
+        parts = self._partitions_arg(partitions)
+        if self.space.metric == "cosine":
+            queries = codec.normalise(queries, what="query_embeddings")
+        return self._search(queries, k, parts, predicate, ef, consistency, include)
+
+    def query_by_id(
+        self,
+        ids: Sequence[str],
+        n_results: int = 10,
+        *,
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        include: Sequence[str] = ("distances",),
+    ) -> QueryResult:
+        """Neighbours of stored items (each item itself excluded), one row per id.
+
+        :class:`~embcache.errors.NotFound` if an id is not stored in this version.
+        """
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        got = self.get(id_list, include=("embeddings",))
+        missing = [i for i in id_list if i not in set(got.ids)]
+        if missing:
+            raise NotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
+        row = {i: j for j, i in enumerate(got.ids)}
+        assert got.embeddings is not None
+        queries = got.embeddings[[row[i] for i in id_list]]
+        res = self.query(queries, n_results + 1, partitions=partitions, where=where, ef=ef,
+                         consistency=consistency, include=include)
+        keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
+        res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
+        res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
+        if res.metadatas is not None:
+            res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
+        if res.embeddings is not None:
+            res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
+        return res
+
+    def _search(self, queries, k, parts, predicate, ef, consistency, include) -> QueryResult:  # noqa: ANN001
+        hub, info = self.hub, self.space.info
+        pids = [self._pid(p) for p in parts]
+        bases = [hub.cache.get(pid, info) for pid in pids]
+        if consistency == "eventual":
+            overlays: list[Overlay] = [{} for _ in pids]
+        elif consistency == "session":
+            overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
+        else:
+            overlays = []
+            tails = hub.store.read_tails([(self._pk(p), b.position) for p, b in zip(parts, bases)])
+            for i, tail in enumerate(tails):
+                if tail is None:  # the log no longer reaches back to the base: load afresh
+                    bases[i] = hub.cache.reload(pids[i], info)
+                    overlays.append({})
+                else:
+                    overlays.append(tail_overlay(tail, info))
+        per_part = [
+            search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
+            for b, ov in zip(bases, overlays)
+        ]
+        merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
+        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k))
+        if "metadatas" in include or "embeddings" in include:
+            where_is = _locator(bases, overlays)
+            if "metadatas" in include:
+                res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
+            if "embeddings" in include:
+                res.embeddings = [
+                    np.stack([where_is(i, "vector") for i in row]) if row else np.zeros((0, self.space.dim), np.float32)
+                    for row in res.ids
+                ]
+        return res
+
+
+def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+    def find(id_: str, what: str) -> Any:
+        for base, ov in zip(bases, overlays):
+            if id_ in ov:
+                return getattr(ov[id_], what)
+            if id_ in base:
+                return base.metadata(id_) if what == "metadata" else base.vector(id_)
+        return None
+
+    return find
+
+
+def _pad(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    width = min(max(width, 0), k)
+    out = np.full((len(rows), width), np.inf, dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r[:width]
+    return out
+
+
+def _check_include(include: object, allowed: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(include, str):
+        include = (include,)
+    if not isinstance(include, (list, tuple)):
+        raise InvalidInput(f"include must be a list drawn from {', '.join(allowed)}")
+    for x in include:
+        if x not in allowed:
+            raise InvalidInput(f"include: unknown field {x!r}; use {', '.join(allowed)}")
+    return tuple(include)
+
+
+def _check_ef(ef: object) -> int | None:
+    if ef is None:
+        return None
+    if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or not 1 <= ef <= 10_000:
+        raise InvalidInput(f"ef must be an integer in [1, 10000], got {ef!r}")
+    return int(ef)

@@ -1,0 +1,205 @@
+"""Validation and encoding of ids, vectors and metadata: pure functions, no I/O.
+
+Every public write or query passes its arguments through here before anything is sent to Redis, so a rejected
+call has changed nothing. Vectors are stored as raw little-endian bytes of the space's dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import DimensionMismatch, InvalidInput
+
+__all__ = [
+    "METRICS",
+    "DTYPES",
+    "MAX_ID_BYTES",
+    "MAX_METADATA_BYTES",
+    "check_ids",
+    "check_matrix",
+    "check_metadatas",
+    "check_n_results",
+    "check_space_params",
+    "encode_vectors",
+    "decode_vectors",
+    "normalise",
+]
+
+METRICS = ("cosine", "l2", "ip")
+DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+MAX_ID_BYTES = 512
+MAX_METADATA_BYTES = 64 * 1024
+MAX_DIM = 65536
+
+
+def check_ids(ids: object, *, allow_duplicates: bool = False) -> list[str]:
+    """Return ``ids`` as a list of str; a single str is one id.
+
+    Ids are non-empty strings of at most 512 UTF-8 bytes; a batch is non-empty and, unless
+    ``allow_duplicates``, has no id twice.
+    """
+    if isinstance(ids, str):
+        ids = [ids]
+    if isinstance(ids, np.ndarray):
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple)):
+        raise InvalidInput(f"ids must be a list of strings, got {type(ids).__name__}")
+    if not ids:
+        raise InvalidInput("ids is empty")
+    out: list[str] = []
+    for i, item in enumerate(ids):
+        if not isinstance(item, str):
+            raise InvalidInput(f"ids[{i}] must be a str, got {type(item).__name__}")
+        if not item:
+            raise InvalidInput(f"ids[{i}] is an empty string")
+        try:
+            size = len(item.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"ids[{i}] is not valid Unicode: {exc}") from None
+        if size > MAX_ID_BYTES:
+            raise InvalidInput(f"ids[{i}] is {size} bytes long; the limit is {MAX_ID_BYTES}")
+        out.append(item)
+    if not allow_duplicates and len(set(out)) != len(out):
+        seen: set[str] = set()
+        dup = next(x for x in out if x in seen or seen.add(x))  # type: ignore[func-returns-value]
+        raise InvalidInput(f"id {dup!r} appears more than once in the batch")
+    return out
+
+
+def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: bool = False) -> np.ndarray:
+    """Return ``data`` as a C-contiguous float32 matrix of shape ``(n, dim)``, n >= 1.
+
+    Rejects non-numeric data, wrong shapes or dimensions, empty batches, and NaN/inf values.
+    ``allow_1d`` accepts a single vector of shape ``(dim,)`` as one row.
+    """
+    if isinstance(data, np.ndarray):
+        arr = data
+    else:
+        if isinstance(data, (str, bytes)) or data is None:
+            raise InvalidInput(f"{what} must be an array-like of numbers, got {type(data).__name__}")
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{what} is not a rectangular array of numbers: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInput(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 1 and allow_1d:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidInput(f"{what} must be a 2-D array (n, {dim}), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InvalidInput(f"{what} is empty")
+    if arr.shape[1] != dim:
+        raise DimensionMismatch(f"{what} have dimension {arr.shape[1]}, the space has dim={dim}")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = int(np.argwhere(~np.isfinite(out))[0][0])
+        raise InvalidInput(f"{what}[{bad}] contains NaN or infinity (or a value too large for float32)")
+    return out
+
+
+def normalise(mat: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
+    """Rows scaled to unit L2 norm (for the cosine metric); a zero row is an error."""
+    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    if (norms == 0).any():
+        bad = int(np.argwhere(norms[:, 0] == 0)[0][0])
+        raise InvalidInput(f"{what}[{bad}] is a zero vector, which has no cosine direction")
+    return (mat / norms).astype(np.float32, copy=False)
+
+
+def encode_vectors(mat: np.ndarray, dtype: str) -> list[bytes]:
+    """One little-endian bytes string per row, in the space's dtype.
+
+    float16 spaces reject values beyond float16's range rather than storing infinity.
+    """
+    arr = np.ascontiguousarray(mat, dtype=DTYPES[dtype])
+    if dtype == "float16" and not np.isfinite(arr).all():
+        raise InvalidInput("embeddings contain values beyond float16's range (|x| > 65504)")
+    width = arr.shape[1] * arr.dtype.itemsize
+    raw = arr.tobytes()
+    return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+
+def decode_vectors(blobs: Sequence[bytes], dim: int, dtype: str) -> np.ndarray:
+    """Inverse of :func:`encode_vectors`: a float32 matrix ``(len(blobs), dim)``."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    arr = np.frombuffer(b"".join(blobs), dtype=DTYPES[dtype])
+    return arr.reshape(len(blobs), dim).astype(np.float32)
+
+
+def check_metadatas(metadatas: object, n: int) -> list[str | None]:
+    """Validate ``metadatas`` (None, or one JSON object or None per item) and return their JSON texts."""
+    if metadatas is None:
+        return [None] * n
+    if isinstance(metadatas, dict):
+        raise InvalidInput("metadatas must be a list with one dict (or None) per id, got a single dict")
+    if not isinstance(metadatas, (list, tuple)):
+        raise InvalidInput(f"metadatas must be a list of dicts, got {type(metadatas).__name__}")
+    if len(metadatas) != n:
+        raise InvalidInput(f"got {len(metadatas)} metadatas for {n} ids")
+    out: list[str | None] = []
+    for i, meta in enumerate(metadatas):
+        if meta is None:
+            out.append(None)
+            continue
+        if not isinstance(meta, dict):
+            raise InvalidInput(f"metadatas[{i}] must be a dict or None, got {type(meta).__name__}")
+        for key in meta:
+            if not isinstance(key, str) or not key or key.startswith("$"):
+                raise InvalidInput(f"metadatas[{i}] has an invalid key {key!r} (non-empty str not starting with $)")
+        try:
+            text = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
+        if len(text.encode()) > MAX_METADATA_BYTES:
+            raise InvalidInput(f"metadatas[{i}] is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        out.append(text)
+    return out
+
+
+def check_n_results(n_results: object) -> int:
+    """``n_results`` as a positive int."""
+    if isinstance(n_results, bool) or not isinstance(n_results, (int, np.integer)) or n_results < 1:
+        raise InvalidInput(f"n_results must be a positive integer, got {n_results!r}")
+    if n_results > 10_000:
+        raise InvalidInput(f"n_results={n_results} is above the limit of 10000")
+    return int(n_results)
+
+
+def check_space_params(
+    dim: object, metric: object, dtype: object, M: object, ef_construction: object, ef: object
+) -> dict[str, Any]:
+    """Validated parameters of a new space."""
+
+    def positive_int(name: str, value: object, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise InvalidInput(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        return int(value)
+
+    if metric not in METRICS:
+        raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if dtype not in DTYPES:
+        raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return {
+        "dim": positive_int("dim", dim, 1, MAX_DIM),
+        "metric": metric,
+        "dtype": dtype,
+        "M": positive_int("M", M, 2, 128),
+        "ef_construction": positive_int("ef_construction", ef_construction, 1, 10_000),
+        "ef": positive_int("ef", ef, 1, 10_000),
+    }
+
+
+def parse_json_objects(texts: Iterable[bytes | str | None]) -> list[dict[str, Any] | None]:
+    """Metadata JSON texts (None for absent) back into dicts."""
+    return [None if t is None else json.loads(t) for t in texts]
+
+
+def isfinite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,197 @@
+#!lua name=embcache
+-- embcache's Redis Functions library. Every write that must be atomic is one of these functions, and each
+-- touches only the keys it is given, all in one hash tag (one Cluster slot). Errors start with a code
+-- (EMBSEALED, EMBNOTFOUND, ...) that the client maps to its exception tree.
+
+local LIB_VERSION = '__LIB_VERSION__'
+
+local function libversion(keys, args)
+  return LIB_VERSION
+end
+
+-- Partition writes. KEYS: vec, meta, log, state.
+
+local function sealed(state)
+  return redis.call('HGET', state, 'sealed') == '1'
+end
+
+-- ARGV: ids_json, n, then n triples (id, vector bytes, metadata json or '' for none)
+local function upsert(keys, args)
+  if sealed(keys[4]) then
+    return redis.error_reply('EMBSEALED the version is sealed')
+  end
+  local n = tonumber(args[2])
+  for i = 0, n - 1 do
+    local id, vec, meta = args[3 + 3 * i], args[4 + 3 * i], args[5 + 3 * i]
+    redis.call('HSET', keys[1], id, vec)
+    if meta == '' then
+      redis.call('HDEL', keys[2], id)
+    else
+      redis.call('HSET', keys[2], id, meta)
+    end
+  end
+  local pos = redis.call('XADD', keys[3], '*', 'op', 'u', 'ids', args[1])
+  redis.call('HSET', keys[4], 'pos', pos)
+  return pos
+end
+
+-- ARGV: ids_json, ids... ; only ids that exist are logged. Returns {deleted_json, pos} ({'[]', false} if none)
+local function delete(keys, args)
+  if sealed(keys[4]) then
+    return redis.error_reply('EMBSEALED the version is sealed')
+  end
+  local gone = {}
+  for i = 2, #args do
+    if redis.call('HDEL', keys[1], args[i]) == 1 then
+      gone[#gone + 1] = args[i]
+    end
+    redis.call('HDEL', keys[2], args[i])
+  end
+  if #gone == 0 then
+    return {'[]', false}
+  end
+  local ids = cjson.encode(gone)
+  local pos = redis.call('XADD', keys[3], '*', 'op', 'd', 'ids', ids)
+  redis.call('HSET', keys[4], 'pos', pos)
+  return {ids, pos}
+end
+
+-- Read-only. ARGV: ids... Returns {vectors, metadatas} with false for missing.
+local function get(keys, args)
+  return {redis.call('HMGET', keys[1], unpack(args)), redis.call('HMGET', keys[2], unpack(args))}
+end
+
+-- Read-only. Everything changed after log position ARGV[1] ('0-0' = from the start), as the net effect:
+-- {pos, ids, vectors, metadatas} where a false vector means deleted. {'TRIMMED'} when the log no longer
+-- reaches back that far, {'TOOLONG'} when more than ARGV[2] entries follow (the caller reloads in full).
+local function tail(keys, args)
+  local from, limit = args[1], tonumber(args[2])
+  local pos = redis.call('HGET', keys[4], 'pos') or '0-0'
+  if pos == from then
+    return {pos, {}, {}, {}}
+  end
+  local trimmed = redis.call('HGET', keys[4], 'trimmed_to')
+  if trimmed and from ~= pos then
+    local fm, fs = string.match(from, '^(%d+)-(%d+)$')
+    local tm, ts = string.match(trimmed, '^(%d+)-(%d+)$')
+    fm, fs, tm, ts = tonumber(fm), tonumber(fs), tonumber(tm), tonumber(ts)
+    if fm < tm or (fm == tm and fs < ts) then
+      return {'TRIMMED'}
+    end
+  end
+  local start = '-'
+  if from ~= '0-0' then
+    start = '(' .. from
+  end
+  local entries = redis.call('XRANGE', keys[3], start, '+', 'COUNT', limit + 1)
+  if #entries > limit then
+    return {'TOOLONG'}
+  end
+  local seen, ids = {}, {}
+  for _, e in ipairs(entries) do
+    local fields = e[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'ids' then
+        for _, id in ipairs(cjson.decode(fields[j + 1])) do
+          if not seen[id] then
+            seen[id] = true
+            ids[#ids + 1] = id
+          end
+        end
+      end
+    end
+  end
+  if #ids == 0 then
+    return {pos, {}, {}, {}}
+  end
+  local vecs, metas = {}, {}
+  for i, id in ipairs(ids) do  -- one by one: unpack() of a long list would overflow Lua's stack
+    vecs[i] = redis.call('HGET', keys[1], id)
+    metas[i] = redis.call('HGET', keys[2], id)
+  end
+  return {pos, ids, vecs, metas}
+end
+
+-- Space-level. KEYS: space, versions, seq. ARGV: name ('' = next vN), record json (name added here).
+local function create_version(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return redis.error_reply('EMBNOTFOUND no such space')
+  end
+  local name = args[1]
+  if name == '' then
+    repeat
+      name = 'v' .. redis.call('INCR', keys[3])
+    until redis.call('HEXISTS', keys[2], name) == 0
+  elseif redis.call('HEXISTS', keys[2], name) == 1 then
+    return redis.error_reply('EMBEXISTS version ' .. name .. ' already exists')
+  end
+  local rec = cjson.decode(args[2])
+  rec['name'] = name
+  redis.call('HSET', keys[2], name, cjson.encode(rec))
+  return name
+end
+
+-- KEYS: versions, parts. ARGV: version, partition. Adds the partition to an open version.
+local function register(keys, args)
+  local rec = redis.call('HGET', keys[1], args[1])
+  if not rec then
+    return redis.error_reply('EMBNOTFOUND no version ' .. args[1])
+  end
+  if cjson.decode(rec)['state'] ~= 'open' then
+    return redis.error_reply('EMBSEALED version ' .. args[1] .. ' is sealed')
+  end
+  return redis.call('SADD', keys[2], args[2])
+end
+
+-- KEYS: versions, parts. ARGV: version. Marks it sealed; returns its partitions (the caller flags each one).
+local function seal(keys, args)
+  local rec = redis.call('HGET', keys[1], args[1])
+  if not rec then
+    return redis.error_reply('EMBNOTFOUND no version ' .. args[1])
+  end
+  local r = cjson.decode(rec)
+  r['state'] = 'sealed'
+  redis.call('HSET', keys[1], args[1], cjson.encode(r))
+  return redis.call('SMEMBERS', keys[2])
+end
+
+-- KEYS: versions, aliases, history. ARGV: alias, version. Moves the alias, remembering the old target.
+local function set_alias(keys, args)
+  if redis.call('HEXISTS', keys[1], args[2]) == 0 then
+    return redis.error_reply('EMBNOTFOUND no version ' .. args[2])
+  end
+  local old = redis.call('HGET', keys[2], args[1])
+  if old == args[2] then
+    return old
+  end
+  if old then
+    redis.call('LPUSH', keys[3], old)
+    redis.call('LTRIM', keys[3], 0, 99)
+  end
+  redis.call('HSET', keys[2], args[1], args[2])
+  return old or false
+end
+
+-- KEYS: aliases, history. ARGV: alias. Points the alias back at its previous target.
+local function rollback(keys, args)
+  if redis.call('HEXISTS', keys[1], args[1]) == 0 then
+    return redis.error_reply('EMBNOTFOUND no alias ' .. args[1])
+  end
+  local prev = redis.call('LPOP', keys[2])
+  if not prev then
+    return redis.error_reply('EMBNOHISTORY alias ' .. args[1] .. ' has no previous target')
+  end
+  redis.call('HSET', keys[1], args[1], prev)
+  return prev
+end
+
+redis.register_function{function_name='emb_libversion', callback=libversion, flags={'no-writes'}}
+redis.register_function('emb_upsert', upsert)
+redis.register_function('emb_delete', delete)
+redis.register_function{function_name='emb_get', callback=get, flags={'no-writes'}}
+redis.register_function{function_name='emb_tail', callback=tail, flags={'no-writes'}}
+redis.register_function('emb_create_version', create_version)
+redis.register_function('emb_register', register)
+redis.register_function('emb_seal', seal)
+redis.register_function('emb_set_alias', set_alias)
+redis.register_function('emb_rollback', rollback)

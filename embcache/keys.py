@@ -1,0 +1,170 @@
+"""Every Redis key and channel embcache uses is built here, and only here.
+
+Layout (default prefix ``emb``)::
+
+    emb:{_hub}:spaces                         set    names of all spaces
+    emb:{movies}:space                        hash   the space's record (dim, metric, dtype, HNSW params)
+    emb:{movies}:versions                     hash   version name -> JSON record (state, created, ...)
+    emb:{movies}:seq                          string counter behind the default names v1, v2, ...
+    emb:{movies}:aliases                      hash   alias -> version name
+    emb:{movies}:alias:live                   list   history of the alias' targets, newest first
+    emb:{movies}:parts:v1                     set    partitions of version v1
+    emb:{movies}:dirty                        zset   "version/partition" -> time first marked dirty
+    emb:{movies}:events                       channel snapshot publications of the space
+    emb:{movies/v1/default}:vec               hash   item id -> raw little-endian vector bytes
+    emb:{movies/v1/default}:meta              hash   item id -> metadata JSON
+    emb:{movies/v1/default}:log               stream change log (op, ids) written with every change
+    emb:{movies/v1/default}:state             hash   sealed flag, log trim point, build statistics
+    emb:{movies/v1/default}:snap              string manifest of the published snapshot (the pointer)
+    emb:{movies/v1/default}:snap:7:0          string chunk 0 of snapshot generation 7
+
+The text between braces is the Redis Cluster hash tag: every key of one partition of one version lives in one
+slot, so a partition's writes are atomic even on a cluster, and every space-level key lives in the space's slot.
+Names are restricted to ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``, so no name can contain a brace, a glob character,
+the ``/`` that separates the parts of a partition tag, or the ``:`` that separates key parts; ACL key patterns
+built by :mod:`embcache.acl` rely on that.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidName
+
+__all__ = ["Keys", "PartitionKeys", "ParsedKey", "check_name", "NAME_PATTERN", "DEFAULT_PREFIX"]
+
+DEFAULT_PREFIX = "emb"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_NAME_RE = re.compile(NAME_PATTERN)
+_HUB_TAG = "_hub"
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """Return ``name`` if it is a safe space/version/alias/partition name, else raise :class:`InvalidName`."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid {what} {name!r}: use 1-64 characters from A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """The keys of one partition of one version; all share one hash tag (one Cluster slot)."""
+
+    tag: str
+    vec: str
+    meta: str
+    log: str
+    state: str
+    snap: str
+
+    def chunk(self, generation: int, index: int) -> str:
+        """Key of chunk ``index`` of snapshot ``generation``."""
+        return f"{self.snap}:{generation}:{index}"
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    """The parts of a key built by :class:`Keys` (None where a part does not apply)."""
+
+    kind: str
+    space: str | None = None
+    version: str | None = None
+    partition: str | None = None
+    extra: tuple[str, ...] = ()
+
+
+class Keys:
+    """Builds the keys of one hub (one prefix)."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", prefix):
+            raise InvalidName(f"invalid key prefix {prefix!r}")
+        self.prefix = prefix
+
+    # hub level
+    def spaces(self) -> str:
+        return f"{self.prefix}:{{{_HUB_TAG}}}:spaces"
+
+    # space level
+    def _space(self, space: str, suffix: str) -> str:
+        return f"{self.prefix}:{{{check_name(space, 'space name')}}}:{suffix}"
+
+    def space(self, space: str) -> str:
+        return self._space(space, "space")
+
+    def versions(self, space: str) -> str:
+        return self._space(space, "versions")
+
+    def seq(self, space: str) -> str:
+        return self._space(space, "seq")
+
+    def aliases(self, space: str) -> str:
+        return self._space(space, "aliases")
+
+    def alias_history(self, space: str, alias: str) -> str:
+        return self._space(space, f"alias:{check_name(alias, 'alias')}")
+
+    def parts(self, space: str, version: str) -> str:
+        return self._space(space, f"parts:{check_name(version, 'version name')}")
+
+    def dirty(self, space: str) -> str:
+        return self._space(space, "dirty")
+
+    def events(self, space: str) -> str:
+        return self._space(space, "events")
+
+    def space_pattern(self, space: str) -> str:
+        """Glob that matches every space-level key of ``space`` (for SCAN and ACL)."""
+        return self._space(space, "*")
+
+    # partition level
+    def partition_tag(self, space: str, version: str, partition: str) -> str:
+        check_name(space, "space name")
+        check_name(version, "version name")
+        check_name(partition, "partition name")
+        return f"{space}/{version}/{partition}"
+
+    def partition(self, space: str, version: str, partition: str) -> PartitionKeys:
+        tag = self.partition_tag(space, version, partition)
+        base = f"{self.prefix}:{{{tag}}}"
+        return PartitionKeys(
+            tag=tag,
+            vec=f"{base}:vec",
+            meta=f"{base}:meta",
+            log=f"{base}:log",
+            state=f"{base}:state",
+            snap=f"{base}:snap",
+        )
+
+    def partition_pattern(self, space: str, version: str = "*", partition: str = "*") -> str:
+        """Glob over partition keys of a space; ``*`` for any version or partition (for SCAN and ACL)."""
+        check_name(space, "space name")
+        if version != "*":
+            check_name(version, "version name")
+        if partition != "*":
+            check_name(partition, "partition name")
+        return f"{self.prefix}:{{{space}/{version}/{partition}}}:*"
+
+    # parsing
+    def parse(self, key: str | bytes) -> ParsedKey:
+        """Split a key built by this object back into its parts; raises :class:`InvalidName` otherwise."""
+        if isinstance(key, bytes):
+            key = key.decode()
+        m = re.fullmatch(re.escape(self.prefix) + r":\{([^{}]+)\}:(.+)", key)
+        if not m:
+            raise InvalidName(f"not an embcache key: {key!r}")
+        tag, rest = m.group(1), m.group(2).split(":")
+        if tag == _HUB_TAG:
+            return ParsedKey(kind=rest[0], extra=tuple(rest[1:]))
+        parts = tag.split("/")
+        for p in parts:
+            check_name(p)
+        if len(parts) == 1:
+            return ParsedKey(kind=rest[0], space=parts[0], extra=tuple(rest[1:]))
+        if len(parts) == 3:
+            kind = "chunk" if rest[0] == "snap" and len(rest) == 3 else rest[0]
+            return ParsedKey(kind=kind, space=parts[0], version=parts[1], partition=parts[2], extra=tuple(rest[1:]))
+        raise InvalidName(f"not an embcache key: {key!r}")

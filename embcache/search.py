@@ -1,0 +1,95 @@
+"""Exact (brute-force) nearest-neighbour search and merging of ranked results: pure numpy, no I/O.
+
+Distances follow hnswlib's conventions, so exact and indexed answers are comparable:
+``l2`` is the squared Euclidean distance, ``ip`` is ``1 - <q, x>``, ``cosine`` is ``1 - cos(q, x)`` (vectors of
+cosine spaces are normalised on write, queries on arrival, so it is computed as ``1 - <q, x>``).
+
+The exact path ranks candidates in float32 and re-ranks a margin of them in float64, so its answers match an
+independent float64 brute force up to genuine ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["Ranked", "exact_search", "pairwise_distances", "merge_ranked", "EMPTY"]
+
+# One query's answer from one source: ids nearest first and their distances (float32, ascending).
+Ranked = tuple[list[str], np.ndarray]
+EMPTY: Ranked = ([], np.zeros(0, dtype=np.float32))
+_QUERY_BLOCK = 256  # bounds the (queries x items) distance matrix held at once
+
+
+def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str, dtype: type = np.float32) -> np.ndarray:
+    """Distances ``(len(queries), len(items))`` in ``metric``, computed in ``dtype``."""
+    q = queries.astype(dtype, copy=False)
+    x = items.astype(dtype, copy=False)
+    if metric == "l2":
+        d = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * (q @ x.T)
+        return np.maximum(d, 0.0, out=d)
+    return 1.0 - q @ x.T
+
+
+def _exact_rerank(queries: np.ndarray, items: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+    """float64 distances of each query to its candidate rows ``cand`` (q, c)."""
+    q = queries.astype(np.float64)[:, None, :]
+    x = items[cand].astype(np.float64)
+    if metric == "l2":
+        return ((x - q) ** 2).sum(-1)
+    return 1.0 - (x * q).sum(-1)
+
+
+def exact_search(
+    items: np.ndarray, queries: np.ndarray, k: int, metric: str, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``items`` nearest to each query: ``(rows int64 (q, m), distances float32 (q, m))``.
+
+    ``allowed`` is an optional boolean mask over rows; ``m = min(k, number of allowed rows)``.
+    """
+    n_q = queries.shape[0]
+    rows = np.arange(items.shape[0]) if allowed is None else np.flatnonzero(allowed)
+    m = min(k, rows.size)
+    if m == 0:
+        return np.zeros((n_q, 0), dtype=np.int64), np.zeros((n_q, 0), dtype=np.float32)
+    pool = items[rows] if allowed is not None else items
+    c = min(rows.size, k + max(16, k // 2))  # float32 ranking, float64 re-rank of a margin
+    out_rows = np.empty((n_q, m), dtype=np.int64)
+    out_dist = np.empty((n_q, m), dtype=np.float32)
+    for start in range(0, n_q, _QUERY_BLOCK):
+        qb = queries[start : start + _QUERY_BLOCK]
+        d = pairwise_distances(qb, pool, metric)
+        cand = np.argpartition(d, c - 1, axis=1)[:, :c] if c < pool.shape[0] else np.tile(np.arange(c), (len(qb), 1))
+        exact = _exact_rerank(qb, pool, cand, metric)
+        order = np.argsort(exact, axis=1, kind="stable")[:, :m]
+        out_rows[start : start + len(qb)] = rows[np.take_along_axis(cand, order, 1)]
+        out_dist[start : start + len(qb)] = np.take_along_axis(exact, order, 1)
+    return out_rows, out_dist
+
+
+def merge_ranked(sources: Sequence[Ranked], k: int) -> Ranked:
+    """The ``k`` nearest of several ranked lists of one query (one per partition or overlay).
+
+    An id that appears in several sources keeps its smallest distance.
+    """
+    sources = [s for s in sources if s[0]]
+    if not sources:
+        return EMPTY
+    if len(sources) == 1 and len(sources[0][0]) <= k:
+        return sources[0]
+    ids = [i for s in sources for i in s[0]]
+    dists = np.concatenate([np.asarray(s[1], dtype=np.float32) for s in sources])
+    order = np.argsort(dists, kind="stable")
+    out_ids: list[str] = []
+    out_d: list[float] = []
+    seen: set[str] = set()
+    for j in order:
+        if ids[j] in seen:
+            continue
+        seen.add(ids[j])
+        out_ids.append(ids[j])
+        out_d.append(dists[j])
+        if len(out_ids) == k:
+            break
+    return out_ids, np.asarray(out_d, dtype=np.float32)

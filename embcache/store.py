@@ -1,0 +1,265 @@
+"""The Redis layer: connections, the Functions library, error translation, and a partition's data operations.
+
+Nothing above this module builds Redis commands. Every atomic write is a function of ``functions.lua`` called
+with keys of one hash tag, so it works unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.cluster
+from redis import exceptions as rexc
+
+from .errors import AlreadyExists, EmbcacheError, NotFound, PermissionDenied, Unavailable, VersionSealed
+from .keys import Keys, PartitionKeys
+
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
+
+_LIB_TEMPLATE = resources.files("embcache").joinpath("functions.lua").read_text()
+LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
+LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
+
+WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
+WRITE_CHUNK_BYTES = 8 << 20
+TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
+SCAN_COUNT = 1000
+
+_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str = "") -> Iterator[None]:
+    """Map redis-py exceptions onto embcache's tree (ACL refusals, unreachable servers, function errors)."""
+    try:
+        yield
+    except EmbcacheError:
+        raise
+    except rexc.NoPermissionError as exc:
+        raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
+    except rexc.AuthenticationError as exc:
+        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
+        raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
+    except rexc.ResponseError as exc:
+        text = str(exc)
+        for code, kind in _CODES.items():
+            if text.startswith(code):
+                raise kind(text[len(code) :].strip()) from None
+        if text.startswith("NOPERM"):
+            raise PermissionDenied(f"{operation}: {text}") from None
+        raise
+
+
+def open_client(
+    url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
+) -> redis.Redis | redis.cluster.RedisCluster:
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
+    if username is not None:
+        opts["username"] = username
+    if password is not None:
+        opts["password"] = password
+    with translate_errors("connect"):
+        if cluster is None:
+            probe = redis.Redis.from_url(url, **opts)
+            try:
+                info = probe.info("cluster")
+            except rexc.NoPermissionError:
+                info = {}
+            finally:
+                probe.close()
+            cluster = bool(info.get("cluster_enabled"))
+        if cluster:
+            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+        client = redis.Redis.from_url(url, **opts)
+        client.ping()
+        return client
+
+
+@dataclass
+class Tail:
+    """The net effect of a partition's change log after a position: ids with their current vector/metadata."""
+
+    pos: str
+    ids: list[str]
+    vectors: list[bytes | None]  # None: deleted
+    metadatas: list[bytes | None]
+
+
+@dataclass
+class PartitionData:
+    """A full, consistent copy of a partition at log position ``pos``."""
+
+    pos: str
+    ids: list[str] = field(default_factory=list)
+    vectors: list[bytes] = field(default_factory=list)
+    metadatas: list[bytes | None] = field(default_factory=list)
+
+
+def _s(x: bytes | str | None) -> str | None:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+class Store:
+    """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    # functions library ------------------------------------------------------------------------------------
+    def ensure_functions(self) -> None:
+        """Load the Functions library when it is missing or older (needs the FUNCTION permission; a restricted
+        principal relies on the operator having loaded it)."""
+        with translate_errors("load functions"):
+            try:
+                loaded = self.r.fcall_ro("emb_libversion", 0)
+                if _s(loaded) == LIB_VERSION:
+                    return
+            except rexc.NoPermissionError:
+                return
+            except rexc.ResponseError:
+                pass  # not loaded yet
+            try:
+                self.r.function_load(LIB_CODE, replace=True)
+            except rexc.NoPermissionError:
+                return
+
+    def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Any:
+        with translate_errors(operation):
+            call = self.r.fcall_ro if ro else self.r.fcall
+            return call(name, len(keys), *keys, *args)
+
+    # partition data ---------------------------------------------------------------------------------------
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> str:
+        """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
+        calls = []
+        start = 0
+        while start < len(ids):
+            end, size = start, 0
+            while end < len(ids) and end - start < WRITE_CHUNK_ITEMS and size < WRITE_CHUNK_BYTES:
+                size += len(blobs[end]) + len(ids[end]) + len(metas[end] or "")
+                end += 1
+            args: list[Any] = [json.dumps(ids[start:end], ensure_ascii=False), end - start]
+            for i in range(start, end):
+                args += [ids[i], blobs[i], metas[i] or ""]
+            calls.append(args)
+            start = end
+        keys = [pk.vec, pk.meta, pk.log, pk.state]
+        with translate_errors("upsert"):
+            if len(calls) == 1:
+                return _s(self.r.fcall("emb_upsert", len(keys), *keys, *calls[0]))  # type: ignore[return-value]
+            pipe = self.r.pipeline(transaction=True)
+            for args in calls:
+                pipe.fcall("emb_upsert", len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            with translate_errors("upsert"):
+                raise errors[0]
+        return _s(results[-1])  # type: ignore[return-value]
+
+    def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[str], str | None]:
+        """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
+        keys = [pk.vec, pk.meta, pk.log, pk.state]
+        res = self.fcall("emb_delete", keys, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
+        return json.loads(res[0]), _s(res[1]) if res[1] else None
+
+    def existing(self, pk: PartitionKeys, ids: list[str]) -> list[bool]:
+        """Which of ``ids`` exist in the partition."""
+        with translate_errors("lookup"):
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                pipe.hexists(pk.vec, i)
+            return [bool(x) for x in pipe.execute()]
+
+    def read_items(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[bytes | None], list[bytes | None]]:
+        """Vectors and metadata of ``ids`` (None where missing), read atomically."""
+        res = self.fcall("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
+        return list(res[0]), list(res[1])
+
+    def count(self, pk: PartitionKeys) -> int:
+        with translate_errors("count"):
+            return int(self.r.hlen(pk.vec))
+
+    def position(self, pk: PartitionKeys) -> str:
+        """The partition's latest change-log position ('0-0' when it was never written)."""
+        with translate_errors("position"):
+            return _s(self.r.hget(pk.state, "pos")) or "0-0"
+
+    def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Tail | None:
+        """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
+        res = self.fcall("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
+        return self._parse_tail(res)
+
+    @staticmethod
+    def _parse_tail(res: Any) -> Tail | None:
+        if len(res) == 1:
+            return None
+        return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]), metadatas=list(res[3]))
+
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> list[Tail | None]:
+        """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
+        with translate_errors("tail"):
+            pipe = self.r.pipeline(transaction=False)
+            for pk, since in requests:
+                keys = [pk.vec, pk.meta, pk.log, pk.state]
+                pipe.fcall_ro("emb_tail", len(keys), *keys, since, limit)
+            results = pipe.execute()
+        return [self._parse_tail(r) for r in results]
+
+    def read_partition(self, pk: PartitionKeys) -> PartitionData:
+        """A consistent full copy without blocking Redis: note the log position, scan the hashes in pieces,
+        then replay the log tail from the noted position (anything that moved during the scan is in it)."""
+        since = self.position(pk)
+        vectors: dict[str, bytes] = {}
+        metas: dict[str, bytes] = {}
+        with translate_errors("scan"):
+            for k, v in self.r.hscan_iter(pk.vec, count=SCAN_COUNT):
+                vectors[k.decode()] = v
+            for k, v in self.r.hscan_iter(pk.meta, count=SCAN_COUNT):
+                metas[k.decode()] = v
+        tail = self.read_tail(pk, since, limit=1 << 30)
+        assert tail is not None  # the log is trimmed only behind published snapshots' positions
+        for i, id_ in enumerate(tail.ids):
+            if tail.vectors[i] is None:
+                vectors.pop(id_, None)
+                metas.pop(id_, None)
+            else:
+                vectors[id_] = tail.vectors[i]  # type: ignore[assignment]
+                if tail.metadatas[i] is None:
+                    metas.pop(id_, None)
+                else:
+                    metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
+        ids = list(vectors)
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+
+    def mark_dirty(self, space: str, version: str, partition: str) -> None:
+        """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
+        import time
+
+        with translate_errors("mark dirty"):
+            self.r.zadd(self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+
+    def flag_sealed(self, pk: PartitionKeys) -> None:
+        with translate_errors("seal"):
+            self.r.hset(pk.state, "sealed", "1")
+
+    def delete_partition(self, pk: PartitionKeys) -> None:
+        """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
+        with translate_errors("delete partition"):
+            raw = self.r.get(pk.snap)
+            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap]
+            if raw is not None:
+                manifest = json.loads(raw)
+                keys += [pk.chunk(manifest["generation"], i) for i in range(manifest["chunks"])]
+            self.r.delete(*keys)

@@ -1,0 +1,188 @@
+"""What a client holds of one partition, and how it answers a query from it: pure, no I/O.
+
+A partition view is a *base* loaded at a change-log position (an :class:`ExactBase` of all vectors, or a
+worker-built :class:`~embcache.snapshot.HnswBase`) plus an *overlay* of changes after that position (this hub's
+own writes at ``session``, the Redis log tail at ``strong``). Bases are immutable once built: a refresh builds a
+new one and swaps the reference, so a query never sees one half-updated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .filters import Predicate
+from .search import EMPTY, Ranked, exact_search, merge_ranked
+
+__all__ = ["Base", "ExactBase", "Overlay", "OverlayItem", "search_view", "pos_key", "predicate_mask"]
+
+
+def pos_key(pos: str | bytes | None) -> tuple[int, int]:
+    """A change-log position (Redis stream id ``ms-seq``) as a comparable tuple."""
+    if not pos:
+        return (0, 0)
+    if isinstance(pos, bytes):
+        pos = pos.decode()
+    ms, _, seq = pos.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+@dataclass(frozen=True)
+class OverlayItem:
+    """A change not in the base: the current vector (None when deleted) and metadata."""
+
+    pos: str
+    vector: np.ndarray | None
+    metadata: dict[str, Any] | None
+
+
+Overlay = dict[str, OverlayItem]
+
+
+class Base(Protocol):
+    """What every base offers the query planner."""
+
+    position: str
+    metric: str
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def search(
+        self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None
+    ) -> list[Ranked]: ...
+
+    def metadata(self, id_: str) -> dict[str, Any] | None: ...
+
+    def vector(self, id_: str) -> np.ndarray | None: ...
+
+    def __contains__(self, id_: str) -> bool: ...
+
+
+def predicate_mask(metas: Sequence[dict[str, Any] | None], predicate: Predicate) -> np.ndarray:
+    """Boolean mask of the rows whose metadata passes ``predicate``."""
+    return np.fromiter((predicate(m) for m in metas), dtype=bool, count=len(metas))
+
+
+class _MaskCache:
+    """The last few filter masks of one base, keyed by the filter object (filters repeat in serving)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.items: OrderedDict[int, tuple[Predicate, np.ndarray]] = OrderedDict()
+
+    def get(self, predicate: Predicate, metas: Sequence[dict[str, Any] | None]) -> np.ndarray:
+        key = id(predicate)
+        hit = self.items.get(key)
+        if hit is not None and hit[0] is predicate:
+            self.items.move_to_end(key)
+            return hit[1]
+        mask = predicate_mask(metas, predicate)
+        self.items[key] = (predicate, mask)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return mask
+
+
+class ExactBase:
+    """All vectors of a partition in one matrix, searched by brute force."""
+
+    kind = "exact"
+
+    def __init__(
+        self, position: str, ids: list[str], matrix: np.ndarray, metas: list[dict[str, Any] | None], metric: str
+    ) -> None:
+        self.position = position
+        self.ids = ids
+        self.matrix = matrix
+        self.metas = metas
+        self.metric = metric
+        self.row = {id_: i for i, id_ in enumerate(ids)}
+        self._masks = _MaskCache()
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.matrix.nbytes + 200 * len(self.ids)
+
+    def __contains__(self, id_: str) -> bool:
+        return id_ in self.row
+
+    def metadata(self, id_: str) -> dict[str, Any] | None:
+        return self.metas[self.row[id_]]
+
+    def vector(self, id_: str) -> np.ndarray | None:
+        i = self.row.get(id_)
+        return None if i is None else self.matrix[i]
+
+    def search(
+        self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None = None
+    ) -> list[Ranked]:
+        allowed = None
+        if predicate is not None:
+            allowed = self._masks.get(predicate, self.metas).copy()
+        if exclude:
+            hidden = [self.row[i] for i in exclude if i in self.row]
+            if hidden:
+                allowed = np.ones(self.count, dtype=bool) if allowed is None else allowed
+                allowed[hidden] = False
+        rows, dists = exact_search(self.matrix, queries, k, self.metric, allowed)
+        ids = self.ids
+        return [([ids[j] for j in r], d) for r, d in zip(rows, dists)]
+
+    def with_changes(self, position: str, overlay: Overlay) -> "ExactBase":
+        """A new base with ``overlay`` applied (the old one is left untouched for queries still reading it)."""
+        keep = [i for i, id_ in enumerate(self.ids) if id_ not in overlay]
+        added = [(id_, it) for id_, it in overlay.items() if it.vector is not None]
+        ids = [self.ids[i] for i in keep] + [id_ for id_, _ in added]
+        parts = [self.matrix[keep]]
+        if added:
+            parts.append(np.stack([it.vector for _, it in added]).astype(np.float32))  # type: ignore[misc]
+        matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        metas = [self.metas[i] for i in keep] + [it.metadata for _, it in added]
+        return ExactBase(position, ids, np.ascontiguousarray(matrix), metas, self.metric)
+
+
+def overlay_from_rows(
+    pos: str, ids: Sequence[str], vectors: Sequence[np.ndarray | None], metas: Sequence[bytes | str | None]
+) -> Overlay:
+    return {
+        id_: OverlayItem(pos, vec, None if vec is None or m is None else json.loads(m))
+        for id_, vec, m in zip(ids, vectors, metas)
+    }
+
+
+def search_view(
+    base: Base | None,
+    overlay: Overlay,
+    queries: np.ndarray,
+    k: int,
+    predicate: Predicate | None,
+    ef: int | None,
+    metric: str,
+) -> list[Ranked]:
+    """One partition's answer: the base without what the overlay replaced or deleted, plus the overlay's live
+    items searched exactly, merged by distance."""
+    exclude = set(overlay)
+    results = base.search(queries, k, predicate, exclude, ef) if base is not None and base.count else None
+    live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and (predicate is None or predicate(it.metadata))]
+    if not live:
+        return results if results is not None else [EMPTY for _ in range(len(queries))]
+    ids = [id_ for id_, _ in live]
+    mat = np.stack([it.vector for _, it in live]).astype(np.float32)  # type: ignore[misc]
+    rows, dists = exact_search(mat, queries, k, metric)
+    extra = [([ids[j] for j in r], d) for r, d in zip(rows, dists)]
+    if results is None:
+        return extra
+    return [merge_ranked([a, b], k) for a, b in zip(results, extra)]

@@ -1,0 +1,1 @@
+"""RQ job functions of embcache."""
