@@ -15,10 +15,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing import Any
+
+from . import snapshot
 from .codec import decode_vectors
-from .errors import EmbcacheError
+from .errors import EmbcacheError, SnapshotCorrupt
 from .keys import PartitionKeys
-from .store import PartitionData, Store, Tail
+from .store import PartitionData, Store, Tail, translate_errors
 from .views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
@@ -34,6 +37,7 @@ class SpaceInfo:
     dim: int
     dtype: str
     metric: str
+    ef: int = 64
 
 
 def tail_overlay(tail: Tail, info: SpaceInfo) -> Overlay:
@@ -63,6 +67,7 @@ class PartitionCache:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.corrupt_seen = 0
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -103,7 +108,20 @@ class PartitionCache:
         return base
 
     def _load(self, pid: PartitionId, info: SpaceInfo) -> Base:
-        return exact_base(self.store.read_partition(self.keys(pid)), info)
+        pk = self.keys(pid)
+        base = self._load_snapshot(pk, info)
+        return base if base is not None else exact_base(self.store.read_partition(pk), info)
+
+    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
+        """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
+        try:
+            with translate_errors("load snapshot"):
+                return snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+        except SnapshotCorrupt as exc:
+            self.corrupt_seen += 1
+            log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
+            self.store.report_corrupt(pk, str(exc))
+            return None
 
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
         with self._lock:
@@ -142,17 +160,38 @@ class PartitionCache:
             self._thread = None
 
     def _run(self) -> None:
+        pubsub: Any = None
+        subscribed: set[str] = set()
         while not self._stop.is_set():
-            self._wake.wait(self.refresh_interval)
+            try:  # a snapshot notification wakes us early; otherwise poll every refresh_interval
+                channels = {self.store.keys.events(pid[0]) for pid in list(self._bases)}
+                if pubsub is None:
+                    pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+                    subscribed = set()
+                if channels - subscribed:
+                    pubsub.subscribe(*(channels - subscribed))
+                    subscribed |= channels
+                if pubsub.get_message(timeout=self.refresh_interval) is not None:
+                    while pubsub.get_message(timeout=0) is not None:
+                        pass
+            except Exception as exc:  # noqa: BLE001 - no pub/sub (ACL, Redis away): fall back to polling
+                log.debug("notifications unavailable: %s", exc)
+                pubsub = None
+                self._wake.wait(self.refresh_interval)
             self._wake.clear()
             if self._stop.is_set():
-                return
+                break
             try:
                 self.refresh()
             except EmbcacheError as exc:  # Redis away: keep serving what is loaded
                 log.debug("refresh skipped: %s", exc)
             except Exception:  # noqa: BLE001 - the refresher must outlive any one bad partition
                 log.exception("refresh failed")
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def refresh(self) -> int:
         """Bring every cached base up to date; returns how many were replaced."""
@@ -172,6 +211,12 @@ class PartitionCache:
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
         pk = self.keys(pid)
+        with translate_errors("refresh"):
+            manifest = snapshot.read_manifest(self.store.r, pk)
+        if manifest is not None and manifest.generation != getattr(base, "generation", None):
+            new = self._load_snapshot(pk, info, manifest)
+            if new is not None:
+                return new
         if not isinstance(base, ExactBase):
             return None
         if self.store.position(pk) == base.position:

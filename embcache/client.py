@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from . import codec
+from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
 from .errors import InvalidInput, NotFound
@@ -228,7 +229,7 @@ class Space:
         self.M = record.M
         self.ef_construction = record.ef_construction
         self.ef = record.ef
-        self.info = SpaceInfo(record.dim, record.dtype, record.metric)
+        self.info = SpaceInfo(record.dim, record.dtype, record.metric, record.ef)
 
     def __repr__(self) -> str:
         return f"Space({self.name!r}, dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r})"
@@ -363,6 +364,28 @@ class Version:
         for p in self.hub.catalogue.seal(self.space.name, self.name):
             self.hub.store.flag_sealed(self._pk(p))
         self.state = "sealed"
+
+    def build(self, wait: bool = True, *, timeout: float | None = 600.0,
+              on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
+        """Ask the workers to (re)index every partition with unindexed changes.
+
+        With ``wait`` (default), block until the snapshots cover everything written before the call
+        (:class:`~embcache.errors.BuildTimeout` after ``timeout`` seconds); otherwise return at once a
+        :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
+        ``on_progress(done, total)`` is called as partitions complete.
+        """
+        store = self.hub.store
+        keys = {p: self._pk(p) for p in self.partitions()}
+        targets = {p: store.position(pk) for p, pk in keys.items()}
+        for p in keys:
+            store.mark_dirty(self.space.name, self.name, p)
+        handle = BuildHandle(store, keys, targets)
+        return handle.wait(timeout, on_progress) if wait else handle
+
+    def stats(self) -> list[PartitionStats]:
+        """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
+        and a corrupt-snapshot report if a reader refused one."""
+        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self.partitions()]
 
     def _check_open(self) -> None:
         rec = self.hub.catalogue.get_version(self.space.name, self.name)

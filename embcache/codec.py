@@ -105,7 +105,9 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
 
 def normalise(mat: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
     """Rows scaled to unit L2 norm (for the cosine metric); a zero row is an error."""
-    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    # float64: squaring float32 values above ~1.8e19 overflows (the row would become all zeros) and below
+    # ~1e-23 underflows (a non-zero row would look like a zero one)
+    norms = np.linalg.norm(np.asarray(mat, dtype=np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         bad = int(np.argwhere(norms[:, 0] == 0)[0][0])
         raise InvalidInput(f"{what}[{bad}] is a zero vector, which has no cosine direction")
@@ -155,9 +157,10 @@ def check_metadatas(metadatas: object, n: int) -> list[str | None]:
                 raise InvalidInput(f"metadatas[{i}] has an invalid key {key!r} (non-empty str not starting with $)")
         try:
             text = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
+            size = len(text.encode("utf-8"))  # a lone surrogate fails here
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidInput(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
-        if len(text.encode()) > MAX_METADATA_BYTES:
+        if size > MAX_METADATA_BYTES:
             raise InvalidInput(f"metadatas[{i}] is larger than {MAX_METADATA_BYTES} bytes as JSON")
         out.append(text)
     return out
@@ -182,9 +185,9 @@ def check_space_params(
             raise InvalidInput(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
         return int(value)
 
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return {
         "dim": positive_int("dim", dim, 1, MAX_DIM),

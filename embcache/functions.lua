@@ -185,6 +185,43 @@ local function rollback(keys, args)
   return prev
 end
 
+-- Snapshot publication. KEYS: snap (pointer), state, log, the new generation's chunks, the old one's chunks.
+-- ARGV: manifest json, generation it was built on, number of new chunks, grace seconds, log trim point ('' =
+-- none), channel, message. Fails with EMBCONFLICT when another build published first or a chunk expired.
+local function publish(keys, args)
+  local cur = redis.call('GET', keys[1])
+  local curgen = 0
+  if cur then
+    curgen = tonumber(cjson.decode(cur)['generation'])
+  end
+  if curgen ~= tonumber(args[2]) then
+    return redis.error_reply('EMBCONFLICT generation ' .. curgen .. ' was published meanwhile')
+  end
+  local n_new = tonumber(args[3])
+  for i = 4, 3 + n_new do
+    if redis.call('EXISTS', keys[i]) == 0 then
+      return redis.error_reply('EMBCONFLICT a chunk of the new snapshot expired before publication')
+    end
+  end
+  for i = 4, 3 + n_new do
+    redis.call('PERSIST', keys[i])
+  end
+  for i = 4 + n_new, #keys do
+    redis.call('EXPIRE', keys[i], tonumber(args[4]))
+  end
+  redis.call('SET', keys[1], args[1])
+  local m = cjson.decode(args[1])
+  redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
+    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']))
+  redis.call('HDEL', keys[2], 'corrupt')
+  if args[5] ~= '' then
+    redis.call('XTRIM', keys[3], 'MINID', args[5])
+    redis.call('HSET', keys[2], 'trimmed_to', args[5])
+  end
+  redis.call('PUBLISH', args[6], args[7])
+  return m['generation']
+end
+
 redis.register_function{function_name='emb_libversion', callback=libversion, flags={'no-writes'}}
 redis.register_function('emb_upsert', upsert)
 redis.register_function('emb_delete', delete)
@@ -195,3 +232,4 @@ redis.register_function('emb_register', register)
 redis.register_function('emb_seal', seal)
 redis.register_function('emb_set_alias', set_alias)
 redis.register_function('emb_rollback', rollback)
+redis.register_function('emb_publish', publish)

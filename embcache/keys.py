@@ -17,6 +17,7 @@ Layout (default prefix ``emb``)::
     emb:{movies/v1/default}:state             hash   sealed flag, log trim point, build statistics
     emb:{movies/v1/default}:snap              string manifest of the published snapshot (the pointer)
     emb:{movies/v1/default}:snap:7:0          string chunk 0 of snapshot generation 7
+    emb:{movies/v1/default}:lease             string held (with a TTL) by the worker building the partition
 
 The text between braces is the Redis Cluster hash tag: every key of one partition of one version lives in one
 slot, so a partition's writes are atomic even on a cluster, and every space-level key lives in the space's slot.
@@ -38,6 +39,11 @@ DEFAULT_PREFIX = "emb"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 _HUB_TAG = "_hub"
+# the key kinds :meth:`Keys.parse` recognises, by level
+_HUB_KINDS = frozenset({"spaces"})
+_SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "events"})
+_SPACE_NAMED_KINDS = frozenset({"alias", "parts"})  # followed by one name
+_PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap"})
 
 
 def check_name(name: object, what: str = "name") -> str:
@@ -59,6 +65,7 @@ class PartitionKeys:
     log: str
     state: str
     snap: str
+    lease: str
 
     def chunk(self, generation: int, index: int) -> str:
         """Key of chunk ``index`` of snapshot ``generation``."""
@@ -137,6 +144,7 @@ class Keys:
             log=f"{base}:log",
             state=f"{base}:state",
             snap=f"{base}:snap",
+            lease=f"{base}:lease",
         )
 
     def partition_pattern(self, space: str, version: str = "*", partition: str = "*") -> str:
@@ -152,19 +160,33 @@ class Keys:
     def parse(self, key: str | bytes) -> ParsedKey:
         """Split a key built by this object back into its parts; raises :class:`InvalidName` otherwise."""
         if isinstance(key, bytes):
-            key = key.decode()
+            try:
+                key = key.decode()
+            except UnicodeDecodeError:
+                raise InvalidName(f"not an embcache key: {key!r}") from None
+        if not isinstance(key, str):
+            raise InvalidName(f"not an embcache key: {key!r}")
         m = re.fullmatch(re.escape(self.prefix) + r":\{([^{}]+)\}:(.+)", key)
         if not m:
             raise InvalidName(f"not an embcache key: {key!r}")
         tag, rest = m.group(1), m.group(2).split(":")
+        kind, extra = rest[0], tuple(rest[1:])
         if tag == _HUB_TAG:
-            return ParsedKey(kind=rest[0], extra=tuple(rest[1:]))
+            if kind in _HUB_KINDS and not extra:
+                return ParsedKey(kind=kind)
+            raise InvalidName(f"not an embcache key: {key!r}")
         parts = tag.split("/")
-        for p in parts:
-            check_name(p)
+        if not all(_NAME_RE.fullmatch(p) for p in parts):
+            raise InvalidName(f"not an embcache key: {key!r}")
         if len(parts) == 1:
-            return ParsedKey(kind=rest[0], space=parts[0], extra=tuple(rest[1:]))
-        if len(parts) == 3:
-            kind = "chunk" if rest[0] == "snap" and len(rest) == 3 else rest[0]
-            return ParsedKey(kind=kind, space=parts[0], version=parts[1], partition=parts[2], extra=tuple(rest[1:]))
+            if (kind in _SPACE_KINDS and not extra) or (
+                kind in _SPACE_NAMED_KINDS and len(extra) == 1 and _NAME_RE.fullmatch(extra[0])
+            ):
+                return ParsedKey(kind=kind, space=parts[0], extra=extra)
+        elif len(parts) == 3:
+            space, version, partition = parts
+            if kind in _PARTITION_KINDS and not extra:
+                return ParsedKey(kind=kind, space=space, version=version, partition=partition)
+            if kind == "snap" and len(extra) == 2 and all(x.isdigit() and x.isascii() for x in extra):
+                return ParsedKey(kind="chunk", space=space, version=version, partition=partition, extra=extra)
         raise InvalidName(f"not an embcache key: {key!r}")

@@ -263,3 +263,13 @@ class Store:
                 manifest = json.loads(raw)
                 keys += [pk.chunk(manifest["generation"], i) for i in range(manifest["chunks"])]
             self.r.delete(*keys)
+
+    def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
+        """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
+        Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
+        space, version, partition = pk.tag.split("/")
+        try:
+            self.r.hset(pk.state, "corrupt", reason[:200])
+            self.mark_dirty(space, version, partition)
+        except (rexc.RedisError, EmbcacheError):
+            pass

@@ -1,0 +1,308 @@
+"""Snapshots: a worker-built hnswlib index of one partition, stored in Redis in chunks with a manifest.
+
+A snapshot is one blob cut into chunks of at most 8 MiB (far under Redis's 512 MB value limit)::
+
+    [hnswlib index file][labels int64 little-endian][ids JSON list][metadatas JSON list]
+
+and a manifest (generation, change-log position, count, dim, metric, parameters, section sizes, sha256 of the
+blob, builder, build time). Chunks are written first with an expiry, so a builder that dies leaves nothing
+that outlives the expiry; the ``emb_publish`` function then checks the generation it built on is still
+current, makes the chunks permanent, gives the previous generation's chunks a grace period before they expire,
+trims the change log behind the previous generation and swaps the pointer (the manifest key) in one step.
+Readers fetch the manifest, then its chunks, and verify the checksum before they use a byte: they see the old
+snapshot or the new one, never a mix, and a corrupt one is refused.
+
+The index is loaded with hnswlib's own reader from a temporary file, never with ``pickle``: whoever can write
+a snapshot must not be able to run code in the readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from .errors import EmbcacheError, SnapshotCorrupt
+from .filters import Predicate
+from .keys import PartitionKeys
+from .search import Ranked, exact_search
+from .views import _MaskCache
+
+__all__ = ["Manifest", "HnswBase", "PublishConflict", "pack", "unpack", "read_manifest", "load", "publish", "CHUNK_BYTES"]
+
+CHUNK_BYTES = 8 << 20
+ORPHAN_TTL = 3600  # seconds an unpublished chunk lives (a builder that died)
+GRACE_SECONDS = 120  # seconds a superseded generation stays readable
+SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
+_SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a snapshot is, as published in the partition's pointer key."""
+
+    generation: int
+    pos: str
+    count: int
+    dim: int
+    metric: str
+    M: int
+    ef_construction: int
+    chunks: int
+    nbytes: int
+    sections: tuple[int, int, int, int]
+    sha256: str
+    builder: str
+    built_at: float
+    build_seconds: float
+    deleted: int = 0
+    max_label: int = 0
+
+    def to_json(self) -> str:
+        d = self.__dict__.copy()
+        d["sections"] = list(self.sections)
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Manifest":
+        try:
+            d = json.loads(raw)
+            d["sections"] = tuple(d["sections"])
+            return cls(**d)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotCorrupt(f"unreadable snapshot manifest: {exc}") from None
+
+
+class HnswBase:
+    """A loaded snapshot: the hnswlib index, its label -> id table and the items' metadata.
+
+    Never mutated after construction while a query may read it; the worker mutates its own private copies.
+    """
+
+    kind = "hnsw"
+
+    def __init__(
+        self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
+        manifest: Manifest, ef: int,
+    ) -> None:
+        self.index = index
+        self.manifest = manifest
+        self.position = manifest.pos
+        self.generation = manifest.generation
+        self.metric = manifest.metric
+        self.labels = labels.astype(np.int64, copy=False)
+        self.ids = ids
+        size = int(labels.max()) + 1 if len(labels) else 0
+        self.id_of = np.empty(size, dtype=object)  # label -> id, None for deleted slots
+        self.id_of[self.labels] = ids
+        self.meta_of: list[dict[str, Any] | None] = [None] * size
+        for lab, m in zip(self.labels.tolist(), metas):
+            self.meta_of[lab] = m
+        self.metas = metas  # aligned with labels
+        self.label = {id_: int(lab) for id_, lab in zip(ids, self.labels.tolist())}
+        self.default_ef = ef
+        self._ef = ef
+        index.set_ef(ef)
+        self._ef_lock = threading.Lock()
+        self._masks = _MaskCache()
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.manifest.nbytes + 100 * len(self.ids)
+
+    def __contains__(self, id_: str) -> bool:
+        return id_ in self.label
+
+    def metadata(self, id_: str) -> dict[str, Any] | None:
+        return self.meta_of[self.label[id_]]
+
+    def vector(self, id_: str) -> np.ndarray | None:
+        lab = self.label.get(id_)
+        return None if lab is None else np.asarray(self.index.get_items([lab])[0], dtype=np.float32)
+
+    def search(
+        self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None
+    ) -> list[Ranked]:
+        hidden = [self.label[i] for i in exclude if i in self.label]
+        allowed = None
+        if predicate is not None or hidden:
+            allowed = np.zeros(len(self.id_of), dtype=bool)
+            allowed[self.labels] = True if predicate is None else self._masks.get(predicate, self.metas)
+            allowed[hidden] = False
+            n_allowed = int(allowed.sum())
+            if n_allowed == 0:
+                return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
+            if predicate is not None and n_allowed <= max(SELECTIVE_FILTER * self.count, 4 * k):
+                return self._exact(queries, k, allowed)  # selective: the graph walk would starve
+        live = self.count - len(hidden)
+        kk = min(k, live)
+        if kk <= 0:
+            return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
+        want_ef = max(ef or self.default_ef, kk)
+        mask = allowed
+        flt = None if mask is None else (lambda label: bool(mask[label]))
+        try:
+            if want_ef != self._ef:
+                with self._ef_lock:  # ef is index state in hnswlib: set and search under one lock
+                    self.index.set_ef(want_ef)
+                    labels, dists = self.index.knn_query(queries, k=kk, num_threads=1 if len(queries) == 1 else -1, filter=flt)
+                    self.index.set_ef(self._ef)
+            else:
+                labels, dists = self.index.knn_query(queries, k=kk, num_threads=1 if len(queries) == 1 else -1, filter=flt)
+        except RuntimeError:  # hnswlib could not find kk matches (small or heavily filtered): answer exactly
+            return self._exact(queries, k, allowed if allowed is not None else self._all())
+        id_of = self.id_of
+        return [(id_of[row].tolist(), d.astype(np.float32, copy=False)) for row, d in zip(labels, dists)]
+
+    def _all(self) -> np.ndarray:
+        mask = np.zeros(len(self.id_of), dtype=bool)
+        mask[self.labels] = True
+        return mask
+
+    def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[Ranked]:
+        labels = np.flatnonzero(allowed)
+        vecs = np.asarray(self.index.get_items(labels), dtype=np.float32)
+        rows, dists = exact_search(vecs, queries, k, self.metric)
+        return [(self.id_of[labels[r]].tolist(), d) for r, d in zip(rows, dists)]
+
+
+def _space_name(metric: str) -> str:
+    return {"cosine": "cosine", "l2": "l2", "ip": "ip"}[metric]
+
+
+def index_bytes(index: hnswlib.Index) -> bytes:
+    """hnswlib's file format, via a temporary file in memory-backed /dev/shm where there is one."""
+    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
+    os.close(fd)
+    try:
+        index.save_index(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def index_from_bytes(data: bytes, metric: str, dim: int, *, max_elements: int = 0, allow_replace_deleted: bool = False) -> hnswlib.Index:
+    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        index = hnswlib.Index(space=_space_name(metric), dim=dim)
+        index.load_index(path, max_elements=max_elements, allow_replace_deleted=allow_replace_deleted)
+        return index
+    except RuntimeError as exc:
+        raise SnapshotCorrupt(f"hnswlib could not read the snapshot index: {exc}") from None
+    finally:
+        os.unlink(path)
+
+
+def pack(
+    index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[Any], *, generation: int, pos: str,
+    dim: int, metric: str, M: int, ef_construction: int, builder: str, build_seconds: float, deleted: int,
+    max_label: int,
+) -> tuple[list[bytes], Manifest]:
+    """Serialise a snapshot into chunks and its manifest."""
+    sections = [
+        index_bytes(index),
+        np.ascontiguousarray(labels, dtype="<i8").tobytes(),
+        json.dumps(ids, ensure_ascii=False).encode(),
+        json.dumps(metas, ensure_ascii=False, separators=(",", ":")).encode(),
+    ]
+    blob = b"".join(sections)
+    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    manifest = Manifest(
+        generation=generation, pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
+        chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
+        sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
+        build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
+    )
+    return chunks, manifest
+
+
+def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False) -> HnswBase:
+    """Verify and parse a snapshot; :class:`SnapshotCorrupt` when a chunk is missing or the checksum fails."""
+    if len(chunks) != manifest.chunks or any(c is None for c in chunks):
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
+    blob = b"".join(chunks)  # type: ignore[arg-type]
+    if len(blob) != manifest.nbytes or hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} failed its sha256 check")
+    a, b, c, d = manifest.sections
+    try:
+        labels = np.frombuffer(blob[a : a + b], dtype="<i8").astype(np.int64)
+        ids = json.loads(blob[a + b : a + b + c])
+        metas = json.loads(blob[a + b + c : a + b + c + d])
+    except ValueError as exc:
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has unreadable tables: {exc}") from None
+    if not (len(labels) == len(ids) == len(metas) == manifest.count):
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
+    headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
+    index = index_from_bytes(blob[:a], manifest.metric, manifest.dim, max_elements=headroom, allow_replace_deleted=for_update)
+    return HnswBase(index, labels, ids, metas, manifest, ef)
+
+
+def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
+    raw = r.get(pk.snap)
+    return None if raw is None else Manifest.from_json(raw)
+
+
+def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manifest: Manifest | None = None) -> HnswBase | None:
+    """The partition's published snapshot, verified; None when there is none."""
+    for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
+        manifest = manifest or read_manifest(r, pk)
+        if manifest is None:
+            return None
+        keys = [pk.chunk(manifest.generation, i) for i in range(manifest.chunks)]
+        chunks = r.mget(keys) if keys else []
+        if any(c is None for c in chunks):
+            latest = read_manifest(r, pk)
+            if latest is not None and latest.generation != manifest.generation:
+                manifest = latest
+                continue
+        return unpack(chunks, manifest, ef=ef, for_update=for_update)
+    raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
+
+
+def write_chunks(r: Any, pk: PartitionKeys, generation: int, chunks: list[bytes]) -> None:
+    """Store a new generation's chunks, expiring unless published."""
+    pipe = r.pipeline(transaction=False)
+    for i, c in enumerate(chunks):
+        pipe.set(pk.chunk(generation, i), c, ex=ORPHAN_TTL)
+    pipe.execute()
+
+
+class PublishConflict(EmbcacheError):
+    """Another build published first (or the new chunks expired): this build's result is dropped."""
+
+
+def publish(
+    r: Any, pk: PartitionKeys, chunks: list[bytes], manifest: Manifest, previous: Manifest | None, channel: str,
+    message: str, grace: int = GRACE_SECONDS,
+) -> None:
+    """Write the chunks, then swap the pointer atomically (see the module docstring)."""
+    from redis.exceptions import ResponseError
+
+    write_chunks(r, pk, manifest.generation, chunks)
+    new_keys = [pk.chunk(manifest.generation, i) for i in range(len(chunks))]
+    old_keys = [pk.chunk(previous.generation, i) for i in range(previous.chunks)] if previous else []
+    keys = [pk.snap, pk.state, pk.log, *new_keys, *old_keys]
+    args = [manifest.to_json(), previous.generation if previous else 0, len(new_keys), grace,
+            previous.pos if previous else "", channel, message]
+    try:
+        r.fcall("emb_publish", len(keys), *keys, *args)
+    except ResponseError as exc:
+        if str(exc).startswith("EMBCONFLICT"):
+            r.delete(*new_keys)
+            raise PublishConflict(str(exc)[len("EMBCONFLICT "):]) from None
+        raise

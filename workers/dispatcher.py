@@ -1,0 +1,162 @@
+"""The dispatcher: turns the partitions writers marked dirty into RQ build jobs, within a bounded delay.
+
+Writers never touch RQ's keys (whoever can write them can make a worker run code); they only add
+``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
+build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
+deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
+picked up after it. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+which covers a writer that died between its write and its mark, and a worker killed mid-build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from embcache import snapshot
+from embcache.catalogue import Catalogue
+from embcache.store import Store
+from embcache.views import pos_key
+
+from .jobs import build_partition
+
+__all__ = ["Dispatcher", "job_id", "QUEUE_NAME"]
+
+log = logging.getLogger("embcache.dispatcher")
+QUEUE_NAME = "embcache"
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def job_id(prefix: str, space: str, version: str, partition: str) -> str:
+    """The one job id a partition's builds use (RQ ids allow only letters, digits, _ and -)."""
+    digest = hashlib.sha1(f"{prefix}\0{space}\0{version}\0{partition}".encode()).hexdigest()[:20]
+    return f"emb-build-{digest}"
+
+
+class Dispatcher:
+    """Polls dirty sets every ``interval`` seconds; reconciles every ``reconcile_every`` seconds."""
+
+    def __init__(self, store: Store, queue: Queue, interval: float = 0.05, reconcile_every: float = 5.0,
+                 job_timeout: int = 3600) -> None:
+        self.store = store
+        self.queue = queue
+        self.interval = interval
+        self.reconcile_every = reconcile_every
+        self.job_timeout = job_timeout
+        self.catalogue = Catalogue(store)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
+
+    def tick(self) -> int:
+        """One pass over the dirty sets; returns the number of jobs enqueued."""
+        r, k = self.store.r, self.store.keys
+        enqueued = 0
+        for space in self.catalogue.list_spaces():
+            for member in r.zrange(k.dirty(space), 0, -1):
+                version, _, partition = member.decode().partition("/")
+                if self._busy(space, version, partition):
+                    continue
+                r.zrem(k.dirty(space), member)
+                self._enqueue(space, version, partition)
+                enqueued += 1
+        if time.monotonic() - self._last_reconcile > self.reconcile_every:
+            self._last_reconcile = time.monotonic()
+            self.reconcile()
+        return enqueued
+
+    def _busy(self, space: str, version: str, partition: str) -> bool:
+        if self.store.r.exists(self.store.keys.partition(space, version, partition).lease):
+            return True
+        try:
+            job = Job.fetch(job_id(self.store.keys.prefix, space, version, partition), connection=self.queue.connection)
+        except NoSuchJobError:
+            return False
+        return job.get_status(refresh=False) in _WAITING
+
+    def _enqueue(self, space: str, version: str, partition: str) -> None:
+        self.queue.enqueue_call(
+            build_partition, args=(space, version, partition), kwargs={"prefix": self.store.keys.prefix},
+            job_id=job_id(self.store.keys.prefix, space, version, partition), timeout=self.job_timeout,
+            retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=600, failure_ttl=86400,
+            description=f"embcache build {space}/{version}/{partition}",
+        )
+        log.info("enqueued build of %s/%s/%s", space, version, partition)
+
+    def reconcile(self) -> int:
+        """Mark every partition whose log is ahead of its snapshot; returns how many were marked."""
+        marked = 0
+        for space in self.catalogue.list_spaces():
+            for v in self.catalogue.list_versions(space):
+                for p in self.catalogue.partitions(space, v.name):
+                    pk = self.store.keys.partition(space, v.name, p)
+                    manifest = snapshot.read_manifest(self.store.r, pk)
+                    built = manifest.pos if manifest else "0-0"
+                    corrupt = self.store.r.hexists(pk.state, "corrupt")
+                    if corrupt or pos_key(self.store.position(pk)) > pos_key(built):
+                        self.store.mark_dirty(space, v.name, p)
+                        marked += 1
+        return marked
+
+    # background thread -------------------------------------------------------------------------------------
+    def start(self) -> "Dispatcher":
+        self._thread = threading.Thread(target=self._run, name="embcache-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+                log.exception("dispatcher tick failed")
+                self._stop.wait(1.0)
+
+
+def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = False,
+               dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
+    """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
+    import os
+
+    from rq import SimpleWorker, Worker
+
+    from embcache.keys import Keys
+    from embcache.store import open_client
+
+    if url:
+        os.environ["EMBCACHE_URL"] = url
+    data_url = os.environ.get("EMBCACHE_URL")
+    if not data_url:
+        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
+    store = Store(open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
+                              password=os.environ.get("EMBCACHE_PASSWORD")), Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
+    store.ensure_functions()
+    queue_url = queue_url or os.environ.get("EMBCACHE_QUEUE_URL")
+    if not queue_url:
+        if store.is_cluster:
+            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+        queue_url = data_url
+    import redis
+
+    qconn = redis.Redis.from_url(queue_url, username=os.environ.get("EMBCACHE_QUEUE_USERNAME"),
+                                 password=os.environ.get("EMBCACHE_QUEUE_PASSWORD"))
+    queue = Queue(QUEUE_NAME, connection=qconn)
+    dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
+    worker_cls = SimpleWorker if simple else Worker
+    try:
+        worker_cls([queue], connection=qconn, name=name).work(burst=burst, with_scheduler=True)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()

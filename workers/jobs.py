@@ -1,0 +1,79 @@
+"""RQ job functions. Plain arguments only; a stock ``rq worker embcache`` runs them, so does ``embcache worker``.
+
+The data Redis comes from the worker's environment (``EMBCACHE_URL``, ``EMBCACHE_USERNAME``,
+``EMBCACHE_PASSWORD``, ``EMBCACHE_PREFIX``), never from the job's arguments: a job hash holds no secret, and
+when ``EMBCACHE_URL`` is unset the data is taken to live on the queue's own Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from embcache.catalogue import Catalogue
+from embcache.keys import Keys
+from embcache.store import Store, open_client
+
+from .build import build_snapshot
+
+__all__ = ["build_partition", "LEASE_SECONDS"]
+
+LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
+_stores: dict[tuple[str, str], Store] = {}
+
+
+def data_store(prefix: str | None = None) -> Store:
+    """The worker's connection to the data Redis (cached per process)."""
+    prefix = prefix or os.environ.get("EMBCACHE_PREFIX", "emb")
+    url = os.environ.get("EMBCACHE_URL")
+    key = (url or "", prefix)
+    store = _stores.get(key)
+    if store is None:
+        if url:
+            client = open_client(url, username=os.environ.get("EMBCACHE_USERNAME"),
+                                 password=os.environ.get("EMBCACHE_PASSWORD"))
+        else:
+            from rq import get_current_job
+
+            job = get_current_job()
+            if job is None:
+                raise RuntimeError("EMBCACHE_URL is not set and no RQ job is running")
+            client = job.connection
+        store = Store(client, Keys(prefix))
+        store.ensure_functions()
+        _stores[key] = store
+    return store
+
+
+class Lease:
+    """A TTL key in the partition's slot that says a build is running; kept alive by a thread, so a killed
+    worker's lease lapses after ``LEASE_SECONDS`` and the dispatcher schedules the build again."""
+
+    def __init__(self, r: Any, key: str, seconds: float = LEASE_SECONDS) -> None:
+        self.r, self.key, self.ms = r, key, int(seconds * 1000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> "Lease":
+        self.r.set(self.key, os.getpid(), px=self.ms)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ms / 3000):
+            self.r.pexpire(self.key, self.ms)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.r.delete(self.key)
+
+
+def build_partition(space: str, version: str, partition: str, full: bool = False, prefix: str | None = None) -> dict[str, Any]:
+    """Build or update the snapshot of one partition and publish it. Returns what was done."""
+    store = data_store(prefix)
+    record = Catalogue(store).get_space(space)
+    pk = store.keys.partition(space, version, partition)
+    with Lease(store.r, pk.lease):
+        return build_snapshot(store, record, version, partition, full=full).as_dict()
