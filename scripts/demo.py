@@ -1,0 +1,26 @@
+"""The README's demo: MovieLens recommendations on embcache's embedded default, with real workers.
+
+    python scripts/demo.py [--url redis://...] [--workers 2]
+
+Without --url (and EMBCACHE_URL) it starts a private redis-server under EMBCACHE_HOME
+(default ~/.local/share/embcache) and leaves the data there for the `embcache` CLI.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from embcache.demo import run  # noqa: E402
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=os.environ.get("EMBCACHE_URL"))
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    run(a.url, n_workers=a.workers)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
