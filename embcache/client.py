@@ -162,12 +162,13 @@ class Hub:
         record = self._record(name)
         cat = self.catalogue
         with translate_errors(f"drop space {name}"):
-            self.store.r.srem(self.keys.spaces(), name)
+            # data first, the record and the listing last: a drop cut short can simply be run again
             for v in cat.list_versions(name):
                 for p in cat.partitions(name, v.name):
                     self.store.delete_partition(self.keys.partition(name, v.name, p))
             for key in cat.space_keys(name):
                 self.store.r.delete(key)
+            self.store.r.srem(self.keys.spaces(), name)
         self._records.pop(record.name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         with self._session_lock:

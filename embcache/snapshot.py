@@ -19,6 +19,7 @@ a snapshot must not be able to run code in the readers.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import json
 import os
 import tempfile
@@ -50,6 +51,7 @@ class Manifest:
     """What a snapshot is, as published in the partition's pointer key."""
 
     generation: int
+    sid: str  # names the chunk keys: generation and a nonce of the build that wrote them
     pos: str
     count: int
     dim: int
@@ -223,7 +225,7 @@ def pack(
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
-        generation=generation, pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
+        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
@@ -263,7 +265,7 @@ def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manife
         manifest = manifest or read_manifest(r, pk)
         if manifest is None:
             return None
-        keys = [pk.chunk(manifest.generation, i) for i in range(manifest.chunks)]
+        keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
         chunks = r.mget(keys) if keys else []
         if any(c is None for c in chunks):
             latest = read_manifest(r, pk)
@@ -274,11 +276,11 @@ def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manife
     raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
 
 
-def write_chunks(r: Any, pk: PartitionKeys, generation: int, chunks: list[bytes]) -> None:
-    """Store a new generation's chunks, expiring unless published."""
+def write_chunks(r: Any, pk: PartitionKeys, sid: str, chunks: list[bytes]) -> None:
+    """Store a new snapshot's chunks, expiring unless published."""
     pipe = r.pipeline(transaction=False)
     for i, c in enumerate(chunks):
-        pipe.set(pk.chunk(generation, i), c, ex=ORPHAN_TTL)
+        pipe.set(pk.chunk(sid, i), c, ex=ORPHAN_TTL)
     pipe.execute()
 
 
@@ -293,9 +295,9 @@ def publish(
     """Write the chunks, then swap the pointer atomically (see the module docstring)."""
     from redis.exceptions import ResponseError
 
-    write_chunks(r, pk, manifest.generation, chunks)
-    new_keys = [pk.chunk(manifest.generation, i) for i in range(len(chunks))]
-    old_keys = [pk.chunk(previous.generation, i) for i in range(previous.chunks)] if previous else []
+    write_chunks(r, pk, manifest.sid, chunks)
+    new_keys = [pk.chunk(manifest.sid, i) for i in range(len(chunks))]
+    old_keys = [pk.chunk(previous.sid, i) for i in range(previous.chunks)] if previous else []
     keys = [pk.snap, pk.state, pk.log, *new_keys, *old_keys]
     args = [manifest.to_json(), previous.generation if previous else 0, len(new_keys), grace,
             previous.pos if previous else "", channel, message]

@@ -261,7 +261,7 @@ class Store:
             keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap]
             if raw is not None:
                 manifest = json.loads(raw)
-                keys += [pk.chunk(manifest["generation"], i) for i in range(manifest["chunks"])]
+                keys += [pk.chunk(manifest["sid"], i) for i in range(manifest["chunks"])]
             self.r.delete(*keys)
 
     def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:

@@ -11,6 +11,7 @@ which covers a writer that died between its write and its mark, and a worker kil
 from __future__ import annotations
 
 import hashlib
+import secrets
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from embcache.catalogue import Catalogue
 from embcache.store import Store
 from embcache.views import pos_key
 
-from .jobs import build_partition
+from .jobs import LEASE_SECONDS, build_partition
 
 __all__ = ["Dispatcher", "job_id", "QUEUE_NAME"]
 
@@ -54,11 +55,26 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_reconcile = 0.0
+        self.token = secrets.token_hex(8)
+
+    def is_leader(self) -> bool:
+        """Take or keep the dispatcher lock: with several workers, one dispatcher acts at a time, so two never
+        race to enqueue the same partition."""
+        r, key = self.store.r, self.store.keys.dispatcher_lock()
+        ttl = int(max(3.0, 20 * self.interval) * 1000)
+        if r.set(key, self.token, nx=True, px=ttl):
+            return True
+        if r.get(key) == self.token.encode():
+            r.pexpire(key, ttl)
+            return True
+        return False
 
     def tick(self) -> int:
         """One pass over the dirty sets; returns the number of jobs enqueued."""
         r, k = self.store.r, self.store.keys
         enqueued = 0
+        if not self.is_leader():
+            return 0
         for space in self.catalogue.list_spaces():
             for member in r.zrange(k.dirty(space), 0, -1):
                 version, _, partition = member.decode().partition("/")
@@ -79,7 +95,13 @@ class Dispatcher:
             job = Job.fetch(job_id(self.store.keys.prefix, space, version, partition), connection=self.queue.connection)
         except NoSuchJobError:
             return False
-        return job.get_status(refresh=False) in _WAITING
+        status = job.get_status(refresh=False)
+        if status in _WAITING:
+            return True
+        # started: running if its lease is held, or if it started too recently to have taken the lease yet;
+        # a started job with neither belongs to a worker that died
+        started = job.started_at.timestamp() if job.started_at else 0.0
+        return status == JobStatus.STARTED and time.time() - started < LEASE_SECONDS
 
     def _enqueue(self, space: str, version: str, partition: str) -> None:
         self.queue.enqueue_call(
