@@ -12,6 +12,7 @@ import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+from redis.exceptions import ResponseError
 
 from .errors import AlreadyExists, NotFound
 from .keys import check_name
@@ -77,10 +78,12 @@ class Catalogue:
 
     def space_keys(self, name: str) -> list[str]:
         """Every space-level key of ``name`` (they are all known, so no SCAN is needed)."""
-        keys = [self.k.space(name), self.k.versions(name), self.k.seq(name), self.k.aliases(name), self.k.dirty(name)]
+        keys = [self.k.space(name), self.k.versions(name), self.k.seq(name), self.k.aliases(name), self.k.dirty(name),
+                self.k.grants(name)]
         with translate_errors(f"read space {name}"):
             keys += [self.k.alias_history(name, a.decode()) for a in self.r.hkeys(self.k.aliases(name))]
-            keys += [self.k.parts(name, v.decode()) for v in self.r.hkeys(self.k.versions(name))]
+            for v in self.r.hkeys(self.k.versions(name)):
+                keys += [self.k.parts(name, v.decode()), self.k.vstate(name, v.decode())]
         return keys
 
     # versions
@@ -89,13 +92,24 @@ class Catalogue:
             check_name(name, "version name")
         rec = {"state": "open", "created": time.time(), "description": description}
         k = self.k
-        created = self.store.fcall(
-            "emb_create_version", [k.space(space), k.versions(space), k.seq(space)], [name or "", json.dumps(rec)],
-            f"create version in {space}",
-        )
-        if _d(created) is None:
-            raise NotFound(f"no space named {space!r}")
-        return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
+        for _ in range(100):
+            expected = ""
+            chosen = name
+            if name is None:  # v<n+1>, checked atomically against the counter by the function
+                with translate_errors(f"create version in {space}"):
+                    expected = _d(self.r.get(k.seq(space))) or "0"
+                chosen = f"v{int(expected) + 1}"
+            try:
+                created = self.store.fcall(
+                    "emb_create_version", [k.space(space), k.versions(space), k.seq(space), k.vstate(space, chosen)],
+                    [chosen, json.dumps(rec), expected], f"create version in {space}",
+                )
+            except ResponseError as exc:
+                if str(exc).startswith("EMBRETRY"):
+                    continue
+                raise
+            return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
+        raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
     def get_version(self, space: str, name: str) -> VersionRecord:
         check_name(name, "version name")
@@ -113,12 +127,14 @@ class Catalogue:
 
     def seal(self, space: str, version: str) -> list[str]:
         """Seal the version; returns its partitions, which the caller then flags one by one."""
-        res = self.store.fcall("emb_seal", [self.k.versions(space), self.k.parts(space, version)], [version], "seal")
+        k = self.k
+        res = self.store.fcall("emb_seal", [k.versions(space), k.parts(space, version), k.vstate(space, version)],
+                               [version], "seal")
         return sorted(_d(p) for p in res)  # type: ignore[misc]
 
     def register_partition(self, space: str, version: str, partition: str) -> None:
         self.store.fcall(
-            "emb_register", [self.k.versions(space), self.k.parts(space, version)], [version, partition],
+            "emb_register", [self.k.vstate(space, version), self.k.parts(space, version)], [partition],
             f"write to {space}/{version}",
         )
 
@@ -141,8 +157,6 @@ class Catalogue:
     def rollback(self, space: str, alias: str) -> str:
         check_name(alias, "alias")
         k = self.k
-        from redis.exceptions import ResponseError
-
         try:
             prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias], "rollback")
         except ResponseError as exc:

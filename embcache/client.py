@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import time
@@ -23,8 +25,10 @@ import numpy as np
 from . import codec
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .acl import Credentials, Grant
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .errors import InvalidInput, NotFound
+from .principals import Principals
+from .errors import InvalidInput, NotFound, PermissionDenied, VersionSealed
 from .filters import compile_where
 from .keys import Keys, check_name
 from .search import merge_ranked
@@ -118,6 +122,7 @@ class Hub:
         self.store = Store(client, self.keys)
         self.store.ensure_functions()
         self.catalogue = Catalogue(self.store)
+        self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
         self._records: dict[str, SpaceRecord] = {}
         self._registered: set[tuple[str, str, str]] = set()
@@ -183,6 +188,37 @@ class Hub:
             self._records[name] = rec
         return rec
 
+    # access control (operator) ---------------------------------------------------------------------------
+    def grant(self, principal: str, *, space: str, role: str = "reader",
+              partitions: Sequence[str] | None = None) -> Credentials:
+        """Create or update the Redis ACL user ``principal`` with ``role`` on ``space`` (optionally only on
+        ``partitions``). Returns the credentials; the password is shown once, for a new principal only.
+
+        Roles: ``reader`` (get, query, stats), ``writer`` (+ upsert, delete, build requests), ``admin``
+        (+ versions, aliases, seal, rollback). Redis enforces them: see :mod:`embcache.acl`.
+        """
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
+        self._record(space)  # the space must exist
+        return self.principals.grant(principal, grant)
+
+    def revoke(self, principal: str, *, space: str | None = None) -> None:
+        """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
+        self.principals.revoke(principal, space)
+
+    def list_principals(self) -> dict[str, dict[str, Any]]:
+        """Every principal with its grants (never secrets)."""
+        return self.principals.list()
+
+    def rotate(self, principal: str) -> Credentials:
+        """A new secret for ``principal``; the old one stops working at once."""
+        return self.principals.rotate(principal)
+
+    def create_worker_principal(self, name: str = "worker") -> Credentials:
+        """Create (or re-key) the principal workers connect with: the only one allowed RQ's keys."""
+        return self.principals.worker(name)
+
     # lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the refresher and close the connections."""
@@ -217,6 +253,28 @@ class Hub:
             return dict(ov)
 
 
+def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except PermissionDenied as exc:
+                if getattr(exc, "named", False):
+                    raise
+                space = self.name if isinstance(self, Space) else self.space.name
+                who = self.hub.username or "default"
+                err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who!r} ({exc})")
+                err.named = True  # type: ignore[attr-defined]
+                raise err from None
+
+        return wrapper
+
+    return decorate
+
+
 class Space:
     """A named embedding space. Get one from :meth:`Hub.create_space` or :meth:`Hub.space`."""
 
@@ -231,10 +289,37 @@ class Space:
         self.ef_construction = record.ef_construction
         self.ef = record.ef
         self.info = SpaceInfo(record.dim, record.dtype, record.metric, record.ef)
+        self.grant: dict[str, Any] | None = None  # this hub's principal's grant, when it is not the operator
+        if hub.username not in (None, "default"):
+            with contextlib.suppress(PermissionDenied):
+                self.grant = hub.principals.grant_of(self.name, hub.username)
+
+    def allowed_partitions(self) -> list[str] | None:
+        """The partitions this hub's principal was granted on the space (None: all)."""
+        return None if self.grant is None else self.grant.get("partitions")
+
+    def _require(self, role: str, operation: str, partition: str | None = None) -> None:
+        """Refuse early, before anything is written, what Redis would refuse part-way."""
+        if self.grant is None:
+            return
+        order = ["reader", "writer", "admin"]
+        who = self.hub.username
+        err = None
+        if order.index(self.grant["role"]) < order.index(role):
+            err = PermissionDenied(f"{operation} on space {self.name!r} needs the {role} role; "
+                                   f"principal {who!r} is a {self.grant['role']}")
+        parts = self.allowed_partitions()
+        if err is None and partition is not None and parts is not None and partition not in parts:
+            err = PermissionDenied(f"{operation} on partition {partition!r} of space {self.name!r} is not granted "
+                                   f"to principal {who!r} (granted: {', '.join(parts)})")
+        if err is not None:
+            err.named = True  # type: ignore[attr-defined]
+            raise err
 
     def __repr__(self) -> str:
         return f"Space({self.name!r}, dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r})"
 
+    @_guard("create_version")
     def create_version(self, name: str | None = None, *, description: str = "") -> "Version":
         """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
         if not isinstance(description, str):
@@ -251,6 +336,7 @@ class Space:
         """All versions, oldest first."""
         return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
 
+    @_guard("set_alias")
     def set_alias(self, alias: str, version: "Version | str") -> None:
         """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
         name = version.name if isinstance(version, Version) else version
@@ -270,6 +356,7 @@ class Space:
         """Previous targets of ``alias``, most recent first."""
         return self.hub.catalogue.alias_history(self.name, alias)
 
+    @_guard("rollback")
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
         return self.version(self.hub.catalogue.rollback(self.name, alias))
@@ -313,6 +400,7 @@ class Version:
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
     # writes -----------------------------------------------------------------------------------------------
+    @_guard("upsert")
     def upsert(
         self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
         partition: str = "default",
@@ -324,6 +412,7 @@ class Version:
         (``None`` clears it). An id may live in only one partition of a version.
         """
         check_name(partition, "partition name")
+        self.space._require("writer", "upsert", partition)
         id_list = codec.check_ids(ids)
         mat = codec.check_matrix(embeddings, self.space.dim)
         if mat.shape[0] != len(id_list):
@@ -343,10 +432,12 @@ class Version:
         self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)})
         return len(id_list)
 
+    @_guard("delete")
     def delete(self, ids: Sequence[str], partition: str | None = None) -> int:
         """Delete items (from ``partition``, or wherever they are); returns how many existed."""
         id_list = codec.check_ids(ids, allow_duplicates=True)
-        parts = [check_name(partition, "partition name")] if partition is not None else self.partitions()
+        self.space._require("writer", "delete", partition)
+        parts = [check_name(partition, "partition name")] if partition is not None else self._partitions_arg(None)
         if partition is not None and partition not in self.partitions():
             raise NotFound(f"version {self.name!r} has no partition {partition!r}")
         self._check_open()
@@ -360,12 +451,14 @@ class Version:
             total += len(gone)
         return total
 
+    @_guard("seal")
     def seal(self) -> None:
         """Make the version read-only (idempotent)."""
         for p in self.hub.catalogue.seal(self.space.name, self.name):
             self.hub.store.flag_sealed(self._pk(p))
         self.state = "sealed"
 
+    @_guard("build")
     def build(self, wait: bool = True, *, timeout: float | None = 600.0,
               on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
         """Ask the workers to (re)index every partition with unindexed changes.
@@ -383,6 +476,7 @@ class Version:
         handle = BuildHandle(store, keys, targets)
         return handle.wait(timeout, on_progress) if wait else handle
 
+    @_guard("stats")
     def stats(self) -> list[PartitionStats]:
         """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
         and a corrupt-snapshot report if a reader refused one."""
@@ -392,8 +486,6 @@ class Version:
         rec = self.hub.catalogue.get_version(self.space.name, self.name)
         self.state = rec.state
         if rec.state != "open":
-            from .errors import VersionSealed
-
             raise VersionSealed(f"version {self.space.name}/{self.name} is sealed")
 
     def _register(self, partition: str) -> None:
@@ -403,7 +495,8 @@ class Version:
             self.hub._registered.add(pid)
 
     def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> None:
-        for p in self.partitions():
+        # a principal limited to some partitions can only check those (it cannot see the others)
+        for p in self._partitions_arg(None):
             if p == partition:
                 continue
             found = [i for i, there in zip(ids, self.hub.store.existing(self._pk(p), ids)) if there]
@@ -420,23 +513,28 @@ class Version:
 
     def _partitions_arg(self, partitions: object) -> list[str]:
         known = self.partitions()
+        granted = self.space.allowed_partitions()
         if partitions is None:
-            return known
+            return known if granted is None else [p for p in known if p in granted]
         if isinstance(partitions, str):
             partitions = [partitions]
         if not isinstance(partitions, (list, tuple)) or not partitions:
             raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
         for p in partitions:
             check_name(p, "partition name")
+            if granted is not None and p not in granted:
+                self.space._require("reader", "read", p)
             if p not in known:
                 raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
         return list(dict.fromkeys(partitions))
 
+    @_guard("count")
     def count(self, partition: str | None = None) -> int:
         """Number of items (in one partition, or in all)."""
         parts = self._partitions_arg(None if partition is None else [partition])
         return sum(self.hub.store.count(self._pk(p)) for p in parts)
 
+    @_guard("get")
     def get(
         self, ids: Sequence[str], include: Sequence[str] = _INCLUDE_GET, partitions: Sequence[str] | None = None
     ) -> GetResult:
@@ -460,6 +558,7 @@ class Version:
             res.metadatas = codec.parse_json_objects(found[i][1] for i in order)
         return res
 
+    @_guard("query")
     def query(
         self,
         query_embeddings: Any,
@@ -490,6 +589,7 @@ class Version:
             queries = codec.normalise(queries, what="query_embeddings")
         return self._search(queries, k, parts, predicate, ef, consistency, include)
 
+    @_guard("query_by_id")
     def query_by_id(
         self,
         ids: Sequence[str],

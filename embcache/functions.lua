@@ -9,15 +9,16 @@ local function libversion(keys, args)
   return LIB_VERSION
 end
 
--- Partition writes. KEYS: vec, meta, log, state.
+-- Partition writes. KEYS: vec, meta, log, state, sealed. The sealed flag is a key of its own so that ACL can let
+-- writers update the state (log position) while only admins may seal.
 
-local function sealed(state)
-  return redis.call('HGET', state, 'sealed') == '1'
+local function sealed(flag)
+  return redis.call('GET', flag) == '1'
 end
 
 -- ARGV: ids_json, n, then n triples (id, vector bytes, metadata json or '' for none)
 local function upsert(keys, args)
-  if sealed(keys[4]) then
+  if sealed(keys[5]) then
     return redis.error_reply('EMBSEALED the version is sealed')
   end
   local n = tonumber(args[2])
@@ -37,7 +38,7 @@ end
 
 -- ARGV: ids_json, ids... ; only ids that exist are logged. Returns {deleted_json, pos} ({'[]', false} if none)
 local function delete(keys, args)
-  if sealed(keys[4]) then
+  if sealed(keys[5]) then
     return redis.error_reply('EMBSEALED the version is sealed')
   end
   local gone = {}
@@ -112,38 +113,48 @@ local function tail(keys, args)
   return {pos, ids, vecs, metas}
 end
 
--- Space-level. KEYS: space, versions, seq. ARGV: name ('' = next vN), record json (name added here).
+-- Space-level. KEYS: space, versions, seq, vstate (the new version's state flag). ARGV: name, record json (the
+-- name is added here), expected seq ('' for a name the caller chose; else the caller read seq, named the
+-- version v<seq+1>, and we check nobody took that number meanwhile: EMBRETRY if they did).
 local function create_version(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     return redis.error_reply('EMBNOTFOUND no such space')
   end
   local name = args[1]
-  if name == '' then
-    repeat
-      name = 'v' .. redis.call('INCR', keys[3])
-    until redis.call('HEXISTS', keys[2], name) == 0
-  elseif redis.call('HEXISTS', keys[2], name) == 1 then
+  if args[3] ~= '' then
+    if (redis.call('GET', keys[3]) or '0') ~= args[3] then
+      return redis.error_reply('EMBRETRY the version counter moved')
+    end
+    redis.call('INCR', keys[3])
+  end
+  if redis.call('HEXISTS', keys[2], name) == 1 then
+    if args[3] ~= '' then
+      return redis.error_reply('EMBRETRY ' .. name .. ' is taken')
+    end
     return redis.error_reply('EMBEXISTS version ' .. name .. ' already exists')
   end
   local rec = cjson.decode(args[2])
   rec['name'] = name
   redis.call('HSET', keys[2], name, cjson.encode(rec))
+  redis.call('SET', keys[4], 'open')
   return name
 end
 
--- KEYS: versions, parts. ARGV: version, partition. Adds the partition to an open version.
+-- KEYS: vstate, parts. ARGV: partition. Adds the partition to an open version. The state flag is a plain
+-- string: writers may pass it to this function (FCALL wants write access to every key it is given) but hold
+-- no command that could change a string.
 local function register(keys, args)
-  local rec = redis.call('HGET', keys[1], args[1])
-  if not rec then
-    return redis.error_reply('EMBNOTFOUND no version ' .. args[1])
+  local state = redis.call('GET', keys[1])
+  if not state then
+    return redis.error_reply('EMBNOTFOUND no such version')
   end
-  if cjson.decode(rec)['state'] ~= 'open' then
-    return redis.error_reply('EMBSEALED version ' .. args[1] .. ' is sealed')
+  if state ~= 'open' then
+    return redis.error_reply('EMBSEALED the version is sealed')
   end
-  return redis.call('SADD', keys[2], args[2])
+  return redis.call('SADD', keys[2], args[1])
 end
 
--- KEYS: versions, parts. ARGV: version. Marks it sealed; returns its partitions (the caller flags each one).
+-- KEYS: versions, parts, vstate. ARGV: version. Marks it sealed; returns its partitions (the caller flags each).
 local function seal(keys, args)
   local rec = redis.call('HGET', keys[1], args[1])
   if not rec then
@@ -152,6 +163,7 @@ local function seal(keys, args)
   local r = cjson.decode(rec)
   r['state'] = 'sealed'
   redis.call('HSET', keys[1], args[1], cjson.encode(r))
+  redis.call('SET', keys[3], 'sealed')
   return redis.call('SMEMBERS', keys[2])
 end
 

@@ -3,20 +3,25 @@
 Layout (default prefix ``emb``)::
 
     emb:{_hub}:spaces                         set    names of all spaces
+    emb:{_hub}:dispatcher                     string held (with a TTL) by the active dispatcher
+    emb:{_hub}:principals                     hash   principal -> JSON (secret hash, grants); operator only
     emb:{movies}:space                        hash   the space's record (dim, metric, dtype, HNSW params)
     emb:{movies}:versions                     hash   version name -> JSON record (state, created, ...)
     emb:{movies}:seq                          string counter behind the default names v1, v2, ...
     emb:{movies}:aliases                      hash   alias -> version name
     emb:{movies}:alias:live                   list   history of the alias' targets, newest first
     emb:{movies}:parts:v1                     set    partitions of version v1
+    emb:{movies}:vstate:v1                    string "open" or "sealed" (a string: writers cannot change it)
     emb:{movies}:dirty                        zset   "version/partition" -> time first marked dirty
+    emb:{movies}:grants                       hash   principal -> JSON grant on this space (role, partitions)
     emb:{movies}:events                       channel snapshot publications of the space
     emb:{movies/v1/default}:vec               hash   item id -> raw little-endian vector bytes
     emb:{movies/v1/default}:meta              hash   item id -> metadata JSON
     emb:{movies/v1/default}:log               stream change log (op, ids) written with every change
-    emb:{movies/v1/default}:state             hash   sealed flag, log trim point, build statistics
+    emb:{movies/v1/default}:state             hash   log position, trim point, build statistics
+    emb:{movies/v1/default}:sealed            string "1" once the version is sealed (checked by every write)
     emb:{movies/v1/default}:snap              string manifest of the published snapshot (the pointer)
-    emb:{movies/v1/default}:snap:7:0          string chunk 0 of snapshot generation 7
+    emb:{movies/v1/default}:snap:7.a1b2c3:0   string chunk 0 of snapshot 7.a1b2c3 (generation 7, one build's nonce)
     emb:{movies/v1/default}:lease             string held (with a TTL) by the worker building the partition
 
 The text between braces is the Redis Cluster hash tag: every key of one partition of one version lives in one
@@ -40,10 +45,12 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 _HUB_TAG = "_hub"
 # the key kinds :meth:`Keys.parse` recognises, by level
-_HUB_KINDS = frozenset({"spaces"})
-_SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "events"})
-_SPACE_NAMED_KINDS = frozenset({"alias", "parts"})  # followed by one name
-_PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap"})
+# (keep these in step with the builders below: tests/test_keys.py round-trips every builder through parse)
+_HUB_KINDS = frozenset({"spaces", "principals", "dispatcher"})
+_SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "grants", "events"})
+_SPACE_NAMED_KINDS = frozenset({"alias", "parts", "vstate"})  # followed by one name
+_PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap", "lease", "sealed"})
+_SNAPSHOT_ID_RE = re.compile(r"[0-9]+(\.[0-9a-z]+)?")  # generation, then the build's nonce
 
 
 def check_name(name: object, what: str = "name") -> str:
@@ -66,10 +73,17 @@ class PartitionKeys:
     state: str
     snap: str
     lease: str
+    sealed: str
 
-    def chunk(self, generation: int, index: int) -> str:
-        """Key of chunk ``index`` of snapshot ``generation``."""
-        return f"{self.snap}:{generation}:{index}"
+    @property
+    def writes(self) -> list[str]:
+        """The keys an atomic write function is given (vec, meta, log, state, sealed)."""
+        return [self.vec, self.meta, self.log, self.state, self.sealed]
+
+    def chunk(self, snapshot_id: str, index: int) -> str:
+        """Key of chunk ``index`` of the snapshot ``snapshot_id`` (generation plus a per-build nonce, so two
+        builds racing for one generation never write the same keys)."""
+        return f"{self.snap}:{snapshot_id}:{index}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,14 @@ class Keys:
     def spaces(self) -> str:
         return f"{self.prefix}:{{{_HUB_TAG}}}:spaces"
 
+    def principals(self) -> str:
+        """Hash of principal -> JSON record (secret hash and grants); the operator's only."""
+        return f"{self.prefix}:{{{_HUB_TAG}}}:principals"
+
+    def dispatcher_lock(self) -> str:
+        """Held (with a TTL) by the one dispatcher that turns dirty marks into jobs."""
+        return f"{self.prefix}:{{{_HUB_TAG}}}:dispatcher"
+
     # space level
     def _space(self, space: str, suffix: str) -> str:
         return f"{self.prefix}:{{{check_name(space, 'space name')}}}:{suffix}"
@@ -117,8 +139,16 @@ class Keys:
     def parts(self, space: str, version: str) -> str:
         return self._space(space, f"parts:{check_name(version, 'version name')}")
 
+    def vstate(self, space: str, version: str) -> str:
+        """String "open" or "sealed": the state every new partition's registration checks."""
+        return self._space(space, f"vstate:{check_name(version, 'version name')}")
+
     def dirty(self, space: str) -> str:
         return self._space(space, "dirty")
+
+    def grants(self, space: str) -> str:
+        """Hash of principal -> JSON grant on this space (role, partitions), readable by the space's principals."""
+        return self._space(space, "grants")
 
     def events(self, space: str) -> str:
         return self._space(space, "events")
@@ -145,6 +175,7 @@ class Keys:
             state=f"{base}:state",
             snap=f"{base}:snap",
             lease=f"{base}:lease",
+            sealed=f"{base}:sealed",
         )
 
     def partition_pattern(self, space: str, version: str = "*", partition: str = "*") -> str:
@@ -187,6 +218,7 @@ class Keys:
             space, version, partition = parts
             if kind in _PARTITION_KINDS and not extra:
                 return ParsedKey(kind=kind, space=space, version=version, partition=partition)
-            if kind == "snap" and len(extra) == 2 and all(x.isdigit() and x.isascii() for x in extra):
+            if kind == "snap" and len(extra) == 2 and _SNAPSHOT_ID_RE.fullmatch(extra[0]) and extra[1].isascii() \
+                    and extra[1].isdigit():
                 return ParsedKey(kind="chunk", space=space, version=version, partition=partition, extra=extra)
         raise InvalidName(f"not an embcache key: {key!r}")

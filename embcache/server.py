@@ -117,6 +117,9 @@ class RedisServer:
             "--pidfile", str(self.pidfile),
             "--daemonize", "yes" if daemonize else "no",
         ]
+        acl = self.directory / "users.acl"  # so that grants survive restarts (ACL SAVE writes it)
+        acl.touch(exist_ok=True)
+        args += ["--aclfile", str(acl)]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         return args + self.extra_args

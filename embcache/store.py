@@ -71,12 +71,15 @@ def open_client(
         if cluster is None:
             probe = redis.Redis.from_url(url, **opts)
             try:
-                info = probe.info("cluster")
-            except rexc.NoPermissionError:
-                info = {}
+                cluster = bool(probe.info("cluster").get("cluster_enabled"))
+            except rexc.NoPermissionError:  # principals may not run INFO; CLUSTER INFO answers them
+                try:
+                    probe.execute_command("CLUSTER INFO")
+                    cluster = True
+                except rexc.ResponseError:  # "cluster support disabled"
+                    cluster = False
             finally:
                 probe.close()
-            cluster = bool(info.get("cluster_enabled"))
         if cluster:
             return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
         client = redis.Redis.from_url(url, **opts)
@@ -154,7 +157,7 @@ class Store:
                 args += [ids[i], blobs[i], metas[i] or ""]
             calls.append(args)
             start = end
-        keys = [pk.vec, pk.meta, pk.log, pk.state]
+        keys = pk.writes
         with translate_errors("upsert"):
             if len(calls) == 1:
                 return _s(self.r.fcall("emb_upsert", len(keys), *keys, *calls[0]))  # type: ignore[return-value]
@@ -170,7 +173,7 @@ class Store:
 
     def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[str], str | None]:
         """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
-        keys = [pk.vec, pk.meta, pk.log, pk.state]
+        keys = pk.writes
         res = self.fcall("emb_delete", keys, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
         return json.loads(res[0]), _s(res[1]) if res[1] else None
 
@@ -252,13 +255,13 @@ class Store:
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         with translate_errors("seal"):
-            self.r.hset(pk.state, "sealed", "1")
+            self.r.set(pk.sealed, "1")
 
     def delete_partition(self, pk: PartitionKeys) -> None:
         """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
         with translate_errors("delete partition"):
             raw = self.r.get(pk.snap)
-            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap]
+            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
             if raw is not None:
                 manifest = json.loads(raw)
                 keys += [pk.chunk(manifest["sid"], i) for i in range(manifest["chunks"])]
