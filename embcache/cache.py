@@ -68,6 +68,7 @@ class PartitionCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.corrupt_seen = 0
+        self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -195,6 +196,8 @@ class PartitionCache:
 
     def refresh(self) -> int:
         """Bring every cached base up to date; returns how many were replaced."""
+        for hook in self.on_refresh:
+            hook()
         entries = list(self._bases.items())
         if not entries:
             return 0

@@ -124,6 +124,8 @@ class Hub:
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
+        self._parts: dict[tuple[str, str], list[str]] = {}
+        self.cache.on_refresh.append(self._refresh_partitions)
         self._records: dict[str, SpaceRecord] = {}
         self._registered: set[tuple[str, str, str]] = set()
         self._session: dict[tuple[str, str, str], Overlay] = {}
@@ -233,6 +235,32 @@ class Hub:
 
     def __repr__(self) -> str:
         return f"Hub({self.url!r})"
+
+    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
+    def _known_partitions(self, space: str, version: str, fresh: bool) -> list[str]:
+        key = (space, version)
+        parts = None if fresh else self._parts.get(key)
+        if parts is None:
+            parts = self.catalogue.partitions(space, version)
+            self._parts[key] = parts
+        return parts
+
+    def _partition_added(self, space: str, version: str, partition: str) -> None:
+        parts = self._parts.get((space, version))
+        if parts is not None and partition not in parts:
+            self._parts[(space, version)] = sorted([*parts, partition])
+
+    def _refresh_partitions(self) -> None:
+        keys = list(self._parts)
+        if not keys:
+            return
+        with translate_errors("refresh partitions"):
+            pipe = self.store.r.pipeline(transaction=False)
+            for space, version in keys:
+                pipe.smembers(self.keys.parts(space, version))
+            results = pipe.execute()
+        for key, members in zip(keys, results):
+            self._parts[key] = sorted(m.decode() for m in members)
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
     def _remember(self, pid: tuple[str, str, str], items: Overlay) -> None:
@@ -493,6 +521,7 @@ class Version:
         if pid not in self.hub._registered:
             self.hub.catalogue.register_partition(self.space.name, self.name, partition)
             self.hub._registered.add(pid)
+            self.hub._partition_added(self.space.name, self.name, partition)
 
     def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> None:
         # a principal limited to some partitions can only check those (it cannot see the others)
@@ -509,10 +538,12 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self.hub.catalogue.partitions(self.space.name, self.name)
+        return self.hub._known_partitions(self.space.name, self.name, True)
 
-    def _partitions_arg(self, partitions: object) -> list[str]:
-        known = self.partitions()
+    def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> list[str]:
+        """Validated partition names (all of the version's, limited to the principal's grant, for None).
+        ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
+        known = self.hub._known_partitions(self.space.name, self.name, fresh)
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -584,7 +615,7 @@ class Version:
         ef = _check_ef(ef)
         if consistency not in CONSISTENCY_LEVELS:
             raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
-        parts = self._partitions_arg(partitions)
+        parts = self._partitions_arg(partitions, fresh=consistency == "strong")
         if self.space.metric == "cosine":
             queries = codec.normalise(queries, what="query_embeddings")
         return self._search(queries, k, parts, predicate, ef, consistency, include)
@@ -645,7 +676,10 @@ class Version:
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
             for b, ov in zip(bases, overlays)
         ]
-        merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
+        if len(per_part) == 1:
+            merged = per_part[0]
+        else:
+            merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k))
         if "metadatas" in include or "embeddings" in include:
             where_is = _locator(bases, overlays)
@@ -672,8 +706,9 @@ def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
 
 
 def _pad(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
-    width = max((len(r) for r in rows), default=0)
-    width = min(max(width, 0), k)
+    width = min(max((len(r) for r in rows), default=0), k)
+    if all(len(r) == width for r in rows):
+        return np.array(rows, dtype=np.float32).reshape(len(rows), width)
     out = np.full((len(rows), width), np.inf, dtype=np.float32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r[:width]

@@ -77,6 +77,14 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
     Rejects non-numeric data, wrong shapes or dimensions, empty batches, and NaN/inf values.
     ``allow_1d`` accepts a single vector of shape ``(dim,)`` as one row.
     """
+    if (
+        type(data) is np.ndarray and data.dtype == np.float32 and data.flags.c_contiguous
+        and (data.ndim == 2 or (data.ndim == 1 and allow_1d)) and data.shape[-1] == dim and data.size
+    ):  # the common case, kept cheap: it is on every query's path
+        if not np.isfinite(data).all():
+            bad = int(np.argwhere(~np.isfinite(data.reshape(-1, dim)))[0][0])
+            raise InvalidInput(f"{what}[{bad}] contains NaN or infinity (or a value too large for float32)")
+        return data.reshape(-1, dim)
     if isinstance(data, np.ndarray):
         arr = data
     else:
@@ -96,7 +104,8 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
         raise InvalidInput(f"{what} is empty")
     if arr.shape[1] != dim:
         raise DimensionMismatch(f"{what} have dimension {arr.shape[1]}, the space has dim={dim}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(out).all():
         bad = int(np.argwhere(~np.isfinite(out))[0][0])
         raise InvalidInput(f"{what}[{bad}] contains NaN or infinity (or a value too large for float32)")
@@ -107,7 +116,8 @@ def normalise(mat: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
     """Rows scaled to unit L2 norm (for the cosine metric); a zero row is an error."""
     # float64: squaring float32 values above ~1.8e19 overflows (the row would become all zeros) and below
     # ~1e-23 underflows (a non-zero row would look like a zero one)
-    norms = np.linalg.norm(np.asarray(mat, dtype=np.float64), axis=1, keepdims=True)
+    m64 = mat.astype(np.float64)
+    norms = np.sqrt((m64 * m64).sum(axis=1, keepdims=True))
     if (norms == 0).any():
         bad = int(np.argwhere(norms[:, 0] == 0)[0][0])
         raise InvalidInput(f"{what}[{bad}] is a zero vector, which has no cosine direction")
@@ -119,7 +129,8 @@ def encode_vectors(mat: np.ndarray, dtype: str) -> list[bytes]:
 
     float16 spaces reject values beyond float16's range rather than storing infinity.
     """
-    arr = np.ascontiguousarray(mat, dtype=DTYPES[dtype])
+    with np.errstate(over="ignore"):  # values beyond float16 become inf and are reported just below
+        arr = np.ascontiguousarray(mat, dtype=DTYPES[dtype])
     if dtype == "float16" and not np.isfinite(arr).all():
         raise InvalidInput("embeddings contain values beyond float16's range (|x| > 65504)")
     width = arr.shape[1] * arr.dtype.itemsize

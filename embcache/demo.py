@@ -106,7 +106,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
     hub = connect(url)
     say(f"hub: {hub.url}{' (embedded redis-server, AOF on)' if url is None else ''}")
     with hub, workers(hub.url, n_workers):
-        say(f"started {n_workers} workers")
+        say(f"started {n_workers} workers" if n_workers else "using the workers already running on this hub")
         if SPACE in hub.spaces():
             hub.drop_space(SPACE)  # a rerun starts afresh
         say("\n1. learn movie embeddings and store them as v1")

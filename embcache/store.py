@@ -212,6 +212,8 @@ class Store:
 
     def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> list[Tail | None]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
+        if len(requests) == 1:  # a plain call costs less than a pipeline of one
+            return [self.read_tail(*requests[0], limit=limit)]
         with translate_errors("tail"):
             pipe = self.r.pipeline(transaction=False)
             for pk, since in requests:
