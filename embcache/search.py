@@ -5,7 +5,10 @@ Distances follow hnswlib's conventions, so exact and indexed answers are compara
 cosine spaces are normalised on write, queries on arrival, so it is computed as ``1 - <q, x>``).
 
 The exact path ranks candidates in float32 and re-ranks a margin of them in float64, so its answers match an
-independent float64 brute force up to genuine ties.
+independent float64 brute force up to genuine ties. For ``l2`` the float32 stage works on vectors centred on the
+items' mean: squared distances are translation-invariant, and data far from the origin would otherwise lose the
+distances between neighbours to cancellation (``|q|^2 + |x|^2 - 2<q, x>`` of large, nearly equal terms). Queries
+are processed in blocks sized so that the temporary matrices stay within a fixed memory budget.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ __all__ = ["Ranked", "exact_search", "pairwise_distances", "merge_ranked", "EMPT
 # One query's answer from one source: ids nearest first and their distances (float32, ascending).
 Ranked = tuple[list[str], np.ndarray]
 EMPTY: Ranked = ([], np.zeros(0, dtype=np.float32))
-_QUERY_BLOCK = 256  # bounds the (queries x items) distance matrix held at once
+_QUERY_BLOCK = 256  # at most this many queries at once
+_BLOCK_BYTES = 256 << 20  # and no more temporary memory per block than this (distances, argpartition, re-rank)
+_ROW_CHUNK = 8192  # items centred at once by the l2 candidate stage
 
 
 def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str, dtype: type = np.float32) -> np.ndarray:
@@ -32,13 +37,25 @@ def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str, dtyp
     return 1.0 - q @ x.T
 
 
+def _l2_candidates(queries: np.ndarray, items: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """float32 squared l2 distances ``(q, n)`` computed on vectors centred on ``center`` (chunk by chunk)."""
+    qc = queries.astype(np.float32, copy=False) - center
+    qq = (qc * qc).sum(1)
+    out = np.empty((queries.shape[0], items.shape[0]), dtype=np.float32)
+    for start in range(0, items.shape[0], _ROW_CHUNK):
+        xc = items[start : start + _ROW_CHUNK].astype(np.float32, copy=False) - center
+        out[:, start : start + xc.shape[0]] = qq[:, None] + (xc * xc).sum(1)[None, :] - 2.0 * (qc @ xc.T)
+    return np.maximum(out, 0.0, out=out)
+
+
 def _exact_rerank(queries: np.ndarray, items: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
     """float64 distances of each query to its candidate rows ``cand`` (q, c)."""
-    q = queries.astype(np.float64)[:, None, :]
-    x = items[cand].astype(np.float64)
+    q = queries.astype(np.float64)
+    x = items[cand].astype(np.float64)  # (q, c, dim)
     if metric == "l2":
-        return ((x - q) ** 2).sum(-1)
-    return 1.0 - (x * q).sum(-1)
+        x -= q[:, None, :]
+        return np.einsum("qcd,qcd->qc", x, x)
+    return 1.0 - np.einsum("qcd,qd->qc", x, q)
 
 
 def exact_search(
@@ -54,12 +71,18 @@ def exact_search(
     if m == 0:
         return np.zeros((n_q, 0), dtype=np.int64), np.zeros((n_q, 0), dtype=np.float32)
     pool = items[rows] if allowed is not None else items
-    c = min(rows.size, k + max(16, k // 2))  # float32 ranking, float64 re-rank of a margin
+    n, dim = pool.shape
+    c = min(n, k + max(16, k // 2))  # float32 ranking, float64 re-rank of a margin
+    per_query = 20 * n + 12 * c * dim + 32 * c  # float32 distances, argpartition's int64s, the re-rank's gather
+    block = max(1, min(_QUERY_BLOCK, _BLOCK_BYTES // per_query))
+    center = None
+    if metric == "l2":  # the mean of up to ~1000 evenly spaced rows is as good a centre as the exact mean
+        center = pool[:: max(1, n // 1024)].mean(axis=0, dtype=np.float64).astype(np.float32)
     out_rows = np.empty((n_q, m), dtype=np.int64)
     out_dist = np.empty((n_q, m), dtype=np.float32)
-    for start in range(0, n_q, _QUERY_BLOCK):
-        qb = queries[start : start + _QUERY_BLOCK]
-        d = pairwise_distances(qb, pool, metric)
+    for start in range(0, n_q, block):
+        qb = queries[start : start + block]
+        d = _l2_candidates(qb, pool, center) if center is not None else pairwise_distances(qb, pool, metric)
         cand = np.argpartition(d, c - 1, axis=1)[:, :c] if c < pool.shape[0] else np.tile(np.arange(c), (len(qb), 1))
         exact = _exact_rerank(qb, pool, cand, metric)
         order = np.argsort(exact, axis=1, kind="stable")[:, :m]
