@@ -16,7 +16,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -456,7 +456,7 @@ class Version:
         pos = store.write_upserts(self._pk(partition), id_list, blobs, meta_texts)
         store.mark_dirty(self.space.name, self.name, partition)
         stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
-        metas = metadatas if metadatas is not None else [None] * len(id_list)
+        metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
         self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)})
         return len(id_list)
 
@@ -559,6 +559,13 @@ class Version:
                 raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
         return list(dict.fromkeys(partitions))
 
+    @_guard("ids")
+    def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
+        """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
+        parts = self._partitions_arg(None if partition is None else [partition])
+        for p in parts:
+            yield from self.hub.store.scan_ids(self._pk(p), batch)
+
     @_guard("count")
     def count(self, partition: str | None = None) -> int:
         """Number of items (in one partition, or in all)."""
@@ -610,15 +617,20 @@ class Version:
         """
         queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
         k = codec.check_n_results(n_results)
+        args = self._query_args(partitions, where, ef, consistency, include)
+        if self.space.metric == "cosine":
+            queries = codec.normalise(queries, what="query_embeddings")
+        return self._search(queries, k, *args)
+
+    def _query_args(self, partitions: object, where: object, ef: object, consistency: object, include: object) -> tuple:
+        """The validated (partitions, predicate, ef, consistency, include) of a query."""
         include = _check_include(include, _INCLUDE_QUERY)
         predicate = compile_where(where)
         ef = _check_ef(ef)
         if consistency not in CONSISTENCY_LEVELS:
             raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
         parts = self._partitions_arg(partitions, fresh=consistency == "strong")
-        if self.space.metric == "cosine":
-            queries = codec.normalise(queries, what="query_embeddings")
-        return self._search(queries, k, parts, predicate, ef, consistency, include)
+        return parts, predicate, ef, consistency, include
 
     @_guard("query_by_id")
     def query_by_id(
@@ -637,15 +649,16 @@ class Version:
         :class:`~embcache.errors.NotFound` if an id is not stored in this version.
         """
         id_list = codec.check_ids(ids, allow_duplicates=True)
+        n_results = codec.check_n_results(n_results)
+        args = self._query_args(partitions, where, ef, consistency, include)
         got = self.get(id_list, include=("embeddings",))
         missing = [i for i in id_list if i not in set(got.ids)]
         if missing:
             raise NotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
         row = {i: j for j, i in enumerate(got.ids)}
         assert got.embeddings is not None
-        queries = got.embeddings[[row[i] for i in id_list]]
-        res = self.query(queries, n_results + 1, partitions=partitions, where=where, ef=ef,
-                         consistency=consistency, include=include)
+        queries = got.embeddings[[row[i] for i in id_list]]  # stored vectors: already normalised for cosine
+        res = self._search(queries, n_results + 1, *args)
         keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
         res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
         res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)

@@ -29,6 +29,7 @@ LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
+READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
 TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
 SCAN_COUNT = 1000
 
@@ -186,9 +187,22 @@ class Store:
             return [bool(x) for x in pipe.execute()]
 
     def read_items(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[bytes | None], list[bytes | None]]:
-        """Vectors and metadata of ``ids`` (None where missing), read atomically."""
-        res = self.fcall("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
-        return list(res[0]), list(res[1])
+        """Vectors and metadata of ``ids`` (None where missing); each chunk of ids is read atomically."""
+        if len(ids) <= READ_CHUNK_ITEMS:
+            res = self.fcall("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
+            return list(res[0]), list(res[1])
+        with translate_errors("get"):
+            pipe = self.r.pipeline(transaction=False)
+            for start in range(0, len(ids), READ_CHUNK_ITEMS):
+                pipe.fcall_ro("emb_get", 2, pk.vec, pk.meta, *ids[start : start + READ_CHUNK_ITEMS])
+            results = pipe.execute()
+        return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
+
+    def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
+        """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
+        with translate_errors("scan"):
+            for k, _ in self.r.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
 
     def count(self, pk: PartitionKeys) -> int:
         with translate_errors("count"):
