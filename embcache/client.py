@@ -23,14 +23,14 @@ from typing import Any, Literal
 import numpy as np
 
 from . import codec
+from .acl import Credentials, Grant
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
-from .acl import Credentials, Grant
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .principals import Principals
 from .errors import InvalidInput, NotFound, PermissionDenied, VersionSealed
 from .filters import compile_where
 from .keys import Keys, check_name
+from .principals import Principals
 from .search import merge_ranked
 from .store import Store, open_client, translate_errors
 from .views import Overlay, OverlayItem, pos_key, search_view

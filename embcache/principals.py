@@ -16,7 +16,15 @@ from typing import Any
 import redis.cluster
 from redis import exceptions as rexc
 
-from .acl import Credentials, Grant, check_principal, hash_secret, new_secret, user_rules, worker_rules
+from .acl import (
+    Credentials,
+    Grant,
+    check_principal,
+    hash_secret,
+    new_secret,
+    user_rules,
+    worker_rules,
+)
 from .errors import InvalidInput, NotFound
 from .store import Store, translate_errors
 

@@ -19,9 +19,9 @@ a snapshot must not be able to run code in the readers.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import json
 import os
+import secrets
 import tempfile
 import threading
 import time

@@ -18,7 +18,14 @@ import redis
 import redis.cluster
 from redis import exceptions as rexc
 
-from .errors import AlreadyExists, EmbcacheError, NotFound, PermissionDenied, Unavailable, VersionSealed
+from .errors import (
+    AlreadyExists,
+    EmbcacheError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    VersionSealed,
+)
 from .keys import Keys, PartitionKeys
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]

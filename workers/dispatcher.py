@@ -11,8 +11,8 @@ which covers a writer that died between its write and its mark, and a worker kil
 from __future__ import annotations
 
 import hashlib
-import secrets
 import logging
+import secrets
 import threading
 import time
 from typing import Any
