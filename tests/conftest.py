@@ -31,6 +31,7 @@ from tests.datasets import MiniLMSubset, load_minilm_subset
 from tests.servers import Cluster, assert_empty, ensure_running, reset_acl, start_cluster, start_standalone
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.workers_fixtures"]  # real RQ worker processes: the `workers` and `hubs` fixtures
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,15 @@ from redis.cluster import RedisCluster
 from embcache.server import RedisServer
 from tests.datasets import unique_ids
 from tests.servers import (
-    CLUSTER_SLOTS, Cluster, assert_empty, client_for, ensure_running, is_cluster_url, reset_acl, start_standalone,
+    CLUSTER_SLOTS,
+    Cluster,
+    assert_empty,
+    client_for,
+    ensure_running,
+    is_cluster_url,
+    reset_acl,
+    start_standalone,
 )
-
 
 # --- standalone -------------------------------------------------------------------------------------------
 
