@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class PartitionCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.corrupt_seen = 0
+        self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
@@ -114,11 +116,16 @@ class PartitionCache:
 
     def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
+        with translate_errors("load snapshot"):
+            manifest = manifest or snapshot.read_manifest(self.store.r, pk)
+        if manifest is None or self._refused.get(pk.tag) == manifest.sid:
+            return None  # none published, or this one was refused already: do not fetch it again
         try:
             with translate_errors("load snapshot"):
                 return snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
         except SnapshotCorrupt as exc:
             self.corrupt_seen += 1
+            self._refused[pk.tag] = manifest.sid
             log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
             self.store.report_corrupt(pk, str(exc))
             return None
@@ -171,9 +178,13 @@ class PartitionCache:
                 if channels - subscribed:
                     pubsub.subscribe(*(channels - subscribed))
                     subscribed |= channels
-                if pubsub.get_message(timeout=self.refresh_interval) is not None:
-                    while pubsub.get_message(timeout=0) is not None:
-                        pass
+                # wait for a notification in short slices, so that close() and wake() are not kept waiting
+                deadline = time.monotonic() + self.refresh_interval
+                while not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
+                    if pubsub.get_message(timeout=min(0.1, left)) is not None:
+                        while pubsub.get_message(timeout=0) is not None:
+                            pass
+                        break
             except Exception as exc:  # noqa: BLE001 - no pub/sub (ACL, Redis away): fall back to polling
                 log.debug("notifications unavailable: %s", exc)
                 pubsub = None
@@ -215,7 +226,8 @@ class PartitionCache:
         pk = self.keys(pid)
         with translate_errors("refresh"):
             manifest = snapshot.read_manifest(self.store.r, pk)
-        if manifest is not None and manifest.generation != getattr(base, "generation", None):
+        if manifest is not None and manifest.generation != getattr(base, "generation", None) \
+                and self._refused.get(pk.tag) != manifest.sid:
             new = self._load_snapshot(pk, info, manifest)
             if new is not None:
                 return new

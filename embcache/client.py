@@ -40,6 +40,7 @@ __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Co
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
+SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
 _INCLUDE_GET = ("embeddings", "metadatas")
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
@@ -130,6 +131,7 @@ class Hub:
         self._registered: set[tuple[str, str, str]] = set()
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
+        self._session_overflow: dict[tuple[str, str, str], str] = {}
 
     @property
     def is_cluster(self) -> bool:
@@ -263,20 +265,29 @@ class Hub:
             self._parts[key] = sorted(m.decode() for m in members)
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay) -> None:
-        if self.cache.cached(pid) is None and not self.cache.loading(pid):
-            return  # a base loaded later reads these writes from Redis
+    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str) -> None:
+        """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
+        partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
         with self._session_lock:
-            self._session.setdefault(pid, {}).update(items)
+            ov = self._session.setdefault(pid, {})
+            ov.update(items)
+            if len(ov) > SESSION_ITEMS:
+                ov.clear()
+                self._session_overflow[pid] = pos
 
-    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay:
+    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
+        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
+        covered = pos_key(base_pos)
         with self._session_lock:
+            overflow = self._session_overflow.get(pid)
+            if overflow is not None:
+                if pos_key(overflow) > covered:
+                    return None
+                del self._session_overflow[pid]
             ov = self._session.get(pid)
             if not ov:
                 return {}
-            covered = pos_key(base_pos)
-            stale = [i for i, it in ov.items() if pos_key(it.pos) <= covered]
-            for i in stale:
+            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
                 del ov[i]
             return dict(ov)
 
@@ -450,14 +461,14 @@ class Version:
             mat = codec.normalise(mat)
         blobs = codec.encode_vectors(mat, self.space.dtype)
         pid = self._pid(partition)
+        self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refused call adds no partition
         self._register(partition)
-        self._refuse_ids_elsewhere(partition, id_list)
         store = self.hub.store
         pos = store.write_upserts(self._pk(partition), id_list, blobs, meta_texts)
         store.mark_dirty(self.space.name, self.name, partition)
         stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
         metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-        self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)})
+        self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
@@ -475,7 +486,7 @@ class Version:
             gone, pos = self.hub.store.write_deletes(self._pk(p), id_list)
             if pos is not None:
                 self.hub.store.mark_dirty(self.space.name, self.name, p)
-                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone})
+                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
 
@@ -672,19 +683,22 @@ class Version:
         hub, info = self.hub, self.space.info
         pids = [self._pid(p) for p in parts]
         bases = [hub.cache.get(pid, info) for pid in pids]
+        overlays: list[Overlay | None]
         if consistency == "eventual":
-            overlays: list[Overlay] = [{} for _ in pids]
+            overlays = [{} for _ in pids]
         elif consistency == "session":
             overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
         else:
-            overlays = []
-            tails = hub.store.read_tails([(self._pk(p), b.position) for p, b in zip(parts, bases)])
-            for i, tail in enumerate(tails):
+            overlays = [None for _ in pids]
+        need_tail = [i for i, ov in enumerate(overlays) if ov is None]
+        if need_tail:  # strong, or session writes that are no longer all in memory: the log tail, one round trip
+            tails = hub.store.read_tails([(self._pk(parts[i]), bases[i].position) for i in need_tail])
+            for i, tail in zip(need_tail, tails):
                 if tail is None:  # the log no longer reaches back to the base: load afresh
                     bases[i] = hub.cache.reload(pids[i], info)
-                    overlays.append({})
+                    overlays[i] = {}
                 else:
-                    overlays.append(tail_overlay(tail, info))
+                    overlays[i] = tail_overlay(tail, info)
         per_part = [
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
             for b, ov in zip(bases, overlays)
@@ -719,12 +733,12 @@ def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
 
 
 def _pad(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
-    width = min(max((len(r) for r in rows), default=0), k)
-    if all(len(r) == width for r in rows):
-        return np.array(rows, dtype=np.float32).reshape(len(rows), width)
-    out = np.full((len(rows), width), np.inf, dtype=np.float32)
+    """Distances as one float32 array ``(len(rows), k)``; a row with fewer than ``k`` matches ends in inf."""
+    if all(len(r) == k for r in rows):
+        return np.array(rows, dtype=np.float32).reshape(len(rows), k)
+    out = np.full((len(rows), k), np.inf, dtype=np.float32)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = r[:width]
+        out[i, : len(r)] = r[:k]
     return out
 
 

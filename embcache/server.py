@@ -35,7 +35,12 @@ _MAX_UNIX_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margi
 
 def find_redis_server() -> str:
     """Path of the ``redis-server`` binary (``EMBCACHE_REDIS_SERVER`` overrides); :class:`ServerError` if none."""
-    path = os.environ.get("EMBCACHE_REDIS_SERVER") or shutil.which("redis-server")
+    override = os.environ.get("EMBCACHE_REDIS_SERVER")
+    if override:
+        if not os.access(override, os.X_OK):
+            raise ServerError(f"EMBCACHE_REDIS_SERVER={override} is not an executable file. {_INSTALL_HINT}")
+        return override
+    path = shutil.which("redis-server")
     if not path:
         for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"):
             if os.access(candidate, os.X_OK):

@@ -67,6 +67,8 @@ def build_snapshot(
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
     previous = snapshot.read_manifest(r, pk)
+    corrupt = r.hexists(pk.state, "corrupt")  # a reader refused the published snapshot: rebuild it in full
+    full = full or bool(corrupt)
     if previous is not None and previous.pos == store.position(pk) and not full:
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
     state = None
