@@ -41,7 +41,9 @@ ROLES = ("reader", "writer", "admin")
 # Commands allowed with no key restriction: connection handling, topology discovery, notifications.
 _ROOT = ["+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+client|id", "+select", "+readonly",
          "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|myid",
-         "+subscribe", "+unsubscribe", "+reset", "+quit"]
+         "+subscribe", "+unsubscribe", "+reset", "+quit",
+         "+command",  # redis-py's Cluster client reads the command table at start-up
+         "+multi", "+exec", "+discard"]  # large upserts commit their chunks in one transaction
 _READ = ["+get", "+mget", "+exists", "+type", "+ttl", "+pttl", "+hget", "+hmget", "+hgetall", "+hkeys", "+hlen",
          "+hexists", "+hscan", "+smembers", "+sismember", "+scard", "+xrange", "+xrevrange", "+xlen", "+lrange",
          "+llen", "+zrange", "+zscore", "+zcard", "+fcall_ro"]
@@ -136,6 +138,13 @@ def user_rules(keys: Keys, secret_hash: str, grants: Sequence[Grant]) -> list[st
 def worker_rules(keys: Keys, secret_hash: str) -> list[str]:
     """ACL rules of the worker principal: all embcache keys, RQ's keys and channels; no admin commands."""
     p = keys.prefix
-    return ["reset", "on", f"#{secret_hash}", f"~{p}:*", "~rq:*", f"&{p}:*", "&rq:*",
+    return ["reset", "on", f"#{secret_hash}",
+            # every space and partition key (their tags start with a letter or digit), but of the hub keys only
+            # the listing and the dispatcher lock: the principal registry stays the operator's
+            f"~{p}:{{[A-Za-z0-9]*}}:*", f"~{keys.spaces()}", f"~{keys.dispatcher_lock()}", "~rq:*",
+            f"&{p}:*", "&rq:*",
             "+@all", "-@dangerous", "+info", "+client|setname", "+client|setinfo", "+client|id",
-            "+client|list", "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes"]
+            "+client|list", "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes",
+            # RQ runs its Lua scripts (SCRIPT LOAD, EVALSHA) but has no business replacing embcache's functions
+            "-function|load", "-function|delete", "-function|flush", "-function|restore", "-function|kill",
+            "-script|flush", "-script|kill"]

@@ -87,7 +87,9 @@ def cmd_redis(args: argparse.Namespace) -> None:
 @command("worker")
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run an RQ worker on the embcache queue, with the dispatcher."""
-    from workers.dispatcher import run_worker  # the CLI is the one place that starts workers
+    from workers.dispatcher import (
+        run_worker,  # the CLI is the one place that starts workers
+    )
 
     url = args.url or os.environ.get("EMBCACHE_URL")
     if url is None:
@@ -254,6 +256,90 @@ def cmd_query(args: argparse.Namespace) -> None:
     _out(args, out, table)
 
 
+# access control (operator) --------------------------------------------------------------------------------
+def _warn_not_persisted(creds: Any) -> None:
+    if not creds.persisted:
+        print(f"embcache: warning: the server has no ACL file: principal {creds.username!r} exists only until the "
+              "server restarts (start redis-server with --aclfile, as the embedded server is)", file=sys.stderr)
+
+
+def _creds_text(action: str, d: dict[str, Any]) -> str:
+    lines = [action, f"username: {d['username']}"]
+    if d["password"] is None:
+        lines.append("password: (unchanged: the principal already had one; use 'embcache rotate' for a new one)")
+    else:
+        lines += [f"password: {d['password']}", "(shown only this once: Redis keeps only its SHA-256 hash)"]
+    return "\n".join(lines)
+
+
+@command("grant")
+def cmd_grant(args: argparse.Namespace) -> None:
+    """Give a principal a role on a space (creates the principal; prints its password once)."""
+    with _hub(args) as hub:
+        creds = hub.grant(args.principal, space=args.space, role=args.role, partitions=args.partition)
+    data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted,
+            "space": args.space, "role": args.role, "partitions": args.partition}
+    scope = f" (partitions {', '.join(args.partition)})" if args.partition else ""
+    _out(args, data, lambda d: _creds_text(f"granted {d['role']} on space {d['space']}{scope} to {d['username']}", d))
+    _warn_not_persisted(creds)
+
+
+@command("revoke")
+def cmd_revoke(args: argparse.Namespace) -> None:
+    """Remove a principal's grant on a space, or the principal itself (without --space)."""
+    with _hub(args) as hub:
+        hub.revoke(args.principal, space=args.space)
+        deleted = args.space is None or args.principal not in hub.list_principals()  # its last grant went
+    data = {"principal": args.principal, "space": args.space, "deleted": deleted}
+
+    def text(d: dict[str, Any]) -> str:
+        if d["space"] is None:
+            return f"deleted principal {d['principal']}"
+        tail = " (its last grant: principal deleted)" if d["deleted"] else ""
+        return f"revoked {d['principal']}'s grant on space {d['space']}{tail}"
+
+    _out(args, data, text)
+
+
+@command("principals")
+def cmd_principals(args: argparse.Namespace) -> None:
+    """List principals and their grants (never secrets)."""
+    with _hub(args) as hub:
+        data = hub.list_principals()
+    rows: list[dict[str, Any]] = []
+    for name, rec in data.items():
+        kind = "worker" if rec["worker"] else "client"
+        if not rec["grants"]:  # the worker: hub-wide, no per-space grants
+            rows.append({"principal": name, "kind": kind, "space": "*" if rec["worker"] else "",
+                         "role": "worker" if rec["worker"] else "", "partitions": ""})
+        for space, g in sorted(rec["grants"].items()):
+            rows.append({"principal": name, "kind": kind, "space": space, "role": g["role"],
+                         "partitions": ",".join(g["partitions"]) if g["partitions"] else "*"})
+    _out(args, data, lambda _: format_table(rows, ["principal", "kind", "space", "role", "partitions"]))
+
+
+@command("rotate")
+def cmd_rotate(args: argparse.Namespace) -> None:
+    """Give a principal a new password (the old one stops working for new connections); prints it once."""
+    with _hub(args) as hub:
+        creds = hub.rotate(args.principal)
+    data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted}
+    _out(args, data, lambda d: _creds_text(f"new password for {d['username']}", d))
+    _warn_not_persisted(creds)
+
+
+@command("worker-principal")
+def cmd_worker_principal(args: argparse.Namespace) -> None:
+    """Create (or re-key) the principal workers connect with; prints its credentials once."""
+    with _hub(args) as hub:
+        creds = hub.create_worker_principal(args.name)
+    data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted}
+    _out(args, data, lambda d: _creds_text(
+        f"worker principal {d['username']} (run workers with EMBCACHE_USERNAME/EMBCACHE_PASSWORD and "
+        "EMBCACHE_QUEUE_USERNAME/EMBCACHE_QUEUE_PASSWORD set to these)", d))
+    _warn_not_persisted(creds)
+
+
 def _progress(desc: str, unit: str = "it"):  # noqa: ANN202
     """A callable ``(done, total)`` that draws a progress bar on stderr (tqdm), and ``.close()``."""
     from tqdm import tqdm
@@ -336,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--where", help='metadata filter as JSON, e.g. \'{"genres": "Comedy"}\'')
     s.add_argument("--partition", action="append")
     s.add_argument("--consistency", default="session", choices=["eventual", "session", "strong"])
+    s = add("grant")
+    s.add_argument("principal")
+    s.add_argument("--space", required=True)
+    s.add_argument("--role", default="reader", choices=["reader", "writer", "admin"])
+    s.add_argument("--partition", action="append", help="limit the grant to this partition (repeatable)")
+    s = add("revoke")
+    s.add_argument("principal")
+    s.add_argument("--space", help="remove only the grant on this space (default: delete the principal)")
+    add("principals")
+    add("rotate").add_argument("principal")
+    add("worker-principal").add_argument("--name", default="worker")
     return p
 
 

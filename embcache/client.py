@@ -170,7 +170,7 @@ class Hub:
         """Delete a space with all its versions, data and snapshots."""
         record = self._record(name)
         cat = self.catalogue
-        with translate_errors(f"drop space {name}"):
+        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
             # data first, the record and the listing last: a drop cut short can simply be run again
             for v in cat.list_versions(name):
                 for p in cat.partitions(name, v.name):
@@ -292,22 +292,28 @@ class Hub:
             return dict(ov)
 
 
+@contextlib.contextmanager
+def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
+    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
+    try:
+        yield
+    except PermissionDenied as exc:
+        if getattr(exc, "named", False):
+            raise
+        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err.named = True  # type: ignore[attr-defined]
+        raise err from None
+
+
 def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
+            space = self.name if isinstance(self, Space) else self.space.name
+            with _named(operation, space, self.hub.username):
                 return fn(self, *args, **kwargs)
-            except PermissionDenied as exc:
-                if getattr(exc, "named", False):
-                    raise
-                space = self.name if isinstance(self, Space) else self.space.name
-                who = self.hub.username or "default"
-                err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who!r} ({exc})")
-                err.named = True  # type: ignore[attr-defined]
-                raise err from None
 
         return wrapper
 
@@ -508,7 +514,7 @@ class Version:
         ``on_progress(done, total)`` is called as partitions complete.
         """
         store = self.hub.store
-        keys = {p: self._pk(p) for p in self.partitions()}
+        keys = {p: self._pk(p) for p in self._partitions_arg(None)}
         targets = {p: store.position(pk) for p, pk in keys.items()}
         for p in keys:
             store.mark_dirty(self.space.name, self.name, p)
@@ -519,7 +525,7 @@ class Version:
     def stats(self) -> list[PartitionStats]:
         """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
         and a corrupt-snapshot report if a reader refused one."""
-        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self.partitions()]
+        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._partitions_arg(None)]
 
     def _check_open(self) -> None:
         rec = self.hub.catalogue.get_version(self.space.name, self.name)

@@ -108,7 +108,7 @@ class Principals:
             if rec["grants"] or (rec.get("worker") and space is not None):
                 self._apply(name, rec)
             else:
-                self._acl("DELUSER", name)
+                self._acl("DELUSER", name)  # Redis closes the user's connections itself
                 self.r.hdel(self.k.principals(), name)
                 self._save()
 
@@ -123,7 +123,19 @@ class Principals:
             rec["hash"] = hash_secret(secret)
             rec["rotated"] = time.time()
             persisted = self._apply(name, rec)
+            self._disconnect(name)
         return Credentials(name, secret, persisted)
+
+    def _disconnect(self, name: str) -> None:
+        """Close the connections ``name`` already has open (ACL changes apply to new commands, but a connection
+        authenticated with an old secret would otherwise stay signed in)."""
+        try:
+            if isinstance(self.r, redis.cluster.RedisCluster):
+                self.r.execute_command("CLIENT KILL", "USER", name, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
+            else:
+                self.r.execute_command("CLIENT KILL", "USER", name)
+        except rexc.ResponseError:  # no such connection on a node
+            pass
 
     def list(self) -> dict[str, dict[str, Any]]:
         """``{principal: {"grants": {space: {"role", "partitions"}}, "worker": bool}}``."""

@@ -4,7 +4,7 @@ Writers never touch RQ's keys (whoever can write them can make a worker run code
 ``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
 build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
 deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
-picked up after it. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
 which covers a writer that died between its write and its mark, and a worker killed mid-build.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from rq.job import Job, JobStatus
 
 from embcache import snapshot
 from embcache.catalogue import Catalogue
+from embcache.keys import NAME_PATTERN
 from embcache.store import Store
 from embcache.views import pos_key
 
@@ -33,6 +35,7 @@ __all__ = ["Dispatcher", "job_id", "QUEUE_NAME"]
 log = logging.getLogger("embcache.dispatcher")
 QUEUE_NAME = "embcache"
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def job_id(prefix: str, space: str, version: str, partition: str) -> str:
@@ -77,31 +80,38 @@ class Dispatcher:
             return 0
         for space in self.catalogue.list_spaces():
             for member in r.zrange(k.dirty(space), 0, -1):
-                version, _, partition = member.decode().partition("/")
-                if self._busy(space, version, partition):
+                version, _, partition = member.decode(errors="replace").partition("/")
+                if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)):
+                    log.warning("dropped a malformed dirty mark %r of space %s", member, space)
+                    r.zrem(k.dirty(space), member)  # writers can write this set; one bad entry must not stop builds
                     continue
+                state = self._state(space, version, partition)
+                if state == "running":
+                    continue  # it may have read the log already: keep the mark for a build after it
                 r.zrem(k.dirty(space), member)
-                self._enqueue(space, version, partition)
-                enqueued += 1
+                if state == "idle":  # a queued job has not read the log yet and will cover the mark
+                    self._enqueue(space, version, partition)
+                    enqueued += 1
         if time.monotonic() - self._last_reconcile > self.reconcile_every:
             self._last_reconcile = time.monotonic()
             self.reconcile()
         return enqueued
 
-    def _busy(self, space: str, version: str, partition: str) -> bool:
+    def _state(self, space: str, version: str, partition: str) -> str:
+        """"queued", "running" or "idle" for the partition's build."""
         if self.store.r.exists(self.store.keys.partition(space, version, partition).lease):
-            return True
+            return "running"
         try:
             job = Job.fetch(job_id(self.store.keys.prefix, space, version, partition), connection=self.queue.connection)
         except NoSuchJobError:
-            return False
+            return "idle"
         status = job.get_status(refresh=False)
         if status in _WAITING:
-            return True
-        # started: running if its lease is held, or if it started too recently to have taken the lease yet;
-        # a started job with neither belongs to a worker that died
+            return "queued"
+        # started: running if it started too recently to have taken its lease yet; a started job with neither
+        # belongs to a worker that died
         started = job.started_at.timestamp() if job.started_at else 0.0
-        return status == JobStatus.STARTED and time.time() - started < LEASE_SECONDS
+        return "running" if status == JobStatus.STARTED and time.time() - started < LEASE_SECONDS else "idle"
 
     def _enqueue(self, space: str, version: str, partition: str) -> None:
         self.queue.enqueue_call(
@@ -118,11 +128,14 @@ class Dispatcher:
         for space in self.catalogue.list_spaces():
             for v in self.catalogue.list_versions(space):
                 for p in self.catalogue.partitions(space, v.name):
+                    if not NAME_RE.fullmatch(p):
+                        continue  # a malformed name a writer put in the partition set: nothing to build
                     pk = self.store.keys.partition(space, v.name, p)
                     manifest = snapshot.read_manifest(self.store.r, pk)
                     built = manifest.pos if manifest else "0-0"
                     corrupt = self.store.r.hexists(pk.state, "corrupt")
-                    if corrupt or pos_key(self.store.position(pk)) > pos_key(built):
+                    behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
+                    if behind and self._state(space, v.name, p) == "idle":
                         self.store.mark_dirty(space, v.name, p)
                         marked += 1
         return marked
