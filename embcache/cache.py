@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import snapshot
+from . import metrics, snapshot
 from .codec import decode_vectors
 from .errors import EmbcacheError, SnapshotCorrupt
 from .keys import PartitionKeys
@@ -79,6 +79,12 @@ class PartitionCache:
         entry = self._bases.get(pid)
         return entry[0] if entry else None
 
+    def touch(self, pid: PartitionId) -> None:
+        """Mark ``pid`` as just used (LRU)."""
+        with self._lock:
+            if pid in self._bases:
+                self._bases.move_to_end(pid)
+
     def get(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """The partition's base, loading it on first use."""
         entry = self._bases.get(pid)
@@ -120,10 +126,16 @@ class PartitionCache:
             manifest = manifest or snapshot.read_manifest(self.store.r, pk)
         if manifest is None or self._refused.get(pk.tag) == manifest.sid:
             return None  # none published, or this one was refused already: do not fetch it again
+        t0 = time.perf_counter()
         try:
             with translate_errors("load snapshot"):
-                return snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+                base = snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+            if metrics.ENABLED and base is not None:
+                metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
+            return base
         except SnapshotCorrupt as exc:
+            if metrics.ENABLED:
+                metrics.observe_snapshot_load(pk.tag, "corrupt", time.perf_counter() - t0)
             self.corrupt_seen += 1
             self._refused[pk.tag] = manifest.sid
             log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)

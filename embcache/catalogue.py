@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from .errors import AlreadyExists, NotFound
 from .keys import check_name
+from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
 
 __all__ = ["SpaceRecord", "VersionRecord", "Catalogue"]
@@ -111,17 +112,19 @@ class Catalogue:
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
-    def get_version(self, space: str, name: str) -> VersionRecord:
+    @planned
+    def get_version(self, space: str, name: str) -> Plan[VersionRecord]:
         check_name(name, "version name")
         with translate_errors(f"read version {space}/{name}"):
-            raw = self.r.hget(self.k.versions(space), name)
+            raw = yield Call("hget", self.k.versions(space), name)
         if raw is None:
             raise NotFound(f"space {space!r} has no version {name!r}")
         return VersionRecord.model_validate_json(raw)
 
-    def list_versions(self, space: str) -> list[VersionRecord]:
+    @planned
+    def list_versions(self, space: str) -> Plan[list[VersionRecord]]:
         with translate_errors(f"list versions of {space}"):
-            raw = self.r.hgetall(self.k.versions(space))
+            raw = yield Call("hgetall", self.k.versions(space))
         recs = [VersionRecord.model_validate_json(v) for v in raw.values()]
         return sorted(recs, key=lambda r: (r.created, r.name))
 
@@ -132,15 +135,17 @@ class Catalogue:
                                [version], "seal")
         return sorted(_d(p) for p in res)  # type: ignore[misc]
 
-    def register_partition(self, space: str, version: str, partition: str) -> None:
-        self.store.fcall(
+    @planned
+    def register_partition(self, space: str, version: str, partition: str) -> Plan[None]:
+        yield from self.store.fcall_plan(
             "emb_register", [self.k.vstate(space, version), self.k.parts(space, version)], [partition],
             f"write to {space}/{version}",
         )
 
-    def partitions(self, space: str, version: str) -> list[str]:
+    @planned
+    def partitions(self, space: str, version: str) -> Plan[list[str]]:
         with translate_errors(f"list partitions of {space}/{version}"):
-            return sorted(p.decode() for p in self.r.smembers(self.k.parts(space, version)))
+            return sorted(p.decode() for p in (yield Call("smembers", self.k.parts(space, version))))
 
     # aliases
     def set_alias(self, space: str, alias: str, version: str) -> str | None:
@@ -165,21 +170,24 @@ class Catalogue:
             raise
         return _d(prev)  # type: ignore[return-value]
 
-    def aliases(self, space: str) -> dict[str, str]:
+    @planned
+    def aliases(self, space: str) -> Plan[dict[str, str]]:
         with translate_errors(f"list aliases of {space}"):
-            return {a.decode(): v.decode() for a, v in self.r.hgetall(self.k.aliases(space)).items()}
+            return {a.decode(): v.decode() for a, v in (yield Call("hgetall", self.k.aliases(space))).items()}
 
     def alias_history(self, space: str, alias: str) -> list[str]:
         with translate_errors(f"read alias {alias}"):
             return [v.decode() for v in self.r.lrange(self.k.alias_history(space, alias), 0, -1)]
 
-    def resolve(self, space: str, name: str) -> str:
+    @planned
+    def resolve(self, space: str, name: str) -> Plan[str]:
         """A version name, or the version an alias points at."""
         check_name(name, "version or alias name")
         with translate_errors(f"resolve {space}/{name}"):
-            target = self.r.hget(self.k.aliases(space), name)
+            target, exists = yield Batch([Call("hget", self.k.aliases(space), name),
+                                          Call("hexists", self.k.versions(space), name)])
             if target is not None:
                 return target.decode()
-            if self.r.hexists(self.k.versions(space), name):
+            if exists:
                 return name
         raise NotFound(f"space {space!r} has no version or alias {name!r}")

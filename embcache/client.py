@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from . import codec
+from . import codec, metrics
 from .acl import Credentials, Grant
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
@@ -30,13 +30,16 @@ from .catalogue import Catalogue, SpaceRecord, VersionRecord
 from .errors import InvalidInput, NotFound, PermissionDenied, VersionSealed
 from .filters import compile_where
 from .keys import Keys, check_name
+from .plan import Batch, Call, Offload, Plan, run
 from .principals import Principals
 from .search import merge_ranked
+from .snapshot import HnswBase
 from .store import Store, open_client, translate_errors
 from .views import Overlay, OverlayItem, pos_key, search_view
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
+T = TypeVar("T")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -239,11 +242,11 @@ class Hub:
         return f"Hub({self.url!r})"
 
     # the partitions of versions this hub queries, kept current by the refresher thread -------------------
-    def _known_partitions(self, space: str, version: str, fresh: bool) -> list[str]:
+    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
         key = (space, version)
         parts = None if fresh else self._parts.get(key)
         if parts is None:
-            parts = self.catalogue.partitions(space, version)
+            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
             self._parts[key] = parts
         return parts
 
@@ -311,9 +314,12 @@ def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            space = self.name if isinstance(self, Space) else self.space.name
-            with _named(operation, space, self.hub.username):
+            try:  # a plain try, not a context manager: this wraps the query hot path
                 return fn(self, *args, **kwargs)
+            except PermissionDenied:
+                space = self.name if isinstance(self, Space) else self.space.name
+                with _named(operation, space, self.hub.username):
+                    raise
 
         return wrapper
 
@@ -444,6 +450,11 @@ class Version:
     def _pk(self, partition: str):  # noqa: ANN202
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
+    # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
+    # client; embcache.aio runs the very same plan with redis.asyncio.
+    def _run(self, plan: Plan[T]) -> T:
+        return run(plan, self.hub.store.r)
+
     # writes -----------------------------------------------------------------------------------------------
     @_guard("upsert")
     def upsert(
@@ -456,6 +467,9 @@ class Version:
         change-log entry are written together, or nothing is. Metadata replaces the item's previous metadata
         (``None`` clears it). An id may live in only one partition of a version.
         """
+        return self._run(self._upsert(ids, embeddings, metadatas, partition))
+
+    def _upsert(self, ids: Any, embeddings: Any, metadatas: Any, partition: str) -> Plan[int]:
         check_name(partition, "partition name")
         self.space._require("writer", "upsert", partition)
         id_list = codec.check_ids(ids)
@@ -466,32 +480,38 @@ class Version:
         if self.space.metric == "cosine":
             mat = codec.normalise(mat)
         blobs = codec.encode_vectors(mat, self.space.dtype)
+        hub, store = self.hub, self.hub.store
+        yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refused call adds no partition
-        self._register(partition)
-        store = self.hub.store
-        pos = store.write_upserts(self._pk(partition), id_list, blobs, meta_texts)
-        store.mark_dirty(self.space.name, self.name, partition)
+        if pid not in hub._registered:
+            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
+            hub._registered.add(pid)
+            hub._partition_added(self.space.name, self.name, partition)
+        pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
+        yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
         metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-        self.hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+        hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
     def delete(self, ids: Sequence[str], partition: str | None = None) -> int:
         """Delete items (from ``partition``, or wherever they are); returns how many existed."""
-        id_list = codec.check_ids(ids, allow_duplicates=True)
+        return self._run(self._delete(ids, partition))
+
+    def _delete(self, ids: Any, partition: str | None) -> Plan[int]:
+        id_list = list(dict.fromkeys(codec.check_ids(ids, allow_duplicates=True)))
         self.space._require("writer", "delete", partition)
-        parts = [check_name(partition, "partition name")] if partition is not None else self._partitions_arg(None)
-        if partition is not None and partition not in self.partitions():
-            raise NotFound(f"version {self.name!r} has no partition {partition!r}")
-        self._check_open()
-        id_list = list(dict.fromkeys(id_list))
-        total = 0
+        parts = yield from self._partitions_arg(None if partition is None else [partition])
+        rec = yield from self.hub.catalogue.get_version.plan(self.hub.catalogue, self.space.name, self.name)
+        self.state = rec.state
+        if rec.state != "open":
+            raise VersionSealed(f"version {self.space.name}/{self.name} is sealed")
+        store, total = self.hub.store, 0
         for p in parts:
-            gone, pos = self.hub.store.write_deletes(self._pk(p), id_list)
+            gone, pos = yield from store.write_deletes.plan(store, self._pk(p), id_list)
             if pos is not None:
-                self.hub.store.mark_dirty(self.space.name, self.name, p)
+                yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
                 self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
@@ -514,7 +534,7 @@ class Version:
         ``on_progress(done, total)`` is called as partitions complete.
         """
         store = self.hub.store
-        keys = {p: self._pk(p) for p in self._partitions_arg(None)}
+        keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
         targets = {p: store.position(pk) for p, pk in keys.items()}
         for p in keys:
             store.mark_dirty(self.space.name, self.name, p)
@@ -525,27 +545,16 @@ class Version:
     def stats(self) -> list[PartitionStats]:
         """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
         and a corrupt-snapshot report if a reader refused one."""
-        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._partitions_arg(None)]
+        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._run(self._partitions_arg(None))]
 
-    def _check_open(self) -> None:
-        rec = self.hub.catalogue.get_version(self.space.name, self.name)
-        self.state = rec.state
-        if rec.state != "open":
-            raise VersionSealed(f"version {self.space.name}/{self.name} is sealed")
-
-    def _register(self, partition: str) -> None:
-        pid = self._pid(partition)
-        if pid not in self.hub._registered:
-            self.hub.catalogue.register_partition(self.space.name, self.name, partition)
-            self.hub._registered.add(pid)
-            self.hub._partition_added(self.space.name, self.name, partition)
-
-    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> None:
+    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[None]:
         # a principal limited to some partitions can only check those (it cannot see the others)
-        for p in self._partitions_arg(None):
+        store = self.hub.store
+        for p in (yield from self._partitions_arg(None)):
             if p == partition:
                 continue
-            found = [i for i, there in zip(ids, self.hub.store.existing(self._pk(p), ids)) if there]
+            there = yield from store.existing.plan(store, self._pk(p), ids)
+            found = [i for i, t in zip(ids, there) if t]
             if found:
                 raise InvalidInput(
                     f"id {found[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
@@ -555,12 +564,15 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self.hub._known_partitions(self.space.name, self.name, True)
+        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
 
-    def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> list[str]:
+    def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
-        known = self.hub._known_partitions(self.space.name, self.name, fresh)
+        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
+        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
+                                                            else partitions or []) <= set(known):
+            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -579,15 +591,19 @@ class Version:
     @_guard("ids")
     def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
         """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
-        parts = self._partitions_arg(None if partition is None else [partition])
-        for p in parts:
+        for p in self._run(self._partitions_arg(None if partition is None else [partition])):
             yield from self.hub.store.scan_ids(self._pk(p), batch)
 
     @_guard("count")
     def count(self, partition: str | None = None) -> int:
         """Number of items (in one partition, or in all)."""
-        parts = self._partitions_arg(None if partition is None else [partition])
-        return sum(self.hub.store.count(self._pk(p)) for p in parts)
+        return self._run(self._count(partition))
+
+    def _count(self, partition: str | None) -> Plan[int]:
+        parts = yield from self._partitions_arg(None if partition is None else [partition])
+        with translate_errors("count"):
+            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
+        return sum(int(c) for c in counts)
 
     @_guard("get")
     def get(
@@ -597,11 +613,15 @@ class Version:
 
         Embeddings of ``cosine`` spaces come back normalised (they are stored that way).
         """
+        return self._run(self._get(ids, include, partitions))
+
+    def _get(self, ids: Any, include: Any, partitions: Any) -> Plan[GetResult]:
         id_list = codec.check_ids(ids, allow_duplicates=True)
         include = _check_include(include, _INCLUDE_GET)
+        store = self.hub.store
         found: dict[str, tuple[bytes, bytes | None, str]] = {}
-        for p in self._partitions_arg(partitions):
-            vecs, metas = self.hub.store.read_items(self._pk(p), id_list)
+        for p in (yield from self._partitions_arg(partitions)):
+            vecs, metas = yield from store.read_items.plan(store, self._pk(p), id_list)
             for i, v, m in zip(id_list, vecs, metas):
                 if v is not None:
                     found[i] = (v, m, p)
@@ -632,22 +652,64 @@ class Version:
         ``consistency``: ``eventual`` answers from loaded bases only; ``session`` (default) adds this hub's own
         writes; ``strong`` adds every write committed before the call (one round trip per partition).
         """
+        if where is None and partitions is None and consistency != "strong" and include == ("distances",):
+            res = self._fast_query(query_embeddings, n_results, ef, consistency)
+            if res is not None:
+                return res
+        return self._run(self._query(query_embeddings, n_results, partitions, where, ef, consistency, include))
+
+    def _fast_query(self, query_embeddings: Any, n_results: Any, ef: Any, consistency: Any) -> QueryResult | None:
+        """The serving hot path: one partition, its snapshot loaded, nothing of this hub's own to merge, no
+        filter. Answers straight from hnswlib (which normalises cosine queries itself) with no Redis round
+        trip; None when the general path is needed."""
+        t0 = time.perf_counter()
+        hub = self.hub
+        parts = hub._parts.get((self.space.name, self.name))
+        if parts is None or len(parts) != 1 or self.space.grant is not None:
+            return None
+        pid = (self.space.name, self.name, parts[0])
+        base = hub.cache.cached(pid)
+        if type(base) is not HnswBase or consistency not in ("eventual", "session"):
+            return None
+        if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+            return None
         queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
         k = codec.check_n_results(n_results)
-        args = self._query_args(partitions, where, ef, consistency, include)
+        ef = _check_ef(ef)
+        if self.space.metric == "cosine" and not queries.any(axis=1).all():
+            codec.normalise(queries, what="query_embeddings")  # raises the zero-vector error
+        if k > base.count:
+            return None
+        try:
+            labels, dists = base.knn(queries, k, ef)
+        except RuntimeError:  # hnswlib found fewer than k: the general path answers exactly
+            return None
+        hub.cache.touch(pid)
+        id_of = base.id_of
+        res = QueryResult(ids=[id_of[row].tolist() for row in labels], distances=dists)
+        if metrics.ENABLED:
+            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
+        return res
+
+    def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
+               consistency: Any, include: Any) -> Plan[QueryResult]:
+        queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
+        k = codec.check_n_results(n_results)
+        args = yield from self._query_args(partitions, where, ef, consistency, include)
         if self.space.metric == "cosine":
             queries = codec.normalise(queries, what="query_embeddings")
-        return self._search(queries, k, *args)
+        return (yield from self._search(queries, k, *args))
 
-    def _query_args(self, partitions: object, where: object, ef: object, consistency: object, include: object) -> tuple:
+    def _query_args(self, partitions: object, where: object, ef: object, consistency: object,
+                    include: object) -> Plan[tuple[Any, ...]]:
         """The validated (partitions, predicate, ef, consistency, include) of a query."""
         include = _check_include(include, _INCLUDE_QUERY)
         predicate = compile_where(where)
         ef = _check_ef(ef)
         if consistency not in CONSISTENCY_LEVELS:
             raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
-        parts = self._partitions_arg(partitions, fresh=consistency == "strong")
-        return parts, predicate, ef, consistency, include
+        parts = yield from self._partitions_arg(partitions, fresh=False)
+        return parts, predicate, ef, consistency, include, partitions is None
 
     @_guard("query_by_id")
     def query_by_id(
@@ -665,17 +727,21 @@ class Version:
 
         :class:`~embcache.errors.NotFound` if an id is not stored in this version.
         """
+        return self._run(self._query_by_id(ids, n_results, partitions, where, ef, consistency, include))
+
+    def _query_by_id(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,
+                     include: Any) -> Plan[QueryResult]:
         id_list = codec.check_ids(ids, allow_duplicates=True)
         n_results = codec.check_n_results(n_results)
-        args = self._query_args(partitions, where, ef, consistency, include)
-        got = self.get(id_list, include=("embeddings",))
+        args = yield from self._query_args(partitions, where, ef, consistency, include)
+        got = yield from self._get(id_list, ("embeddings",), None)
         missing = [i for i in id_list if i not in set(got.ids)]
         if missing:
             raise NotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
         row = {i: j for j, i in enumerate(got.ids)}
         assert got.embeddings is not None
         queries = got.embeddings[[row[i] for i in id_list]]  # stored vectors: already normalised for cosine
-        res = self._search(queries, n_results + 1, *args)
+        res = yield from self._search(queries, n_results + 1, *args)
         keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
         res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
         res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
@@ -685,23 +751,45 @@ class Version:
             res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
         return res
 
-    def _search(self, queries, k, parts, predicate, ef, consistency, include) -> QueryResult:  # noqa: ANN001
-        hub, info = self.hub, self.space.info
+    def _search(self, queries: np.ndarray, k: int, parts: list[str], predicate: Any, ef: int | None,
+                consistency: str, include: tuple[str, ...], all_parts: bool) -> Plan[QueryResult]:
+        t0 = time.perf_counter()
+        hub, info, cache, store = self.hub, self.space.info, self.hub.cache, self.hub.store
+        positions: list[str] | None = None
+        if consistency == "strong":
+            # one round trip: every partition's log position, and (querying them all) the partition list, so
+            # a partition another hub created before this query began is not missed
+            calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
+            if all_parts:
+                calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
+            with translate_errors("strong read"):
+                replies = yield Batch(calls)
+            positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
+            if all_parts:
+                fresh = sorted(m.decode() for m in replies[-1])
+                hub._parts[(self.space.name, self.name)] = fresh
+                granted = self.space.allowed_partitions()
+                new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
+                parts = parts + new
+                positions += [None] * len(new)  # type: ignore[list-item]
         pids = [self._pid(p) for p in parts]
-        bases = [hub.cache.get(pid, info) for pid in pids]
+        bases = []
+        for pid in pids:  # a loaded base costs nothing; a first load is blocking work, off the event loop
+            base = cache.cached(pid)
+            bases.append(base if base is not None else (yield Offload(cache.get, (pid, info))))
         overlays: list[Overlay | None]
         if consistency == "eventual":
             overlays = [{} for _ in pids]
         elif consistency == "session":
             overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
-        else:
-            overlays = [None for _ in pids]
+        else:  # strong: only partitions whose log moved past their base need the tail
+            overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
-        if need_tail:  # strong, or session writes that are no longer all in memory: the log tail, one round trip
-            tails = hub.store.read_tails([(self._pk(parts[i]), bases[i].position) for i in need_tail])
+        if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
+            tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
             for i, tail in zip(need_tail, tails):
                 if tail is None:  # the log no longer reaches back to the base: load afresh
-                    bases[i] = hub.cache.reload(pids[i], info)
+                    bases[i] = yield Offload(cache.reload, (pids[i], info))
                     overlays[i] = {}
                 else:
                     overlays[i] = tail_overlay(tail, info)
@@ -723,6 +811,8 @@ class Version:
                     np.stack([where_is(i, "vector") for i in row]) if row else np.zeros((0, self.space.dim), np.float32)
                     for row in res.ids
                 ]
+        if metrics.ENABLED:
+            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
         return res
 
 

@@ -134,39 +134,59 @@ class HnswBase:
         lab = self.label.get(id_)
         return None if lab is None else np.asarray(self.index.get_items([lab])[0], dtype=np.float32)
 
+    def knn(self, queries: np.ndarray, k: int, ef: int | None, flt: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib's ``(labels, distances)``; raises RuntimeError when fewer than ``k`` matches are found."""
+        want_ef = max(ef or self.default_ef, k)
+        threads = 1 if len(queries) == 1 else -1
+        if want_ef == self._ef:
+            return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+        with self._ef_lock:  # ef is index state in hnswlib: set it and search under one lock
+            self.index.set_ef(want_ef)
+            try:
+                return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            finally:
+                self.index.set_ef(self._ef)
+
     def search(
         self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None
     ) -> list[Ranked]:
         hidden = [self.label[i] for i in exclude if i in self.label]
-        allowed = None
-        if predicate is not None or hidden:
-            allowed = np.zeros(len(self.id_of), dtype=bool)
-            allowed[self.labels] = True if predicate is None else self._masks.get(predicate, self.metas)
-            allowed[hidden] = False
-            n_allowed = int(allowed.sum())
-            if n_allowed == 0:
-                return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-            if predicate is not None and n_allowed <= max(SELECTIVE_FILTER * self.count, 4 * k):
-                return self._exact(queries, k, allowed)  # selective: the graph walk would starve
-        live = self.count - len(hidden)
-        kk = min(k, live)
+        kk = min(k, self.count - len(hidden))
         if kk <= 0:
             return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-        want_ef = max(ef or self.default_ef, kk)
-        mask = allowed
-        flt = None if mask is None else (lambda label: bool(mask[label]))
-        try:
-            if want_ef != self._ef:
-                with self._ef_lock:  # ef is index state in hnswlib: set and search under one lock
-                    self.index.set_ef(want_ef)
-                    labels, dists = self.index.knn_query(queries, k=kk, num_threads=1 if len(queries) == 1 else -1, filter=flt)
-                    self.index.set_ef(self._ef)
-            else:
-                labels, dists = self.index.knn_query(queries, k=kk, num_threads=1 if len(queries) == 1 else -1, filter=flt)
-        except RuntimeError:  # hnswlib could not find kk matches (small or heavily filtered): answer exactly
-            return self._exact(queries, k, allowed if allowed is not None else self._all())
         id_of = self.id_of
-        return [(id_of[row].tolist(), d.astype(np.float32, copy=False)) for row, d in zip(labels, dists)]
+        if predicate is None:
+            try:
+                if not hidden:
+                    labels, dists = self.knn(queries, kk, ef)
+                    return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
+                # items the overlay replaced or deleted: fetch that many more and drop them (a filter callback
+                # into Python for every candidate would cost far more)
+                labels, dists = self.knn(queries, min(kk + len(hidden), self.count), ef)
+                gone = set(hidden)
+                out = []
+                for row, d in zip(labels, dists):
+                    keep = [j for j, lab in enumerate(row.tolist()) if lab not in gone][:kk]
+                    if len(keep) < kk:
+                        break
+                    out.append((id_of[row[keep]].tolist(), d[keep]))
+                else:
+                    return out
+            except RuntimeError:
+                pass  # too few matches in the graph walk: answer exactly below
+        allowed = np.zeros(len(id_of), dtype=bool)
+        allowed[self.labels] = True if predicate is None else self._masks.get(predicate, self.metas)
+        allowed[hidden] = False
+        n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
+        if predicate is None or n_allowed <= max(SELECTIVE_FILTER * self.count, 4 * k):
+            return self._exact(queries, k, allowed)  # selective: the graph walk would starve
+        try:
+            labels, dists = self.knn(queries, min(k, n_allowed), ef, lambda label: bool(allowed[label]))
+        except RuntimeError:
+            return self._exact(queries, k, allowed)
+        return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
 
     def _all(self) -> np.ndarray:
         mask = np.zeros(len(self.id_of), dtype=bool)

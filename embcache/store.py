@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +28,7 @@ from .errors import (
     VersionSealed,
 )
 from .keys import Keys, PartitionKeys
+from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
 
@@ -146,12 +148,16 @@ class Store:
                 return
 
     def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Any:
-        with translate_errors(operation):
-            call = self.r.fcall_ro if ro else self.r.fcall
-            return call(name, len(keys), *keys, *args)
+        return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
 
-    # partition data ---------------------------------------------------------------------------------------
-    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> str:
+    @staticmethod
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+        with translate_errors(operation):
+            return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
+
+    # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
+    @planned
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
         """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
         calls = []
         start = 0
@@ -163,46 +169,39 @@ class Store:
             args: list[Any] = [json.dumps(ids[start:end], ensure_ascii=False), end - start]
             for i in range(start, end):
                 args += [ids[i], blobs[i], metas[i] or ""]
-            calls.append(args)
+            calls.append(Call("fcall", "emb_upsert", len(pk.writes), *pk.writes, *args))
             start = end
-        keys = pk.writes
         with translate_errors("upsert"):
             if len(calls) == 1:
-                return _s(self.r.fcall("emb_upsert", len(keys), *keys, *calls[0]))  # type: ignore[return-value]
-            pipe = self.r.pipeline(transaction=True)
-            for args in calls:
-                pipe.fcall("emb_upsert", len(keys), *keys, *args)
-            results = pipe.execute(raise_on_error=False)
-        errors = [r for r in results if isinstance(r, Exception)]
-        if errors:
-            with translate_errors("upsert"):
+                return _s((yield calls[0]))  # type: ignore[return-value]
+            results = yield Batch(calls, transaction=True, raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
                 raise errors[0]
         return _s(results[-1])  # type: ignore[return-value]
 
-    def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[str], str | None]:
+    @planned
+    def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[str], str | None]]:
         """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
-        keys = pk.writes
-        res = self.fcall("emb_delete", keys, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
+        res = yield from self.fcall_plan("emb_delete", pk.writes, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
         return json.loads(res[0]), _s(res[1]) if res[1] else None
 
-    def existing(self, pk: PartitionKeys, ids: list[str]) -> list[bool]:
+    @planned
+    def existing(self, pk: PartitionKeys, ids: list[str]) -> Plan[list[bool]]:
         """Which of ``ids`` exist in the partition."""
         with translate_errors("lookup"):
-            pipe = self.r.pipeline(transaction=False)
-            for i in ids:
-                pipe.hexists(pk.vec, i)
-            return [bool(x) for x in pipe.execute()]
+            res = yield Batch([Call("hexists", pk.vec, i) for i in ids])
+        return [bool(x) for x in res]
 
-    def read_items(self, pk: PartitionKeys, ids: list[str]) -> tuple[list[bytes | None], list[bytes | None]]:
+    @planned
+    def read_items(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[bytes | None], list[bytes | None]]]:
         """Vectors and metadata of ``ids`` (None where missing); each chunk of ids is read atomically."""
         if len(ids) <= READ_CHUNK_ITEMS:
-            res = self.fcall("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
+            res = yield from self.fcall_plan("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
             return list(res[0]), list(res[1])
         with translate_errors("get"):
-            pipe = self.r.pipeline(transaction=False)
-            for start in range(0, len(ids), READ_CHUNK_ITEMS):
-                pipe.fcall_ro("emb_get", 2, pk.vec, pk.meta, *ids[start : start + READ_CHUNK_ITEMS])
-            results = pipe.execute()
+            results = yield Batch([Call("fcall_ro", "emb_get", 2, pk.vec, pk.meta, *ids[i : i + READ_CHUNK_ITEMS])
+                                   for i in range(0, len(ids), READ_CHUNK_ITEMS)])
         return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
 
     def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
@@ -211,36 +210,38 @@ class Store:
             for k, _ in self.r.hscan_iter(pk.vec, count=batch):
                 yield k.decode()
 
-    def count(self, pk: PartitionKeys) -> int:
+    @planned
+    def count(self, pk: PartitionKeys) -> Plan[int]:
         with translate_errors("count"):
-            return int(self.r.hlen(pk.vec))
+            return int((yield Call("hlen", pk.vec)))
 
-    def position(self, pk: PartitionKeys) -> str:
+    @planned
+    def position(self, pk: PartitionKeys) -> Plan[str]:
         """The partition's latest change-log position ('0-0' when it was never written)."""
         with translate_errors("position"):
-            return _s(self.r.hget(pk.state, "pos")) or "0-0"
+            return _s((yield Call("hget", pk.state, "pos"))) or "0-0"
 
-    def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Tail | None:
+    @planned
+    def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
         """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
-        res = self.fcall("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
+        res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
         return self._parse_tail(res)
 
     @staticmethod
     def _parse_tail(res: Any) -> Tail | None:
         if len(res) == 1:
             return None
-        return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]), metadatas=list(res[3]))
+        return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]),
+                    metadatas=list(res[3]))
 
-    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> list[Tail | None]:
+    @planned
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
         if len(requests) == 1:  # a plain call costs less than a pipeline of one
-            return [self.read_tail(*requests[0], limit=limit)]
+            return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
         with translate_errors("tail"):
-            pipe = self.r.pipeline(transaction=False)
-            for pk, since in requests:
-                keys = [pk.vec, pk.meta, pk.log, pk.state]
-                pipe.fcall_ro("emb_tail", len(keys), *keys, since, limit)
-            results = pipe.execute()
+            results = yield Batch([Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, limit)
+                                   for pk, since in requests])
         return [self._parse_tail(r) for r in results]
 
     def read_partition(self, pk: PartitionKeys) -> PartitionData:
@@ -269,12 +270,11 @@ class Store:
         ids = list(vectors)
         return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
 
-    def mark_dirty(self, space: str, version: str, partition: str) -> None:
+    @planned
+    def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
-        import time
-
         with translate_errors("mark dirty"):
-            self.r.zadd(self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         with translate_errors("seal"):

@@ -22,7 +22,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from embcache import snapshot
+from embcache import metrics, snapshot
 from embcache.catalogue import Catalogue
 from embcache.keys import NAME_PATTERN
 from embcache.store import Store
@@ -76,6 +76,8 @@ class Dispatcher:
         """One pass over the dirty sets; returns the number of jobs enqueued."""
         r, k = self.store.r, self.store.keys
         enqueued = 0
+        if metrics.ENABLED:
+            metrics.set_queue_depth(self.queue)
         if not self.is_leader():
             return 0
         for space in self.catalogue.list_spaces():
@@ -135,6 +137,8 @@ class Dispatcher:
                     built = manifest.pos if manifest else "0-0"
                     corrupt = self.store.r.hexists(pk.state, "corrupt")
                     behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
+                    if metrics.ENABLED:
+                        metrics.set_index_lag(self.store.r, pk, built, behind)
                     if behind and self._state(space, v.name, p) == "idle":
                         self.store.mark_dirty(space, v.name, p)
                         marked += 1

@@ -11,6 +11,7 @@ import os
 import threading
 from typing import Any
 
+from embcache import metrics
 from embcache.catalogue import Catalogue
 from embcache.keys import Keys
 from embcache.store import Store, open_client
@@ -76,4 +77,7 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
     record = Catalogue(store).get_space(space)
     pk = store.keys.partition(space, version, partition)
     with Lease(store.r, pk.lease):
-        return build_snapshot(store, record, version, partition, full=full).as_dict()
+        result = build_snapshot(store, record, version, partition, full=full)
+    if metrics.ENABLED:
+        metrics.observe_build(space, result.kind, result.seconds)
+    return result.as_dict()
