@@ -129,7 +129,8 @@ class Hub:
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
         self._parts: dict[tuple[str, str], list[str]] = {}
-        self.cache.on_refresh.append(self._refresh_partitions)
+        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
         self._records: dict[str, SpaceRecord] = {}
         self._registered: set[tuple[str, str, str]] = set()
         self._session: dict[tuple[str, str, str], Overlay] = {}
@@ -182,6 +183,7 @@ class Hub:
                 self.store.r.delete(key)
             self.store.r.srem(self.keys.spaces(), name)
         self._records.pop(record.name, None)
+        self._defaults.pop(record.name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         with self._session_lock:
             for pid in [p for p in self._session if p[0] == name]:
@@ -254,6 +256,13 @@ class Hub:
         parts = self._parts.get((space, version))
         if parts is not None and partition not in parts:
             self._parts[(space, version)] = sorted([*parts, partition])
+
+    def _refresh_defaults(self) -> None:
+        for name in list(self._defaults):
+            try:
+                self.space(name).default_version()
+            except NotFound:  # dropped, or no versions any more
+                self._defaults.pop(name, None)
 
     def _refresh_partitions(self) -> None:
         keys = list(self._parts)
@@ -376,6 +385,7 @@ class Space:
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
         rec = self.hub.catalogue.create_version(self.name, name, description)
+        self.hub._defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
@@ -394,6 +404,7 @@ class Space:
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
         self.hub.catalogue.set_alias(self.name, alias, name)
+        self.hub._defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live") -> None:
         """Same as ``set_alias(alias, version)``."""
@@ -410,25 +421,43 @@ class Space:
     @_guard("rollback")
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
-        return self.version(self.hub.catalogue.rollback(self.name, alias))
+        target = self.hub.catalogue.rollback(self.name, alias)
+        self.hub._defaults.pop(self.name, None)
+        return self.version(target)
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
-        aliases = self.aliases()
+        return run(self._default_version(True), self.hub.store.r)
+
+    def _default_version(self, fresh: bool) -> Plan["Version"]:
+        """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
+        and this hub's own alias moves and new versions update it at once)."""
+        cached = None if fresh else self.hub._defaults.get(self.name)
+        if cached is not None:
+            return cached
+        cat = self.hub.catalogue
+        aliases = yield from cat.aliases.plan(cat, self.name)
         if "live" in aliases:
-            return self.version(aliases["live"])
-        versions = self.versions()
-        if not versions:
-            raise NotFound(f"space {self.name!r} has no versions")
-        return versions[-1]
+            rec = yield from cat.get_version.plan(cat, self.name, aliases["live"])
+        else:
+            versions = yield from cat.list_versions.plan(cat, self.name)
+            if not versions:
+                raise NotFound(f"space {self.name!r} has no versions")
+            rec = versions[-1]
+        version = Version(self, rec)
+        self.hub._defaults[self.name] = version
+        return version
 
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
-        """:meth:`Version.query` on :meth:`default_version`."""
-        return self.default_version().query(query_embeddings, n_results, **kwargs)
+        """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
+        from the hub's cache otherwise)."""
+        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
-        """:meth:`Version.query_by_id` on :meth:`default_version`."""
-        return self.default_version().query_by_id(ids, n_results, **kwargs)
+        """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
+        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        return version.query_by_id(ids, n_results, **kwargs)
 
 
 class Version:

@@ -1,0 +1,286 @@
+"""The asyncio client: the same API as the sync one, for async web backends (FastAPI, aiohttp, ...).
+
+>>> import embcache.aio
+>>> hub = await embcache.aio.connect("redis://localhost:6379/0")
+>>> space = await hub.space("movies")
+>>> res = await space.query(vector, n_results=10)          # served from the loaded snapshot: no Redis I/O
+>>> await (await space.version("v2")).upsert(ids, vectors)
+>>> await hub.close()
+
+Reads and writes run the very plans the sync client runs (:mod:`embcache.plan`), executed on ``redis.asyncio``;
+a query answered from loaded snapshots does no I/O at all, and the one-time load of a snapshot runs in a worker
+thread, so the event loop never waits on Redis or on hnswlib's loader. Rare administrative calls (creating
+spaces and versions, aliases, grants, builds) run the sync client's method in a worker thread: they are not on
+any hot path, and one implementation of them is easier to trust than two.
+
+Each :class:`AsyncHub` holds a sync :class:`~embcache.client.Hub` (its snapshot cache, refresher thread and
+session overlay are shared) and a ``redis.asyncio`` client for the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio
+import redis.asyncio.cluster
+
+from . import client as sync
+from .acl import Credentials
+from .builds import BuildHandle, PartitionStats
+from .client import GetResult, QueryResult, _named
+from .errors import EmbcacheError
+from .plan import Plan, arun
+from .store import translate_errors
+
+__all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
+
+T = TypeVar("T")
+
+
+async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs: Any) -> "AsyncHub":
+    """Connect to a hub; the arguments are those of :func:`embcache.connect` (no URL: the embedded server).
+    ``max_connections`` bounds the asyncio connections (per node on a Cluster); more concurrent calls wait."""
+    hub = await asyncio.to_thread(sync.connect, url, **kwargs)
+    opts: dict[str, Any] = {"decode_responses": False}
+    if hub.username is not None:
+        opts["username"] = hub.username
+    if hub._password is not None:
+        opts["password"] = hub._password
+    try:
+        if hub.is_cluster:
+            aclient: Any = redis.asyncio.cluster.RedisCluster.from_url(hub.url, max_connections=max_connections, **opts)
+        else:  # under a burst of requests, wait for a free connection rather than fail
+            pool = redis.asyncio.BlockingConnectionPool.from_url(hub.url, max_connections=max_connections, **opts)
+            aclient = redis.asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
+    except Exception:
+        hub.close()
+        raise
+    return AsyncHub(hub, aclient)
+
+
+def _threaded(fn: Callable[..., T]) -> Callable[..., Any]:
+    """An async method that runs the sync client's method of the same name in a worker thread."""
+
+    @functools.wraps(fn)
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, fn.__name__), *args, **kwargs)
+
+    return method
+
+
+class AsyncHub:
+    """The asyncio twin of :class:`embcache.Hub`. Create it with :func:`connect`."""
+
+    def __init__(self, hub: sync.Hub, aclient: Any) -> None:
+        self.sync = hub
+        self.redis = aclient
+        self.url = hub.url
+        self.username = hub.username
+
+    async def _run(self, plan: Plan[T]) -> T:
+        return await arun(plan, self.redis)
+
+    async def create_space(self, name: str, dim: int, metric: str = "cosine", **kwargs: Any) -> "AsyncSpace":
+        """:meth:`embcache.Hub.create_space`."""
+        return AsyncSpace(self, await asyncio.to_thread(self.sync.create_space, name, dim, metric, **kwargs))
+
+    async def space(self, name: str) -> "AsyncSpace":
+        """:meth:`embcache.Hub.space`."""
+        return AsyncSpace(self, await asyncio.to_thread(self.sync.space, name))
+
+    @_threaded
+    def spaces(self) -> list[str]:
+        """:meth:`embcache.Hub.spaces`."""
+
+    @_threaded
+    def drop_space(self, name: str) -> None:
+        """:meth:`embcache.Hub.drop_space`."""
+
+    @_threaded
+    def grant(self, principal: str, *, space: str, role: str = "reader",
+              partitions: Sequence[str] | None = None) -> Credentials:
+        """:meth:`embcache.Hub.grant`."""
+
+    @_threaded
+    def revoke(self, principal: str, *, space: str | None = None) -> None:
+        """:meth:`embcache.Hub.revoke`."""
+
+    @_threaded
+    def list_principals(self) -> dict[str, dict[str, Any]]:
+        """:meth:`embcache.Hub.list_principals`."""
+
+    @_threaded
+    def rotate(self, principal: str) -> Credentials:
+        """:meth:`embcache.Hub.rotate`."""
+
+    @_threaded
+    def create_worker_principal(self, name: str = "worker") -> Credentials:
+        """:meth:`embcache.Hub.create_worker_principal`."""
+
+    async def close(self) -> None:
+        """Close both clients and stop the refresher."""
+        try:
+            await self.redis.aclose()
+        finally:
+            await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> "AsyncHub":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncHub({self.url!r})"
+
+
+class AsyncSpace:
+    """The asyncio twin of :class:`embcache.Space`."""
+
+    def __init__(self, hub: AsyncHub, space: sync.Space) -> None:
+        self.hub = hub
+        self.sync = space
+        self.name, self.dim, self.metric, self.dtype = space.name, space.dim, space.metric, space.dtype
+        self.M, self.ef_construction, self.ef = space.M, space.ef_construction, space.ef
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    async def create_version(self, name: str | None = None, *, description: str = "") -> "AsyncVersion":
+        """:meth:`embcache.Space.create_version`."""
+        return AsyncVersion(self, await asyncio.to_thread(self.sync.create_version, name, description=description))
+
+    async def version(self, name: str) -> "AsyncVersion":
+        """:meth:`embcache.Space.version`."""
+        return AsyncVersion(self, await asyncio.to_thread(self.sync.version, name))
+
+    async def versions(self) -> list["AsyncVersion"]:
+        """:meth:`embcache.Space.versions`."""
+        return [AsyncVersion(self, v) for v in await asyncio.to_thread(self.sync.versions)]
+
+    async def default_version(self, fresh: bool = True) -> "AsyncVersion":
+        """:meth:`embcache.Space.default_version` (``fresh=False`` accepts the hub's cached answer)."""
+        with _named("default_version", self.name, self.hub.username):
+            return AsyncVersion(self, await self.hub._run(self.sync._default_version(fresh)))
+
+    async def set_alias(self, alias: str, version: "AsyncVersion | str") -> None:
+        """:meth:`embcache.Space.set_alias`."""
+        await asyncio.to_thread(self.sync.set_alias, alias, version.name if isinstance(version, AsyncVersion) else version)
+
+    async def promote(self, version: "AsyncVersion | str", alias: str = "live") -> None:
+        """:meth:`embcache.Space.promote`."""
+        await self.set_alias(alias, version)
+
+    @_threaded
+    def aliases(self) -> dict[str, str]:
+        """:meth:`embcache.Space.aliases`."""
+
+    @_threaded
+    def alias_history(self, alias: str) -> list[str]:
+        """:meth:`embcache.Space.alias_history`."""
+
+    async def rollback(self, alias: str = "live") -> "AsyncVersion":
+        """:meth:`embcache.Space.rollback`."""
+        return AsyncVersion(self, await asyncio.to_thread(self.sync.rollback, alias))
+
+    async def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`embcache.Space.query`."""
+        version = await self.default_version(kwargs.get("consistency") == "strong")
+        return await version.query(query_embeddings, n_results, **kwargs)
+
+    async def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`embcache.Space.query_by_id`."""
+        version = await self.default_version(kwargs.get("consistency") == "strong")
+        return await version.query_by_id(ids, n_results, **kwargs)
+
+
+class AsyncVersion:
+    """The asyncio twin of :class:`embcache.Version`."""
+
+    def __init__(self, space: AsyncSpace, version: sync.Version) -> None:
+        self.space = space
+        self.hub = space.hub
+        self.sync = version
+        self.name = version.name
+
+    @property
+    def state(self) -> str:
+        """``open`` or ``sealed``."""
+        return self.sync.state
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    async def _run(self, operation: str, plan: Plan[T]) -> T:
+        with _named(operation, self.space.name, self.hub.username):
+            return await self.hub._run(plan)
+
+    async def upsert(self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
+                     partition: str = "default") -> int:
+        """:meth:`embcache.Version.upsert`."""
+        return await self._run("upsert", self.sync._upsert(ids, embeddings, metadatas, partition))
+
+    async def delete(self, ids: Sequence[str], partition: str | None = None) -> int:
+        """:meth:`embcache.Version.delete`."""
+        return await self._run("delete", self.sync._delete(ids, partition))
+
+    async def get(self, ids: Sequence[str], include: Sequence[str] = ("embeddings", "metadatas"),
+                  partitions: Sequence[str] | None = None) -> GetResult:
+        """:meth:`embcache.Version.get`."""
+        return await self._run("get", self.sync._get(ids, include, partitions))
+
+    async def count(self, partition: str | None = None) -> int:
+        """:meth:`embcache.Version.count`."""
+        return await self._run("count", self.sync._count(partition))
+
+    async def partitions(self) -> list[str]:
+        """:meth:`embcache.Version.partitions`."""
+        hub = self.hub.sync
+        return await self._run("partitions", hub._known_partitions(self.space.name, self.name, True))
+
+    async def ids(self, partition: str | None = None, *, batch: int = 1000) -> AsyncIterator[str]:
+        """:meth:`embcache.Version.ids`, as an async iterator."""
+        parts = await self._run("ids", self.sync._partitions_arg(None if partition is None else [partition]))
+        for p in parts:
+            with _named("ids", self.space.name, self.hub.username), translate_errors("scan"):
+                async for key, _ in self.hub.redis.hscan_iter(self.sync._pk(p).vec, count=batch):
+                    yield key.decode()
+
+    async def query(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
+                    where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
+                    include: Sequence[str] = ("distances",)) -> QueryResult:
+        """:meth:`embcache.Version.query`. Served from loaded snapshots without I/O where the level allows."""
+        v = self.sync
+        if where is None and partitions is None and consistency != "strong" and include == ("distances",):
+            res = v._fast_query(query_embeddings, n_results, ef, consistency)  # no I/O: fine on the loop
+            if res is not None:
+                return res
+        return await self._run("query", v._query(query_embeddings, n_results, partitions, where, ef, consistency,
+                                                 include))
+
+    async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
+                          where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
+                          include: Sequence[str] = ("distances",)) -> QueryResult:
+        """:meth:`embcache.Version.query_by_id`."""
+        return await self._run("query_by_id", self.sync._query_by_id(ids, n_results, partitions, where, ef,
+                                                                     consistency, include))
+
+    async def seal(self) -> None:
+        """:meth:`embcache.Version.seal`."""
+        await asyncio.to_thread(self.sync.seal)
+
+    async def build(self, wait: bool = True, *, timeout: float | None = 600.0,
+                    on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
+        """:meth:`embcache.Version.build`; waiting happens in a worker thread."""
+        return await asyncio.to_thread(self.sync.build, wait, timeout=timeout, on_progress=on_progress)
+
+    async def stats(self) -> list[PartitionStats]:
+        """:meth:`embcache.Version.stats`."""
+        return await asyncio.to_thread(self.sync.stats)
+
+
+# keep the error tree reachable from here, as users of the async client expect
+EmbcacheError = EmbcacheError
