@@ -1,0 +1,52 @@
+"""The README's MovieLens demo (:func:`embcache.demo.run`), end to end on a real Redis with a real worker process
+that the demo starts itself (``python -m workers``), on the shipped ml-latest-small."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import embcache
+from embcache.cli import main
+from embcache.demo import SPACE, run
+
+
+def test_the_demo_end_to_end(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines: list[str] = []
+    report = run(redis_url, n_workers=1, say=lines.append)
+    text = "\n".join(lines)
+
+    # v1 stored and built by the worker, then v2; both have snapshots covering every item
+    assert report.items > 1000 and set(report.build_seconds) == {"v1", "v2"}
+    with embcache.connect(redis_url) as hub:
+        space = hub.space(SPACE)
+        assert [v.name for v in space.versions()] == ["v1", "v2"]
+        assert space.version("v1").count() == report.items
+        for name in ("v1", "v2"):
+            (stats,) = space.version(name).stats()
+            assert stats.generation is not None and stats.generation >= 1, name
+            assert stats.snapshot_count == stats.count and stats.unindexed_entries == 0, name
+        # the rollback left live on v1
+        assert report.live_after == ["v1"] and space.aliases() == {"live": "v1"}
+        assert "demo-reader" not in hub.list_principals()  # the demo revokes its reader
+
+    # similar movies and recommendations came back, with their latency
+    assert "Toy Story 2 (1999)" in report.similar["v1"]["Toy Story (1995)"]
+    assert len(report.similar["v1"]) == 5 and all(len(t) == 10 for t in report.similar["v1"].values())
+    assert set(report.similar["v2"]) == set(report.similar["v1"])
+    assert len(report.recommended["v1"]) == 10
+    assert set(report.latency_us) == {"eventual", "session", "strong"}
+    assert all(x > 0 for x in report.latency_us.values())
+
+    # the reader could query but its write was refused
+    assert report.reader["query"] == "ok, 3 results"
+    assert report.reader["write"].startswith("refused:") and "reader" in report.reader["write"]
+
+    assert "live -> v1" in text and "reader demo-reader" in text and "building v1" in text
+
+    # the data stays in place for the CLI
+    capsys.readouterr()
+    assert main(["--url", redis_url, "--json", "query", SPACE, "--id", "1", "-n", "5"]) == 0
+    (answer,) = json.loads(capsys.readouterr().out)
+    assert len(answer["results"]) == 5 and all(r["metadata"] for r in answer["results"])
