@@ -108,7 +108,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         from . import metrics
 
         metrics.enable(port=args.metrics_port)
-    run_worker(url, args.queue_url, burst=args.burst, simple=args.simple, dispatch=not args.no_dispatch)
+    run_worker(url, args.queue_url, burst=args.burst, simple=not args.fork, dispatch=not args.no_dispatch)
 
 
 # spaces ---------------------------------------------------------------------------------------------------
@@ -950,6 +950,15 @@ def _progress(desc: str, unit: str = "it"):  # noqa: ANN202
     return Progress()
 
 
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Run the side-by-side benchmark against the peers (scripts/bench.py; its options follow, see --help)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench.py")
+    if not os.path.exists(script):
+        raise CliError(f"{script} not found: `embcache bench` runs from a source checkout (pip install -e .)")
+    os.execv(sys.executable, [sys.executable, script, *args.bench_args])
+
+
 # parser ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embcache", description="embcache: an embedding hub on plain Redis.")
@@ -968,7 +977,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("worker")
     s.add_argument("--queue-url", default=os.environ.get("EMBCACHE_QUEUE_URL"), help="Redis of the RQ queue (default: the data Redis)")
     s.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    s.add_argument("--simple", action="store_true", help="run jobs in the worker process (no fork)")
+    s.add_argument("--fork", action="store_true",
+                   help="run each job in a forked process (RQ's default); without it jobs run in the worker "
+                        "process, which keeps the indices it built for fast incremental updates")
     s.add_argument("--no-dispatch", action="store_true", help="do not run the dispatcher in this worker")
     s.add_argument("--metrics-port", type=int, default=os.environ.get("EMBCACHE_METRICS_PORT") or None,
                    help="serve Prometheus metrics on this port (default: EMBCACHE_METRICS_PORT; off)")
@@ -1058,6 +1069,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partition-field", default="partition",
                    help="name of the partition column in the .jsonl (default: partition)")
     s.add_argument("--batch", type=int, default=1000, help="ids per read (default 1000)")
+    s = add("bench", add_help=False, prefix_chars="+")  # every argument goes to scripts/bench.py
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 
 

@@ -216,18 +216,13 @@ def index_bytes(index: hnswlib.Index) -> bytes:
         os.unlink(path)
 
 
-def index_from_bytes(data: bytes, metric: str, dim: int, *, max_elements: int = 0, allow_replace_deleted: bool = False) -> hnswlib.Index:
-    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
+def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool) -> hnswlib.Index:
+    index = hnswlib.Index(space=_space_name(metric), dim=dim)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        index = hnswlib.Index(space=_space_name(metric), dim=dim)
         index.load_index(path, max_elements=max_elements, allow_replace_deleted=allow_replace_deleted)
-        return index
     except RuntimeError as exc:
         raise SnapshotCorrupt(f"hnswlib could not read the snapshot index: {exc}") from None
-    finally:
-        os.unlink(path)
+    return index
 
 
 def pack(
@@ -254,23 +249,39 @@ def pack(
 
 
 def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False) -> HnswBase:
-    """Verify and parse a snapshot; :class:`SnapshotCorrupt` when a chunk is missing or the checksum fails."""
+    """Verify and parse a snapshot; :class:`SnapshotCorrupt` when a chunk is missing or the checksum fails.
+
+    The chunks stream into the checksum and the index file one by one: no copy of the whole blob is made."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
-    blob = b"".join(chunks)  # type: ignore[arg-type]
-    if len(blob) != manifest.nbytes or hashlib.sha256(blob).hexdigest() != manifest.sha256:
-        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} failed its sha256 check")
     a, b, c, d = manifest.sections
+    digest = hashlib.sha256()
+    tables = bytearray()
+    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
     try:
-        labels = np.frombuffer(blob[a : a + b], dtype="<i8").astype(np.int64)
-        ids = json.loads(blob[a + b : a + b + c])
-        metas = json.loads(blob[a + b + c : a + b + c + d])
-    except ValueError as exc:
-        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has unreadable tables: {exc}") from None
-    if not (len(labels) == len(ids) == len(metas) == manifest.count):
-        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
-    headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
-    index = index_from_bytes(blob[:a], manifest.metric, manifest.dim, max_elements=headroom, allow_replace_deleted=for_update)
+        with os.fdopen(fd, "wb") as f:
+            offset = 0
+            for chunk in chunks:
+                view = memoryview(chunk)  # type: ignore[arg-type]
+                digest.update(view)
+                cut = max(0, min(len(view), a - offset))
+                f.write(view[:cut])
+                tables += view[cut:]
+                offset += len(view)
+        if offset != manifest.nbytes or digest.hexdigest() != manifest.sha256:
+            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} failed its sha256 check")
+        try:
+            labels = np.frombuffer(tables, dtype="<i8", count=b // 8).astype(np.int64)
+            ids = json.loads(tables[b : b + c])
+            metas = json.loads(tables[b + c : b + c + d])
+        except ValueError as exc:
+            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has unreadable tables: {exc}") from None
+        if not (len(labels) == len(ids) == len(metas) == manifest.count):
+            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
+        headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
+        index = _load_index(path, manifest.metric, manifest.dim, headroom, for_update)
+    finally:
+        os.unlink(path)
     return HnswBase(index, labels, ids, metas, manifest, ef)
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ def build_snapshot(
     if state is None:
         state = _full(store, space, pk)
         kind = "full"
-    index, labels, ids, metas, pos, deleted, max_label = state
+    index, labels, ids, metas, pos, deleted, max_label, label, meta = state
     generation = (previous.generation if previous else 0) + 1
     chunks, manifest = snapshot.pack(
         index, labels, ids, metas, generation=generation, pos=pos, dim=space.dim, metric=space.metric, M=space.M,
@@ -87,14 +88,16 @@ def build_snapshot(
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
     snapshot.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
+    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
     seconds = time.perf_counter() - t0
-    log.info("%s %s build of %s: %d items, generation %d, %.2fs", kind, pk.tag, kind, len(ids), generation, seconds)
+    log.info("%s build of %s: %d items, generation %d, %.2fs", kind, pk.tag, len(ids), generation, seconds)
     return BuildResult(partition, kind, generation, len(ids), pos, seconds)
 
 
-State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int]  # ..., deleted, max_label
+# index, labels, ids, metadatas, log position, deleted, max label, id -> label, id -> metadata
+State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, dict[str, int], dict[str, Any]]
 
 
 def _full(store: Store, space: SpaceRecord, pk: PartitionKeys) -> State:
@@ -106,25 +109,52 @@ def _full(store: Store, space: SpaceRecord, pk: PartitionKeys) -> State:
     if n:
         index.add_items(mat, labels, num_threads=_threads())
     metas = [None if m is None else json.loads(m) for m in data.metadatas]
-    return index, labels, data.ids, metas, data.pos, 0, n - 1
+    return (index, labels, data.ids, metas, data.pos, 0, n - 1, dict(zip(data.ids, labels.tolist())),
+            dict(zip(data.ids, metas)))
+
+
+@dataclass
+class Kept:
+    """The index this worker process built last for a partition, kept so the next incremental build neither
+    downloads nor parses the snapshot it just published (only valid while that snapshot is the current one)."""
+
+    sid: str
+    index: hnswlib.Index
+    label: dict[str, int]
+    meta: dict[str, Any]
+    nbytes: int
+
+
+_kept: OrderedDict[str, Kept] = OrderedDict()
+KEEP_BYTES = int(os.environ.get("EMBCACHE_WORKER_KEEP_BYTES", str(4 << 30)))
+
+
+def _keep(tag: str, kept: Kept) -> None:
+    _kept[tag] = kept
+    _kept.move_to_end(tag)
+    while sum(k.nbytes for k in _kept.values()) > KEEP_BYTES and len(_kept) > 1:
+        _kept.popitem(last=False)
 
 
 def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest) -> State | None:
     """Apply the log tail to the published snapshot; None when a full build is due instead."""
-    try:
-        base = snapshot.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
-    except SnapshotCorrupt as exc:
-        log.warning("%s: %s; rebuilding in full", pk.tag, exc)
-        return None
-    if base is None:
-        return None
+    kept = _kept.pop(pk.tag, None)  # taken out: it is about to change, and is put back only once published
+    if kept is not None and kept.sid == previous.sid:
+        index, label, meta = kept.index, kept.label, kept.meta
+    else:
+        try:
+            base = snapshot.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
+        except SnapshotCorrupt as exc:
+            log.warning("%s: %s; rebuilding in full", pk.tag, exc)
+            return None
+        if base is None:
+            return None
+        index, label = base.index, dict(base.label)
+        meta = {id_: m for id_, m in zip(base.ids, base.metas)}
     tail = store.read_tail(pk, previous.pos, limit=1 << 30)
     if tail is None:
         return None
-    index = base.index
     index.set_num_threads(_threads())
-    label = dict(base.label)
-    meta = {id_: m for id_, m in zip(base.ids, base.metas)}
     deleted = previous.deleted
     next_label = previous.max_label + 1
     new_ids, new_vecs, upd_labels, upd_vecs = [], [], [], []
@@ -160,4 +190,4 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
         deleted -= reused
     ids = list(label)
     labels = np.fromiter((label[i] for i in ids), dtype=np.int64, count=len(ids))
-    return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1
+    return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta

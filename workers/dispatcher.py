@@ -164,7 +164,7 @@ class Dispatcher:
                 self._stop.wait(1.0)
 
 
-def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = False,
+def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
                dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
     """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
     import os
