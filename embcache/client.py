@@ -681,7 +681,7 @@ class Version:
         ``consistency``: ``eventual`` answers from loaded bases only; ``session`` (default) adds this hub's own
         writes; ``strong`` adds every write committed before the call (one round trip per partition).
         """
-        if where is None and partitions is None and consistency != "strong" and include == ("distances",):
+        if where is None and partitions is None and include == ("distances",):
             res = self._fast_query(query_embeddings, n_results, ef, consistency)
             if res is not None:
                 return res
@@ -698,20 +698,33 @@ class Version:
             return None
         pid = (self.space.name, self.name, parts[0])
         base = hub.cache.cached(pid)
-        if type(base) is not HnswBase or consistency not in ("eventual", "session"):
+        if type(base) is not HnswBase:
             return None
         if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+            return None
+        if consistency == "strong" and hub.is_cluster:
             return None
         queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
         k = codec.check_n_results(n_results)
         ef = _check_ef(ef)
+        if consistency not in CONSISTENCY_LEVELS:
+            return None  # the general path raises the error
         if self.space.metric == "cosine" and not queries.any(axis=1).all():
             codec.normalise(queries, what="query_embeddings")  # raises the zero-vector error
         if k > base.count:
             return None
+        strong = None
+        if consistency == "strong":  # ask Redis first, search while it answers
+            strong = self._strong_probe_send(parts[0])
         try:
             labels, dists = base.knn(queries, k, ef)
         except RuntimeError:  # hnswlib found fewer than k: the general path answers exactly
+            labels = None
+        if strong is not None:
+            pos, members = self._strong_probe_read(strong)
+            if pos != base.position or members != parts:
+                return None  # the log moved past the snapshot, or partitions changed: the general path merges
+        if labels is None:
             return None
         hub.cache.touch(pid)
         id_of = base.id_of
@@ -719,6 +732,36 @@ class Version:
         if metrics.ENABLED:
             metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
         return res
+
+    def _strong_probe_send(self, partition: str) -> Any:
+        """Send (without waiting) the partition's log position and the version's partition list: a strong query
+        whose snapshot covers the log needs nothing more, and the search runs while Redis answers."""
+        pool = self.hub.store.r.connection_pool
+        with translate_errors("strong read"):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands([
+                    ("HGET", self._pk(partition).state, "pos"),
+                    ("SMEMBERS", self.hub.keys.parts(self.space.name, self.name)),
+                ]))
+            except BaseException:
+                conn.disconnect()
+                pool.release(conn)
+                raise
+        return pool, conn
+
+    @staticmethod
+    def _strong_probe_read(probe: Any) -> tuple[str, list[str]]:
+        pool, conn = probe
+        try:
+            with translate_errors("strong read"):
+                pos, members = conn.read_response(), conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                consistency: Any, include: Any) -> Plan[QueryResult]:
