@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import redis
 
 from .client import Hub, Space, Version, connect
 from .errors import NotFound, PermissionDenied
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAMOUS = ["Toy Story (1995)", "Matrix, The (1999)", "Godfather, The (1972)", "Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
           "Shining, The (1980)"]
 SPACE = "movies"
+REC_SPACE = "movies-ip"
 
 
 def find_movielens() -> Path:
@@ -107,8 +109,9 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
     say(f"hub: {hub.url}{' (embedded redis-server, AOF on)' if url is None else ''}")
     with hub, workers(hub.url, n_workers):
         say(f"started {n_workers} workers" if n_workers else "using the workers already running on this hub")
-        if SPACE in hub.spaces():
-            hub.drop_space(SPACE)  # a rerun starts afresh
+        for name in (SPACE, REC_SPACE):
+            if name in hub.spaces():
+                hub.drop_space(name)  # a rerun starts afresh
         say("\n1. learn movie embeddings and store them as v1")
         space = hub.create_space(SPACE, dim=32, metric="cosine")
         v1, f1 = _store_version(space, ratings, 5.0, min_ratings, say)
@@ -120,8 +123,12 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         say("\n2. similar movies (query_by_id, served in-process from the snapshot)")
         report.similar["v1"] = _similar(space, ratings, say, report)
 
-        say(f"\n3. recommended for user {user} (query by the user's vector, movies they rated left out)")
-        report.recommended["v1"] = _recommend(space.version("live"), ratings, f1, user, say, report)
+        say(f"\n3. recommended for user {user}: the largest predicted ratings user . movie, an inner-product "
+            f"space ({REC_SPACE}) of the same vectors unnormalised; movies the user rated are left out")
+        rec = hub.create_space(REC_SPACE, dim=32, metric="ip").create_version()
+        rec.upsert([str(m) for m in f1.movie_ids], f1.item_vectors)
+        _build(rec, say, report)
+        report.recommended["v1"] = _recommend(rec, ratings, f1, user, say, report)
 
         say("\n4. a second model: v2 (stronger damping, rarer movies too), build, promote, compare")
         v2, _ = _store_version(space, ratings, 25.0, max(2, min_ratings // 2), say)
@@ -136,7 +143,9 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         say("\n5. roll back")
         back = space.rollback("live")
         report.live_after = [back.name]
-        say(f"  live -> {back.name}; history of live: {space.alias_history('live')}")
+        after = space.version("live").query_by_id([str(1)], n_results=3, consistency="strong")
+        say(f"  live -> {back.name} again (v2 stays stored: `embcache alias movies live v2` promotes it back); "
+            f"Toy Story's neighbours are v1's: {', '.join(_titles(ratings, after.ids[0]))}")
 
         say("\n6. a read-only principal")
         report.reader = _reader_demo(hub, space, say)
@@ -177,6 +186,7 @@ def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report:
 def _recommend(v: Version, ratings: Ratings, f: Any, user: int, say: Callable[[str], None], report: Report) -> list[str]:
     seen = {str(m) for m in ratings.movie_ids[ratings.user_ids == user]}
     uvec = f.user_vectors[list(f.user_ids).index(user)]
+    v.query(uvec, n_results=10 + len(seen), consistency="eventual")  # the first query loads the snapshot
     t0 = time.perf_counter()
     res = v.query(uvec, n_results=10 + len(seen), consistency="eventual")
     ms = (time.perf_counter() - t0) * 1000
@@ -203,6 +213,16 @@ def _reader_demo(hub: Hub, space: Space, say: Callable[[str], None]) -> dict[str
             out["write"] = "ALLOWED (wrong!)"
         except PermissionDenied as exc:
             out["write"] = f"refused: {exc}"[:120]
+    # and what Redis itself says when the same credentials bypass embcache
+    raw = redis.Redis.from_url(hub.url, username=creds.username, password=creds.password)
+    try:
+        raw.hset(hub.keys.partition(space.name, v.name, "default").vec, "x", b"\0" * 4 * space.dim)
+        out["raw"] = "ALLOWED (wrong!)"
+    except redis.exceptions.NoPermissionError as exc:
+        out["raw"] = f"Redis refused: {exc}"[:110]
+    finally:
+        raw.close()
     say(f"  reader {creds.username}: query -> {out['query']}; upsert -> {out['write']}")
+    say(f"  the same credentials in raw redis-py, HSET on the space's vectors -> {out['raw']}")
     hub.revoke("demo-reader", space=space.name)
     return out
