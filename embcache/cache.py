@@ -109,6 +109,10 @@ class PartitionCache:
         lock = self._load_locks.get(pid)
         return lock is not None and lock.locked()
 
+    def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
+        """A fresh exact base of ``pid`` (all its vectors), not cached: the fallback of last resort."""
+        return exact_base(self.store.read_partition(self.keys(pid)), info)
+
     def reload(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """Load ``pid`` afresh, replacing what is cached."""
         base = self._load(pid, info)

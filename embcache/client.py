@@ -860,11 +860,14 @@ class Version:
         if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
             tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
             for i, tail in zip(need_tail, tails):
-                if tail is None:  # the log no longer reaches back to the base: load afresh
+                if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
                     bases[i] = yield Offload(cache.reload, (pids[i], info))
-                    overlays[i] = {}
-                else:
-                    overlays[i] = tail_overlay(tail, info)
+                    pk = self._pk(parts[i])
+                    tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
+                    if tail is None:  # the newest snapshot's tail is always readable; answer exactly if not
+                        bases[i] = yield Offload(cache.exact, (pids[i], info))
+                        tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
+                overlays[i] = tail_overlay(tail, info) if tail is not None else {}
         per_part = [
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
             for b, ov in zip(bases, overlays)

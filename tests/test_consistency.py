@@ -298,3 +298,26 @@ def test_close_is_prompt_with_a_long_refresh_interval(redis_url) -> None:  # noq
     t0 = time.monotonic()
     hub.close()
     assert time.monotonic() - t0 < 1.0
+
+
+def test_strong_and_session_see_writes_past_an_unreadable_tail(redis_url: str, workers, monkeypatch) -> None:  # noqa: ANN001
+    """More log entries after a client's snapshot than one tail read returns: the client reloads the snapshot,
+    reads the whole tail after it, and still sees every write."""
+    import embcache.store
+
+    monkeypatch.setattr(embcache.store.Store.read_tail.plan, "__defaults__", (5,))
+    monkeypatch.setattr(embcache.store.Store.read_tails.plan, "__defaults__", (5,))
+    workers.start(redis_url)
+    x = random_unit(40, DIM, seed=11)
+    with embcache.connect(redis_url, refresh_interval=0) as a, embcache.connect(redis_url, refresh_interval=0) as b:
+        va = a.create_space("s", dim=DIM, metric="cosine").create_version()
+        va.upsert(["first"], x[:1])
+        va.build(timeout=60)
+        vb = b.space("s").version("v1")
+        assert vb.query(x[0], 1, consistency="strong").ids == [["first"]]
+        assert isinstance(b.cache.cached(("s", "v1", "default")), HnswBase)
+        with paused_builds(a):
+            for i in range(1, 30):  # 29 log entries after b's snapshot: more than a tail read returns
+                va.upsert([f"w{i}"], x[i : i + 1])
+            assert vb.query(x[29], 1, consistency="strong").ids == [["w29"]]
+            assert vb.query(x[0], 1, consistency="strong").ids == [["first"]]
