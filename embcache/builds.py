@@ -42,6 +42,7 @@ class BuildHandle:
 
     @property
     def done(self) -> bool:
+        """True when every partition's snapshot covers its target (asks Redis)."""
         d, n = self.progress()
         return d == n
 

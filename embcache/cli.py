@@ -208,7 +208,8 @@ def cmd_seal(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     """Ask the workers for snapshots and wait for them, with progress."""
     with _hub(args) as hub:
-        v = hub.space(args.space).version(args.version)
+        sp = hub.space(args.space)
+        v = sp.version(args.version) if args.version else sp.default_version()
         t0 = time.perf_counter()
         bar = _progress("build", unit="partition")
         v.build(timeout=args.timeout, on_progress=bar)
@@ -222,7 +223,8 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_stats(args: argparse.Namespace) -> None:
     """Per-partition counts, snapshot generation/age, tombstones, index lag, last build time."""
     with _hub(args) as hub:
-        v = hub.space(args.space).version(args.version)
+        sp = hub.space(args.space)
+        v = sp.version(args.version) if args.version else sp.default_version()
         rows = [asdict(s) for s in v.stats()]
     _out(args, rows, format_table)
 
@@ -328,7 +330,7 @@ def cmd_principals(args: argparse.Namespace) -> None:
 
 @command("rotate")
 def cmd_rotate(args: argparse.Namespace) -> None:
-    """Give a principal a new password (the old one stops working for new connections); prints it once."""
+    """Give a principal a new password (the old one stops working at once, open connections included); prints it once."""
     with _hub(args) as hub:
         creds = hub.rotate(args.principal)
     data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted}
@@ -1013,11 +1015,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("version")
     s = add("build")
     s.add_argument("space")
-    s.add_argument("version", nargs="?", default="live")
+    s.add_argument("version", nargs="?", default=None, help="version or alias (default: live, else the newest)")
     s.add_argument("--timeout", type=float, default=600.0)
     s = add("stats")
     s.add_argument("space")
-    s.add_argument("version", nargs="?", default="live")
+    s.add_argument("version", nargs="?", default=None, help="version or alias (default: live, else the newest)")
     s = add("query")
     s.add_argument("space")
     s.add_argument("--version", help="version or alias (default: live, else the newest)")

@@ -12,9 +12,9 @@ Needs ``prometheus_client`` (``pip install 'embcache[metrics]'``); nothing impor
 While disabled every hook in embcache is one ``if metrics.ENABLED:`` test (tens of nanoseconds) and no metric
 object exists. See ``docs/metrics.md`` for the names and labels.
 
-An RQ worker runs each build in a forked work-horse; a process forked after :func:`enable` sends what it
-records to the process that enabled the metrics (over a pipe, one small message per event), so the builds
-show on the worker's exporter.
+``embcache worker`` runs builds in its own process by default; with ``--fork`` (RQ's forked work-horses) a
+process forked after :func:`enable` sends what it records to the process that enabled the metrics (over a
+pipe, one small message per event), so the builds show on the worker's exporter either way.
 """
 
 from __future__ import annotations

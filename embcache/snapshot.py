@@ -39,7 +39,7 @@ from .views import _MaskCache
 
 __all__ = ["Manifest", "HnswBase", "PublishConflict", "pack", "unpack", "read_manifest", "load", "publish", "CHUNK_BYTES"]
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 ORPHAN_TTL = 3600  # seconds an unpublished chunk lives (a builder that died)
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
 SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
@@ -122,7 +122,7 @@ class HnswBase:
 
     @property
     def nbytes(self) -> int:
-        return self.manifest.nbytes + 100 * len(self.ids)
+        return self.manifest.nbytes + 450 * len(self.ids)  # + the id/label/metadata tables (measured ~400 B/item)
 
     def __contains__(self, id_: str) -> bool:
         return id_ in self.label

@@ -36,8 +36,8 @@ Differences:
 - Space names follow embcache's rules (1-64 characters from ``A-Za-z0-9_.-``, starting with a letter or digit)
   and keys are at most 512 UTF-8 bytes.
 - ``multiset`` is atomic (all pairs or none); ``multidelete`` checks that every key exists before deleting.
-- Snapshots to download (``download_snapshot``, ``iterator``) are not offered: embcache has no call that lists
-  a version's ids. ``LocalConfig`` (an in-memory hub) is not offered either.
+- ``iterator`` walks every key in pieces; ``get_space(download_snapshot=...)`` accepts the flag and ignores it
+  (embcache clients load snapshots themselves). ``LocalConfig`` (an in-memory hub) is not offered.
 - With ``metric="cosine"`` embcache stores vectors normalised, so ``get`` returns unit vectors.
 """
 
