@@ -277,13 +277,13 @@ class Hub:
             self._parts[key] = sorted(m.decode() for m in members)
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str) -> None:
+    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
         """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
         partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
         with self._session_lock:
             ov = self._session.setdefault(pid, {})
             ov.update(items)
-            if len(ov) > SESSION_ITEMS:
+            if overflow or len(ov) > SESSION_ITEMS:
                 ov.clear()
                 self._session_overflow[pid] = pos
 
@@ -518,9 +518,12 @@ class Version:
             hub._partition_added(self.space.name, self.name, partition)
         pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
-        stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
-        metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-        hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+        if len(id_list) > SESSION_ITEMS:
+            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+        else:
+            stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
+            metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
+            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")

@@ -114,14 +114,15 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
 
 def normalise(mat: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
     """Rows scaled to unit L2 norm (for the cosine metric); a zero row is an error."""
-    # float64: squaring float32 values above ~1.8e19 overflows (the row would become all zeros) and below
-    # ~1e-23 underflows (a non-zero row would look like a zero one)
-    m64 = mat.astype(np.float64)
-    norms = np.sqrt((m64 * m64).sum(axis=1, keepdims=True))
+    # float64 sums and division (float32 squares overflow above ~1.8e19 and underflow below ~1e-23), computed in
+    # buffered pieces straight into a float32 result: no float64 copy of the whole matrix
+    norms = np.sqrt(np.einsum("ij,ij->i", mat, mat, dtype=np.float64))[:, None]
     if (norms == 0).any():
         bad = int(np.argwhere(norms[:, 0] == 0)[0][0])
         raise InvalidInput(f"{what}[{bad}] is a zero vector, which has no cosine direction")
-    return (mat / norms).astype(np.float32, copy=False)
+    out = np.empty(mat.shape, dtype=np.float32)
+    np.divide(mat, norms, out=out, casting="same_kind")
+    return out
 
 
 def encode_vectors(mat: np.ndarray, dtype: str) -> list[bytes]:

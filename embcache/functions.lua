@@ -21,15 +21,27 @@ local function upsert(keys, args)
   if sealed(keys[5]) then
     return redis.error_reply('EMBSEALED the version is sealed')
   end
+  -- one HSET (and one HSET/HDEL for metadata) per call rather than per item: the caller sends at most 1,000
+  -- items, well inside what unpack() takes
   local n = tonumber(args[2])
+  local vecs, metas, cleared = {}, {}, {}
   for i = 0, n - 1 do
-    local id, vec, meta = args[3 + 3 * i], args[4 + 3 * i], args[5 + 3 * i]
-    redis.call('HSET', keys[1], id, vec)
+    local id, meta = args[3 + 3 * i], args[5 + 3 * i]
+    vecs[#vecs + 1] = id
+    vecs[#vecs + 1] = args[4 + 3 * i]
     if meta == '' then
-      redis.call('HDEL', keys[2], id)
+      cleared[#cleared + 1] = id
     else
-      redis.call('HSET', keys[2], id, meta)
+      metas[#metas + 1] = id
+      metas[#metas + 1] = meta
     end
+  end
+  redis.call('HSET', keys[1], unpack(vecs))
+  if #metas > 0 then
+    redis.call('HSET', keys[2], unpack(metas))
+  end
+  if #cleared > 0 then
+    redis.call('HDEL', keys[2], unpack(cleared))
   end
   local pos = redis.call('XADD', keys[3], '*', 'op', 'u', 'ids', args[1])
   redis.call('HSET', keys[4], 'pos', pos)
