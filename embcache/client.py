@@ -136,6 +136,8 @@ class Hub:
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
         self._session_overflow: dict[tuple[str, str, str], str] = {}
+        self._probe_lock = threading.Lock()
+        self._probe_conn: Any = None  # the connection strong probes use (see Version._strong_probe_send)
 
     @property
     def is_cluster(self) -> bool:
@@ -231,6 +233,9 @@ class Hub:
     # lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the refresher and close the connections."""
+        if self._probe_conn is not None:
+            self.store.r.connection_pool.release(self._probe_conn)
+            self._probe_conn = None
         self.cache.close()
         self.store.r.close()
 
@@ -469,6 +474,7 @@ class Version:
         self.name = record.name
         self.state = record.state
         self.description = record.description
+        self._probes: dict[str, Any] = {}  # partition -> the packed commands of a strong probe
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -723,10 +729,11 @@ class Version:
             labels, dists = base.knn(queries, k, ef)
         except RuntimeError:  # hnswlib found fewer than k: the general path answers exactly
             labels = None
-        if strong is not None:
-            pos, members = self._strong_probe_read(strong)
-            if pos != base.position or members != parts:
-                return None  # the log moved past the snapshot, or partitions changed: the general path merges
+        finally:
+            if strong is not None:  # read the answer whatever happened, so the connection stays in step
+                pos, members = self._strong_probe_read(strong)
+        if strong is not None and (pos != base.position or members != parts):
+            return None  # the log moved past the snapshot, or partitions changed: the general path merges
         if labels is None:
             return None
         hub.cache.touch(pid)
@@ -738,33 +745,50 @@ class Version:
 
     def _strong_probe_send(self, partition: str) -> Any:
         """Send (without waiting) the partition's log position and the version's partition list: a strong query
-        whose snapshot covers the log needs nothing more, and the search runs while Redis answers."""
-        pool = self.hub.store.r.connection_pool
-        with translate_errors("strong read"):
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command(conn.pack_commands([
-                    ("HGET", self._pk(partition).state, "pos"),
-                    ("SMEMBERS", self.hub.keys.parts(self.space.name, self.name)),
-                ]))
-            except BaseException:
-                conn.disconnect()
-                pool.release(conn)
-                raise
-        return pool, conn
+        whose snapshot covers the log needs nothing more, and the search runs while Redis answers.
 
-    @staticmethod
-    def _strong_probe_read(probe: Any) -> tuple[str, list[str]]:
-        pool, conn = probe
+        The hub keeps one connection for these probes (taking one from the pool costs more than the probe's
+        own work); a query that finds it busy takes a pooled one."""
+        hub = self.hub
+        pool = hub.store.r.connection_pool
+        packed = self._probes.get(partition)
+        own = hub._probe_lock.acquire(blocking=False)
+        with translate_errors("strong read"):
+            try:
+                conn = hub._probe_conn if own and hub._probe_conn is not None else pool.get_connection()
+                if packed is None:
+                    packed = conn.pack_commands([("HGET", self._pk(partition).state, "pos"),
+                                                 ("SMEMBERS", hub.keys.parts(self.space.name, self.name))])
+                    self._probes[partition] = packed
+                conn.send_packed_command(packed)
+            except BaseException:
+                self._probe_done(own, None, failed=True)
+                raise
+        if own:
+            hub._probe_conn = conn
+        return own, conn
+
+    def _strong_probe_read(self, probe: Any) -> tuple[str, list[str]]:
+        own, conn = probe
         try:
             with translate_errors("strong read"):
                 pos, members = conn.read_response(), conn.read_response()
         except BaseException:
             conn.disconnect()
+            self._probe_done(own, conn, failed=True)
             raise
-        finally:
-            pool.release(conn)
+        self._probe_done(own, conn)
         return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
+
+    def _probe_done(self, own: bool, conn: Any, failed: bool = False) -> None:
+        hub = self.hub
+        if own:
+            if failed and hub._probe_conn is not None:
+                hub.store.r.connection_pool.release(hub._probe_conn)
+                hub._probe_conn = None
+            hub._probe_lock.release()
+        elif conn is not None:
+            hub.store.r.connection_pool.release(conn)
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                consistency: Any, include: Any) -> Plan[QueryResult]:

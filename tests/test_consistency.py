@@ -321,3 +321,38 @@ def test_strong_and_session_see_writes_past_an_unreadable_tail(redis_url: str, w
                 va.upsert([f"w{i}"], x[i : i + 1])
             assert vb.query(x[29], 1, consistency="strong").ids == [["w29"]]
             assert vb.query(x[0], 1, consistency="strong").ids == [["first"]]
+
+
+def test_strong_queries_from_many_threads_share_the_probe_connection_safely(redis_url: str, workers) -> None:  # noqa: ANN001
+    """Strong queries on the serving path overlap a position check with the search; threads take turns on the
+    hub's probe connection or use pooled ones, and every answer stays right while another hub writes."""
+    import threading
+
+    workers.start(redis_url)
+    x = random_unit(300, DIM, seed=5)
+    with embcache.connect(redis_url, refresh_interval=0.05) as a, embcache.connect(redis_url) as b:
+        va = a.create_space("s", dim=DIM, metric="cosine").create_version()
+        va.upsert([f"i{i}" for i in range(200)], x[:200])
+        va.build(timeout=60)
+        vb = b.space("s").version("v1")
+        vb.query(x[0], 1, consistency="strong")
+        errors: list[BaseException] = []
+
+        def reader(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(150):
+                    i = int(rng.integers(0, 200))
+                    assert vb.query(x[i], 1, consistency="strong").ids == [[f"i{i}"]]
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for i in range(200, 260):  # writes land while the readers run: strong must see each at once
+            va.upsert([f"i{i}"], x[i : i + 1])
+            assert vb.query(x[i], 1, consistency="strong").ids == [[f"i{i}"]]
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
