@@ -226,7 +226,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
         sp = hub.space(args.space)
         v = sp.version(args.version) if args.version else sp.default_version()
         rows = [asdict(s) for s in v.stats()]
-    _out(args, rows, format_table)
+    _out(args, rows, lambda r: f"{args.space}/{v.name}:\n{format_table(r)}")
 
 
 @command("query")
@@ -234,7 +234,10 @@ def cmd_query(args: argparse.Namespace) -> None:
     """Nearest neighbours of stored ids (--id) or of vectors in a .npy file (--vectors)."""
     if bool(args.id) == bool(args.vectors):
         raise SystemExit("give either --id ID [--id ID ...] or --vectors FILE.npy")
-    where = json.loads(args.where) if args.where else None
+    try:
+        where = json.loads(args.where) if args.where else None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--where is not valid JSON ({exc}); e.g. --where '{{\"genre\": \"drama\"}}'") from None
     with _hub(args) as hub:
         sp = hub.space(args.space)
         v = sp.version(args.version) if args.version else sp.default_version()

@@ -27,7 +27,7 @@ from .acl import Credentials, Grant
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .errors import InvalidInput, NotFound, PermissionDenied, VersionSealed
+from .errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
 from .filters import compile_where
 from .keys import Keys, check_name
 from .plan import Batch, Call, Offload, Plan, run
@@ -577,7 +577,26 @@ class Version:
         for p in keys:
             store.mark_dirty(self.space.name, self.name, p)
         handle = BuildHandle(store, keys, targets)
+        if wait and not handle.done:
+            self._require_dispatcher(min(5.0, timeout) if timeout is not None else 5.0)
         return handle.wait(timeout, on_progress) if wait else handle
+
+    def _require_dispatcher(self, grace: float) -> None:
+        """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
+        lock it renews every tick (a principal that may not read it skips this check)."""
+        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
+        deadline = time.monotonic() + grace
+        try:
+            with translate_errors("build"):
+                while not r.exists(key):
+                    if time.monotonic() > deadline:
+                        raise BuildTimeout(
+                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                        )
+                    time.sleep(0.1)
+        except PermissionDenied:
+            return
 
     @_guard("stats")
     def stats(self) -> list[PartitionStats]:

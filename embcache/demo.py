@@ -31,8 +31,8 @@ __all__ = ["run", "find_movielens", "Report"]
 REPO = Path(__file__).resolve().parent.parent
 FAMOUS = ["Toy Story (1995)", "Matrix, The (1999)", "Godfather, The (1972)", "Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
           "Shining, The (1980)"]
-SPACE = "movies"
-REC_SPACE = "movies-ip"
+SPACE = "demo-movies"  # names of its own: a rerun drops and recreates them, and nothing else
+REC_SPACE = "demo-movies-ip"
 
 
 def find_movielens() -> Path:
@@ -72,6 +72,10 @@ def workers(url: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip(" ,") + "…"
 
 
 def _titles(ratings: Ratings, ids: list[str]) -> list[str]:
@@ -138,7 +142,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         report.similar["v2"] = _similar(space, ratings, say, report, quiet=True)
         for title in report.similar["v1"]:
             a, b = report.similar["v1"][title], report.similar["v2"][title]
-            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept by v2; v2 adds {', '.join(x for x in b if x not in a)[:90]}")
+            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept by v2; v2 adds {_cut(', '.join(x for x in b if x not in a), 90)}")
 
         say("\n5. roll back")
         back = space.rollback("live")
@@ -149,8 +153,10 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
 
         say("\n6. a read-only principal")
         report.reader = _reader_demo(hub, space, say)
-    say("\nThe data stays in the embedded server: try `embcache describe movies`, "
-        "`embcache query movies --id 1 -n 5`, `embcache stats movies`.")
+    where = "in $EMBCACHE_HOME (the embedded server's data directory)" if url is None else f"on {url}"
+    cli = ".venv/bin/embcache" if (REPO / ".venv" / "bin" / "embcache").exists() else "embcache"
+    say(f"\nThe data stays {where}: try `{cli} describe {SPACE}`, `{cli} query {SPACE} --id 1 -n 5`, "
+        f"`{cli} stats {SPACE}`.")
     return report
 
 

@@ -1,6 +1,6 @@
 """A recommendation service on embcache's asyncio client: "similar items" and "recommend" endpoints.
 
-    EMBCACHE_URL=redis://localhost:6379/0 EMBCACHE_SPACE=movies uvicorn examples.fastapi_app:app
+    EMBCACHE_URL=redis://localhost:6379/0 EMBCACHE_SPACE=demo-movies uvicorn examples.fastapi_app:app
 
 - ``GET /similar/{item_id}?n=10``: the items nearest to a stored item (served from the loaded snapshot).
 - ``POST /recommend`` with ``{"vector": [...], "exclude": ["id", ...], "n": 10}``: the items nearest to a
@@ -32,7 +32,7 @@ class RecommendRequest(BaseModel):
 
 def create_app(url: str | None = None, space: str | None = None, **connect_kwargs: Any) -> FastAPI:
     """The service for ``space`` of the hub at ``url`` (defaults: ``EMBCACHE_URL``, ``EMBCACHE_SPACE``)."""
-    space_name = space or os.environ.get("EMBCACHE_SPACE", "movies")
+    space_name = space or os.environ.get("EMBCACHE_SPACE", "demo-movies")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202

@@ -376,3 +376,13 @@ def test_errors_say_what_to_do(redis_url: str, tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit) as exc:  # argparse: bad usage is exit code 2
         main(["--url", redis_url, "import"])
     assert exc.value.code == 2
+
+
+def test_malformed_where_json_is_a_clear_error(redis_url: str, capsys) -> None:  # noqa: ANN001
+    from embcache.cli import main
+
+    with embcache.connect(redis_url) as hub:
+        hub.create_space("w", dim=2, metric="l2").create_version().upsert(["a", "b"], [[0.0, 1.0], [1.0, 0.0]])
+    assert main(["--url", redis_url, "query", "w", "--id", "a", "--where", "{bad"]) == 1
+    err = capsys.readouterr().err
+    assert "InvalidInput" in err and "--where is not valid JSON" in err and "Traceback" not in err

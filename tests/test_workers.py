@@ -10,6 +10,7 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
+import embcache
 from embcache.snapshot import HnswBase, read_manifest
 from tests.datasets import MiniLMSubset
 from tests.workers_fixtures import brute_force, random_unit, recall_at_k, wait_for
@@ -171,3 +172,17 @@ def test_build_and_query_on_cluster(cluster_url, redis_url, redis_cluster, worke
     res = version.query(queries, n_results=5, partitions=["p3"], ef=500, consistency="eventual")
     top = brute_force(data["p3"], queries, 5, "l2")
     assert res.ids == [[f"p3-{j}" for j in r] for r in top]
+
+
+def test_build_without_any_worker_fails_fast_with_a_hint(redis_url: str) -> None:
+    import time as _time
+
+    with embcache.connect(redis_url, refresh_interval=0) as hub:
+        v = hub.create_space("s", dim=4, metric="l2").create_version()
+        v.upsert(["a"], np.ones((1, 4)))
+        t0 = _time.perf_counter()
+        with pytest.raises(embcache.BuildTimeout, match="embcache worker"):
+            v.build(timeout=600)
+        assert _time.perf_counter() - t0 < 15  # not the 600 s timeout
+        handle = v.build(wait=False)  # asking without waiting is fine: a worker may come later
+        assert handle.progress() == (0, 1)
