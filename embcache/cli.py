@@ -233,7 +233,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
 def cmd_query(args: argparse.Namespace) -> None:
     """Nearest neighbours of stored ids (--id) or of vectors in a .npy file (--vectors)."""
     if bool(args.id) == bool(args.vectors):
-        raise SystemExit("give either --id ID [--id ID ...] or --vectors FILE.npy")
+        print("embcache query: give either --id ID [--id ID ...] or --vectors FILE.npy", file=sys.stderr)
+        raise SystemExit(2)  # bad usage, like argparse's own errors
     try:
         where = json.loads(args.where) if args.where else None
     except json.JSONDecodeError as exc:

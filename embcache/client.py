@@ -522,7 +522,10 @@ class Version:
             yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
             hub._registered.add(pid)
             hub._partition_added(self.space.name, self.name, partition)
-        pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
+        try:
+            pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
+        except VersionSealed:
+            raise self._sealed() from None
         yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         if len(id_list) > SESSION_ITEMS:
             hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
@@ -544,15 +547,23 @@ class Version:
         rec = yield from self.hub.catalogue.get_version.plan(self.hub.catalogue, self.space.name, self.name)
         self.state = rec.state
         if rec.state != "open":
-            raise VersionSealed(f"version {self.space.name}/{self.name} is sealed")
+            raise self._sealed()
         store, total = self.hub.store, 0
         for p in parts:
-            gone, pos = yield from store.write_deletes.plan(store, self._pk(p), id_list)
+            try:
+                gone, pos = yield from store.write_deletes.plan(store, self._pk(p), id_list)
+            except VersionSealed:
+                raise self._sealed() from None
             if pos is not None:
                 yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
                 self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
+
+    def _sealed(self) -> VersionSealed:
+        self.state = "sealed"
+        return VersionSealed(f"version {self.space.name}/{self.name} is sealed (read-only): write to a new version "
+                             f"(space.create_version()) instead")
 
     @_guard("seal")
     def seal(self) -> None:

@@ -386,3 +386,11 @@ def test_malformed_where_json_is_a_clear_error(redis_url: str, capsys) -> None: 
     assert main(["--url", redis_url, "query", "w", "--id", "a", "--where", "{bad"]) == 1
     err = capsys.readouterr().err
     assert "InvalidInput" in err and "--where is not valid JSON" in err and "Traceback" not in err
+
+
+def test_query_needs_ids_or_vectors_and_says_so_with_exit_2(redis_url: str, capsys) -> None:  # noqa: ANN001
+    from embcache.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--url", redis_url, "query", "w"])
+    assert exc.value.code == 2 and "--id" in capsys.readouterr().err

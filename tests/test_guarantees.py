@@ -692,3 +692,17 @@ def test_a_missing_binary_raises_server_error_with_the_hint(
             ensure_embedded(tmp_path / "home")
     assert not (tmp_path / "home" / "url").exists()
 
+
+
+def test_sealed_errors_name_the_version_and_what_to_do(redis_url: str) -> None:
+    with embcache.connect(redis_url, refresh_interval=0) as hub:
+        v = hub.create_space("sealname", dim=2, metric="l2").create_version()
+        v.upsert(["a"], [[1.0, 0.0]])
+        v.seal()
+        for call in (lambda: v.upsert(["b"], [[0.0, 1.0]]), lambda: v.delete(["a"])):
+            with pytest.raises(embcache.VersionSealed, match="sealname/v1 is sealed.*new version"):
+                call()
+        stale = hub.space("sealname").versions()[0]  # a Version object made before it knew: the function refuses
+        stale.state = "open"
+        with pytest.raises(embcache.VersionSealed, match="sealname/v1"):
+            stale.upsert(["c"], [[0.0, 1.0]])
