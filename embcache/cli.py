@@ -187,6 +187,13 @@ def cmd_alias(args: argparse.Namespace) -> None:
     _out(args, data, lambda d: f"{args.alias} -> {d[args.alias]}")
 
 
+@command("promote")
+def cmd_promote(args: argparse.Namespace) -> None:
+    """Make a version the one an alias (default: live) points at; `rollback` undoes it."""
+    args.alias = args.to
+    cmd_alias(args)
+
+
 @command("rollback")
 def cmd_rollback(args: argparse.Namespace) -> None:
     """Point an alias back at its previous target."""
@@ -1011,6 +1018,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("space")
     s.add_argument("alias")
     s.add_argument("version")
+    s = add("promote")
+    s.add_argument("space")
+    s.add_argument("version")
+    s.add_argument("--to", default="live", metavar="ALIAS", help="the alias to move (default: live)")
     s = add("rollback")
     s.add_argument("space")
     s.add_argument("alias", nargs="?", default="live")

@@ -394,3 +394,20 @@ def test_query_needs_ids_or_vectors_and_says_so_with_exit_2(redis_url: str, caps
     with pytest.raises(SystemExit) as exc:
         main(["--url", redis_url, "query", "w"])
     assert exc.value.code == 2 and "--id" in capsys.readouterr().err
+
+
+def test_promote_and_rollback(redis_url: str, capsys) -> None:  # noqa: ANN001
+    from embcache.cli import main
+
+    with embcache.connect(redis_url) as hub:
+        sp = hub.create_space("p", dim=2, metric="l2")
+        sp.create_version()
+        sp.create_version()
+    assert main(["--url", redis_url, "promote", "p", "v1"]) == 0
+    assert main(["--url", redis_url, "promote", "p", "v2"]) == 0
+    capsys.readouterr()
+    assert main(["--url", redis_url, "--json", "promote", "p", "v1", "--to", "canary"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"live": "v2", "canary": "v1"}
+    assert main(["--url", redis_url, "rollback", "p"]) == 0
+    with embcache.connect(redis_url) as hub:
+        assert hub.space("p").aliases() == {"live": "v1", "canary": "v1"}
