@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.servers import descendants  # needs the repo root on sys.path, as the bench scripts set it
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -126,26 +128,6 @@ def machine(packages: Sequence[str] = ()) -> dict[str, str]:
         out[f"pkg:{name}"] = dist_version(name)
     return out
 
-
-def descendants(root: int) -> list[int]:
-    """Pids of every process below ``root`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def rss_bytes(pid: int | None = None, *, tree: bool = True) -> int:

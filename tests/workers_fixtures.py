@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 import embcache
+from tests.servers import descendants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 2
@@ -58,7 +59,7 @@ class Worker:
 
     def descendants(self) -> list[int]:
         """Pids of the worker's live descendants (RQ's work-horse calls ``setpgrp``, so it leaves the group)."""
-        return _descendants(self.proc.pid)
+        return descendants(self.proc.pid)
 
     def kill(self) -> None:
         """SIGKILL the worker, its process group and every descendant (the work-horse running a job, the RQ
@@ -99,26 +100,6 @@ class Worker:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])  # the name may hold spaces and parentheses
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 class WorkerPool:
