@@ -183,6 +183,13 @@ class Space:
         return f"Space({self.name!r}, dims={self.dims})"
 
     # the version behind the space -------------------------------------------------------------------------
+    def _written(self, first_key: str) -> embcache.Version:
+        """The version, for a call about existing keys: :class:`~embcache.NotFound` when nothing was written."""
+        version = self._version(create=False)
+        if version is None:
+            raise NotFound(f"space {self.name!r} has no key {first_key!r}")
+        return version
+
     def _version(self, create: bool) -> embcache.Version | None:
         """The version items live in; created (with its alias) on the first write, None before that."""
         if self._v is not None:
@@ -270,9 +277,7 @@ class Space:
         wanted = self._keys(keys)
         if not wanted:
             return []
-        version = self._version(create=False)
-        if version is None:
-            raise NotFound(f"space {self.name!r} has no key {wanted[0]!r}")
+        version = self._written(wanted[0])
         res = version.get(wanted, include=("embeddings",))
         row = {k: i for i, k in enumerate(res.ids)}
         missing = [k for k in wanted if k not in row]
@@ -293,9 +298,7 @@ class Space:
         wanted = list(dict.fromkeys(self._keys(keys)))
         if not wanted:
             return
-        version = self._version(create=False)
-        if version is None:
-            raise NotFound(f"space {self.name!r} has no key {wanted[0]!r}")
+        version = self._written(wanted[0])
         there = set(version.get(wanted, include=()).ids)
         missing = [k for k in wanted if k not in there]
         if missing:
@@ -304,37 +307,29 @@ class Space:
 
     def delete_all(self) -> None:
         """Delete every key of the space (the space itself stays)."""
-        version = self._version(create=False)
-        if version is None:
-            return
-        batch: list[str] = []
-        for key in list(version.ids()):
-            batch.append(key)
-            if len(batch) == 1000:
-                version.delete(batch)
-                batch = []
-        if batch:
-            version.delete(batch)
+        for version, keys in list(self._key_batches()):
+            version.delete(keys)
 
     def iterator(self) -> Iterator[tuple[str, list[float]]]:
         """Every ``(key, embedding)`` of the space, read in pieces."""
+        for version, keys in self._key_batches():
+            got = version.get(keys, include=("embeddings",))
+            for key, vec in zip(got.ids, got.embeddings):
+                yield key, vec.tolist()
+
+    def _key_batches(self, size: int = 1000) -> Iterator[tuple[embcache.Version, list[str]]]:
+        """The space's keys in batches of ``size`` (nothing when nothing was ever written)."""
         version = self._version(create=False)
         if version is None:
             return
         batch: list[str] = []
         for key in version.ids():
             batch.append(key)
-            if len(batch) == 1000:
-                yield from self._pairs(version, batch)
+            if len(batch) == size:
+                yield version, batch
                 batch = []
         if batch:
-            yield from self._pairs(version, batch)
-
-    @staticmethod
-    def _pairs(version: Any, keys: list[str]) -> Iterator[tuple[str, list[float]]]:
-        got = version.get(keys, include=("embeddings",))
-        for key, vec in zip(got.ids, got.embeddings):
-            yield key, vec.tolist()
+            yield version, batch
 
     # nearest-neighbour interface --------------------------------------------------------------------------
     def nearest_neighbors(self, num: int, key: str | None = None, vector: Embedding | None = None) -> list[str]:
@@ -358,9 +353,7 @@ class Space:
             wanted = self._keys(keys)
             if not wanted:
                 return []
-            version = self._version(create=False)
-            if version is None:
-                raise NotFound(f"space {self.name!r} has no key {wanted[0]!r}")
+            version = self._written(wanted[0])
             res = version.query_by_id(wanted, n, consistency=consistency)  # type: ignore[arg-type]
             return res.ids
         assert vectors is not None
