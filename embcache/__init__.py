@@ -9,6 +9,7 @@ from .client import GetResult, Hub, QueryResult, Space, Version, connect
 from .errors import (
     AlreadyExists,
     BuildTimeout,
+    CorruptRecord,
     DimensionMismatch,
     EmbcacheError,
     InvalidInput,
@@ -40,6 +41,7 @@ __all__ = [
     "PermissionDenied",
     "Unavailable",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
     "__version__",

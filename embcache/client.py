@@ -27,7 +27,7 @@ from .acl import Credentials, Grant
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
+from .errors import BuildTimeout, CorruptRecord, InvalidInput, NotFound, PermissionDenied, VersionSealed
 from .filters import compile_where
 from .keys import Keys, check_name
 from .plan import Batch, Call, Offload, Plan, run
@@ -173,19 +173,19 @@ class Hub:
         return self.catalogue.list_spaces()
 
     def drop_space(self, name: str) -> None:
-        """Delete a space with all its versions, data and snapshots."""
-        record = self._record(name)
-        cat = self.catalogue
+        """Delete a space with all its versions, data and snapshots, and every principal's grant on it."""
+        check_name(name, "space name")
+        with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
+            self._record(name)
         with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
-            # data first, the record and the listing last: a drop cut short can simply be run again
-            for v in cat.list_versions(name):
-                for p in cat.partitions(name, v.name):
-                    self.store.delete_partition(self.keys.partition(name, v.name, p))
-            for key in cat.space_keys(name):
-                self.store.r.delete(key)
+            # grants first, so nobody writes while the keys go; then every key under the space's tags, also
+            # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
+            # cut short can simply be run again
+            self.principals.revoke_space(name)
+            self.catalogue.delete_space_keys(name)
             self.store.r.srem(self.keys.spaces(), name)
-        self._records.pop(record.name, None)
-        self._defaults.pop(record.name, None)
+        self._records.pop(name, None)
+        self._defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         with self._session_lock:
             for pid in [p for p in self._session if p[0] == name]:
@@ -567,9 +567,8 @@ class Version:
 
     @_guard("seal")
     def seal(self) -> None:
-        """Make the version read-only (idempotent)."""
-        for p in self.hub.catalogue.seal(self.space.name, self.name):
-            self.hub.store.flag_sealed(self._pk(p))
+        """Make the version read-only (idempotent; a seal that was cut short is completed)."""
+        self.hub.catalogue.seal(self.space.name, self.name)
         self.state = "sealed"
 
     @_guard("build")
