@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import snapshot
-from .errors import BuildTimeout
-from .keys import PartitionKeys
+from ..core import snapshot
+from ..core.errors import BuildTimeout
+from ..core.keys import PartitionKeys
 from .store import Store, translate_errors
-from .views import pos_key
+from ..core.views import pos_key
 
 __all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
 

@@ -22,20 +22,21 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from . import codec, metrics
-from .acl import Credentials, Grant
-from .builds import BuildHandle, PartitionStats, partition_stats
+from ..core import codec
+from ..redis import metrics
+from ..redis.acl import Credentials, Grant
+from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
-from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
-from .filters import compile_where
-from .keys import Keys, check_name
-from .plan import Batch, Call, Offload, Plan, run
-from .principals import Principals
-from .search import merge_ranked
-from .snapshot import HnswBase
-from .store import Store, open_client, translate_errors
-from .views import Overlay, OverlayItem, pos_key, search_view
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..core.errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
+from ..core.filters import compile_where
+from ..core.keys import Keys, check_name
+from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.principals import Principals
+from ..core.search import merge_ranked
+from ..core.snapshot import HnswBase
+from ..redis.store import Store, open_client, translate_errors
+from ..core.views import Overlay, OverlayItem, pos_key, search_view
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -93,7 +94,7 @@ def connect(
     if url is None:
         url = os.environ.get("EMBCACHE_URL") or None
     if url is None:
-        from .server import ensure_embedded
+        from ..redis.server import ensure_embedded
 
         url = ensure_embedded()
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):

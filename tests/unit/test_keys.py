@@ -8,8 +8,8 @@ import inspect
 import pytest
 from redis.crc import key_slot
 
-from embcache.errors import InvalidInput, InvalidName
-from embcache.keys import DEFAULT_PREFIX, Keys, ParsedKey, check_name
+from embcache.core.errors import InvalidInput, InvalidName
+from embcache.core.keys import DEFAULT_PREFIX, Keys, ParsedKey, check_name
 
 
 @pytest.fixture

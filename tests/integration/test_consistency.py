@@ -18,11 +18,11 @@ import redis
 from rq.job import Job
 
 import embcache
-from embcache.server import RedisServer, free_port
-from embcache.snapshot import HnswBase, read_manifest
+from embcache.redis.server import RedisServer, free_port
+from embcache.core.snapshot import HnswBase, read_manifest
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 from workers.build import COMPACT_RATIO
-from workers.dispatcher import job_id
+from embcache.redis.dispatcher import job_id
 
 DIM = 16
 N = 400
@@ -303,10 +303,10 @@ def test_close_is_prompt_with_a_long_refresh_interval(redis_url) -> None:  # noq
 def test_strong_and_session_see_writes_past_an_unreadable_tail(redis_url: str, workers, monkeypatch) -> None:  # noqa: ANN001
     """More log entries after a client's snapshot than one tail read returns: the client reloads the snapshot,
     reads the whole tail after it, and still sees every write."""
-    import embcache.store
+    import embcache.redis.store
 
-    monkeypatch.setattr(embcache.store.Store.read_tail.plan, "__defaults__", (5,))
-    monkeypatch.setattr(embcache.store.Store.read_tails.plan, "__defaults__", (5,))
+    monkeypatch.setattr(embcache.redis.store.Store.read_tail.plan, "__defaults__", (5,))
+    monkeypatch.setattr(embcache.redis.store.Store.read_tails.plan, "__defaults__", (5,))
     workers.start(redis_url)
     x = random_unit(40, DIM, seed=11)
     with embcache.connect(redis_url, refresh_interval=0) as a, embcache.connect(redis_url, refresh_interval=0) as b:

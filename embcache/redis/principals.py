@@ -25,7 +25,7 @@ from .acl import (
     user_rules,
     worker_rules,
 )
-from .errors import InvalidInput, NotFound
+from ..core.errors import InvalidInput, NotFound
 from .store import Store, translate_errors
 
 __all__ = ["Principals"]

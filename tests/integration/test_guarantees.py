@@ -15,8 +15,8 @@ import pytest
 import redis
 
 import embcache
-import embcache.server
-import embcache.store
+import embcache.redis.server
+import embcache.redis.store
 from embcache import (
     AlreadyExists,
     DimensionMismatch,
@@ -27,7 +27,7 @@ from embcache import (
     Unavailable,
     VersionSealed,
 )
-from embcache.server import RedisServer, ensure_embedded, find_redis_server, free_port
+from embcache.redis.server import RedisServer, ensure_embedded, find_redis_server, free_port
 from tests.storecheck import assert_db_unchanged, assert_knn, brute_distances, db_snapshot, raw_client
 
 FAST = 0.05  # refresh interval: Hub.close() waits for the refresher thread, which sleeps up to this long
@@ -56,7 +56,7 @@ def test_one_upsert_call_is_observed_all_or_nothing(hub: embcache.Hub, any_redis
     concurrent reader (raw HLEN on a second connection, and version.count()) sees the old or the new total,
     never a count in between. The control writes the same items in three calls and must be seen in between,
     which shows the observer is fast enough to catch a non-atomic write."""
-    assert 3000 > 2 * embcache.store.WRITE_CHUNK_ITEMS
+    assert 3000 > 2 * embcache.redis.store.WRITE_CHUNK_ITEMS
     v = hub.create_space("atomic", dim=64, metric="l2").create_version()
     old_ids, old_x = _items(1, 500, 64, "old")
     v.upsert(old_ids, old_x, partition="p")
@@ -646,11 +646,11 @@ def test_acknowledged_writes_survive_sigkill_of_the_server(tmp_path: Path) -> No
 def test_ensure_embedded_reuses_a_running_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMBCACHE_REDIS_SERVER", raising=False)
     home = tmp_path / "home"
-    started_before = len(embcache.server._started)
+    started_before = len(embcache.redis.server._started)
     url = ensure_embedded(home)
     try:
-        assert len(embcache.server._started) == started_before + 1
-        ours = embcache.server._started[-1]
+        assert len(embcache.redis.server._started) == started_before + 1
+        ours = embcache.redis.server._started[-1]
         pid = int((home / "redis.pid").read_text())
         assert ours.process is not None and ours.process.pid == pid
         with redis.Redis.from_url(url, decode_responses=True) as r:
@@ -659,23 +659,23 @@ def test_ensure_embedded_reuses_a_running_server(tmp_path: Path, monkeypatch: py
             r.set("marker", "1")
         assert ensure_embedded(home) == url  # reused: same URL ...
         assert ensure_embedded(str(home)) == url
-        assert len(embcache.server._started) == started_before + 1  # ... and no second process
+        assert len(embcache.redis.server._started) == started_before + 1  # ... and no second process
         assert int((home / "redis.pid").read_text()) == pid
         with redis.Redis.from_url(url, decode_responses=True) as r:
             assert r.get("marker") == "1"
         with embcache.connect(url, refresh_interval=0) as hub:
             hub.create_space("e", dim=2).create_version().upsert(["a"], [[1.0, 0.0]])
     finally:
-        if embcache.server._started and embcache.server._started[-1].directory == home:
-            embcache.server._started.pop().stop()
+        if embcache.redis.server._started and embcache.redis.server._started[-1].directory == home:
+            embcache.redis.server._started.pop().stop()
 
 
 def test_find_redis_server_without_any_binary_raises_server_error_with_the_hint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("EMBCACHE_REDIS_SERVER", raising=False)
-    monkeypatch.setattr(embcache.server.shutil, "which", lambda name: None)
-    monkeypatch.setattr(embcache.server.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(embcache.redis.server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(embcache.redis.server.os, "access", lambda path, mode: False)
     with pytest.raises(ServerError, match="apt-get install"):
         find_redis_server()
 

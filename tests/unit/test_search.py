@@ -11,8 +11,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from embcache import search
-from embcache.search import EMPTY, exact_search, merge_ranked, pairwise_distances
+from embcache.core import search
+from embcache.core.search import EMPTY, exact_search, merge_ranked, pairwise_distances
 from tests.datasets import MINILM_DIR
 
 METRICS = ("l2", "ip", "cosine")

@@ -31,11 +31,11 @@ import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 import embcache
-from embcache.acl import Credentials
-from embcache.errors import InvalidName, NotFound, PermissionDenied, VersionSealed
-from embcache.keys import Keys
-from embcache.server import RedisServer, free_port
-from embcache.snapshot import HnswBase
+from embcache.redis.acl import Credentials
+from embcache.core.errors import InvalidName, NotFound, PermissionDenied, VersionSealed
+from embcache.core.keys import Keys
+from embcache.redis.server import RedisServer, free_port
+from embcache.core.snapshot import HnswBase
 
 K = Keys()
 DIM = 4
@@ -953,7 +953,7 @@ def test_bug_partition_scoped_writer_cannot_build_or_stat(world: World, connect)
 def test_bug_writer_can_stop_all_builds_via_the_dirty_set(world: World) -> None:
     from rq import Queue
 
-    from workers.dispatcher import Dispatcher
+    from embcache.redis.dispatcher import Dispatcher
 
     with redis.Redis.from_url(world.url, username="wp", password=world.password("writer_p1")) as r:
         assert r.zadd(K.dirty("alpha"), {"v1/bad name": 0}) == 1  # allowed: the dirty set is the writer's

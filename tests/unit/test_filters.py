@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from embcache.errors import InvalidInput
-from embcache.filters import compile_where
+from embcache.core.errors import InvalidInput
+from embcache.core.filters import compile_where
 
 CORPUS: dict[str, dict[str, Any] | None] = {
     "a": {"genre": "drama", "year": 1994, "rating": 8.5, "tags": ["classic", "prison"], "free": True},

@@ -22,13 +22,14 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from embcache import metrics, snapshot
-from embcache.catalogue import Catalogue
-from embcache.keys import NAME_PATTERN
-from embcache.store import Store
-from embcache.views import pos_key
+from . import metrics
+from ..core import snapshot
+from .catalogue import Catalogue
+from ..core.keys import NAME_PATTERN
+from .store import Store
+from ..core.views import pos_key
 
-from .jobs import LEASE_SECONDS, build_partition
+from workers.jobs import LEASE_SECONDS, build_partition
 
 __all__ = ["Dispatcher", "job_id", "QUEUE_NAME"]
 
@@ -171,8 +172,8 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
 
     from rq import SimpleWorker, Worker
 
-    from embcache.keys import Keys
-    from embcache.store import open_client
+    from ..core.keys import Keys
+    from .store import open_client
 
     if url:
         os.environ["EMBCACHE_URL"] = url

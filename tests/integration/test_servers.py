@@ -7,7 +7,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from embcache.server import RedisServer
+from embcache.redis.server import RedisServer
 from tests.datasets import unique_ids
 from tests.servers import (
     CLUSTER_SLOTS,

@@ -31,8 +31,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidInput
-from .keys import Keys, check_name
+from ..core.errors import InvalidInput
+from ..core.keys import Keys, check_name
 
 __all__ = ["ROLES", "Credentials", "Grant", "hash_secret", "new_secret", "user_rules", "worker_rules"]
 

@@ -19,7 +19,7 @@ import redis
 import redis.cluster
 from redis import exceptions as rexc
 
-from .errors import (
+from ..core.errors import (
     AlreadyExists,
     EmbcacheError,
     NotFound,
@@ -27,7 +27,7 @@ from .errors import (
     Unavailable,
     VersionSealed,
 )
-from .keys import Keys, PartitionKeys
+from ..core.keys import Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInput
+from ..core.errors import InvalidInput
 
 __all__ = ["ENABLED", "enable", "disable", "observe_query", "observe_snapshot_load", "observe_build",
            "set_queue_depth", "set_index_lag"]

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from embcache.codec import (
+from embcache.core.codec import (
     MAX_ID_BYTES,
     MAX_METADATA_BYTES,
     check_ids,
@@ -20,7 +20,7 @@ from embcache.codec import (
     encode_vectors,
     normalise,
 )
-from embcache.errors import DimensionMismatch, InvalidInput
+from embcache.core.errors import DimensionMismatch, InvalidInput
 
 # --- ids ---------------------------------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ import fakeredis
 import pytest
 from redis.exceptions import ResponseError
 
-from embcache.errors import NotFound
-from embcache.plan import Batch, Call, Offload, arun, run
-from embcache.store import translate_errors
+from embcache.core.errors import NotFound
+from embcache.redis.plan import Batch, Call, Offload, arun, run
+from embcache.redis.store import translate_errors
 
 
 def plan_roundtrip():  # noqa: ANN201

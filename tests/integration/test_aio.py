@@ -11,7 +11,7 @@ import pytest
 
 import embcache
 import embcache.aio
-from embcache.snapshot import HnswBase
+from embcache.core.snapshot import HnswBase
 from tests.workers_fixtures import brute_force
 
 DIM = 16

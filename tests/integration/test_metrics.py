@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import redis
 
-from embcache import metrics
-from embcache.errors import InvalidInput
-from embcache.snapshot import read_manifest
+from embcache.redis import metrics
+from embcache.core.errors import InvalidInput
+from embcache.core.snapshot import read_manifest
 from tests.workers_fixtures import REPO_ROOT, random_unit, wait_for
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -64,7 +64,7 @@ def test_disabled_by_default_creates_and_records_nothing(redis_url, hubs, monkey
     # a fresh process: queries run, nothing imports prometheus_client, no metric object exists
     code = textwrap.dedent(f"""
         import sys, numpy as np, embcache
-        from embcache import metrics
+        from embcache.redis import metrics
         hub = embcache.connect({redis_url!r})
         v = hub.create_space("off", dim=4).create_version()
         v.upsert(["a", "b"], np.eye(4, dtype=np.float32)[:2])
@@ -133,7 +133,7 @@ def test_query_metrics_by_space_and_consistency(redis_url, hubs, registry) -> No
 def test_dispatcher_sets_queue_depth_and_index_lag(redis_url, hubs, registry, monkeypatch) -> None:  # noqa: ANN001
     from rq import Queue
 
-    from workers.dispatcher import QUEUE_NAME, Dispatcher
+    from embcache.redis.dispatcher import QUEUE_NAME, Dispatcher
 
     monkeypatch.setattr(metrics, "QUEUE_DEPTH_EVERY", 0.0)
     hub = hubs(redis_url)

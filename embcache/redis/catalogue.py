@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ResponseError
 
-from .errors import AlreadyExists, NotFound
-from .keys import check_name
+from ..core.errors import AlreadyExists, NotFound
+from ..core.keys import check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import embcache
-import embcache.store
+import embcache.redis.store
 from tests.storecheck import assert_knn, brute_distances, raw_client, stored_form
 
 METRICS = ("cosine", "l2", "ip")
@@ -133,7 +133,7 @@ def test_delete_count_and_several_partitions(hub: embcache.Hub) -> None:
 
 def test_batches_larger_than_the_write_chunk_are_complete(hub: embcache.Hub, any_redis_url: str) -> None:
     n = 2500
-    assert n > 2 * embcache.store.WRITE_CHUNK_ITEMS  # three chunks
+    assert n > 2 * embcache.redis.store.WRITE_CHUNK_ITEMS  # three chunks
     v = hub.create_space("big", dim=8, metric="l2").create_version()
     ids, x = _items(6, n, 8)
     metas = [{"j": j} for j in range(n)]

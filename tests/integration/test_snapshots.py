@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import embcache
-from embcache import snapshot
-from embcache.errors import SnapshotCorrupt
-from embcache.snapshot import HnswBase, read_manifest
-from embcache.views import ExactBase
+from embcache.core import snapshot
+from embcache.core.errors import SnapshotCorrupt
+from embcache.core.snapshot import HnswBase, read_manifest
+from embcache.core.views import ExactBase
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 
 DIM = 128

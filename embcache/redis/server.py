@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .errors import ServerError
+from ..core.errors import ServerError
 
 __all__ = ["RedisServer", "ensure_embedded", "embedded_home", "find_redis_server", "free_port"]
 
