@@ -22,23 +22,17 @@ from .core.errors import (
     Unavailable,
     VersionSealed,
 )
-from .core import errors as _errors
-from .core import filters as _filters
-from .redis import acl as _acl
-from .redis import builds as _builds
-from .redis import metrics as _metrics
-from .redis import plan as _plan
-from .redis import server as _server
-from .redis import store as _store
+from .core import errors, filters
+from .redis import acl, builds, metrics, plan, server, store
 
 __version__ = "0.1.0"
 
-# Module paths documented before the floors (docs/api.md, docs/metrics.md): ``import embcache.errors`` and the
-# others keep working and give the very same module objects (as ``os.path`` does), without a second file.
-for _name, _module in {"errors": _errors, "filters": _filters, "metrics": _metrics, "acl": _acl,
-                       "builds": _builds, "server": _server, "plan": _plan, "store": _store}.items():
-    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
-del _name, _module
+# Module paths documented before the floors (docs/api.md, docs/metrics.md, docs/operations.md):
+# ``import embcache.errors`` and the others keep working and give the very same module objects (as ``os.path``
+# does), without a second file that could drift.
+for _module in (errors, filters, acl, builds, metrics, plan, server, store):
+    _sys.modules.setdefault(f"{__name__}.{_module.__name__.rpartition('.')[2]}", _module)
+del _module
 
 __all__ = [
     "connect",

@@ -13,6 +13,7 @@ from typing import Any
 
 from embcache.redis import metrics
 from embcache.redis.catalogue import Catalogue
+from embcache.redis.dispatcher import LEASE_SECONDS
 from embcache.core.keys import Keys
 from embcache.redis.store import Store, open_client
 
@@ -20,7 +21,6 @@ from .build import build_snapshot
 
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
-LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 _stores: dict[tuple[str, str], Store] = {}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -29,14 +30,16 @@ from ..core.keys import NAME_PATTERN
 from .store import Store
 from ..core.views import pos_key
 
-from workers.jobs import LEASE_SECONDS, build_partition
-
-__all__ = ["Dispatcher", "job_id", "QUEUE_NAME"]
+__all__ = ["Dispatcher", "job_id", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
 
 log = logging.getLogger("embcache.dispatcher")
 QUEUE_NAME = "embcache"
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 NAME_RE = re.compile(NAME_PATTERN)
+#: How long a build's lease lives without a heartbeat: a killed worker's partition is rebuilt after this.
+LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
+#: The RQ job function, by dotted name: RQ imports it in the worker, so the package never imports ``workers``.
+BUILD_JOB = "workers.jobs.build_partition"
 
 
 def job_id(prefix: str, space: str, version: str, partition: str) -> str:
@@ -118,7 +121,7 @@ class Dispatcher:
 
     def _enqueue(self, space: str, version: str, partition: str) -> None:
         self.queue.enqueue_call(
-            build_partition, args=(space, version, partition), kwargs={"prefix": self.store.keys.prefix},
+            BUILD_JOB, args=(space, version, partition), kwargs={"prefix": self.store.keys.prefix},
             job_id=job_id(self.store.keys.prefix, space, version, partition), timeout=self.job_timeout,
             retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=600, failure_ttl=86400,
             description=f"embcache build {space}/{version}/{partition}",
@@ -168,8 +171,6 @@ class Dispatcher:
 def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
                dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
     """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
-    import os
-
     from rq import SimpleWorker, Worker
 
     from ..core.keys import Keys

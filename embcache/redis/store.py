@@ -32,7 +32,7 @@ from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
 
-_LIB_TEMPLATE = resources.files("embcache").joinpath("functions.lua").read_text()
+_LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
 LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 

@@ -15,7 +15,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 import embcache
 from embcache.cli import main
 from embcache.core.keys import Keys
-from tests.test_acl import no_aclfile_url  # noqa: F401 - fixture
+from tests.integration.test_acl import no_aclfile_url  # noqa: F401 - fixture
 
 K = Keys()
 
