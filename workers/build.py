@@ -20,12 +20,12 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from embcache import codec, snapshot
-from embcache.catalogue import Catalogue, SpaceRecord, VersionRecord
-from embcache.errors import CorruptRecord, SnapshotCorrupt
-from embcache.keys import PartitionKeys
-from embcache.store import PartitionData, Store
-from embcache.views import pos_key
+from embcache.core import codec, snapshot
+from embcache.core.errors import CorruptRecord, SnapshotCorrupt
+from embcache.core.keys import PartitionKeys
+from embcache.core.views import pos_key
+from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from embcache.redis.store import PartitionData, Store
 
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 
