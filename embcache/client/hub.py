@@ -32,7 +32,7 @@ from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
 from ..redis.plan import Batch, Call, Offload, Plan, run
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -278,7 +278,7 @@ class Hub:
                 pipe.smembers(self.keys.parts(space, version))
             results = pipe.execute()
         for key, members in zip(keys, results):
-            self._parts[key] = sorted(m.decode() for m in members)
+            self._parts[key] = valid_names(members, "partition name")
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
     def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
@@ -855,7 +855,7 @@ class Version:
                 replies = yield Batch(calls)
             positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
             if all_parts:
-                fresh = sorted(m.decode() for m in replies[-1])
+                fresh = valid_names(replies[-1], "partition name")
                 hub._parts[(self.space.name, self.name)] = fresh
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]

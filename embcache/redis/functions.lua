@@ -279,13 +279,14 @@ local function tail(keys, args)
   while true do
     local batch = redis.call('XRANGE', keys[3], start, '+', 'COUNT', TAIL_BATCH)
     for _, e in ipairs(batch) do
-      if used >= limit or #ids >= TAIL_IDS or bytes >= TAIL_BYTES then
+      local list = entry_ids(e[2])
+      -- the entry is taken whole or not at all: a page never passes TAIL_IDS ids (an entry holds at most 1000)
+      if used >= limit or bytes >= TAIL_BYTES or (list and #ids + #list > TAIL_IDS) then
         if not page then
           return {'TOOLONG'}
         end
         return {reached, ids, vecs, metas, skipped, 1}
       end
-      local list = entry_ids(e[2])
       if list == nil then
         skipped = skipped + 1
       else
@@ -300,6 +301,9 @@ local function tail(keys, args)
             bytes = bytes + #id + (v and #v or 0) + (m and #m or 0)
           end
         end
+      end
+      for j = 1, #e[2] do  -- what the entry itself weighs counts too (a skipped one was still read)
+        bytes = bytes + #e[2][j]
       end
       used = used + 1
       reached = e[1]
