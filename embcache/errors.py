@@ -9,6 +9,7 @@
     ├── NotFound                unknown space, version, alias, partition
     ├── AlreadyExists           create_space/create_version on a taken name
     ├── VersionSealed           a write to a sealed version
+    │   └── SpaceFrozen         a write to a frozen Embeddinghub-facade space (also a TypeError, as there)
     ├── PermissionDenied        Redis refused the operation for this principal (ACL)
     ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
@@ -30,6 +31,7 @@ __all__ = [
     "NotFound",
     "AlreadyExists",
     "VersionSealed",
+    "SpaceFrozen",
     "PermissionDenied",
     "Unavailable",
     "SnapshotCorrupt",
@@ -67,6 +69,10 @@ class AlreadyExists(EmbcacheError):
 
 class VersionSealed(EmbcacheError):
     """The version is sealed (read-only)."""
+
+
+class SpaceFrozen(VersionSealed, TypeError):
+    """A write to a space frozen through :mod:`embcache.compat.embeddinghub` (Embeddinghub raised ``TypeError``)."""
 
 
 class PermissionDenied(EmbcacheError, PermissionError):
