@@ -69,8 +69,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 import embcache
-from embcache import AlreadyExists, DimensionMismatch, InvalidInput, NotFound, VersionSealed, codec
-from embcache.errors import SpaceFrozen
+from embcache import AlreadyExists, DimensionMismatch, InvalidInput, NotFound, VersionSealed
+from embcache.core import codec
+from embcache.core.errors import SpaceFrozen
 
 __all__ = [
     "Config",
@@ -140,7 +141,7 @@ class LocalConfig:
     @property
     def url(self) -> str:
         """The URL of the embedded server of :attr:`directory` (started when none runs there)."""
-        from embcache.server import ensure_embedded
+        from embcache.redis.server import ensure_embedded
 
         # absolute: redis-server runs in its directory, where a relative --dir would not be found
         return ensure_embedded(None if self.directory is None else os.path.abspath(self.directory))
