@@ -10,6 +10,7 @@ from ..core.errors import (
     AuthenticationFailed,
     BuildTimeout,
     EmbcacheError,
+    NotFound,
     PartitionNotFound,
     PermissionDenied,
     PrincipalNotFound,
@@ -26,6 +27,7 @@ HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
     (VersionNotFound, "list the versions and aliases with `embcache versions {space}`"),
     (PartitionNotFound, "see the partitions with `embcache stats {space} VERSION`"),
     (PrincipalNotFound, "list the principals with `embcache principals`"),
+    (NotFound, "see what there is with `embcache spaces` and `embcache versions {space}`"),
     (BuildTimeout, "are workers running? start one with `embcache worker` (same --url)"),
     (AuthenticationFailed, "Redis did not accept these credentials: check --username and --password (or "
                            "--password-file; EMBCACHE_USERNAME, EMBCACHE_PASSWORD, EMBCACHE_PASSWORD_FILE)"),
