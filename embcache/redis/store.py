@@ -22,6 +22,7 @@ from redis import exceptions as rexc
 
 from ..core.errors import (
     AlreadyExists,
+    AuthenticationFailed,
     EmbcacheError,
     InvalidInput,
     NotFound,
@@ -59,7 +60,7 @@ def translate_errors(operation: str = "") -> Iterator[None]:
     except rexc.NoPermissionError as exc:
         raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
     except rexc.AuthenticationError as exc:
-        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+        raise AuthenticationFailed(f"{operation}: authentication failed: {exc}") from None
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
     except rexc.ResponseError as exc:
