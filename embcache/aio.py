@@ -29,6 +29,7 @@ import redis.asyncio.cluster
 
 from .client import hub as sync
 from .client.hub import GetResult, QueryResult, _named
+from .client.recommend import recommend_plan
 from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
@@ -200,6 +201,12 @@ class AsyncSpace:
         version = await self.default_version(kwargs.get("consistency") == "strong")
         return await version.query_by_id(ids, n_results, **kwargs)
 
+    async def recommend(self, positive: Sequence[Any], negative: Sequence[Any] | None = None, n_results: int = 10,
+                        **kwargs: Any) -> QueryResult:
+        """:meth:`embcache.Space.recommend`."""
+        version = await self.default_version(kwargs.get("consistency") == "strong")
+        return await version.recommend(positive, negative, n_results, **kwargs)
+
 
 class AsyncVersion:
     """The asyncio twin of :class:`embcache.Version`."""
@@ -271,6 +278,16 @@ class AsyncVersion:
         """:meth:`embcache.Version.query_by_id`."""
         return await self._run("query_by_id", self.sync._query_by_id(ids, n_results, partitions, where, ef,
                                                                      consistency, include))
+
+    async def recommend(self, positive: Sequence[Any], negative: Sequence[Any] | None = None, n_results: int = 10,
+                        *, strategy: str = "average", partitions: Sequence[str] | None = None,
+                        where: dict[str, Any] | None = None, exclude: Sequence[str] | None = None,
+                        exclude_examples: bool = True, ef: int | None = None, consistency: str = "session",
+                        include: Sequence[str] = ("distances",)) -> QueryResult:
+        """:meth:`embcache.Version.recommend`: the same plan, run on the event loop."""
+        return await self._run("recommend", recommend_plan(self.sync, positive, negative, n_results, partitions, where,
+                                                           exclude, exclude_examples, strategy, ef, consistency,
+                                                           include))
 
     async def seal(self) -> None:
         """:meth:`embcache.Version.seal`."""

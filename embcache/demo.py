@@ -52,6 +52,7 @@ class Report:
     similar: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # version -> title -> titles
     recommended: dict[str, list[str]] = field(default_factory=dict)
     latency_us: dict[str, float] = field(default_factory=dict)
+    recommend_us: dict[str, float] = field(default_factory=dict)  # strategy -> one Version.recommend call
     live_after: list[str] = field(default_factory=list)
     reader: dict[str, str] = field(default_factory=dict)
 
@@ -133,6 +134,10 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         rec.upsert([str(m) for m in f1.movie_ids], f1.item_vectors)
         _build(rec, say, report)
         report.recommended["v1"] = _recommend(rec, ratings, f1, user, say, report)
+        say(f"  and by examples (Version.recommend on {SPACE} v1): the movies user {user} rated 4 or more as "
+            "positives, 2 or less as negatives, strategy average and best_score")
+        for strategy in ("average", "best_score"):
+            report.recommended[f"v1 {strategy}"] = _recommend_by_examples(v1, ratings, user, strategy, say, report)
 
         say("\n4. a second model: v2 (stronger damping, rarer movies too), build, promote, compare")
         v2, _ = _store_version(space, ratings, 25.0, max(2, min_ratings // 2), say)
@@ -201,6 +206,26 @@ def _recommend(v: Version, ratings: Ratings, f: Any, user: int, say: Callable[[s
     liked = ratings.movie_ids[(ratings.user_ids == user) & (ratings.ratings >= 5.0)][:5]
     say(f"  user {user} loved: {', '.join(_titles(ratings, [str(m) for m in liked]))}")
     say(f"  recommended ({ms:.2f} ms): {', '.join(titles[:6])}")
+    return titles
+
+
+def _recommend_by_examples(v: Version, ratings: Ratings, user: int, strategy: str, say: Callable[[str], None],
+                           report: Report) -> list[str]:
+    """The user's rated movies as examples: liked (rated 4 or more) and disliked (2 or less), of those stored."""
+    mine = ratings.user_ids == user
+    stored = set(v.ids())
+    liked = [str(m) for m in ratings.movie_ids[mine & (ratings.ratings >= 4.0)] if str(m) in stored]
+    disliked = [str(m) for m in ratings.movie_ids[mine & (ratings.ratings <= 2.0)] if str(m) in stored]
+    seen = [str(m) for m in ratings.movie_ids[mine] if str(m) in stored]  # rated in between: left out too
+    kwargs: dict[str, Any] = dict(strategy=strategy, exclude=seen, consistency="eventual")
+    v.recommend(liked[:100], disliked[:100] or None, 10, **kwargs)  # the first call loads what it needs
+    t0 = time.perf_counter()
+    res = v.recommend(liked[:100], disliked[:100] or None, 10, **kwargs)
+    ms = (time.perf_counter() - t0) * 1000
+    report.recommend_us[strategy] = round(ms * 1000, 1)
+    titles = _titles(ratings, res.ids[0])
+    say(f"  {strategy} ({len(liked[:100])} liked, {len(disliked[:100])} disliked; {ms:.2f} ms): "
+        f"{', '.join(titles[:6])}")
     return titles
 
 

@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..core.errors import EmbcacheError
-from . import access, bench, query, server, spaces, transfer, versions
+from . import access, bench, query, reco, server, spaces, transfer, versions
 from .common import EXIT_ERROR, EXIT_USAGE, CliError, CommandFailed, Settings
 from .hints import hint
 
@@ -55,7 +55,7 @@ for _command in (
     spaces.spaces, spaces.create_space, spaces.describe, spaces.drop_space,
     versions.versions, versions.create_version, versions.drop_version, versions.alias, versions.promote,
     versions.rollback, versions.seal,
-    query.build, query.stats, query.query,
+    query.build, query.stats, query.query, reco.recommend,
     access.grant, access.revoke, access.principals, access.rotate, access.worker_principal,
     transfer.import_, transfer.export,
     bench.bench,

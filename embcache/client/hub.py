@@ -35,6 +35,7 @@ from ..core.errors import (
     VersionNotFound,
     VersionSealed,
 )
+from ..core.examples import Strategy
 from ..core.filters import compile_where
 from ..core.keys import Keys, check_name
 from ..core.search import merge_ranked
@@ -49,6 +50,7 @@ from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .recommend import recommend_plan
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -531,6 +533,12 @@ class Space:
         version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
         return version.query_by_id(ids, n_results, **kwargs)
 
+    def recommend(self, positive: Sequence[Any], negative: Sequence[Any] | None = None, n_results: int = 10,
+                  **kwargs: Any) -> QueryResult:
+        """:meth:`Version.recommend` on :meth:`default_version` (cached as for :meth:`query`)."""
+        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        return version.recommend(positive, negative, n_results, **kwargs)
+
 
 class Version:
     """One generation of a space's embeddings: where items are written and queried."""
@@ -738,6 +746,49 @@ class Version:
         with translate_errors("count"):
             counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
         return sum(int(c) for c in counts)
+
+    @_guard("recommend")
+    def recommend(
+        self,
+        positive: Sequence[Any],
+        negative: Sequence[Any] | None = None,
+        n_results: int = 10,
+        *,
+        strategy: Strategy = "average",
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        exclude: Sequence[str] | None = None,
+        exclude_examples: bool = True,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        include: Sequence[str] = ("distances",),
+    ) -> QueryResult:
+        """Items like the ``positive`` examples and unlike the ``negative`` ones: one row of ``n_results``.
+
+        An example is a stored id (looked up in every partition of the version) or a vector; a 2-D array is one
+        vector per row. At least one positive; at most 1000 examples. The example ids are left out of the
+        answer unless ``exclude_examples=False``; ``exclude`` leaves out more ids (items already seen, say).
+        ``partitions``, ``where``, ``ef`` and ``consistency`` restrict and tune the search as in :meth:`query`.
+        For ``cosine`` each example is scaled to unit length first, so each weighs the same.
+
+        ``strategy``:
+
+        - ``"average"`` (default): one query by the vector ``q = mean(P) + (mean(P) - mean(N))`` (``mean(P)``
+          without negatives), as Qdrant's ``average_vector``. ``distances`` are the space's distances to ``q``.
+        - ``"best_score"``: each candidate ``c`` is compared with every example in the space's similarity ``s``
+          (cosine, inner product, or ``-|c - x|^2`` for ``l2``): ``pos(c) = max_p s(c, p)``,
+          ``neg(c) = max_n s(c, n)``. If ``pos(c) > neg(c)`` its score is ``sigma(pos(c))`` in ``(0, 1)``, else
+          ``-sigma(neg(c))`` in ``(-1, 0)``, with ``sigma(x) = (1 + x / (1 + |x|)) / 2``: candidates nearer to
+          some positive than to every negative come first, by their best positive; the others after, farthest
+          from the negatives first (Qdrant's ``best_score`` with its sigmoid). The candidates are the
+          neighbours of each positive, fetched until no item outside them could rank higher (see
+          :mod:`embcache.core.examples`). :attr:`QueryResult.scores` gives these scores (``distances`` hold
+          ``1 - score``, for ``l2`` ``-score``).
+
+        >>> v.recommend(positive=["m1", "m7"], negative=["m3"], n_results=10).ids   # doctest: +SKIP
+        """
+        return self._run(recommend_plan(self, positive, negative, n_results, partitions, where, exclude,
+                                        exclude_examples, strategy, ef, consistency, include))
 
     @_guard("get")
     def get(

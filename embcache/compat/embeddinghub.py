@@ -469,6 +469,24 @@ class Space:
     nearest_neighbor = nearest_neighbors
     multi_nearest_neighbor = multi_nearest_neighbors
 
+    def recommend(self, num: int, positive: Sequence[str | Embedding], negative: Sequence[str | Embedding] = (),
+                  strategy: str = "average") -> list[str]:
+        """The keys of the ``num`` items most like the ``positive`` examples and least like the ``negative`` ones
+        (keys or vectors); the example keys are left out. The "averaging" of liked items Embeddinghub's docs
+        describe, as :meth:`embcache.Version.recommend` (``strategy="best_score"`` too)."""
+        n = _num(num)
+        if isinstance(positive, (str, bytes)) or isinstance(negative, (str, bytes)):
+            raise InvalidInput("positive and negative are lists of keys and/or vectors")
+        pos = [x if isinstance(x, str) else self._vector(x, f"positive[{i}]") for i, x in enumerate(positive)]
+        neg = [x if isinstance(x, str) else self._vector(x, f"negative[{i}]") for i, x in enumerate(negative)]
+        first = next((x for x in pos + neg if isinstance(x, str)), None)
+        version = self._written(first) if first is not None else self._version(create=False)
+        if version is None:
+            return []
+        res = version.recommend(pos, neg or None, n, strategy=strategy,  # type: ignore[arg-type]
+                                consistency=self.owner.consistency)  # type: ignore[arg-type]
+        return res.ids[0]
+
 
 class SpaceSnapshot:
     """An in-memory space: Embeddinghub's snapshot (and its local index), with the key-value and

@@ -37,6 +37,15 @@ def test_the_demo_end_to_end(redis_url: str, capsys: pytest.CaptureFixture[str])
     assert len(report.similar["v1"]) == 5 and all(len(t) == 10 for t in report.similar["v1"].values())
     assert set(report.similar["v2"]) == set(report.similar["v1"])
     assert len(report.recommended["v1"]) == 10
+    # and by examples (the user's rated movies), with both strategies: none of the user's rated movies comes back
+    from embcache.demo import find_movielens
+    from embcache.movielens import load_ratings
+
+    ratings = load_ratings(find_movielens())
+    rated = {ratings.titles[int(m)] for m in ratings.movie_ids[ratings.user_ids == 1]}
+    for s in ("average", "best_score"):
+        assert len(report.recommended[f"v1 {s}"]) == 10 and not rated & set(report.recommended[f"v1 {s}"])
+    assert set(report.recommend_us) == {"average", "best_score"}
     assert set(report.latency_us) == {"eventual", "session", "strong"}
     assert all(x > 0 for x in report.latency_us.values())
 
