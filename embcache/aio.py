@@ -30,6 +30,7 @@ import redis.asyncio.cluster
 from .client import hub as sync
 from .client.hub import GetResult, QueryResult, _named
 from .client.recommend import recommend_plan
+from .core.drift import DriftReport
 from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
@@ -175,9 +176,19 @@ class AsyncSpace:
         """:meth:`embcache.Space.set_alias`."""
         await asyncio.to_thread(self.sync.set_alias, alias, version.name if isinstance(version, AsyncVersion) else version)
 
-    async def promote(self, version: "AsyncVersion | str", alias: str = "live") -> None:
-        """:meth:`embcache.Space.promote`."""
-        await self.set_alias(alias, version)
+    async def promote(self, version: "AsyncVersion | str", alias: str = "live", *, max_drift: float | None = None,
+                      sample: int = 1000, k: int = 10, seed: int = 0) -> DriftReport | None:
+        """:meth:`embcache.Space.promote` (the drift check, when asked for, runs in a worker thread)."""
+        name = version.name if isinstance(version, AsyncVersion) else version
+        return await asyncio.to_thread(self.sync.promote, name, alias, max_drift=max_drift, sample=sample, k=k,
+                                       seed=seed)
+
+    async def compare(self, a: "AsyncVersion | str", b: "AsyncVersion | str", *, sample: int = 1000, k: int = 10,
+                      seed: int = 0, ef: int | None = None, consistency: str = "session") -> DriftReport:
+        """:meth:`embcache.Space.compare`, in a worker thread (it reads whole versions: not a hot-path call)."""
+        names = [x.name if isinstance(x, AsyncVersion) else x for x in (a, b)]
+        return await asyncio.to_thread(self.sync.compare, *names, sample=sample, k=k, seed=seed, ef=ef,
+                                       consistency=consistency)  # type: ignore[arg-type]
 
     @_threaded
     def aliases(self) -> dict[str, str]:

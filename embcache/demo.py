@@ -2,9 +2,10 @@
 
 ``python scripts/demo.py`` (the README's demo command) runs :func:`run`: learn movie embeddings from the
 ratings, store them as version ``v1``, have the workers build it, alias it ``live``, serve "similar movies" and
-"recommended for user N" with their latency, train ``v2`` (another rank), build and promote it, compare, roll
-back, and show what a read-only principal may and may not do. The data stays in the embedded server for
-``embcache`` commands to explore afterwards.
+"recommended for user N" with their latency, train ``v2`` (another regularisation), build it, compare it with
+``v1`` (:meth:`~embcache.Space.compare`) and promote it with a drift bound, roll back, and show what a read-only
+principal may and may not do. The data stays in the embedded server for ``embcache`` commands to explore
+afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import redis
 
 from .client.hub import Hub, Space, Version, connect
-from .core.errors import NotFound, PermissionDenied
+from .core.errors import DriftTooLarge, NotFound, PermissionDenied
 from .movielens import Ratings, item_embeddings, load_ratings
 
 __all__ = ["run", "find_movielens", "Report"]
@@ -53,6 +54,7 @@ class Report:
     recommended: dict[str, list[str]] = field(default_factory=dict)
     latency_us: dict[str, float] = field(default_factory=dict)
     recommend_us: dict[str, float] = field(default_factory=dict)  # strategy -> one Version.recommend call
+    drift: dict[str, Any] = field(default_factory=dict)  # Space.compare("v1", "v2").as_dict()
     live_after: list[str] = field(default_factory=list)
     reader: dict[str, str] = field(default_factory=dict)
 
@@ -139,15 +141,26 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         for strategy in ("average", "best_score"):
             report.recommended[f"v1 {strategy}"] = _recommend_by_examples(v1, ratings, user, strategy, say, report)
 
-        say("\n4. a second model: v2 (stronger damping, rarer movies too), build, promote, compare")
+        say("\n4. a second model: v2 (stronger damping, rarer movies too), build, compare, promote")
         v2, _ = _store_version(space, ratings, 25.0, max(2, min_ratings // 2), say)
         _build(v2, say, report)
-        space.set_alias("live", v2)
-        say(f"  live -> v2 (aliases: {space.aliases()})")
+        drift = space.compare("live", v2, sample=1000, k=10)
+        report.drift = drift.as_dict()
+        say("  " + str(drift).replace("\n", "\n  "))
+        changed = _titles(ratings, [i for i, _ in drift.most_changed[:5]])
+        say(f"  most changed: {_cut(', '.join(changed), 110)}")
+        try:  # a bound this model does not meet: refused, live stays on v1
+            space.promote(v2, "live", max_drift=drift.drift / 2)
+        except DriftTooLarge as exc:
+            say(f"  promote(max_drift={drift.drift / 2:.2f}) refused: {_cut(str(exc), 100)}")
+        space.promote(v2, "live", max_drift=min(1.0, drift.drift + 0.05))
+        say(f"  promote(max_drift={min(1.0, drift.drift + 0.05):.2f}): live -> v2 (aliases: {space.aliases()})")
         report.similar["v2"] = _similar(space, ratings, say, report, quiet=True)
-        for title in report.similar["v1"]:
+        title = FAMOUS[0]
+        if title in report.similar["v2"]:
             a, b = report.similar["v1"][title], report.similar["v2"][title]
-            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept by v2; v2 adds {_cut(', '.join(x for x in b if x not in a), 90)}")
+            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept; v2 adds "
+                f"{_cut(', '.join(x for x in b if x not in a), 90)}")
 
         say("\n5. roll back")
         back = space.rollback("live")

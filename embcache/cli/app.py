@@ -56,7 +56,7 @@ for _command in (
     spaces.spaces, spaces.create_space, spaces.describe, spaces.drop_space,
     versions.versions, versions.create_version, versions.drop_version, versions.alias, versions.promote,
     versions.rollback, versions.seal,
-    query.build, query.stats, query.query, reco.recommend,
+    query.build, query.stats, query.query, reco.recommend, reco.compare,
     access.grant, access.revoke, access.principals, access.rotate, access.worker_principal,
     transfer.import_, transfer.export,
     bench.bench,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..core.errors import (
     AuthenticationFailed,
     BuildTimeout,
+    DriftTooLarge,
     EmbcacheError,
     NotFound,
     PartitionNotFound,
@@ -28,6 +29,8 @@ HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
     (PartitionNotFound, "see the partitions with `embcache stats {space} VERSION`"),
     (PrincipalNotFound, "list the principals with `embcache principals`"),
     (NotFound, "see what there is with `embcache spaces` and `embcache versions {space}`"),
+    (DriftTooLarge, "inspect it with `embcache compare {space} A B [--plot FILE.png]`; promote without --max-drift "
+                    "(or with a larger one) to move the alias anyway"),
     (BuildTimeout, "are workers running? start one with `embcache worker` (same --url)"),
     (AuthenticationFailed, "Redis did not accept these credentials: check --username and --password (or "
                            "--password-file; EMBCACHE_USERNAME, EMBCACHE_PASSWORD, EMBCACHE_PASSWORD_FILE)"),

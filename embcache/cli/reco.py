@@ -1,18 +1,22 @@
-"""``embcache recommend``: recommendation by liked and disliked examples."""
+"""``embcache recommend`` (recommendation by liked and disliked examples) and ``embcache compare`` (how two
+versions differ, before one is promoted)."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from ..core.errors import InvalidInput
-from .common import Settings, connection_options, format_table, hub, out, target_version
+if TYPE_CHECKING:
+    from ..core.drift import DriftReport
 
-__all__ = ["recommend"]
+from ..core.errors import InvalidInput
+from .common import CliError, Settings, connection_options, format_table, hub, out, target_version
+
+__all__ = ["recommend", "compare", "plot_overlap"]
 
 
 def _where(text: str | None) -> dict[str, Any] | None:
@@ -72,3 +76,57 @@ def recommend(settings: Settings, space: str, version: str | None, positive: tup
         return f"{body}\n({ms:.2f} ms, {strategy}, {consistency}, version {v.name})"
 
     out(settings, rows, table)
+
+
+@click.command("compare")
+@click.argument("space")
+@click.argument("a")
+@click.argument("b")
+@connection_options
+@click.option("--sample", type=int, default=1000, show_default=True, help="shared items whose neighbours are compared")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="neighbours per item")
+@click.option("--seed", type=int, default=0, show_default=True, help="which items are sampled")
+@click.option("--plot", "plot", default=None, metavar="FILE.png",
+              help="also draw the overlap histogram (needs matplotlib: pip install 'embcache[plot]')")
+def compare(settings: Settings, space: str, a: str, b: str, sample: int, k: int, seed: int, plot: str | None) -> None:
+    """How version B differs from version A (names or aliases): items only in one, the neighbour overlap@k of a
+    sample of shared items (mean, quantiles, histogram, the items that changed most), norm and centroid shift.
+    drift = 1 - mean overlap; `embcache promote SPACE B --max-drift X` refuses a promotion above X."""
+    if plot is not None:
+        _require_matplotlib()
+    with hub(settings) as h:
+        report = h.space(space).compare(a, b, sample=sample, k=k, seed=seed)
+    if plot is not None:
+        plot_overlap(report, plot)
+    out(settings, report.as_dict(), lambda _: str(report) + (f"\n  plot: {plot}" if plot else ""))
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CliError("--plot needs matplotlib, which is not installed: pip install 'embcache[plot]' "
+                       "(or pip install matplotlib)") from None
+
+
+def plot_overlap(report: "DriftReport", path: str) -> None:
+    """Write a bar chart of ``report``'s overlap histogram to ``path`` (PNG); needs matplotlib (the ``plot``
+    extra)."""
+    _require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = np.arange(report.k + 1)
+    ax.bar(xs, report.overlap_histogram, color="#4c72b0")
+    ax.axvline(report.overlap_mean * report.k, color="#c44e52", linestyle="--",
+               label=f"mean overlap {report.overlap_mean:.3f}")
+    ax.set_xlabel(f"neighbours kept (of {report.k})")
+    ax.set_ylabel("sampled items")
+    ax.set_title(f"{report.space}: {report.a} -> {report.b}, {report.sampled} items")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -71,9 +71,26 @@ def alias(settings: Settings, space: str, alias_name: str, version: str) -> None
 @click.argument("version")
 @connection_options
 @click.option("--to", "alias_name", default="live", show_default=True, metavar="ALIAS", help="the alias to move")
-def promote(settings: Settings, space: str, version: str, alias_name: str) -> None:
+@click.option("--max-drift", type=float, default=None, metavar="X",
+              help="refuse when the drift from the alias' current version (1 - mean neighbour overlap@10 over 1000 "
+                   "shared items; see `embcache compare`) is above X, in [0, 1]")
+def promote(settings: Settings, space: str, version: str, alias_name: str, max_drift: float | None) -> None:
     """Make a version the one an alias (default: live) points at; `rollback` undoes it."""
-    _point(settings, space, alias_name, version)
+    if max_drift is None:
+        _point(settings, space, alias_name, version)
+        return
+    from ..core.errors import DriftTooLarge
+
+    with hub(settings) as h:
+        sp = h.space(space)
+        try:
+            report = sp.promote(version, alias_name, max_drift=max_drift)
+        except DriftTooLarge as exc:  # the report says what changed: show it with the refusal
+            click.echo(str(exc.report), err=True)
+            raise
+        data = {**sp.aliases(), "drift": None if report is None else report.drift}
+    out(settings, data, lambda d: f"{alias_name} -> {d[alias_name]}" + (
+        "" if report is None else f" (drift {report.drift:.3f} <= {max_drift})"))
 
 
 @click.command("rollback")

@@ -23,10 +23,12 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ..core import codec
+from ..core.drift import DriftReport
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
     CorruptRecord,
+    DriftTooLarge,
     InvalidInput,
     ItemNotFound,
     NotFound,
@@ -50,6 +52,8 @@ from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .drift import check_max_drift
+from .drift import compare as compare_versions
 from .recommend import recommend_plan
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
@@ -480,9 +484,51 @@ class Space:
         self.hub.catalogue.set_alias(self.name, alias, name)
         self.hub._defaults.pop(self.name, None)
 
-    def promote(self, version: "Version | str", alias: str = "live") -> None:
-        """Same as ``set_alias(alias, version)``."""
+    def promote(self, version: "Version | str", alias: str = "live", *, max_drift: float | None = None,
+                sample: int = 1000, k: int = 10, seed: int = 0) -> DriftReport | None:
+        """Point ``alias`` at ``version`` (``set_alias(alias, version)``), optionally only if it has not drifted.
+
+        With ``max_drift`` (a number in ``[0, 1]``) the version the alias points at now is first compared with
+        ``version`` (:meth:`compare` with ``sample``, ``k``, ``seed``): ``drift = 1 - mean neighbour overlap@k``,
+        0 when every sampled shared item kept its ``k`` nearest neighbours, 1 when none did. Above ``max_drift``
+        the alias is not moved and :class:`~embcache.errors.DriftTooLarge` is raised, its ``report`` attribute
+        holding the :class:`~embcache.core.drift.DriftReport`. ``max_drift=0.3`` accepts a new model whose items
+        keep 70 % of their neighbours on average. The report is returned (None without ``max_drift``, or when
+        the alias does not exist yet or already points at ``version``: nothing to compare with).
+        """
+        bound = check_max_drift(max_drift)
+        report = None
+        if bound is not None:
+            name = version.name if isinstance(version, Version) else version
+            current = self.aliases().get(alias)
+            if current is not None and current != name:
+                report = compare_versions(self, current, version, sample=sample, k=k, seed=seed)
+                if report.drift > bound:
+                    raise DriftTooLarge(
+                        f"not promoting {self.name}/{report.b} to {alias!r}: drift {report.drift:.3f} (mean "
+                        f"neighbour overlap@{report.k} {report.overlap_mean:.3f} over {report.sampled} shared items, "
+                        f"vs {report.a}) is above max_drift={bound}", report)
         self.set_alias(alias, version)
+        return report
+
+    @_guard("compare")
+    def compare(self, a: "Version | str", b: "Version | str", *, sample: int = 1000, k: int = 10, seed: int = 0,
+                ef: int | None = None, consistency: Consistency = "session") -> DriftReport:
+        """How version ``b`` differs from version ``a`` (names, aliases or :class:`Version` objects), as a
+        :class:`~embcache.core.drift.DriftReport` (frozen; ``str()`` is a readable summary, ``as_dict()`` JSON).
+
+        - ids only in ``a``, only in ``b``, in both (all ids are listed, with ``HSCAN``);
+        - neighbour overlap@``k`` over a sample of ``sample`` shared items (chosen at random with ``seed``, so a
+          rerun compares the same items): ``|N_a(i) & N_b(i)| / k``, where ``N_v(i)`` is the item's ``k`` nearest
+          neighbours in version ``v`` (itself left out, over all of ``v``'s items, with ``ef`` and
+          ``consistency`` as in :meth:`Version.query`); its mean, quantiles and histogram, and the ids whose
+          neighbourhoods changed most;
+        - the shift of the sampled items' norms and of their centroid.
+
+        :class:`~embcache.errors.InvalidInput` when the versions share no item. Costs two ``get`` and two batched
+        queries per 1000 sampled items, plus listing both versions' ids.
+        """
+        return compare_versions(self, a, b, sample=sample, k=k, seed=seed, ef=ef, consistency=consistency)
 
     def aliases(self) -> dict[str, str]:
         """``{alias: version name}``."""

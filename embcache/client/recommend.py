@@ -138,33 +138,38 @@ def _best_score(v: "Version", P: np.ndarray, N: np.ndarray | None, k: int, exclu
     is left or its search ran out of candidates. The answer is then exact up to the search's own recall. While
     the pool has fewer than ``k`` accepted candidates every positive grows, up to ``MAX_BEST_POOL`` neighbours
     each (or ``2 n_results``); rejected candidates (nearer to a negative) are ranked from the pool.
+
+    The search asks for distances only; the new candidates' vectors (and metadata) are then read with one
+    ``get`` per round: one batched read is far cheaper than hnswlib's item-by-item ``get_items``, and it is the
+    stored truth (an item deleted since the snapshot drops out, a replaced one is scored by its new vector).
     """
     from .hub import QueryResult, _pad
 
     metric = v.space.metric
-    fetch = tuple(dict.fromkeys([*include, "embeddings"]))
+    want_meta = "metadatas" in include
     cap = min(MAX_POOL, max(MAX_BEST_POOL, 2 * k))
     size = np.full(len(P), min(cap, max(2 * k, 16)), dtype=np.int64)
     last = np.full(len(P), np.inf)  # similarity of the farthest neighbour fetched per positive
     done = np.zeros(len(P), dtype=bool)  # its search ran out: every candidate is in its list
-    lists: list[list[tuple[str, np.ndarray, Any]]] = [[] for _ in range(len(P))]
+    lists: list[list[str]] = [[] for _ in range(len(P))]
+    pool: dict[str, tuple[np.ndarray, Any]] = {}  # candidate -> (vector, metadata)
     todo = np.arange(len(P))
     while True:
         want = int(size[todo[0]])  # the positives that grow together have one size
-        res = yield from v._query(P[todo], want, partitions, where, ef, consistency, fetch)
-        assert res.embeddings is not None
+        res = yield from v._query(P[todo], want, partitions, where, ef, consistency, ("distances",))
         for row, p in enumerate(todo):
             got = res.ids[row]
-            metas = res.metadatas[row] if res.metadatas is not None else [None] * len(got)
-            lists[p] = [(x, res.embeddings[row][j], metas[j]) for j, x in enumerate(got)]
+            lists[p] = got
             done[p] = len(got) < want
             d = float(res.distances[row][len(got) - 1]) if got else np.inf
             last[p] = -np.inf if not got else (-d if metric == "l2" else 1.0 - d)
-        pool: dict[str, tuple[np.ndarray, Any]] = {}
-        for lst in lists:
-            for x, vec, meta in lst:
-                if x not in excluded and x not in pool:
-                    pool[x] = (vec, meta)
+        new = [x for x in dict.fromkeys(x for lst in lists for x in lst) if x not in excluded and x not in pool]
+        if new:  # the candidates' vectors in one read (per partition): hnswlib hands them out one at a time
+            stored = yield from v._get(new, ("embeddings", "metadatas") if want_meta else ("embeddings",),
+                                       partitions)
+            assert stored.embeddings is not None
+            metas = stored.metadatas if stored.metadatas is not None else [None] * len(stored.ids)
+            pool.update(zip(stored.ids, zip(stored.embeddings, metas)))  # ids deleted since are left out
         ids = list(pool)
         if ids:
             scores, best_pos = best_scores(np.stack([pool[x][0] for x in ids]), P, N, metric)
@@ -183,7 +188,7 @@ def _best_score(v: "Version", P: np.ndarray, N: np.ndarray | None, k: int, exclu
     return QueryResult(
         ids=[[ids[i] for i in order]],
         distances=_pad([score_to_distance(scores[order], metric) if order else np.zeros(0, np.float32)], k),
-        metadatas=[[pool[ids[i]][1] for i in order]] if "metadatas" in include else None,
+        metadatas=[[pool[ids[i]][1] for i in order]] if want_meta else None,
         embeddings=[np.stack([pool[ids[i]][0] for i in order]) if order else np.zeros((0, v.space.dim), np.float32)]
         if "embeddings" in include else None,
         metric=metric,

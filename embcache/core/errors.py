@@ -21,6 +21,7 @@
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
+    ├── DriftTooLarge           promote(..., max_drift=) refused: the new version's neighbourhoods changed too much
     └── ServerError             the embedded redis-server could not be found or started
 
 Every public call validates its arguments before it touches Redis, so an ``InvalidInput`` (or any subclass)
@@ -50,6 +51,7 @@ __all__ = [
     "SnapshotCorrupt",
     "CorruptRecord",
     "BuildTimeout",
+    "DriftTooLarge",
     "ServerError",
 ]
 
@@ -134,6 +136,16 @@ class CorruptRecord(EmbcacheError):
 
 class BuildTimeout(EmbcacheError, TimeoutError):
     """Snapshots did not catch up within the timeout (are workers running?)."""
+
+
+class DriftTooLarge(EmbcacheError):
+    """:meth:`~embcache.Space.promote` with ``max_drift`` refused to move the alias: the drift between the alias'
+    current version and the new one (``1 - mean neighbour overlap@k``) is above the bound. ``report`` is the
+    :class:`~embcache.core.drift.DriftReport`; nothing was changed."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ServerError(EmbcacheError):

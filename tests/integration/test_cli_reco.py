@@ -65,3 +65,54 @@ def test_recommend_command(redis_url: str, minilm_subset: MiniLMSubset, minilm: 
     assert exc.value.code == 2
     code, _, err = cli(capsys, redis_url, "recommend", "debian", "--positive", "no-such-package")
     assert code == 1 and "no-such-package" in err
+
+
+@pytest.fixture
+def two_versions(redis_url: str, minilm_subset: MiniLMSubset) -> None:
+    data = minilm_subset
+    with embcache.connect(redis_url) as hub:
+        space = hub.create_space("drift", dim=384, metric="cosine")
+        space.create_version().upsert(data.ids[:1500], data.base[:1500])
+        moved = data.base[:1500].copy()
+        moved[:500] = data.base[2000:2500]  # a third of the items get another item's vector
+        space.create_version().upsert(data.ids[100:1500] + data.ids[3000:3100],
+                                      np.concatenate([moved[100:], data.base[3000:3100]]))
+        space.set_alias("live", "v1")
+
+
+def test_compare_command(redis_url: str, two_versions: None, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    with embcache.connect(redis_url) as hub:
+        want = hub.space("drift").compare("v1", "v2", sample=300, k=5, seed=2)
+    got = cli_json(capsys, redis_url, "compare", "drift", "v1", "v2", "--sample", 300, "-k", 5, "--seed", 2)
+    got.pop("seconds")
+    expected = want.as_dict()
+    expected.pop("seconds")
+    assert got == json.loads(json.dumps(expected))
+    assert (got["in_both"], got["only_in_a"], got["only_in_b"]) == (1400, 100, 100)
+    code, out, _ = cli(capsys, redis_url, "compare", "drift", "live", "v2", "--sample", 300, "-k", 5, "--seed", 2)
+    assert code == 0 and "drift: v1 -> v2" in out and f"mean {want.overlap_mean:.3f}" in out
+    # the plot: a PNG file
+    png = tmp_path / "overlap.png"
+    code, out, err = cli(capsys, redis_url, "compare", "drift", "v1", "v2", "--sample", 200, "--plot", png)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {png}" in out
+
+
+def test_compare_plot_without_matplotlib(redis_url: str, two_versions: None, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code, out, err = cli(capsys, redis_url, "compare", "drift", "v1", "v2", "--plot", tmp_path / "x.png")
+    assert code == 1 and "pip install 'embcache[plot]'" in err and not (tmp_path / "x.png").exists()
+
+
+def test_promote_with_max_drift(redis_url: str, two_versions: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, redis_url, "promote", "drift", "v2", "--max-drift", "0.01")
+    assert code == 1 and "max_drift=0.01" in err and "drift: v1 -> v2" in err and "embcache compare" in err
+    assert cli_json(capsys, redis_url, "versions", "drift")[0]["aliases"] == "live"  # still v1
+    got = cli_json(capsys, redis_url, "promote", "drift", "v2", "--max-drift", "1")
+    assert got["live"] == "v2" and 0 < got["drift"] <= 1
+    code, _, err = cli(capsys, redis_url, "promote", "drift", "v1", "--max-drift", "2")
+    assert code == 1 and "max_drift must be a number in [0, 1]" in err

@@ -46,6 +46,11 @@ def test_the_demo_end_to_end(redis_url: str, capsys: pytest.CaptureFixture[str])
     for s in ("average", "best_score"):
         assert len(report.recommended[f"v1 {s}"]) == 10 and not rated & set(report.recommended[f"v1 {s}"])
     assert set(report.recommend_us) == {"average", "best_score"}
+    # step 4 compared v1 with v2 (Space.compare): v2 has every v1 movie and more; its neighbourhoods moved
+    drift = report.drift
+    assert drift["a"] == "v1" and drift["b"] == "v2" and drift["only_in_a"] == 0 and drift["only_in_b"] > 0
+    assert drift["sampled"] == 1000 and 0 < drift["overlap_mean"] < 1 and len(drift["most_changed"]) == 10
+    assert f"{SPACE}: v1 -> v2" in text and "refused" in text
     assert set(report.latency_us) == {"eventual", "session", "strong"}
     assert all(x > 0 for x in report.latency_us.values())
 
