@@ -33,7 +33,7 @@ from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
-from .redis.store import translate_errors
+from .redis.store import Store, translate_errors
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -245,9 +245,9 @@ class AsyncVersion:
         """:meth:`embcache.Version.ids`, as an async iterator."""
         parts = await self._run("ids", self.sync._partitions_arg(None if partition is None else [partition]))
         for p in parts:
-            with _named("ids", self.space.name, self.hub.username), translate_errors("scan"):
-                async for key, _ in self.hub.redis.hscan_iter(self.sync._pk(p).vec, count=batch):
-                    yield key.decode()
+            with _named("ids", self.space.name, self.hub.username):
+                async for key in Store.ascan_ids(self.hub.redis, self.sync._pk(p), batch):
+                    yield key
 
     async def query(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
                     where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",

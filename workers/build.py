@@ -23,6 +23,7 @@ from embcache.core import codec, snapshot
 from embcache.core.errors import SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
+from embcache.redis import snapshots
 from embcache.redis.catalogue import SpaceRecord
 from embcache.redis.store import Store
 
@@ -67,7 +68,7 @@ def build_snapshot(
     t0 = time.perf_counter()
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
-    previous = snapshot.read_manifest(r, pk)
+    previous = snapshots.read_manifest(r, pk)
     corrupt = r.hexists(pk.state, "corrupt")  # a reader refused the published snapshot: rebuild it in full
     full = full or bool(corrupt)
     if previous is not None and previous.pos == store.position(pk) and not full:
@@ -87,7 +88,7 @@ def build_snapshot(
         deleted=deleted, max_label=max_label,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
-    snapshot.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
+    snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
     _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
@@ -143,7 +144,7 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
         index, label, meta = kept.index, kept.label, kept.meta
     else:
         try:
-            base = snapshot.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
+            base = snapshots.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
         except SnapshotCorrupt as exc:
             log.warning("%s: %s; rebuilding in full", pk.tag, exc)
             return None

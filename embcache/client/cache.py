@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import snapshot
+from ..redis import snapshots
 from ..core.codec import decode_vectors
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
@@ -128,13 +129,13 @@ class PartitionCache:
     def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
         with translate_errors("load snapshot"):
-            manifest = manifest or snapshot.read_manifest(self.store.r, pk)
+            manifest = manifest or snapshots.read_manifest(self.store.r, pk)
         if manifest is None or self._refused.get(pk.tag) == manifest.sid:
             return None  # none published, or this one was refused already: do not fetch it again
         t0 = time.perf_counter()
         try:
             with translate_errors("load snapshot"):
-                base = snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+                base = snapshots.load(self.store.r, pk, ef=info.ef, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             return base
@@ -190,7 +191,7 @@ class PartitionCache:
             try:  # a snapshot notification wakes us early; otherwise poll every refresh_interval
                 channels = {self.store.keys.events(pid[0]) for pid in list(self._bases)}
                 if pubsub is None:
-                    pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+                    pubsub = self.store.pubsub()
                     subscribed = set()
                 if channels - subscribed:
                     pubsub.subscribe(*(channels - subscribed))
@@ -242,7 +243,7 @@ class PartitionCache:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
         pk = self.keys(pid)
         with translate_errors("refresh"):
-            manifest = snapshot.read_manifest(self.store.r, pk)
+            manifest = snapshots.read_manifest(self.store.r, pk)
         if manifest is not None and manifest.generation != getattr(base, "generation", None) \
                 and self._refused.get(pk.tag) != manifest.sid:
             new = self._load_snapshot(pk, info, manifest)

@@ -182,9 +182,7 @@ class Hub:
             for v in cat.list_versions(name):
                 for p in cat.partitions(name, v.name):
                     self.store.delete_partition(self.keys.partition(name, v.name, p))
-            for key in cat.space_keys(name):
-                self.store.r.delete(key)
-            self.store.r.srem(self.keys.spaces(), name)
+            cat.drop_space_records(name)
         self._records.pop(record.name, None)
         self._defaults.pop(record.name, None)
         self.cache.drop(lambda pid: pid[0] == name)
@@ -236,7 +234,7 @@ class Hub:
         """Stop the refresher and close the connections."""
         self.probes.close()
         self.cache.close()
-        self.store.r.close()
+        self.store.close()
 
     def __enter__(self) -> "Hub":
         return self
@@ -272,13 +270,8 @@ class Hub:
         keys = list(self._parts)
         if not keys:
             return
-        with translate_errors("refresh partitions"):
-            pipe = self.store.r.pipeline(transaction=False)
-            for space, version in keys:
-                pipe.smembers(self.keys.parts(space, version))
-            results = pipe.execute()
-        for key, members in zip(keys, results):
-            self._parts[key] = sorted(m.decode() for m in members)
+        for key, parts in zip(keys, self.catalogue.partition_lists(keys)):
+            self._parts[key] = parts
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
     def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
@@ -431,7 +424,7 @@ class Space:
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
-        return run(self._default_version(True), self.hub.store.r)
+        return self.hub.store.run(self._default_version(True))
 
     def _default_version(self, fresh: bool) -> Plan["Version"]:
         """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
@@ -455,12 +448,12 @@ class Space:
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query_by_id(ids, n_results, **kwargs)
 
 
@@ -487,7 +480,7 @@ class Version:
     # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
     # client; embcache.aio runs the very same plan with redis.asyncio.
     def _run(self, plan: Plan[T]) -> T:
-        return run(plan, self.hub.store.r)
+        return self.hub.store.run(plan)
 
     # writes -----------------------------------------------------------------------------------------------
     @_guard("upsert")
@@ -594,17 +587,15 @@ class Version:
     def _require_dispatcher(self, grace: float) -> None:
         """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
         lock it renews every tick (a principal that may not read it skips this check)."""
-        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
         deadline = time.monotonic() + grace
         try:
-            with translate_errors("build"):
-                while not r.exists(key):
-                    if time.monotonic() > deadline:
-                        raise BuildTimeout(
-                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
-                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
-                        )
-                    time.sleep(0.1)
+            while not self.hub.store.dispatcher_seen():
+                if time.monotonic() > deadline:
+                    raise BuildTimeout(
+                        f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                        "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                    )
+                time.sleep(0.1)
         except PermissionDenied:
             return
 
@@ -668,9 +659,8 @@ class Version:
 
     def _count(self, partition: str | None) -> Plan[int]:
         parts = yield from self._partitions_arg(None if partition is None else [partition])
-        with translate_errors("count"):
-            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
-        return sum(int(c) for c in counts)
+        store = self.hub.store
+        return sum((yield from store.counts.plan(store, [self._pk(p) for p in parts])))
 
     @_guard("get")
     def get(
@@ -849,14 +839,9 @@ class Version:
         if consistency == "strong":
             # one round trip: every partition's log position, and (querying them all) the partition list, so
             # a partition another hub created before this query began is not missed
-            calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
-            if all_parts:
-                calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
-            with translate_errors("strong read"):
-                replies = yield Batch(calls)
-            positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
-            if all_parts:
-                fresh = sorted(m.decode() for m in replies[-1])
+            positions, fresh = yield from store.strong_positions.plan(
+                store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+            if fresh is not None:
                 hub._parts[(self.space.name, self.name)] = fresh
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]

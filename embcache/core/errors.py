@@ -13,7 +13,9 @@
     ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
-    └── ServerError             the embedded redis-server could not be found or started
+    ├── ServerError             the embedded redis-server could not be found or started
+    └── Conflict                a concurrent writer won a race (retried inside embcache, never raised to users)
+        └── PublishConflict     another build published first: the worker drops its result
 
 Every public call validates its arguments before it touches Redis, so an ``InvalidInput`` (or any subclass)
 means nothing was written. ``InvalidInput`` also derives from ``ValueError``, ``NotFound`` from ``KeyError``
@@ -35,6 +37,8 @@ __all__ = [
     "SnapshotCorrupt",
     "BuildTimeout",
     "ServerError",
+    "Conflict",
+    "PublishConflict",
 ]
 
 
@@ -87,3 +91,11 @@ class BuildTimeout(EmbcacheError, TimeoutError):
 
 class ServerError(EmbcacheError):
     """The embedded redis-server is missing or failed to start."""
+
+
+class Conflict(EmbcacheError):
+    """A concurrent writer won a race (a version number taken meanwhile); the operation retries."""
+
+
+class PublishConflict(Conflict):
+    """Another build published first (or the new chunks expired): this build's result is dropped."""

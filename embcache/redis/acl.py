@@ -114,11 +114,10 @@ def _selector(keys: Keys, grant: Grant) -> str:
     if grant.role in ("writer", "admin"):
         # FCALL asks read and write access (from one pattern) to every key it is given: the state flags (strings) are among them, and
         # a writer holds no command that changes a string
-        space_base = keys.space_pattern(s)[:-1]
-        rules += [f"%RW~{keys.dirty(s)}", f"%RW~{space_base}parts:*", f"%RW~{space_base}vstate:*"]
+        rules += [f"%RW~{keys.dirty(s)}", f"%RW~{keys.space_pattern(s, 'parts')}",
+                  f"%RW~{keys.space_pattern(s, 'vstate')}"]
         for p in parts:
-            base = keys.partition_pattern(s, "*", p)[:-1]  # "...}:" then the key kind
-            rules += [f"%RW~{base}{kind}" for kind in ("vec", "meta", "log", "state", "sealed")]
+            rules += [f"%RW~{keys.partition_pattern(s, '*', p, kind)}" for kind in ("vec", "meta", "log", "state", "sealed")]
         cmds += _WRITE
     if grant.role == "admin":
         rules.append(f"%RW~{keys.space_pattern(s)}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import ResponseError
 
-from ..core.errors import AlreadyExists, NotFound
+from ..core.errors import AlreadyExists, Conflict, NotFound
 from ..core.keys import check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
@@ -87,6 +87,22 @@ class Catalogue:
                 keys += [self.k.parts(name, v.decode()), self.k.vstate(name, v.decode())]
         return keys
 
+    def drop_space_records(self, name: str) -> None:
+        """Delete every space-level key of ``name`` and take it off the listing (its partitions' data first:
+        a drop cut short can simply be run again)."""
+        with translate_errors(f"drop space {name}"):
+            for key in self.space_keys(name):
+                self.r.delete(key)
+            self.r.srem(self.k.spaces(), name)
+
+    def partition_lists(self, versions: Sequence[tuple[str, str]]) -> list[list[str]]:
+        """The sorted partition names of several ``(space, version)``, in one round trip on a standalone server."""
+        with translate_errors("refresh partitions"):
+            pipe = self.r.pipeline(transaction=False)
+            for space, version in versions:
+                pipe.smembers(self.k.parts(space, version))
+            return [sorted(m.decode() for m in members) for members in pipe.execute()]
+
     # versions
     def create_version(self, space: str, name: str | None, description: str = "") -> VersionRecord:
         if name is not None:
@@ -105,10 +121,8 @@ class Catalogue:
                     "emb_create_version", [k.space(space), k.versions(space), k.seq(space), k.vstate(space, chosen)],
                     [chosen, json.dumps(rec), expected], f"create version in {space}",
                 )
-            except ResponseError as exc:
-                if str(exc).startswith("EMBRETRY"):
-                    continue
-                raise
+            except Conflict:
+                continue
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
@@ -164,8 +178,8 @@ class Catalogue:
         k = self.k
         try:
             prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias], "rollback")
-        except ResponseError as exc:
-            if str(exc).startswith("EMBNOHISTORY"):
+        except NotFound as exc:
+            if getattr(exc, "code", None) == "EMBNOHISTORY":
                 raise NotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]

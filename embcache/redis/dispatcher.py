@@ -23,10 +23,9 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ..core import snapshot
 from ..core.keys import NAME_PATTERN
 from ..core.views import pos_key
-from . import metrics
+from . import metrics, snapshots
 from .catalogue import Catalogue
 from .store import Store
 
@@ -86,11 +85,12 @@ class Dispatcher:
             return 0
         for space in self.catalogue.list_spaces():
             for member in r.zrange(k.dirty(space), 0, -1):
-                version, _, partition = member.decode(errors="replace").partition("/")
-                if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)):
+                names = k.parse_dirty_member(member)
+                if names is None:
                     log.warning("dropped a malformed dirty mark %r of space %s", member, space)
                     r.zrem(k.dirty(space), member)  # writers can write this set; one bad entry must not stop builds
                     continue
+                version, partition = names
                 state = self._state(space, version, partition)
                 if state == "running":
                     continue  # it may have read the log already: keep the mark for a build after it
@@ -137,12 +137,12 @@ class Dispatcher:
                     if not NAME_RE.fullmatch(p):
                         continue  # a malformed name a writer put in the partition set: nothing to build
                     pk = self.store.keys.partition(space, v.name, p)
-                    manifest = snapshot.read_manifest(self.store.r, pk)
+                    manifest = snapshots.read_manifest(self.store.r, pk)
                     built = manifest.pos if manifest else "0-0"
                     corrupt = self.store.r.hexists(pk.state, "corrupt")
                     behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
                     if metrics.ENABLED:
-                        metrics.set_index_lag(self.store.r, pk, built, behind)
+                        metrics.set_index_lag(pk, self.store.unindexed(pk, built, metrics.LAG_CAP) if behind else 0)
                     if behind and self._state(space, v.name, p) == "idle":
                         self.store.mark_dirty(space, v.name, p)
                         marked += 1

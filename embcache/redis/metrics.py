@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import InvalidInput
+from ..core.keys import PartitionKeys, tag_names
 
 __all__ = ["ENABLED", "enable", "disable", "observe_query", "observe_snapshot_load", "observe_build",
            "set_queue_depth", "set_index_lag"]
@@ -155,7 +156,7 @@ def observe_snapshot_load(tag: str, result: str, seconds: float, built_at: float
     if _in_child:
         return _forward("snapshot_load", tag, result, seconds, built_at)
     m = _m
-    space, version, partition = tag.split("/", 2)
+    space, version, partition = tag_names(tag)
     m.snapshot_loads.labels(space, result).inc()
     m.snapshot_load_seconds.labels(space).observe(seconds)
     if built_at is not None:
@@ -179,14 +180,9 @@ def set_queue_depth(queue: Any) -> None:
     _m.queue_depth.labels(queue.name).set(queue.count)
 
 
-def set_index_lag(r: Any, pk: Any, built: str, behind: bool) -> None:
-    """Log entries of partition ``pk`` after the snapshot's position ``built``; no I/O unless ``behind``."""
-    lag = 0
-    if behind:
-        lag = len(r.xrange(pk.log, min=f"({built}" if built != "0-0" else "-", max="+", count=LAG_CAP))
-        if lag >= LAG_CAP:
-            lag = max(lag, int(r.xlen(pk.log)))
-    space, version, partition = pk.tag.split("/", 2)
+def set_index_lag(pk: PartitionKeys, lag: int) -> None:
+    """Partition ``pk`` has ``lag`` log entries its snapshot does not cover (``Store.unindexed``)."""
+    space, version, partition = pk.names()
     _m.index_lag.labels(space, version, partition).set(lag)
 
 

@@ -10,10 +10,10 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.cluster
@@ -21,28 +21,52 @@ from redis import exceptions as rexc
 
 from ..core.errors import (
     AlreadyExists,
+    Conflict,
     EmbcacheError,
     NotFound,
     PermissionDenied,
+    PublishConflict,
     Unavailable,
     VersionSealed,
 )
 from ..core.keys import Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
-__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "lua_error", "LUA_ERRORS", "LIB_CODE",
+           "LIB_VERSION"]
 
 _LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
 LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 
+T = TypeVar("T")
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
 READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
 TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
 SCAN_COUNT = 1000
 
-_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
+#: Every error code ``functions.lua`` replies with (``redis.error_reply('<CODE> <message>')``), and the error it
+#: becomes. The one place they are parsed: :func:`lua_error`.
+LUA_ERRORS: dict[str, type[EmbcacheError]] = {
+    "EMBSEALED": VersionSealed,
+    "EMBNOTFOUND": NotFound,
+    "EMBNOHISTORY": NotFound,  # rollback of an alias with no previous target
+    "EMBEXISTS": AlreadyExists,
+    "EMBRETRY": Conflict,  # the version counter moved: pick the next name
+    "EMBCONFLICT": PublishConflict,
+}
+
+
+def lua_error(exc: rexc.ResponseError) -> EmbcacheError | None:
+    """The embcache error of a Functions library reply (its code in ``.code``); None for any other reply."""
+    code, _, message = str(exc).partition(" ")
+    kind = LUA_ERRORS.get(code)
+    if kind is None:
+        return None
+    err = kind(message.strip())
+    err.code = code  # type: ignore[attr-defined]
+    return err
 
 
 @contextlib.contextmanager
@@ -59,10 +83,10 @@ def translate_errors(operation: str = "") -> Iterator[None]:
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
     except rexc.ResponseError as exc:
+        err = lua_error(exc)
+        if err is not None:
+            raise err from None
         text = str(exc)
-        for code, kind in _CODES.items():
-            if text.startswith(code):
-                raise kind(text[len(code) :].strip()) from None
         if text.startswith("NOPERM"):
             raise PermissionDenied(f"{operation}: {text}") from None
         raise
@@ -128,6 +152,23 @@ class Store:
         self.r = client
         self.keys = keys
         self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    def run(self, plan: Plan[T]) -> T:
+        """Execute ``plan`` with this store's (sync) client."""
+        return run(plan, self.r)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.r.close()
+
+    def pubsub(self) -> Any:
+        """A pub/sub connection (for snapshot notifications) that skips subscribe confirmations."""
+        return self.r.pubsub(ignore_subscribe_messages=True)
+
+    def dispatcher_seen(self) -> bool:
+        """True while a dispatcher holds its lock (it renews it every tick)."""
+        with translate_errors("build"):
+            return bool(self.r.exists(self.keys.dispatcher_lock()))
 
     # functions library ------------------------------------------------------------------------------------
     def ensure_functions(self) -> None:
@@ -204,6 +245,13 @@ class Store:
                                    for i in range(0, len(ids), READ_CHUNK_ITEMS)])
         return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
 
+    @staticmethod
+    async def ascan_ids(client: Any, pk: PartitionKeys, batch: int = SCAN_COUNT) -> AsyncIterator[str]:
+        """:meth:`scan_ids` on a ``redis.asyncio`` client."""
+        with translate_errors("scan"):
+            async for k, _ in client.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
+
     def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
         """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
         with translate_errors("scan"):
@@ -216,10 +264,38 @@ class Store:
             return int((yield Call("hlen", pk.vec)))
 
     @planned
+    def counts(self, pks: Sequence[PartitionKeys]) -> Plan[list[int]]:
+        """Item counts of several partitions, in one round trip on a standalone server."""
+        with translate_errors("count"):
+            return [int(c) for c in (yield Batch([Call("hlen", pk.vec) for pk in pks]))]
+
+    @planned
+    def strong_positions(self, pks: Sequence[PartitionKeys], parts_key: str | None) -> Plan[tuple[list[str], list[str] | None]]:
+        """What a strong read needs, in one round trip: every partition's log position, and (``parts_key``
+        given) the version's partition list, sorted, so a partition another hub created before the read began
+        is not missed."""
+        calls = [Call("hget", pk.state, "pos") for pk in pks]
+        if parts_key is not None:
+            calls.append(Call("smembers", parts_key))
+        with translate_errors("strong read"):
+            replies = yield Batch(calls)
+        positions = [_s(x) or "0-0" for x in replies[: len(pks)]]
+        return positions, None if parts_key is None else sorted(m.decode() for m in replies[-1])
+
+    @planned
     def position(self, pk: PartitionKeys) -> Plan[str]:
         """The partition's latest change-log position ('0-0' when it was never written)."""
         with translate_errors("position"):
             return _s((yield Call("hget", pk.state, "pos"))) or "0-0"
+
+    def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
+        """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
+        ``cap``, past it the log's length (an upper bound), so the cost stays bounded."""
+        with translate_errors("index lag"):
+            n = len(self.r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=cap))
+            if n >= cap:
+                n = max(n, int(self.r.xlen(pk.log)))
+        return n
 
     @planned
     def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
@@ -274,7 +350,7 @@ class Store:
     def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
         with translate_errors("mark dirty"):
-            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+            yield Call("zadd", self.keys.dirty(space), {self.keys.dirty_member(version, partition): time.time()}, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         with translate_errors("seal"):
@@ -293,7 +369,7 @@ class Store:
     def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
         """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
         Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
-        space, version, partition = pk.tag.split("/")
+        space, version, partition = pk.names()
         try:
             self.r.hset(pk.state, "corrupt", reason[:200])
             self.mark_dirty(space, version, partition)
