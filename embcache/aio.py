@@ -239,7 +239,7 @@ class AsyncVersion:
     async def partitions(self) -> list[str]:
         """:meth:`embcache.Version.partitions`."""
         hub = self.hub.sync
-        return await self._run("partitions", hub._known_partitions(self.space.name, self.name, True))
+        return await self._run("partitions", hub.partitions.get(self.space.name, self.name, True))
 
     async def ids(self, partition: str | None = None, *, batch: int = 1000) -> AsyncIterator[str]:
         """:meth:`embcache.Version.ids`, as an async iterator."""

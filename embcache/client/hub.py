@@ -38,6 +38,7 @@ from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .state import SESSION_ITEMS, KnownPartitions, SessionWrites
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -45,7 +46,6 @@ T = TypeVar("T")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
-SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
 _INCLUDE_GET = ("embeddings", "metadatas")
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
@@ -130,14 +130,11 @@ class Hub:
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
-        self._parts: dict[tuple[str, str], list[str]] = {}
-        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
-        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
+        self.partitions = KnownPartitions(self.catalogue)  # partition lists of the versions this hub uses
+        self.session = SessionWrites()  # this hub's own writes not yet in a loaded base (session reads)
+        self.defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self.partitions.refresh, self._refresh_defaults]
         self._records: dict[str, SpaceRecord] = {}
-        self._registered: set[tuple[str, str, str]] = set()
-        self._session: dict[tuple[str, str, str], Overlay] = {}
-        self._session_lock = threading.Lock()
-        self._session_overflow: dict[tuple[str, str, str], str] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
 
     @property
@@ -184,12 +181,10 @@ class Hub:
                     self.store.delete_partition(self.keys.partition(name, v.name, p))
             cat.drop_space_records(name)
         self._records.pop(record.name, None)
-        self._defaults.pop(record.name, None)
+        self.defaults.pop(record.name, None)
         self.cache.drop(lambda pid: pid[0] == name)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[0] == name]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[0] != name}
+        self.session.drop(lambda pid: pid[0] == name)
+        self.partitions.drop_space(name)
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -245,60 +240,12 @@ class Hub:
     def __repr__(self) -> str:
         return f"Hub({self.url!r})"
 
-    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
-    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
-        key = (space, version)
-        parts = None if fresh else self._parts.get(key)
-        if parts is None:
-            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
-            self._parts[key] = parts
-        return parts
-
-    def _partition_added(self, space: str, version: str, partition: str) -> None:
-        parts = self._parts.get((space, version))
-        if parts is not None and partition not in parts:
-            self._parts[(space, version)] = sorted([*parts, partition])
-
     def _refresh_defaults(self) -> None:
-        for name in list(self._defaults):
+        for name in list(self.defaults):
             try:
                 self.space(name).default_version()
             except NotFound:  # dropped, or no versions any more
-                self._defaults.pop(name, None)
-
-    def _refresh_partitions(self) -> None:
-        keys = list(self._parts)
-        if not keys:
-            return
-        for key, parts in zip(keys, self.catalogue.partition_lists(keys)):
-            self._parts[key] = parts
-
-    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
-        """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
-        partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
-        with self._session_lock:
-            ov = self._session.setdefault(pid, {})
-            ov.update(items)
-            if overflow or len(ov) > SESSION_ITEMS:
-                ov.clear()
-                self._session_overflow[pid] = pos
-
-    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
-        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
-        covered = pos_key(base_pos)
-        with self._session_lock:
-            overflow = self._session_overflow.get(pid)
-            if overflow is not None:
-                if pos_key(overflow) > covered:
-                    return None
-                del self._session_overflow[pid]
-            ov = self._session.get(pid)
-            if not ov:
-                return {}
-            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
-                del ov[i]
-            return dict(ov)
+                self.defaults.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -382,7 +329,7 @@ class Space:
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
         rec = self.hub.catalogue.create_version(self.name, name, description)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
@@ -401,7 +348,7 @@ class Space:
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
         self.hub.catalogue.set_alias(self.name, alias, name)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live") -> None:
         """Same as ``set_alias(alias, version)``."""
@@ -419,7 +366,7 @@ class Space:
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
         target = self.hub.catalogue.rollback(self.name, alias)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return self.version(target)
 
     def default_version(self) -> "Version":
@@ -429,7 +376,7 @@ class Space:
     def _default_version(self, fresh: bool) -> Plan["Version"]:
         """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
         and this hub's own alias moves and new versions update it at once)."""
-        cached = None if fresh else self.hub._defaults.get(self.name)
+        cached = None if fresh else self.hub.defaults.get(self.name)
         if cached is not None:
             return cached
         cat = self.hub.catalogue
@@ -442,7 +389,7 @@ class Space:
                 raise NotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
-        self.hub._defaults[self.name] = version
+        self.hub.defaults[self.name] = version
         return version
 
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
@@ -510,21 +457,18 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        if pid not in hub._registered:
-            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
-            hub._registered.add(pid)
-            hub._partition_added(self.space.name, self.name, partition)
+        yield from hub.partitions.register(pid)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
         yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         if len(id_list) > SESSION_ITEMS:
-            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+            hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
             stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
             metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+            hub.session.remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
@@ -548,7 +492,7 @@ class Version:
                 raise self._sealed() from None
             if pos is not None:
                 yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
-                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
 
@@ -622,15 +566,15 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
+        return self._run(self.hub.partitions.get(self.space.name, self.name, True))
 
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
-        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
+        known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
         if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
                                                             else partitions or []) <= set(known):
-            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
+            known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -721,14 +665,14 @@ class Version:
         trip; None when the general path is needed."""
         t0 = time.perf_counter()
         hub = self.hub
-        parts = hub._parts.get((self.space.name, self.name))
+        parts = hub.partitions.cached(self.space.name, self.name)
         if parts is None or len(parts) != 1 or self.space.grant is not None:
             return None
         pid = (self.space.name, self.name, parts[0])
         base = hub.cache.cached(pid)
         if type(base) is not HnswBase:
             return None
-        if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+        if consistency == "session" and hub.session.overlay(pid, base.position) != {}:
             return None
         if consistency == "strong" and hub.is_cluster:
             return None
@@ -842,7 +786,7 @@ class Version:
             positions, fresh = yield from store.strong_positions.plan(
                 store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
             if fresh is not None:
-                hub._parts[(self.space.name, self.name)] = fresh
+                hub.partitions.set(self.space.name, self.name, fresh)
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
                 parts = parts + new
@@ -856,7 +800,7 @@ class Version:
         if consistency == "eventual":
             overlays = [{} for _ in pids]
         elif consistency == "session":
-            overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
+            overlays = [hub.session.overlay(pid, b.position) for pid, b in zip(pids, bases)]
         else:  # strong: only partitions whose log moved past their base need the tail
             overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
