@@ -33,7 +33,7 @@ from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
-from .redis.store import Store, translate_errors
+from .redis.store import Store
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -168,7 +168,8 @@ class AsyncSpace:
 
     async def set_alias(self, alias: str, version: "AsyncVersion | str") -> None:
         """:meth:`embcache.Space.set_alias`."""
-        await asyncio.to_thread(self.sync.set_alias, alias, version.name if isinstance(version, AsyncVersion) else version)
+        name = version.name if isinstance(version, AsyncVersion) else version
+        await asyncio.to_thread(self.sync.set_alias, alias, name)
 
     async def promote(self, version: "AsyncVersion | str", alias: str = "live") -> None:
         """:meth:`embcache.Space.promote`."""
@@ -218,7 +219,8 @@ class AsyncVersion:
         with _named(operation, self.space.name, self.hub.username):
             return await self.hub._run(plan)
 
-    async def upsert(self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
+    async def upsert(self, ids: Sequence[str], embeddings: Any,
+                     metadatas: Sequence[dict[str, Any] | None] | None = None,
                      partition: str = "default") -> int:
         """:meth:`embcache.Version.upsert`."""
         return await self._run("upsert", self.sync._upsert(ids, embeddings, metadatas, partition))

@@ -62,7 +62,10 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     if not rows:
         return "(none)"
     columns = list(columns or rows[0].keys())
-    cells = [[("" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r[c])) for c in columns] for r in rows]
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
@@ -339,7 +342,8 @@ def cmd_principals(args: argparse.Namespace) -> None:
 
 @command("rotate")
 def cmd_rotate(args: argparse.Namespace) -> None:
-    """Give a principal a new password (the old one stops working at once, open connections included); prints it once."""
+    """Give a principal a new password (the old one stops working at once, open connections included); prints it
+    once."""
     with _hub(args) as hub:
         creds = hub.rotate(args.principal)
     data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted}
@@ -973,7 +977,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 # parser ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embcache", description="embcache: an embedding hub on plain Redis.")
-    p.add_argument("--url", default=os.environ.get("EMBCACHE_URL"), help="Redis URL (default: EMBCACHE_URL, else the embedded server)")
+    p.add_argument("--url", default=os.environ.get("EMBCACHE_URL"),
+                   help="Redis URL (default: EMBCACHE_URL, else the embedded server)")
     p.add_argument("--username", default=os.environ.get("EMBCACHE_USERNAME"))
     p.add_argument("--password", default=os.environ.get("EMBCACHE_PASSWORD"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -986,7 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--home", help="data directory (default: EMBCACHE_HOME or ~/.local/share/embcache)")
     s.add_argument("--port", type=int, help="listen on this loopback TCP port instead of a Unix socket")
     s = add("worker")
-    s.add_argument("--queue-url", default=os.environ.get("EMBCACHE_QUEUE_URL"), help="Redis of the RQ queue (default: the data Redis)")
+    s.add_argument("--queue-url", default=os.environ.get("EMBCACHE_QUEUE_URL"),
+                   help="Redis of the RQ queue (default: the data Redis)")
     s.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     s.add_argument("--fork", action="store_true",
                    help="run each job in a forked process (RQ's default); without it jobs run in the worker "

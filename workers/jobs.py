@@ -71,7 +71,8 @@ class Lease:
         self.r.delete(self.key)
 
 
-def build_partition(space: str, version: str, partition: str, full: bool = False, prefix: str | None = None) -> dict[str, Any]:
+def build_partition(space: str, version: str, partition: str, full: bool = False,
+                    prefix: str | None = None) -> dict[str, Any]:
     """Build or update the snapshot of one partition and publish it. Returns what was done."""
     store = data_store(prefix)
     record = Catalogue(store).get_space(space)

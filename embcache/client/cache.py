@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import snapshot
-from ..redis import snapshots
 from ..core.codec import decode_vectors
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
-from ..redis import metrics
+from ..redis import metrics, snapshots
 from ..redis.store import PartitionData, Store, Tail, translate_errors
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
@@ -126,7 +125,8 @@ class PartitionCache:
         base = self._load_snapshot(pk, info)
         return base if base is not None else exact_base(self.store.read_partition(pk), info)
 
-    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
+    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo,
+                       manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
         with translate_errors("load snapshot"):
             manifest = manifest or snapshots.read_manifest(self.store.r, pk)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,12 +27,12 @@ from ..core.filters import compile_where
 from ..core.keys import Keys, check_name
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
-from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..core.views import Overlay, OverlayItem, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
-from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
@@ -256,7 +255,8 @@ def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
     except PermissionDenied as exc:
         if getattr(exc, "named", False):
             raise
-        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err = PermissionDenied(
+            f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
         err.named = True  # type: ignore[attr-defined]
         raise err from None
 
@@ -805,7 +805,8 @@ class Version:
             overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
         if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
-            tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
+            requests = [(self._pk(parts[i]), bases[i].position) for i in need_tail]
+            tails = yield from store.read_tails.plan(store, requests)
             for i, tail in zip(need_tail, tails):
                 if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
                     bases[i] = yield Offload(cache.reload, (pids[i], info))

@@ -24,7 +24,9 @@ __all__ = ["compile_where", "Predicate"]
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 _MISSING = object()
-_COMPARE = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+_COMPARE = {
+    "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
+}
 _OPS = {"$eq", "$ne", "$in", "$nin", *_COMPARE}
 
 

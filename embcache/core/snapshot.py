@@ -34,9 +34,8 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from .errors import EmbcacheError, SnapshotCorrupt
+from .errors import SnapshotCorrupt
 from .filters import Predicate
-from .keys import PartitionKeys
 from .search import Ranked, exact_search
 from .views import _MaskCache
 
@@ -241,7 +240,8 @@ def pack(
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
-        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
+        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim,
+        metric=metric, M=M, ef_construction=ef_construction,
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,

@@ -112,12 +112,14 @@ def _selector(keys: Keys, grant: Grant) -> str:
         rules.append(f"%R~{keys.partition_pattern(s, '*', p)}")
     cmds = list(_READ)
     if grant.role in ("writer", "admin"):
-        # FCALL asks read and write access (from one pattern) to every key it is given: the state flags (strings) are among them, and
+        # FCALL asks read and write access (from one pattern) to every key it is given: the state flags (strings)
+        # are among them, and
         # a writer holds no command that changes a string
         rules += [f"%RW~{keys.dirty(s)}", f"%RW~{keys.space_pattern(s, 'parts')}",
                   f"%RW~{keys.space_pattern(s, 'vstate')}"]
         for p in parts:
-            rules += [f"%RW~{keys.partition_pattern(s, '*', p, kind)}" for kind in ("vec", "meta", "log", "state", "sealed")]
+            rules += [f"%RW~{keys.partition_pattern(s, '*', p, kind)}"
+                      for kind in ("vec", "meta", "log", "state", "sealed")]
         cmds += _WRITE
     if grant.role == "admin":
         rules.append(f"%RW~{keys.space_pattern(s)}")

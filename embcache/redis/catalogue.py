@@ -177,7 +177,8 @@ class Catalogue:
         check_name(alias, "alias")
         k = self.k
         try:
-            prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias], "rollback")
+            prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias],
+                                    "rollback")
         except NotFound as exc:
             if getattr(exc, "code", None) == "EMBNOHISTORY":
                 raise NotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None

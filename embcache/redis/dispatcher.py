@@ -4,7 +4,8 @@ Writers never touch RQ's keys (whoever can write them can make a worker run code
 ``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
 build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
 deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
-picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation
+marks any partition whose change log is ahead of its snapshot,
 which covers a writer that died between its write and its mark, and a worker killed mid-build.
 """
 
@@ -181,8 +182,9 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     data_url = os.environ.get("EMBCACHE_URL")
     if not data_url:
         raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
-    store = Store(open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
-                              password=os.environ.get("EMBCACHE_PASSWORD")), Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
+    client = open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
+                         password=os.environ.get("EMBCACHE_PASSWORD"))
+    store = Store(client, Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
     queue_url = queue_url or os.environ.get("EMBCACHE_QUEUE_URL")
     if not queue_url:

@@ -26,7 +26,8 @@ def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
     return None if raw is None else Manifest.from_json(raw)
 
 
-def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manifest: Manifest | None = None) -> HnswBase | None:
+def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False,
+         manifest: Manifest | None = None) -> HnswBase | None:
     """The partition's published snapshot, verified; None when there is none."""
     for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
         manifest = manifest or read_manifest(r, pk)

@@ -115,7 +115,8 @@ def open_client(
             finally:
                 probe.close()
         if cluster:
-            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+            opts.pop("health_check_interval")
+            return redis.cluster.RedisCluster.from_url(url, **opts)
         client = redis.Redis.from_url(url, **opts)
         client.ping()
         return client
@@ -192,13 +193,15 @@ class Store:
         return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
 
     @staticmethod
-    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *,
+                   ro: bool = False) -> Plan[Any]:
         with translate_errors(operation):
             return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
 
     # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
     @planned
-    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes],
+                      metas: list[str | None]) -> Plan[str]:
         """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
         calls = []
         start = 0
@@ -270,7 +273,8 @@ class Store:
             return [int(c) for c in (yield Batch([Call("hlen", pk.vec) for pk in pks]))]
 
     @planned
-    def strong_positions(self, pks: Sequence[PartitionKeys], parts_key: str | None) -> Plan[tuple[list[str], list[str] | None]]:
+    def strong_positions(self, pks: Sequence[PartitionKeys],
+                         parts_key: str | None) -> Plan[tuple[list[str], list[str] | None]]:
         """What a strong read needs, in one round trip: every partition's log position, and (``parts_key``
         given) the version's partition list, sorted, so a partition another hub created before the read began
         is not missed."""
@@ -300,7 +304,8 @@ class Store:
     @planned
     def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
         """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
-        res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
+        keys = [pk.vec, pk.meta, pk.log, pk.state]
+        res = yield from self.fcall_plan("emb_tail", keys, [since, limit], "tail", ro=True)
         return self._parse_tail(res)
 
     @staticmethod
@@ -311,7 +316,8 @@ class Store:
                     metadatas=list(res[3]))
 
     @planned
-    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]],
+                   limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
         if len(requests) == 1:  # a plain call costs less than a pipeline of one
             return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
@@ -344,13 +350,15 @@ class Store:
                 else:
                     metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
         ids = list(vectors)
-        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids],
+                             metadatas=[metas.get(i) for i in ids])
 
     @planned
     def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
         with translate_errors("mark dirty"):
-            yield Call("zadd", self.keys.dirty(space), {self.keys.dirty_member(version, partition): time.time()}, nx=True)
+            mark = {self.keys.dirty_member(version, partition): time.time()}
+            yield Call("zadd", self.keys.dirty(space), mark, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         with translate_errors("seal"):

@@ -14,9 +14,9 @@ import embcache
 from embcache.core import snapshot
 from embcache.core.errors import SnapshotCorrupt
 from embcache.core.snapshot import HnswBase
+from embcache.core.views import ExactBase
 from embcache.redis import snapshots
 from embcache.redis.snapshots import read_manifest
-from embcache.core.views import ExactBase
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 
 DIM = 128
