@@ -10,6 +10,7 @@ back, and show what a read-only principal may and may not do. The data stays in 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -155,13 +156,15 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         back = space.rollback("live")
         report.live_after = [back.name]
         after = space.version("live").query_by_id([str(1)], n_results=3, consistency="strong")
-        say(f"  live -> {back.name} again (v2 stays stored: `embcache alias movies live v2` promotes it back); "
+        say(f"  live -> {back.name} again (v2 stays stored: `embcache promote {SPACE} v2` promotes it back); "
             f"Toy Story's neighbours are v1's: {', '.join(_titles(ratings, after.ids[0]))}")
 
         say("\n6. a read-only principal")
         report.reader = _reader_demo(hub, space, say)
     where = "in $EMBCACHE_HOME (the embedded server's data directory)" if url is None else f"on {url}"
-    cli = ".venv/bin/embcache" if (REPO / ".venv" / "bin" / "embcache").exists() else "embcache"
+    # the console script of the interpreter running the demo (a venv's bin/ need not be on PATH)
+    script = Path(sys.executable).with_name("embcache")
+    cli = str(script) if script.exists() and shutil.which("embcache") != str(script) else "embcache"
     say(f"\nThe data stays {where}: try `{cli} describe {SPACE}`, `{cli} query {SPACE} --id 1 -n 5`, "
         f"`{cli} stats {SPACE}`.")
     return report

@@ -21,6 +21,7 @@ from redis import exceptions as rexc
 
 from ..core.errors import (
     AlreadyExists,
+    AuthenticationFailed,
     Conflict,
     EmbcacheError,
     NotFound,
@@ -79,7 +80,7 @@ def translate_errors(operation: str = "") -> Iterator[None]:
     except rexc.NoPermissionError as exc:
         raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
     except rexc.AuthenticationError as exc:
-        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+        raise AuthenticationFailed(f"{operation}: authentication failed: {exc}") from None
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
     except rexc.ResponseError as exc:
