@@ -225,16 +225,14 @@ class Hub:
         self.defaults.pop(record.name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         self.session.drop(lambda pid: pid[0] == name)
-        self.partitions.drop_space(name)
+        self.partitions.drop(lambda pid: pid[0] == name)
 
     def _forget_version(self, space: str, version: str) -> None:
         """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
-        self._defaults.pop(space, None)
+        self.defaults.pop(space, None)
         self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[:2] == (space, version)]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[:2] != (space, version)}
+        self.session.drop(lambda pid: pid[:2] == (space, version))
+        self.partitions.drop(lambda pid: pid[:2] == (space, version))
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)

@@ -64,9 +64,9 @@ class KnownPartitions:
             for key, parts in zip(keys, self.catalogue.partition_lists(keys)):
                 self._lists[key] = parts
 
-    def drop_space(self, space: str) -> None:
-        """Forget everything about ``space`` (it was dropped)."""
-        self._registered = {p for p in self._registered if p[0] != space}
+    def drop(self, match: Callable[[Pid], bool]) -> None:
+        """Forget the registrations of every partition ``match`` accepts (its space or version was dropped)."""
+        self._registered = {p for p in self._registered if not match(p)}
 
 
 class SessionWrites:
