@@ -1,8 +1,9 @@
 """RQ job functions. Plain arguments only; a stock ``rq worker embcache`` runs them, so does ``embcache worker``.
 
-The data Redis comes from the worker's environment (``EMBCACHE_URL``, ``EMBCACHE_USERNAME``,
+The data Redis comes from the settings ``embcache worker`` installed in the process
+(:mod:`embcache.redis.settings`), else from the worker's environment (``EMBCACHE_URL``, ``EMBCACHE_USERNAME``,
 ``EMBCACHE_PASSWORD``, ``EMBCACHE_PREFIX``), never from the job's arguments: a job hash holds no secret, and
-when ``EMBCACHE_URL`` is unset the data is taken to live on the queue's own Redis.
+when no URL is set the data is taken to live on the queue's own Redis.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from typing import Any
 
 from embcache.core.keys import Keys
-from embcache.redis import metrics
+from embcache.redis import metrics, settings
 from embcache.redis.catalogue import Catalogue
 from embcache.redis.dispatcher import LEASE_SECONDS
 from embcache.redis.store import Store, open_client
@@ -27,13 +28,13 @@ _stores: dict[tuple[str, str], Store] = {}
 def data_store(prefix: str | None = None) -> Store:
     """The worker's connection to the data Redis (cached per process)."""
     prefix = prefix or os.environ.get("EMBCACHE_PREFIX", "emb")
-    url = os.environ.get("EMBCACHE_URL")
+    conf = settings.current()
+    url = conf.url
     key = (url or "", prefix)
     store = _stores.get(key)
     if store is None:
         if url:
-            client = open_client(url, username=os.environ.get("EMBCACHE_USERNAME"),
-                                 password=os.environ.get("EMBCACHE_PASSWORD"))
+            client = open_client(url, username=conf.username, password=conf.password)
         else:
             from rq import get_current_job
 

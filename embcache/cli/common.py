@@ -47,7 +47,7 @@ class CliError(Exception):
 class CommandFailed(Exception):
     """An embcache error in a command, with the space the command was about (for the hint)."""
 
-    def __init__(self, error: Exception, space: str | None) -> None:
+    def __init__(self, error: EmbcacheError, space: str | None) -> None:
         super().__init__(str(error))
         self.error = error
         self.space = space

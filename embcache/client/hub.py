@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -637,8 +637,8 @@ class Version:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
         known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
-        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
-                                                            else partitions or []) <= set(known):
+        asked = [partitions] if isinstance(partitions, str) else cast("Sequence[str]", partitions or [])
+        if not fresh and partitions is not None and not set(asked) <= set(known):
             known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
@@ -867,6 +867,7 @@ class Version:
         elif consistency == "session":
             overlays = [hub.session.overlay(pid, b.position) for pid, b in zip(pids, bases)]
         else:  # strong: only partitions whose log moved past their base need the tail
+            assert positions is not None  # read above, for strong
             overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
         if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
@@ -881,9 +882,10 @@ class Version:
                         bases[i] = yield Offload(cache.exact, (pids[i], info))
                         tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
                 overlays[i] = tail_overlay(tail, info) if tail is not None else {}
+        filled = cast("list[Overlay]", overlays)  # every None was replaced from the tail just above
         per_part = [
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
-            for b, ov in zip(bases, overlays)
+            for b, ov in zip(bases, filled)
         ]
         if len(per_part) == 1:
             merged = per_part[0]
@@ -892,7 +894,7 @@ class Version:
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
                           metric=self.space.metric)
         if "metadatas" in include or "embeddings" in include:
-            where_is = _locator(bases, overlays)
+            where_is = _locator(bases, filled)
             if "metadatas" in include:
                 res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
             if "embeddings" in include:

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 METRICS = ("cosine", "l2", "ip")
-DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536

@@ -138,12 +138,15 @@ class HnswBase:
         """hnswlib's ``(labels, distances)``; raises RuntimeError when fewer than ``k`` matches are found."""
         want_ef = max(ef or self.default_ef, k)
         threads = 1 if len(queries) == 1 else -1
+        found: tuple[np.ndarray, np.ndarray]
         if want_ef == self._ef:
-            return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            return found
         with self._ef_lock:  # ef is index state in hnswlib: set it and search under one lock
             self.index.set_ef(want_ef)
             try:
-                return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                return found
             finally:
                 self.index.set_ef(self._ef)
 

@@ -111,7 +111,7 @@ class Catalogue:
         k = self.k
         for _ in range(100):
             expected = ""
-            chosen = name
+            chosen = name or ""
             if name is None:  # v<n+1>, checked atomically against the counter by the function
                 with translate_errors(f"create version in {space}"):
                     expected = _d(self.r.get(k.seq(space))) or "0"
@@ -135,11 +135,12 @@ class Catalogue:
             self.store.delete_partition(k.partition(space, version, p))
         with translate_errors(f"drop version {space}/{version}"):
             # the dirty set holds one "version/partition" member per partition waiting for a build: a few
-            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1) if _d(m).split("/", 1)[0] == version]
+            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1)
+                     if (k.parse_dirty_member(m) or ("",))[0] == version]
             if marks:
                 self.r.zrem(k.dirty(space), *marks)
             for alias in self.r.hkeys(k.aliases(space)):
-                self.r.lrem(k.alias_history(space, _d(alias)), 0, version)
+                self.r.lrem(k.alias_history(space, alias.decode()), 0, version)
             self.r.delete(k.parts(space, version), k.vstate(space, version))
             self.r.hdel(k.versions(space), version)
 
@@ -198,7 +199,8 @@ class Catalogue:
                                     "rollback")
         except NotFound as exc:
             if getattr(exc, "code", None) == "EMBNOHISTORY":
-                raise VersionNotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
+                raise VersionNotFound(
+                    f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]
 

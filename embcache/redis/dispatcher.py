@@ -24,9 +24,10 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from ..core.errors import InvalidInput
 from ..core.keys import NAME_PATTERN
 from ..core.views import pos_key
-from . import metrics, snapshots
+from . import metrics, settings, snapshots
 from .catalogue import Catalogue
 from .store import Store
 
@@ -183,13 +184,12 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     from ..core.keys import Keys
     from .store import open_client, translate_errors
 
-    if url:
-        os.environ["EMBCACHE_URL"] = url
-    data_url = os.environ.get("EMBCACHE_URL")
+    env = settings.WorkerSettings.from_env()
+    data_url = url or env.url
     if not data_url:
-        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
-    username = username if username is not None else os.environ.get("EMBCACHE_USERNAME")
-    password = password if password is not None else os.environ.get("EMBCACHE_PASSWORD")
+        raise InvalidInput("no data Redis: pass --url or set EMBCACHE_URL")
+    username = username if username is not None else env.username
+    password = password if password is not None else env.password
     store = Store(open_client(data_url, username=username, password=password),
                   Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
@@ -198,7 +198,7 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     queue_password = os.environ.get("EMBCACHE_QUEUE_PASSWORD")
     if not queue_url:
         if store.is_cluster:
-            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+            raise InvalidInput("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
         queue_url = data_url
         if queue_username is None and queue_password is None:  # the same server: the same principal
             queue_username, queue_password = username, password
@@ -208,6 +208,7 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     with translate_errors("connect to the queue's Redis"):
         qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
+    settings.use(settings.WorkerSettings(data_url, username, password))  # what this process's jobs connect with
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
     try:

@@ -151,7 +151,8 @@ class Store:
     """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
 
     def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
-        self.r = client
+        # Any: redis-py's stubs type every reply as bytes | str, but these clients never decode (bytes only)
+        self.r: Any = client
         self.keys = keys
         self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
 
