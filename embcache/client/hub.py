@@ -25,6 +25,7 @@ from ..core import codec
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
+    CorruptRecord,
     InvalidInput,
     ItemNotFound,
     NotFound,
@@ -41,7 +42,7 @@ from ..core.views import Overlay, OverlayItem, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
 from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -212,17 +213,19 @@ class Hub:
         return self.catalogue.list_spaces()
 
     def drop_space(self, name: str) -> None:
-        """Delete a space with all its versions, data and snapshots."""
-        record = self._record(name)
-        cat = self.catalogue
+        """Delete a space with all its versions, data and snapshots, and every principal's grant on it."""
+        check_name(name, "space name")
+        with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
+            self._record(name)
         with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
-            # data first, the record and the listing last: a drop cut short can simply be run again
-            for v in cat.list_versions(name):
-                for p in cat.partitions(name, v.name):
-                    self.store.delete_partition(self.keys.partition(name, v.name, p))
-            cat.drop_space_records(name)
-        self._records.pop(record.name, None)
-        self.defaults.pop(record.name, None)
+            # grants first, so nobody writes while the keys go; then every key under the space's tags, also
+            # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
+            # cut short can simply be run again
+            self.principals.revoke_space(name)
+            self.catalogue.delete_space_keys(name)
+            self.catalogue.unlist_space(name)
+        self._records.pop(name, None)
+        self.defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         self.session.drop(lambda pid: pid[0] == name)
         self.partitions.drop(lambda pid: pid[0] == name)
@@ -568,9 +571,8 @@ class Version:
 
     @_guard("seal")
     def seal(self) -> None:
-        """Make the version read-only (idempotent)."""
-        for p in self.hub.catalogue.seal(self.space.name, self.name):
-            self.hub.store.flag_sealed(self._pk(p))
+        """Make the version read-only (idempotent; a seal that was cut short is completed)."""
+        self.hub.catalogue.seal(self.space.name, self.name)
         self.state = "sealed"
 
     @_guard("build")
@@ -848,9 +850,10 @@ class Version:
         if consistency == "strong":
             # one round trip: every partition's log position, and (querying them all) the partition list, so
             # a partition another hub created before this query began is not missed
-            positions, fresh = yield from store.strong_positions.plan(
+            positions, members = yield from store.strong_positions.plan(
                 store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
-            if fresh is not None:
+            if members is not None:
+                fresh = valid_names(members, "partition name")
                 hub.partitions.set(self.space.name, self.name, fresh)
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]

@@ -19,6 +19,7 @@
     │   └── AuthenticationFailed  Redis did not accept the username/password
     ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
+    ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
     ├── ServerError             the embedded redis-server could not be found or started
     └── Conflict                a concurrent writer won a race (retried inside embcache, never raised to users)
@@ -49,6 +50,7 @@ __all__ = [
     "AuthenticationFailed",
     "Unavailable",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
     "Conflict",
@@ -125,6 +127,13 @@ class Unavailable(EmbcacheError, ConnectionError):
 
 class SnapshotCorrupt(EmbcacheError):
     """A snapshot failed verification; it is not used."""
+
+
+class CorruptRecord(EmbcacheError):
+    """A record read back from Redis is not one embcache could have written (a principal with raw access may
+    write its own keys): a space record whose name is not its key or whose parameters are out of bounds, a
+    malformed version record, a sealed partition that no longer matches the digest taken when it was sealed.
+    Nothing is built or served from it."""
 
 
 class BuildTimeout(EmbcacheError, TimeoutError):

@@ -184,6 +184,12 @@ class Keys:
         with a name after it (``"parts"``: every version's partition set)."""
         return self._space(space, "*" if kind == "*" else f"{kind}:*")
 
+    def space_scan_patterns(self, space: str) -> list[str]:
+        """Globs that together match every key under the space's hash tags, whatever follows the tag: the
+        space-level ``{space}`` and every ``{space/...}`` (for dropping a space, keys planted by writers too)."""
+        check_name(space, "space name")
+        return [f"{self.prefix}:{{{space}}}:*", f"{self.prefix}:{{{space}/*"]
+
     # partition level
     def partition_tag(self, space: str, version: str, partition: str) -> str:
         check_name(space, "space name")

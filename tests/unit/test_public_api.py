@@ -16,6 +16,7 @@ from embcache.compat import embeddinghub
 PUBLIC = [
     "AlreadyExists",
     "BuildTimeout",
+    "CorruptRecord",
     "DimensionMismatch",
     "EmbcacheError",
     "GetResult",
@@ -36,7 +37,8 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput",
+    "InvalidName", "NotFound",
     "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
 ]
 
