@@ -132,7 +132,7 @@ def connection_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def hub(settings: Settings):  # noqa: ANN201 - embcache.Hub, imported late: `embcache --help` stays fast
+def hub(settings: Settings) -> Any:  # an embcache.Hub, imported late: `embcache --help` stays fast
     """Connect to the hub the settings name."""
     from ..client.hub import connect
 

@@ -42,7 +42,7 @@ class _Validator:
         self.examples: list[dict[str, Any]] = []
         # a resumed import adds to the rejects of the run it continues
         mode = "a" if opts.resume_from else "w"
-        self.rejects_file = open(opts.rejects, mode, encoding="utf-8") if opts.rejects else None  # noqa: SIM115
+        self.rejects_file = open(opts.rejects, mode, encoding="utf-8") if opts.rejects else None
 
     def skip(self, rows: list[Row]) -> None:
         """Rows an earlier run wrote (``--resume-from``): only their ids are noted, for the duplicate check."""

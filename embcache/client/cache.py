@@ -105,11 +105,6 @@ class PartitionCache:
             self._ensure_thread()
             return base
 
-    def loading(self, pid: PartitionId) -> bool:
-        """True while a load of ``pid`` is in progress."""
-        lock = self._load_locks.get(pid)
-        return lock is not None and lock.locked()
-
     def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """A fresh exact base of ``pid`` (all its vectors), not cached: the fallback of last resort."""
         return exact_base(self.store.read_partition(self.keys(pid)), info)
@@ -214,7 +209,7 @@ class PartitionCache:
                 self.refresh()
             except EmbcacheError as exc:  # Redis away: keep serving what is loaded
                 log.debug("refresh skipped: %s", exc)
-            except Exception:  # noqa: BLE001 - the refresher must outlive any one bad partition
+            except Exception:  # the refresher must outlive any one bad partition
                 log.exception("refresh failed")
         if pubsub is not None:
             try:

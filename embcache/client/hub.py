@@ -35,7 +35,7 @@ from ..core.errors import (
     VersionSealed,
 )
 from ..core.filters import compile_where
-from ..core.keys import Keys, check_name
+from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
 from ..core.views import Overlay, OverlayItem, search_view
@@ -489,7 +489,7 @@ class Version:
     def _pid(self, partition: str) -> tuple[str, str, str]:
         return (self.space.name, self.name, partition)
 
-    def _pk(self, partition: str):  # noqa: ANN202
+    def _pk(self, partition: str) -> PartitionKeys:
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
     # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
@@ -910,7 +910,7 @@ class Version:
         return res
 
 
-def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+def _locator(bases: list[Any], overlays: list[Overlay]) -> Callable[[str, str], Any]:
     def find(id_: str, what: str) -> Any:
         for base, ov in zip(bases, overlays):
             if id_ in ov:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -216,10 +215,6 @@ def check_space_params(
 def parse_json_objects(texts: Iterable[bytes | str | None]) -> list[dict[str, Any] | None]:
     """Metadata JSON texts (None for absent) back into dicts."""
     return [None if t is None else json.loads(t) for t in texts]
-
-
-def isfinite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def partition_digest(ids: Sequence[str], vectors: Sequence[bytes], metadatas: Sequence[bytes | str | None]) -> str:

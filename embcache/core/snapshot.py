@@ -89,8 +89,6 @@ class HnswBase:
     Never mutated after construction while a query may read it; the worker mutates its own private copies.
     """
 
-    kind = "hnsw"
-
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
         manifest: Manifest, ef: int,
@@ -191,20 +189,11 @@ class HnswBase:
             return self._exact(queries, k, allowed)
         return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
 
-    def _all(self) -> np.ndarray:
-        mask = np.zeros(len(self.id_of), dtype=bool)
-        mask[self.labels] = True
-        return mask
-
     def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[Ranked]:
         labels = np.flatnonzero(allowed)
         vecs = np.asarray(self.index.get_items(labels), dtype=np.float32)
         rows, dists = exact_search(vecs, queries, k, self.metric)
         return [(self.id_of[labels[r]].tolist(), d) for r, d in zip(rows, dists)]
-
-
-def _space_name(metric: str) -> str:
-    return {"cosine": "cosine", "l2": "l2", "ip": "ip"}[metric]
 
 
 def index_bytes(index: hnswlib.Index) -> bytes:
@@ -220,7 +209,9 @@ def index_bytes(index: hnswlib.Index) -> bytes:
 
 
 def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool) -> hnswlib.Index:
-    index = hnswlib.Index(space=_space_name(metric), dim=dim)
+    if metric not in ("cosine", "l2", "ip"):  # embcache's metric names are hnswlib's
+        raise SnapshotCorrupt(f"snapshot manifest names an unknown metric {metric!r}")
+    index = hnswlib.Index(space=metric, dim=dim)
     try:
         index.load_index(path, max_elements=max_elements, allow_replace_deleted=allow_replace_deleted)
     except RuntimeError as exc:

@@ -95,8 +95,6 @@ class _MaskCache:
 class ExactBase:
     """All vectors of a partition in one matrix, searched by brute force."""
 
-    kind = "exact"
-
     def __init__(
         self, position: str, ids: list[str], matrix: np.ndarray, metas: list[dict[str, Any] | None], metric: str
     ) -> None:

@@ -165,7 +165,7 @@ class Dispatcher:
         while not self._stop.wait(self.interval):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+            except Exception:  # a Redis hiccup must not end the dispatcher
                 log.exception("dispatcher tick failed")
                 self._stop.wait(1.0)
 

@@ -227,7 +227,7 @@ def _read_forwarded(fd: int) -> None:
                 kind, *args = json.loads(line)
                 if ENABLED:
                     _RECORD[kind](*args)
-            except Exception:  # noqa: BLE001 - a bad message must not end the reader
+            except Exception:  # a bad message must not end the reader
                 log.debug("dropped a forwarded metric %r", line, exc_info=True)
 
 

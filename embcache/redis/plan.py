@@ -111,7 +111,7 @@ async def arun(plan: Plan[T], client: Any) -> T:
             error = exc
 
 
-class planned(Generic[S, P, T]):  # noqa: N801 - used as a decorator, like property
+class planned(Generic[S, P, T]):  # lower case: used as a decorator, like property
     """Make a plan-returning method of an object with a sync client ``self.r`` callable as a plain method;
     the plan itself stays reachable as ``.plan`` (for :func:`arun`): ``store.read_tail.plan(store, pk, pos)``.
     Typed, so that mypy sees both the method's and the plan's signature."""
