@@ -35,6 +35,8 @@ __all__ = [
     "SnapshotCorrupt",
     "BuildTimeout",
     "ServerError",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
 ]
 
 
@@ -87,3 +89,11 @@ class BuildTimeout(EmbcacheError, TimeoutError):
 
 class ServerError(EmbcacheError):
     """The embedded redis-server is missing or failed to start."""
+
+
+class UntrustedHome(ServerError):
+    """``EMBCACHE_HOME`` (or a file in it) could be written or replaced by another local user: not used."""
+
+
+class OpenDefaultUserWarning(UserWarning):
+    """The server's ``default`` user has no password: anyone who can connect is the operator, grants or not."""

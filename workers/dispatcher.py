@@ -189,8 +189,21 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
         queue_url = data_url
     import redis
 
+    from embcache.connection import normalize_url, redact_url
+    from embcache.server import embedded_password
+
+    queue_url = normalize_url(queue_url)
+    qpassword = os.environ.get("EMBCACHE_QUEUE_PASSWORD")
+    if qpassword is None and not os.environ.get("EMBCACHE_QUEUE_USERNAME"):
+        qpassword = embedded_password(queue_url)  # the queue on this user's embedded server
+    import sys
+
+    # one start-up line (RQ's own logging is not set up yet, and no password ever appears in it)
+    print(f"embcache worker: data Redis {redact_url(data_url)} as {os.environ.get('EMBCACHE_USERNAME') or 'default'}, "
+          f"queue Redis {redact_url(queue_url)}, prefix {os.environ.get('EMBCACHE_PREFIX', 'emb')!r}",
+          file=sys.stderr, flush=True)
     qconn = redis.Redis.from_url(queue_url, username=os.environ.get("EMBCACHE_QUEUE_USERNAME"),
-                                 password=os.environ.get("EMBCACHE_QUEUE_PASSWORD"))
+                                 password=qpassword)
     queue = Queue(QUEUE_NAME, connection=qconn)
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
