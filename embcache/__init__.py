@@ -16,10 +16,12 @@ from .core.errors import (
     InvalidInput,
     InvalidName,
     NotFound,
+    OpenDefaultUserWarning,
     PermissionDenied,
     ServerError,
     SnapshotCorrupt,
     Unavailable,
+    UntrustedHome,
     VersionSealed,
 )
 from .core import errors, filters
@@ -53,5 +55,7 @@ __all__ = [
     "SnapshotCorrupt",
     "BuildTimeout",
     "ServerError",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
     "__version__",
 ]

@@ -79,13 +79,16 @@ def command(name: str) -> Callable[[Command], Command]:
 # server and workers ---------------------------------------------------------------------------------------
 @command("redis")
 def cmd_redis(args: argparse.Namespace) -> None:
-    """Run the embedded redis-server in the foreground."""
-    from .redis.server import RedisServer, embedded_home
+    """Run the embedded redis-server in the foreground (`embcache redis stop`: stop it, wherever it runs)."""
+    from .redis.server import embedded_home, serve, stop_embedded
 
-    server = RedisServer(args.home or embedded_home(), port=args.port)
-    print(f"embcache: redis-server for {server.directory} at {server.url} (Ctrl-C stops it)", file=sys.stderr)
-    (server.directory / "url").write_text(server.url + "\n")
-    os.execv(server.argv()[0], server.argv())
+    home = args.home or embedded_home()
+    if args.action == "stop":
+        print("stopped" if stop_embedded(home) else f"no embedded server runs for {home}")
+        return
+    serve(home, port=args.port, announce=lambda url: print(
+        f"embcache: redis-server for {home} at {url} (operator password in {home}/operator.password; "
+        "Ctrl-C stops it)", file=sys.stderr, flush=True))
 
 
 @command("worker")
@@ -983,6 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=_COMMANDS[name].__doc__, description=_COMMANDS[name].__doc__, **kw)
 
     s = add("redis")
+    s.add_argument("action", nargs="?", choices=["run", "stop"], default="run")
     s.add_argument("--home", help="data directory (default: EMBCACHE_HOME or ~/.local/share/embcache)")
     s.add_argument("--port", type=int, help="listen on this loopback TCP port instead of a Unix socket")
     s = add("worker")
@@ -1115,6 +1119,9 @@ def _hint(exc: EmbcacheError, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embcache`` command."""
+    # the embedded server stays up 10 minutes after the last command that used it, so a sequence of commands
+    # shares one (issue 13.10); a library connect() keeps the default of 0
+    os.environ.setdefault("EMBCACHE_LINGER", "600")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "import" and args.source is None and len(extra) == 1 and not extra[0].startswith("-"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..core.errors import InvalidInput
 
@@ -48,16 +48,18 @@ def redact_url(url: str) -> str:
     """``url`` with its password (in the authority or a ``password=`` query parameter) replaced by ``***``."""
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
+        out = url
+        if "@" in parts.netloc:
+            userinfo, _, hostport = parts.netloc.rpartition("@")
             user, sep, _pw = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if sep else netloc
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            if sep:
+                out = out.replace(f"//{parts.netloc}", f"//{user}:***@{hostport}", 1)
+        if parts.query:
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+                query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/")
+                out = out.replace(f"?{parts.query}", f"?{query}", 1)
+        return out
     except ValueError:  # not parseable: show nothing that might be a secret
         return url_scheme(url) + "..."
 
