@@ -548,10 +548,7 @@ def test_metrics_bind_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyP
         metrics.enable(port=0, registry=reg)
         assert metrics._server.server_address[0] == "0.0.0.0"
     finally:
-        if metrics._server is not None:
-            metrics._server.shutdown()
-            metrics._server.server_close()
-            metrics._server = None
+        metrics.disable()
 
 
 def test_the_worker_says_which_redis_it_serves_without_secrets(redis_url: str) -> None:
