@@ -23,12 +23,14 @@ PUBLIC = [
     "InvalidInput",
     "InvalidName",
     "NotFound",
+    "OpenDefaultUserWarning",
     "PermissionDenied",
     "QueryResult",
     "ServerError",
     "SnapshotCorrupt",
     "Space",
     "Unavailable",
+    "UntrustedHome",
     "Version",
     "VersionSealed",
     "__version__",
@@ -38,6 +40,7 @@ PUBLIC = [
 ERRORS = [
     "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
     "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "UntrustedHome",
 ]
 
 
