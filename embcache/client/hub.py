@@ -26,21 +26,22 @@ import numpy as np
 from redis import exceptions as redis_exceptions
 
 from ..core import codec
-from ..redis import metrics
-from ..redis.acl import Credentials, Grant
-from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from .cache import PartitionCache, SpaceInfo, tail_overlay
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
-from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
 from ..core.errors import BuildTimeout, InvalidInput, NotFound, OpenDefaultUserWarning, PermissionDenied, VersionSealed
 from ..core.filters import compile_where
 from ..core.keys import Keys, check_name
-from ..redis.plan import Batch, Call, Offload, Plan, run
-from ..redis.principals import Principals
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
-from ..redis.store import Store, open_client, translate_errors
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..redis import metrics
+from ..redis.acl import Credentials, Grant
+from ..redis.builds import BuildHandle, PartitionStats, partition_stats
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
+from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.principals import Principals
+from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
+from ..redis.store import Store, open_client, translate_errors
+from .cache import PartitionCache, SpaceInfo, tail_overlay
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -168,8 +169,7 @@ class Hub:
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
         self._session_overflow: dict[tuple[str, str, str], str] = {}
-        self._probe_lock = threading.Lock()
-        self._probe_conn: Any = None  # the connection strong probes use (see Version._strong_probe_send)
+        self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
         self._embedded: Any = None  # this hub's share of the embedded server (embcache.server.Embedded), if any
 
     @property
@@ -284,9 +284,7 @@ class Hub:
     # lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the refresher and close the connections."""
-        if self._probe_conn is not None:
-            self.store.r.connection_pool.release(self._probe_conn)
-            self._probe_conn = None
+        self.probes.close()
         self.cache.close()
         self.store.r.close()
         if self._embedded is not None:
@@ -528,7 +526,7 @@ class Version:
         self.name = record.name
         self.state = record.state
         self.description = record.description
-        self._probes: dict[str, Any] = {}  # partition -> the packed commands of a strong probe
+        self._probes: dict[str, StrongProbe] = {}  # partition -> its strong probe (packs its commands once)
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -815,7 +813,7 @@ class Version:
             labels = None
         finally:
             if strong is not None:  # read the answer whatever happened, so the connection stays in step
-                pos, members = self._strong_probe_read(strong)
+                pos, members = strong.read()
         if strong is not None and (pos != base.position or members != parts):
             return None  # the log moved past the snapshot, or partitions changed: the general path merges
         if labels is None:
@@ -827,52 +825,14 @@ class Version:
             metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
         return res
 
-    def _strong_probe_send(self, partition: str) -> Any:
+    def _strong_probe_send(self, partition: str) -> PendingProbe:
         """Send (without waiting) the partition's log position and the version's partition list: a strong query
-        whose snapshot covers the log needs nothing more, and the search runs while Redis answers.
-
-        The hub keeps one connection for these probes (taking one from the pool costs more than the probe's
-        own work); a query that finds it busy takes a pooled one."""
-        hub = self.hub
-        pool = hub.store.r.connection_pool
-        packed = self._probes.get(partition)
-        own = hub._probe_lock.acquire(blocking=False)
-        with translate_errors("strong read"):
-            try:
-                conn = hub._probe_conn if own and hub._probe_conn is not None else pool.get_connection()
-                if packed is None:
-                    packed = conn.pack_commands([("HGET", self._pk(partition).state, "pos"),
-                                                 ("SMEMBERS", hub.keys.parts(self.space.name, self.name))])
-                    self._probes[partition] = packed
-                conn.send_packed_command(packed)
-            except BaseException:
-                self._probe_done(own, None, failed=True)
-                raise
-        if own:
-            hub._probe_conn = conn
-        return own, conn
-
-    def _strong_probe_read(self, probe: Any) -> tuple[str, list[str]]:
-        own, conn = probe
-        try:
-            with translate_errors("strong read"):
-                pos, members = conn.read_response(), conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            self._probe_done(own, conn, failed=True)
-            raise
-        self._probe_done(own, conn)
-        return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
-
-    def _probe_done(self, own: bool, conn: Any, failed: bool = False) -> None:
-        hub = self.hub
-        if own:
-            if failed and hub._probe_conn is not None:
-                hub.store.r.connection_pool.release(hub._probe_conn)
-                hub._probe_conn = None
-            hub._probe_lock.release()
-        elif conn is not None:
-            hub.store.r.connection_pool.release(conn)
+        whose snapshot covers the log needs nothing more, and the search runs while Redis answers."""
+        probe = self._probes.get(partition)
+        if probe is None:
+            probe = self.hub.probes.prepare(self._pk(partition).state, self.hub.keys.parts(self.space.name, self.name))
+            self._probes[partition] = probe
+        return probe.send()
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                consistency: Any, include: Any) -> Plan[QueryResult]:
