@@ -682,6 +682,7 @@ def _start(home: Path, password: str, linger: float | None, port: int | None) ->
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
+                client.ping()  # LOADING (BusyLoadingError) until the AOF is in memory; INFO would answer sooner
                 info = client.info("server")
                 break
             except (redis.RedisError, OSError):  # not listening yet, or still loading the AOF
