@@ -576,3 +576,33 @@ class warnings_as_list:
 
     def __exit__(self, *exc: object) -> None:
         self._cm.__exit__(*exc)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill9"])
+def test_embcache_redis_runs_until_stopped_or_killed(tmp_path: Path, how: str) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EMBCACHE_LINGER": "0"}
+    fg = subprocess.Popen([sys.executable, "-m", "embcache", "redis", "--home", str(home)], env=env, cwd=str(REPO),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = fg.stderr.readline() if fg.stderr else ""
+        assert "embcache: redis-server for" in line and "operator.password" in line, line
+        pid = _state(home)["pid"]
+        with attach(home) as share, _operator(share) as op:  # usable by others meanwhile
+            op.set("k", "v")
+        assert _alive(pid)  # the foreground command holds it
+        if how == "stop":
+            got = subprocess.run([sys.executable, "-m", "embcache", "redis", "stop", "--home", str(home)], env=env,
+                                 cwd=str(REPO), capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0 and "stopped" in got.stdout, got.stderr
+            assert fg.wait(20) == 0
+        else:
+            fg.kill()
+            fg.wait(10)
+        assert _wait(lambda: not _alive(pid) and not (home / "server.json").exists())
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+            fg.wait(10)
+    with attach(home) as share, _operator(share) as op:
+        assert op.get("k") == "v"
