@@ -50,6 +50,7 @@ from ..core.errors import ServerError, UntrustedHome
 __all__ = [
     "RedisServer", "Embedded", "attach", "ensure_embedded", "embedded_password", "stop_embedded", "serve",
     "embedded_home", "find_redis_server", "free_port", "CLIENT_OUTPUT_BUFFER_LIMIT",
+    "PROTO_MAX_BULK_LEN",
 ]
 
 _INSTALL_HINT = (
@@ -62,6 +63,9 @@ _MAX_UNIX_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margi
 # 1 GiB of replies for it, or 256 MiB for 60 s; Redis's default for normal clients is no limit at all. The
 # largest legitimate single reply is one partition's snapshot (an MGET of its chunks): 101 MB for 59,000 x 384.
 CLIENT_OUTPUT_BUFFER_LIMIT = "normal 1gb 256mb 60"
+# The largest value embcache writes is an 8 MiB snapshot chunk; Redis accepts 512 MB per value by default, and
+# one huge value a writer planted raw costs every reader that touches it.
+PROTO_MAX_BULK_LEN = "16mb"
 
 
 def find_redis_server() -> str:
@@ -154,6 +158,7 @@ class RedisServer:
             "--pidfile", str(self.pidfile),
             "--daemonize", "yes" if daemonize else "no",
             "--client-output-buffer-limit", CLIENT_OUTPUT_BUFFER_LIMIT,
+            "--proto-max-bulk-len", PROTO_MAX_BULK_LEN,
         ]
         acl = self.directory / "users.acl"  # so that grants survive restarts (ACL SAVE writes it)
         acl.touch(mode=0o600, exist_ok=True)

@@ -292,6 +292,10 @@ def test_output_buffer_of_a_client_that_never_reads_is_bounded(tmp_path: Path) -
     with attach(tmp_path / "home") as share, _operator(share) as op:
         assert op.config_get("client-output-buffer-limit")["client-output-buffer-limit"].startswith(
             "normal 1073741824 268435456 60 ")
+        assert op.config_get("proto-max-bulk-len")["proto-max-bulk-len"] == str(16 << 20)
+        with pytest.raises(redis.RedisError):  # one planted 17 MB value: refused
+            op.set("huge", b"x" * (17 << 20))
+        assert op.exists("huge") == 0
         # the attack, against the same mechanism at a small scale: 8 MB of replies asked for and never read
         op.config_set("client-output-buffer-limit", "normal 1mb 512kb 1")
         op.set("big", "x" * 100_000)
