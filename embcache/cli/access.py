@@ -41,8 +41,8 @@ def grant(settings: Settings, principal: str, space: str, role: str, partitions:
     data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted,
             "space": space, "role": role, "partitions": parts}
     scope = f" (partitions {', '.join(parts)})" if parts else ""
-    out(settings, data,
-        lambda d: _creds_text(f"granted {d['role']} on space {d['space']}{scope} to {d['username']}", d))
+    action = f"granted {role} on space {space}{scope} to {creds.username}"
+    out(settings, data, lambda d: _creds_text(action, d))
     _warn_not_persisted(creds)
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "ServerError",
     "Conflict",
     "PublishConflict",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
 ]
 
 
@@ -150,3 +152,11 @@ class Conflict(EmbcacheError):
 
 class PublishConflict(Conflict):
     """Another build published first (or the new chunks expired): this build's result is dropped."""
+
+
+class UntrustedHome(ServerError):
+    """``EMBCACHE_HOME`` (or a file in it) could be written or replaced by another local user: not used."""
+
+
+class OpenDefaultUserWarning(UserWarning):
+    """The server's ``default`` user has no password: anyone who can connect is the operator, grants or not."""
