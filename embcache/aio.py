@@ -189,7 +189,7 @@ class AsyncSpace:
         """:meth:`embcache.Space.compare`, in a worker thread (it reads whole versions: not a hot-path call)."""
         names = [x.name if isinstance(x, AsyncVersion) else x for x in (a, b)]
         return await asyncio.to_thread(self.sync.compare, *names, sample=sample, k=k, seed=seed, ef=ef,
-                                       consistency=consistency)  # type: ignore[arg-type]
+                                       consistency=consistency)
 
     @_threaded
     def aliases(self) -> dict[str, str]:

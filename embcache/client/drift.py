@@ -59,7 +59,7 @@ def _neighbours(v: "Version", ids: list[str], k: int, ef: int | None, consistenc
             raise InvalidInput(f"item {gone!r} left {v.space.name}/{v.name} during the comparison; run it again")
         assert got.embeddings is not None
         vectors.append(got.embeddings)
-        found += v.query(got.embeddings, n_results=k + 1, ef=ef, consistency=consistency).ids  # type: ignore[arg-type]
+        found += v.query(got.embeddings, n_results=k + 1, ef=ef, consistency=consistency).ids
     return np.concatenate(vectors), found
 
 

@@ -486,8 +486,7 @@ class Space:
         version = self._written(first) if first is not None else self._version(create=False)
         if version is None:
             return []
-        res = version.recommend(pos, neg or None, n, strategy=strategy,  # type: ignore[arg-type]
-                                consistency=self.owner.consistency)  # type: ignore[arg-type]
+        res = version.recommend(pos, neg or None, n, strategy=strategy, consistency=self.owner.consistency)
         return res.ids[0]
 
 

@@ -48,12 +48,14 @@ def average_query(positive: np.ndarray, negative: np.ndarray | None) -> np.ndarr
     q = mean_p if negative is None or not len(negative) else 2.0 * mean_p - negative.astype(np.float64).mean(axis=0)
     if not np.any(q):
         raise InvalidInput("the examples cancel out: their average is the zero vector, which points nowhere")
-    return q.astype(np.float32)[None, :]
+    out: np.ndarray = q.astype(np.float32)[None, :]
+    return out
 
 
 def sigma(x: np.ndarray) -> np.ndarray:
     """``(1 + x / (1 + |x|)) / 2``: an increasing map of the reals onto ``(0, 1)`` (Qdrant's scaled fast sigmoid)."""
-    return 0.5 * (1.0 + x / (1.0 + np.abs(x)))
+    out: np.ndarray = 0.5 * (1.0 + x / (1.0 + np.abs(x)))
+    return out
 
 
 def best_scores(candidates: np.ndarray, positive: np.ndarray, negative: np.ndarray | None,
