@@ -801,7 +801,8 @@ class Version:
 
         An example is a stored id (looked up in every partition of the version) or a vector; a 2-D array is one
         vector per row. At least one positive; at most 1000 examples. The example ids are left out of the
-        answer unless ``exclude_examples=False``; ``exclude`` leaves out more ids (items already seen, say).
+        answer unless ``exclude_examples=False``; ``exclude`` leaves out more ids (items already seen, say;
+        ``n_results`` plus the excluded ids at most 10,000).
         ``partitions``, ``where``, ``ef`` and ``consistency`` restrict and tune the search as in :meth:`query`.
         For ``cosine`` each example is scaled to unit length first, so each weighs the same.
 
