@@ -243,6 +243,19 @@ def test_create_space_exist_ok_and_drop_version(redis_url: str) -> None:
         assert a.create_version().name == "v3"  # numbering goes on
 
 
+def test_only_the_operator_drops_a_version(redis_url: str) -> None:
+    seed(redis_url, "op")
+    with embcache.connect(redis_url) as hub:
+        creds = hub.grant("adm", space="op", role="admin")
+        hub.space("op").create_version()
+    with embcache.connect(redis_url, username=creds.username, password=creds.password) as admin:
+        with pytest.raises(embcache.PermissionDenied):
+            admin.space("op").drop_version("v2")
+    with embcache.connect(redis_url) as hub:
+        assert [v.name for v in hub.space("op").versions()] == ["v1", "v2"]
+        assert hub.space("op").version("v1").count() == 3
+
+
 def test_asyncio_twins(redis_url: str) -> None:
     async def go() -> None:
         hub = await embcache.aio.connect(redis_url)
