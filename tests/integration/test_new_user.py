@@ -131,6 +131,17 @@ def test_worker_on_a_password_protected_redis(where: str, locked_redis: Any, tmp
     assert code == 1 and "AuthenticationFailed" in err and "embcache grant" not in err
 
 
+def test_password_file(locked_redis: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = locked_redis.url
+    code, _, err = run(capsys, "spaces", "--url", url, "--password-file", tmp_path / "missing")
+    assert code == 1 and "cannot read the password file" in err and "Traceback" not in err
+    (tmp_path / "pw").write_text("s3cret\n")
+    code, _, err = run(capsys, "--password", "wrong", "spaces", "--url", url, "--password-file", tmp_path / "pw")
+    assert code == 0, err  # the command's --password-file replaced the --password given before the command
+    code, _, err = run(capsys, "--password-file", tmp_path / "pw", "spaces", "--url", url, "--password", "wrong")
+    assert code == 1 and "AuthenticationFailed" in err  # and the other way round
+
+
 def test_a_refused_command_still_gets_the_grants_hint(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed(redis_url)
     with embcache.connect(redis_url) as hub:
