@@ -459,7 +459,9 @@ class Space:
 
         :class:`~embcache.errors.InvalidInput` while an alias points at it (move the alias first: it would point at
         nothing), :class:`~embcache.errors.NotFound` if there is no such version. Its name is not reused by
-        :meth:`create_version`'s numbering.
+        :meth:`create_version`'s numbering. Only the operator may drop a version: an ``admin`` principal gets
+        :class:`~embcache.errors.PermissionDenied` (Redis does not let it delete keys, so that it cannot drop a
+        sealed version and recreate it unsealed).
         """
         self.hub.catalogue.get_version(self.name, name)
         pointing = sorted(a for a, v in self.aliases().items() if v == name)
