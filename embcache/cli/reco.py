@@ -26,6 +26,17 @@ def _where(text: str | None) -> dict[str, Any] | None:
         raise InvalidInput(f"--where is not valid JSON ({exc}); e.g. --where '{{\"genre\": \"drama\"}}'") from None
 
 
+def _vectors(path: str) -> np.ndarray:
+    """The example vectors of a .npy file (one per row), or a CliError that names the file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"{path}: not a readable .npy file ({exc})") from None
+    if arr.ndim not in (1, 2) or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CliError(f"{path}: example vectors must be a numeric array (rows, dim), got {arr.dtype} {arr.shape}")
+    return arr.reshape(1, -1) if arr.ndim == 1 else arr
+
+
 @click.command("recommend")
 @click.argument("space")
 @connection_options
@@ -54,9 +65,9 @@ def recommend(settings: Settings, space: str, version: str | None, positive: tup
     pos: list[Any] = list(positive)
     neg: list[Any] = list(negative)
     if positive_vectors:
-        pos += list(np.load(positive_vectors))
+        pos += list(_vectors(positive_vectors))
     if negative_vectors:
-        neg += list(np.load(negative_vectors))
+        neg += list(_vectors(negative_vectors))
     if not pos:
         raise click.UsageError("give at least one liked example: --positive ID or --positive-vectors FILE.npy")
     flt = _where(where)

@@ -65,6 +65,11 @@ def test_recommend_command(redis_url: str, minilm_subset: MiniLMSubset, minilm: 
     assert exc.value.code == 2
     code, _, err = cli(capsys, redis_url, "recommend", "debian", "--positive", "no-such-package")
     assert code == 1 and "no-such-package" in err
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad in ("bad.npy", "objects.npy", "missing.npy"):
+        code, _, err = cli(capsys, redis_url, "recommend", "debian", "--positive-vectors", tmp_path / bad)
+        assert code == 1 and bad in err and "Traceback" not in err
 
 
 @pytest.fixture
