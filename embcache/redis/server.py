@@ -626,7 +626,7 @@ def _refuse_if_running(home: Path) -> None:
     try:
         same_dir = os.path.realpath(f"/proc/{pid}/cwd") == str(home)
         with open(f"/proc/{pid}/comm") as f:
-            is_redis = f.read().startswith("redis-server")
+            is_redis = f.read().startswith(("redis-server", "valkey-server"))
     except OSError:
         return
     deadline = time.monotonic() + 15.0  # one that was told to stop (its supervisor died) flushes its AOF first

@@ -82,7 +82,6 @@ def base() -> Iterator[Path]:
 def _no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMBCACHE_LINGER", raising=False)
     monkeypatch.delenv("EMBCACHE_URL", raising=False)
-    monkeypatch.delenv("EMBCACHE_REDIS_SERVER", raising=False)
 
 
 def _state(home: Path) -> dict:
