@@ -80,7 +80,7 @@ def base() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def _no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EMBCACHE_LINGER", raising=False)
+    monkeypatch.setenv("EMBCACHE_LINGER", "0")  # servers stop as soon as unused (the apps below inherit it)
     monkeypatch.delenv("EMBCACHE_URL", raising=False)
 
 
@@ -374,7 +374,12 @@ def _app(home: Path, **env: str) -> subprocess.Popen[str]:
     return p
 
 
-def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(tmp_path: Path, app: Callable) -> None:
+@pytest.mark.parametrize("linger", ["0", "default"])
+def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(
+    tmp_path: Path, app: Callable, linger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if linger == "default":
+        monkeypatch.delenv("EMBCACHE_LINGER")
     home = tmp_path / "home"
     app = app(home)
     pid = _state(home)["pid"]
@@ -382,8 +387,11 @@ def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(tmp_pat
     time.sleep(0.3)
     app.send_signal(signal.SIGTERM)  # as uvicorn's supervisor stops it: no atexit runs
     app.wait(10)
+    t0 = time.monotonic()
     assert _wait(lambda: not _alive(pid) and not _alive(supervisor)), "redis-server outlived the app"
+    print(f"linger {linger}: server gone {time.monotonic() - t0:.2f} s after the app's SIGTERM")
     assert not (home / "server.json").exists() and not (home / "url").exists()
+    monkeypatch.setenv("EMBCACHE_LINGER", "0")
     with attach(home) as share, embcache.connect(share.url, password=share.password, refresh_interval=0) as hub:
         assert _state(home)["pid"] != pid
         assert hub.space("life").default_version().count() > 0  # the data stayed
