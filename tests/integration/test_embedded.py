@@ -516,8 +516,27 @@ def test_a_password_in_the_url_is_never_in_repr_or_errors(redis_url: str) -> Non
         with pytest.raises(InvalidInput) as err:
             embcache.connect(bad)
         assert "s3cret-pw" not in str(err.value)
+    for bad in ("redis://bob:s3cret-pw@127.0.0.1:notaport/0", "redis://u:s3cret-pw@[::1:6379/0",
+                "redis://u:s3cret-pw@127.0.0.1:99999/0", "redis://u:s3cret-pw@127.0.0.1:1/0?socket_timeout=abc",
+                "rediss://u:s3cret-pw@127.0.0.1:1/0?ssl_cert_reqs=bogus", "redis://u:s3cret-pw@127.0.0.1:1/0?protocol=9",
+                "redis://127.0.0.1:1/0?password=s3cret-pw&socket_timeout=x"):
+        with pytest.raises(InvalidInput, match="malformed") as err:
+            embcache.connect(bad)
+        assert "s3cret-pw" not in str(err.value)
     assert redact_url("redis://u:p@h:1/0?password=p2&db=1") == "redis://u:***@h:1/0?password=***&db=1"
     assert redact_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+def test_credentials_in_the_url_name_the_principal_in_errors(redis_url: str) -> None:
+    with embcache.connect(redis_url, refresh_interval=0) as hub:
+        hub.create_space("urlsp", dim=2, metric="l2").create_version()
+        creds = hub.grant("urlreader", space="urlsp", role="reader")
+    url = redis_url.replace("redis://", f"redis://{creds.username}:{creds.password}@")
+    with embcache.connect(url, refresh_interval=0) as hub:
+        assert hub.username == creds.username
+        with pytest.raises(embcache.PermissionDenied, match=f"principal '{creds.username}'") as err:
+            hub.space("urlsp").default_version().upsert(["x"], [[1.0, 0.0]])
+        assert creds.password not in str(err.value) and creds.password not in repr(hub)
 
 
 def test_connect_reads_username_password_and_password_file_from_the_environment(
