@@ -160,6 +160,35 @@ def test_admin_cannot_write_the_space_record_or_unseal(world: World, connect) ->
     assert json.loads(w.raw.get(K.space("alpha"))) == rec
 
 
+@pytest.mark.parametrize("role", ["writer", "writer_p1"])
+def test_writers_cannot_create_keys_of_the_wrong_type(world: World, role: str) -> None:
+    """11.4's ACL half: ``HSET emb:{alpha}:dirty x y`` made every dispatcher tick raise WRONGTYPE. Each write
+    command now reaches only the key kind it is for, so none of these can create (or change the type of) a key
+    that embcache reads: the dirty set, the partition lists, the logs, the item hashes, the state hashes."""
+    w = world
+    w.raw.delete(K.dirty("alpha"))  # absent, as after the dispatcher took every mark
+    fresh = K.partition("alpha", "v1", "p1n" if role == "writer" else "p1")
+    p1 = K.partition("alpha", "v1", "p1")
+    before = snapshot_server(w.url)
+    att = Attacker(role)
+    with raw(w, role) as r:
+        for cmd in [("HSET", K.dirty("alpha"), "x", "y"), ("SADD", K.dirty("alpha"), "x"),
+                    ("XADD", K.dirty("alpha"), "*", "a", "b"), ("HDEL", K.dirty("alpha"), "x"),
+                    ("HSET", K.parts("alpha", "v9"), "x", "y"), ("ZADD", K.parts("alpha", "v9"), 1, "x"),
+                    ("XADD", K.parts("alpha", "v9"), "*", "a", "b"),
+                    ("HSET", p1.log, "x", "y"), ("SADD", p1.log, "x"), ("ZADD", p1.log, 1, "x"),
+                    ("XADD", p1.vec, "*", "a", "b"), ("SADD", p1.meta, "x"), ("ZADD", p1.state, 1, "x"),
+                    ("XADD", p1.state, "*", "a", "b"), ("HDEL", p1.state, "pos"), ("XADD", fresh.vec, "*", "a", "b"),
+                    ("SADD", fresh.log, "x"), ("HSET", fresh.sealed, "x", "1"), ("XADD", fresh.sealed, "*", "a", "b"),
+                    ("HSET", K.vstate("alpha", "v9"), "x", "y"), ("SADD", K.vstate("alpha", "v9"), "x"),
+                    ("ZADD", K.seq("alpha"), 1, "x"), ("HSET", K.versions("alpha"), "v1", "{}"),
+                    ("HSET", K.aliases("alpha"), "live", "v2"), ("SETNX", p1.sealed, "1"),
+                    ("APPEND", K.vstate("alpha", "v1"), "x")]:
+            att.raw(r, *cmd)
+    check(att)
+    assert_same(before, snapshot_server(w.url), role)
+
+
 BAD_RECORDS = {
     "M=0 (hnswlib segfaults)": {"M": 0}, "M=1000": {"M": 1000}, "dim=0": {"dim": 0}, "dim=10**9": {"dim": 10**9},
     "ef_construction=0": {"ef_construction": 0}, "ef=-1": {"ef": -1}, "metric": {"metric": "hamming"},
@@ -250,6 +279,7 @@ def test_functions_refuse_malformed_and_oversized_calls(world: World) -> None:
     with raw(w, "writer") as r:
         for args in [(3_000_000, "a", v, ""), (0,), (-1, "a", v, ""), ("1e9", "a", v, ""), ("x",), (2, "a", v, ""),
                      (1, "a" * 513, v, ""), (1, "x" * 100_000, v, ""), (1, "", v, ""), (1, b"\xff\xfe", v, ""),
+                     (1, "a\x00b", v, ""), (1, "line\n", v, ""), (1, "c1\u0085", v, ""), (1, b"\xed\xa0\x80", v, ""),
                      (1, "a", v, "{" + "x" * 65_536), (1, "a", v, "{" + " " * (5 << 20) + "}"), (1, "a", v, "[1]"),
                      (1, "a", b"", ""), (1, "a", b"x" * 262_146, ""), (1, "a", b"abc", ""),
                      (2, "a", v, "", "b", v + v, ""), (1001, *[x for i in range(1001) for x in (f"i{i}", v, "")])]:
@@ -561,3 +591,30 @@ def test_zz_attack_tally() -> None:
     won = sum(w for _, w in TALLY.values())
     print(f"  total {total}, succeeded {won}")
     assert won == 0
+
+
+@pytest.mark.cluster
+def test_cluster_drop_space_and_seal(cluster_url: str, connect) -> None:  # noqa: ANN001, F811
+    """The same on Redis Cluster, where a space's partitions live in different slots and nodes: the drop finds
+    every key on every node, and a seal flags every partition before it reports sealed."""
+    op = connect(cluster_url)
+    v = op.create_space("alpha", dim=DIM, metric="l2").create_version()
+    for p in ("p1", "p2", "p3", "p4"):
+        v.upsert([f"{p}-x"], vec(1), partition=p)
+    op.create_space("bravo", dim=DIM, metric="l2").create_version().upsert(["q1"], vec(0))
+    wr = op.grant("wr", space="alpha", role="writer")
+    rc = redis.RedisCluster.from_url(cluster_url, username="wr", password=wr.password)
+    rc.hset(K.partition("alpha", "v9", "ghost").vec, "evil", EVIL.tobytes())  # planted outside the catalogue
+    v.seal()
+    assert op.space("alpha").version("v1").state == "sealed"
+    with pytest.raises(VersionSealed):
+        connect(cluster_url, username="wr", password=wr.password).space("alpha").version("v1").upsert(
+            ["n"], vec(1), partition="p3")
+    rc.close()
+    op.drop_space("alpha")
+    with redis.RedisCluster.from_url(cluster_url) as r:
+        left = [k for p in K.space_scan_patterns("alpha") for k in r.scan_iter(match=p)]
+        assert left == []
+        assert r.hget(K.partition("bravo", "v1", "default").vec, "q1") is not None
+    with pytest.raises(PermissionDenied):
+        embcache.connect(cluster_url, username="wr", password=wr.password)
