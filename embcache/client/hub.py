@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from redis import exceptions as redis_exceptions
 
 from ..core import codec
 from ..core.errors import (
@@ -30,6 +33,7 @@ from ..core.errors import (
     InvalidInput,
     ItemNotFound,
     NotFound,
+    OpenDefaultUserWarning,
     PartitionNotFound,
     PermissionDenied,
     VersionNotFound,
@@ -44,6 +48,7 @@ from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
+from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
 from ..redis.plan import Batch, Call, Offload, Plan, run
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -53,6 +58,7 @@ from .cache import PartitionCache, SpaceInfo, tail_overlay
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
 T = TypeVar("T")
+_log = logging.getLogger("embcache")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -107,6 +113,7 @@ def connect(
     *,
     username: str | None = None,
     password: str | None = None,
+    password_file: str | os.PathLike[str] | None = None,
     cluster: bool | None = None,
     prefix: str = "emb",
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -114,24 +121,49 @@ def connect(
 ) -> "Hub":
     """Connect to a hub.
 
-    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; without it ``EMBCACHE_URL`` is used, and without that
-    the embedded server (see :mod:`embcache.server`) is started or reused. Redis Cluster is detected unless
-    ``cluster`` says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often
-    (seconds) loaded partitions are checked for new data.
+    ``url`` is ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or ``valkeys://``; without it
+    ``EMBCACHE_URL`` is used, and without that the embedded server (see :mod:`embcache.server`) is started or
+    reused, with its operator password. Credentials: ``username``/``password`` (or ``password_file``, whose
+    first line is the password), else ``EMBCACHE_USERNAME`` and ``EMBCACHE_PASSWORD`` / ``EMBCACHE_PASSWORD_FILE``
+    (which, unlike command-line arguments, ``ps`` does not show). Redis Cluster is detected unless ``cluster``
+    says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often (seconds)
+    loaded partitions are checked for new data.
     """
+    if password_file is not None:
+        if password is not None:
+            raise InvalidInput("give password or password_file, not both")
+        password = read_password_file(password_file)
+    if username is None and password is None:
+        username, password = env_credentials()
     if url is None:
         url = os.environ.get("EMBCACHE_URL") or None
+    embedded = None
     if url is None:
-        from ..redis.server import ensure_embedded
+        from ..redis.server import attach
 
-        url = ensure_embedded()
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise InvalidInput(f"url must start with redis://, rediss:// or unix://, got {url!r}")
+        embedded = attach()
+        url = embedded.url
+        if username is None and password is None:
+            password = embedded.password  # the owner's own connection: the home's operator
+    url = normalize_url(url)
     if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+        if embedded is not None:
+            embedded.close()
         raise InvalidInput("cache_bytes must be a positive integer")
-    client = open_client(url, username=username, password=password, cluster=cluster)
-    return Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
-               username=username, password=password)
+    if embedded is None and username is None and password is None:
+        from ..redis.server import embedded_password
+
+        password = embedded_password(url)  # the URL of this user's embedded server, given explicitly
+    try:
+        client = open_client(url, username=username, password=password, cluster=cluster)
+        hub = Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
+                  username=username, password=password)
+    except BaseException:
+        if embedded is not None:
+            embedded.close()
+        raise
+    hub._embedded = embedded
+    return hub
 
 
 class Hub:
@@ -166,6 +198,7 @@ class Hub:
         self._session_lock = threading.Lock()
         self._session_overflow: dict[tuple[str, str, str], str] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
+        self._embedded: Any = None  # this hub's share of the embedded server (embcache.server.Embedded), if any
 
     @property
     def is_cluster(self) -> bool:
@@ -265,7 +298,25 @@ class Hub:
             partitions = [partitions]
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
         self._record(space)  # the space must exist
+        self._warn_if_default_user_open()
         return self.principals.grant(principal, grant)
+
+    def _warn_if_default_user_open(self) -> None:
+        """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
+        nothing, since every principal can ``AUTH default x`` and become the operator."""
+        with translate_errors("check the default user"):
+            try:
+                info = self.store.r.acl_getuser("default")
+            except redis_exceptions.ResponseError:  # a server without ACLs, or not allowed: nothing to check
+                return
+        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
+        if "on" in flags and "nopass" in flags:
+            msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
+                   "become the operator, so this grant protects nothing. Give the default user a password "
+                   "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
+                   "docs/access-control.md. (The embedded server does this itself.)")
+            _log.warning(msg)
+            warnings.warn(OpenDefaultUserWarning(msg), stacklevel=3)
 
     def revoke(self, principal: str, *, space: str | None = None) -> None:
         """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
@@ -289,6 +340,9 @@ class Hub:
         self.probes.close()
         self.cache.close()
         self.store.r.close()
+        if self._embedded is not None:
+            self._embedded.close()
+            self._embedded = None
 
     def __enter__(self) -> "Hub":
         return self
@@ -297,7 +351,7 @@ class Hub:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Hub({self.url!r})"
+        return f"Hub({redact_url(self.url)!r})"
 
     # the partitions of versions this hub queries, kept current by the refresher thread -------------------
     def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:

@@ -51,6 +51,8 @@ __all__ = [
     "CorruptRecord",
     "BuildTimeout",
     "ServerError",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
 ]
 
 
@@ -138,3 +140,11 @@ class BuildTimeout(EmbcacheError, TimeoutError):
 
 class ServerError(EmbcacheError):
     """The embedded redis-server is missing or failed to start."""
+
+
+class UntrustedHome(ServerError):
+    """``EMBCACHE_HOME`` (or a file in it) could be written or replaced by another local user: not used."""
+
+
+class OpenDefaultUserWarning(UserWarning):
+    """The server's ``default`` user has no password: anyone who can connect is the operator, grants or not."""

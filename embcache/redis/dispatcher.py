@@ -203,6 +203,18 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
             queue_username, queue_password = username, password
     import redis
 
+    import sys
+
+    from .connection import normalize_url, redact_url
+    from .server import embedded_password
+
+    queue_url = normalize_url(queue_url)
+    if queue_username is None and queue_password is None:
+        queue_password = embedded_password(queue_url)  # the queue on this user's embedded server
+    # one start-up line (RQ's own logging is not set up yet, and no password ever appears in it)
+    print(f"embcache worker: data Redis {redact_url(data_url)} as {username or 'default'}, "
+          f"queue Redis {redact_url(queue_url)}, prefix {os.environ.get('EMBCACHE_PREFIX', 'emb')!r}",
+          file=sys.stderr, flush=True)
     qconn = redis.Redis.from_url(queue_url, username=queue_username, password=queue_password)
     with translate_errors("connect to the queue's Redis"):
         qconn.ping()

@@ -3,7 +3,8 @@
 Client::
 
     import embcache.metrics
-    embcache.metrics.enable(port=9108)   # record, and serve http://<host>:9108/metrics
+    embcache.metrics.enable(port=9108)   # record, and serve http://127.0.0.1:9108/metrics (loopback only)
+    embcache.metrics.enable(port=9108, addr="0.0.0.0")   # ... on every interface (or EMBCACHE_METRICS_ADDR)
     embcache.metrics.enable()            # record only, into prometheus_client's default REGISTRY (your exporter)
 
 Worker: ``embcache worker --metrics-port 9109`` (or ``EMBCACHE_METRICS_PORT=9109``).
@@ -89,11 +90,15 @@ def _create(registry: Any) -> _Metrics:
     )
 
 
-def enable(port: int | None = None, registry: Any = None, *, addr: str = "0.0.0.0") -> int | None:
+def enable(port: int | None = None, registry: Any = None, *, addr: str | None = None) -> int | None:
     """Turn the metrics on (idempotent). They go into ``registry`` (default: prometheus_client's ``REGISTRY``);
-    with ``port``, also serve them at ``http://addr:port/metrics`` (``port=0``: any free port). Returns the port
-    served, or None. :class:`~embcache.errors.InvalidInput` if prometheus_client is not installed."""
+    with ``port``, also serve them at ``http://addr:port/metrics`` (``port=0``: any free port). ``addr`` defaults
+    to ``EMBCACHE_METRICS_ADDR``, else ``127.0.0.1``: metrics name spaces and partitions, so they are served to
+    other machines only when asked (``addr="0.0.0.0"``, e.g. in a container scraped from outside). Returns the
+    port served, or None. :class:`~embcache.errors.InvalidInput` if prometheus_client is not installed."""
     global ENABLED, _m, _server, _pipe_w, _in_child
+    if addr is None:
+        addr = os.environ.get("EMBCACHE_METRICS_ADDR") or "127.0.0.1"
     try:
         import prometheus_client
     except ImportError:

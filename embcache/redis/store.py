@@ -76,7 +76,14 @@ def translate_errors(operation: str = "") -> Iterator[None]:
 def open_client(
     url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
 ) -> redis.Redis | redis.cluster.RedisCluster:
-    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says. Without credentials,
+    the URL of this user's embedded server gets its operator password (see :func:`embcache.server.embedded_password`)."""
+    from .connection import normalize_url
+    from .server import embedded_password
+
+    url = normalize_url(url)
+    if username is None and password is None:
+        password = embedded_password(url)
     opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
     if username is not None:
         opts["username"] = username
