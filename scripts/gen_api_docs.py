@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 import embcache.errors  # noqa: E402
 import embcache.filters  # noqa: E402
 import embcache.metrics  # noqa: E402
+import embcache.server  # noqa: E402
 
 import embcache  # noqa: E402
 import embcache.aio  # noqa: E402
-import embcache.server  # noqa: E402
-from embcache.redis import connection  # noqa: E402
 from embcache import acl, builds  # noqa: E402
 from embcache.compat import embeddinghub  # noqa: E402
+from embcache.redis import connection  # noqa: E402
 
 OUT = ROOT / "docs" / "api.md"
 MISSING = "*(no docstring)*"

@@ -81,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.Abort:
         return 130
     except CommandFailed as failed:
-        exc = failed.error
-        advice = hint(exc, failed.space)
-        print(f"embcache: {type(exc).__name__}: {exc}" + (f"\n  ({advice})" if advice else ""), file=sys.stderr)
+        err = failed.error
+        advice = hint(err, failed.space)
+        print(f"embcache: {type(err).__name__}: {err}" + (f"\n  ({advice})" if advice else ""), file=sys.stderr)
         return EXIT_ERROR
     except (EmbcacheError, CliError, OSError) as exc:  # OSError: a file that cannot be read or written
         print(f"embcache: {exc}", file=sys.stderr)

@@ -3,7 +3,6 @@ dispatcher)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click

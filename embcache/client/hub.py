@@ -15,12 +15,11 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 from redis import exceptions as redis_exceptions
@@ -40,20 +39,21 @@ from ..core.errors import (
     VersionSealed,
 )
 from ..core.filters import compile_where
-from ..core.keys import Keys, check_name
+from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
-from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..core.views import Overlay, OverlayItem, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
 from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
-from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .state import SESSION_ITEMS, KnownPartitions, SessionWrites
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -62,7 +62,6 @@ _log = logging.getLogger("embcache")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
-SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
 _INCLUDE_GET = ("embeddings", "metadatas")
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
@@ -189,14 +188,11 @@ class Hub:
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
-        self._parts: dict[tuple[str, str], list[str]] = {}
-        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
-        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
+        self.partitions = KnownPartitions(self.catalogue)  # partition lists of the versions this hub uses
+        self.session = SessionWrites()  # this hub's own writes not yet in a loaded base (session reads)
+        self.defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self.partitions.refresh, self._refresh_defaults]
         self._records: dict[str, SpaceRecord] = {}
-        self._registered: set[tuple[str, str, str]] = set()
-        self._session: dict[tuple[str, str, str], Overlay] = {}
-        self._session_lock = threading.Lock()
-        self._session_overflow: dict[tuple[str, str, str], str] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
         self._embedded: Any = None  # this hub's share of the embedded server (embcache.server.Embedded), if any
 
@@ -260,23 +256,19 @@ class Hub:
             # cut short can simply be run again
             self.principals.revoke_space(name)
             self.catalogue.delete_space_keys(name)
-            self.store.r.srem(self.keys.spaces(), name)
+            self.catalogue.unlist_space(name)
         self._records.pop(name, None)
-        self._defaults.pop(name, None)
+        self.defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[0] == name]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[0] != name}
+        self.session.drop(lambda pid: pid[0] == name)
+        self.partitions.drop(lambda pid: pid[0] == name)
 
     def _forget_version(self, space: str, version: str) -> None:
         """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
-        self._defaults.pop(space, None)
+        self.defaults.pop(space, None)
         self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[:2] == (space, version)]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[:2] != (space, version)}
+        self.session.drop(lambda pid: pid[:2] == (space, version))
+        self.partitions.drop(lambda pid: pid[:2] == (space, version))
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -339,7 +331,7 @@ class Hub:
         """Stop the refresher and close the connections."""
         self.probes.close()
         self.cache.close()
-        self.store.r.close()
+        self.store.close()
         if self._embedded is not None:
             self._embedded.close()
             self._embedded = None
@@ -353,65 +345,12 @@ class Hub:
     def __repr__(self) -> str:
         return f"Hub({redact_url(self.url)!r})"
 
-    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
-    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
-        key = (space, version)
-        parts = None if fresh else self._parts.get(key)
-        if parts is None:
-            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
-            self._parts[key] = parts
-        return parts
-
-    def _partition_added(self, space: str, version: str, partition: str) -> None:
-        parts = self._parts.get((space, version))
-        if parts is not None and partition not in parts:
-            self._parts[(space, version)] = sorted([*parts, partition])
-
     def _refresh_defaults(self) -> None:
-        for name in list(self._defaults):
+        for name in list(self.defaults):
             try:
                 self.space(name).default_version()
             except NotFound:  # dropped, or no versions any more
-                self._defaults.pop(name, None)
-
-    def _refresh_partitions(self) -> None:
-        keys = list(self._parts)
-        if not keys:
-            return
-        with translate_errors("refresh partitions"):
-            pipe = self.store.r.pipeline(transaction=False)
-            for space, version in keys:
-                pipe.smembers(self.keys.parts(space, version))
-            results = pipe.execute()
-        for key, members in zip(keys, results):
-            self._parts[key] = valid_names(members, "partition name")
-
-    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
-        """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
-        partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
-        with self._session_lock:
-            ov = self._session.setdefault(pid, {})
-            ov.update(items)
-            if overflow or len(ov) > SESSION_ITEMS:
-                ov.clear()
-                self._session_overflow[pid] = pos
-
-    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
-        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
-        covered = pos_key(base_pos)
-        with self._session_lock:
-            overflow = self._session_overflow.get(pid)
-            if overflow is not None:
-                if pos_key(overflow) > covered:
-                    return None
-                del self._session_overflow[pid]
-            ov = self._session.get(pid)
-            if not ov:
-                return {}
-            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
-                del ov[i]
-            return dict(ov)
+                self.defaults.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -422,7 +361,8 @@ def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
     except PermissionDenied as exc:
         if getattr(exc, "named", False):
             raise
-        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err = PermissionDenied(
+            f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
         err.named = True  # type: ignore[attr-defined]
         raise err from None
 
@@ -495,7 +435,7 @@ class Space:
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
         rec = self.hub.catalogue.create_version(self.name, name, description)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
@@ -530,7 +470,7 @@ class Space:
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
         self.hub.catalogue.set_alias(self.name, alias, name)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live") -> None:
         """Same as ``set_alias(alias, version)``."""
@@ -548,17 +488,17 @@ class Space:
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
         target = self.hub.catalogue.rollback(self.name, alias)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return self.version(target)
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
-        return run(self._default_version(True), self.hub.store.r)
+        return self.hub.store.run(self._default_version(True))
 
     def _default_version(self, fresh: bool) -> Plan["Version"]:
         """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
         and this hub's own alias moves and new versions update it at once)."""
-        cached = None if fresh else self.hub._defaults.get(self.name)
+        cached = None if fresh else self.hub.defaults.get(self.name)
         if cached is not None:
             return cached
         cat = self.hub.catalogue
@@ -571,18 +511,18 @@ class Space:
                 raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
-        self.hub._defaults[self.name] = version
+        self.hub.defaults[self.name] = version
         return version
 
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query_by_id(ids, n_results, **kwargs)
 
 
@@ -603,13 +543,13 @@ class Version:
     def _pid(self, partition: str) -> tuple[str, str, str]:
         return (self.space.name, self.name, partition)
 
-    def _pk(self, partition: str):  # noqa: ANN202
+    def _pk(self, partition: str) -> PartitionKeys:
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
     # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
     # client; embcache.aio runs the very same plan with redis.asyncio.
     def _run(self, plan: Plan[T]) -> T:
-        return run(plan, self.hub.store.r)
+        return self.hub.store.run(plan)
 
     # writes -----------------------------------------------------------------------------------------------
     @_guard("upsert")
@@ -639,21 +579,18 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        if pid not in hub._registered:
-            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
-            hub._registered.add(pid)
-            hub._partition_added(self.space.name, self.name, partition)
+        yield from hub.partitions.register(pid)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
         yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         if len(id_list) > SESSION_ITEMS:
-            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+            hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
             stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
             metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+            hub.session.remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
@@ -677,7 +614,7 @@ class Version:
                 raise self._sealed() from None
             if pos is not None:
                 yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
-                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
 
@@ -715,17 +652,15 @@ class Version:
     def _require_dispatcher(self, grace: float) -> None:
         """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
         lock it renews every tick (a principal that may not read it skips this check)."""
-        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
         deadline = time.monotonic() + grace
         try:
-            with translate_errors("build"):
-                while not r.exists(key):
-                    if time.monotonic() > deadline:
-                        raise BuildTimeout(
-                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
-                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
-                        )
-                    time.sleep(0.1)
+            while not self.hub.store.dispatcher_seen():
+                if time.monotonic() > deadline:
+                    raise BuildTimeout(
+                        f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                        "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                    )
+                time.sleep(0.1)
         except PermissionDenied:
             return
 
@@ -752,15 +687,15 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
+        return self._run(self.hub.partitions.get(self.space.name, self.name, True))
 
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
-        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
-        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
-                                                            else partitions or []) <= set(known):
-            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
+        known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
+        asked = [partitions] if isinstance(partitions, str) else cast("Sequence[str]", partitions or [])
+        if not fresh and partitions is not None and not set(asked) <= set(known):
+            known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -789,9 +724,8 @@ class Version:
 
     def _count(self, partition: str | None) -> Plan[int]:
         parts = yield from self._partitions_arg(None if partition is None else [partition])
-        with translate_errors("count"):
-            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
-        return sum(int(c) for c in counts)
+        store = self.hub.store
+        return sum((yield from store.counts.plan(store, [self._pk(p) for p in parts])))
 
     @_guard("get")
     def get(
@@ -852,14 +786,14 @@ class Version:
         trip; None when the general path is needed."""
         t0 = time.perf_counter()
         hub = self.hub
-        parts = hub._parts.get((self.space.name, self.name))
+        parts = hub.partitions.cached(self.space.name, self.name)
         if parts is None or len(parts) != 1 or self.space.grant is not None:
             return None
         pid = (self.space.name, self.name, parts[0])
         base = hub.cache.cached(pid)
         if type(base) is not HnswBase:
             return None
-        if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+        if consistency == "session" and hub.session.overlay(pid, base.position) != {}:
             return None
         if consistency == "strong" and hub.is_cluster:
             return None
@@ -970,15 +904,11 @@ class Version:
         if consistency == "strong":
             # one round trip: every partition's log position, and (querying them all) the partition list, so
             # a partition another hub created before this query began is not missed
-            calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
-            if all_parts:
-                calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
-            with translate_errors("strong read"):
-                replies = yield Batch(calls)
-            positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
-            if all_parts:
-                fresh = valid_names(replies[-1], "partition name")
-                hub._parts[(self.space.name, self.name)] = fresh
+            positions, members = yield from store.strong_positions.plan(
+                store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+            if members is not None:
+                fresh = valid_names(members, "partition name")
+                hub.partitions.set(self.space.name, self.name, fresh)
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
                 parts = parts + new
@@ -992,12 +922,14 @@ class Version:
         if consistency == "eventual":
             overlays = [{} for _ in pids]
         elif consistency == "session":
-            overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
+            overlays = [hub.session.overlay(pid, b.position) for pid, b in zip(pids, bases)]
         else:  # strong: only partitions whose log moved past their base need the tail
+            assert positions is not None  # read above, for strong
             overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
         if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
-            tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
+            requests = [(self._pk(parts[i]), bases[i].position) for i in need_tail]
+            tails = yield from store.read_tails.plan(store, requests)
             for i, tail in zip(need_tail, tails):
                 if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
                     bases[i] = yield Offload(cache.reload, (pids[i], info))
@@ -1007,9 +939,10 @@ class Version:
                         bases[i] = yield Offload(cache.exact, (pids[i], info))
                         tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
                 overlays[i] = tail_overlay(tail, info) if tail is not None else {}
+        filled = cast("list[Overlay]", overlays)  # every None was replaced from the tail just above
         per_part = [
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
-            for b, ov in zip(bases, overlays)
+            for b, ov in zip(bases, filled)
         ]
         if len(per_part) == 1:
             merged = per_part[0]
@@ -1018,7 +951,7 @@ class Version:
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
                           metric=self.space.metric)
         if "metadatas" in include or "embeddings" in include:
-            where_is = _locator(bases, overlays)
+            where_is = _locator(bases, filled)
             if "metadatas" in include:
                 res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
             if "embeddings" in include:
@@ -1031,7 +964,7 @@ class Version:
         return res
 
 
-def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+def _locator(bases: list[Any], overlays: list[Overlay]) -> Callable[[str, str], Any]:
     def find(id_: str, what: str) -> Any:
         for base, ov in zip(bases, overlays):
             if id_ in ov:

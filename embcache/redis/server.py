@@ -695,7 +695,8 @@ def _start(home: Path, password: str, linger: float | None, port: int | None) ->
                     raise ServerError(f"redis-server exited at start: {_tail(home)}") from None
                 if time.monotonic() > deadline:
                     os.kill(supervisor_pid, signal.SIGTERM)
-                    raise ServerError(f"redis-server did not answer within {START_TIMEOUT:.0f}s: {_tail(home)}") from None
+                    raise ServerError(
+                        f"redis-server did not answer within {START_TIMEOUT:.0f}s: {_tail(home)}") from None
                 time.sleep(0.01)
     finally:
         client.close()

@@ -39,7 +39,8 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput",
+    "InvalidName", "NotFound",
     "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
     "UntrustedHome",
 ]
