@@ -227,7 +227,7 @@ class AsyncSpace:
     async def recommend(self, positive: Sequence[Any], negative: Sequence[Any] | None = None, n_results: int = 10,
                         **kwargs: Any) -> QueryResult:
         """:meth:`embcache.Space.recommend`."""
-        version = await self.default_version(kwargs.get("consistency") == "strong")
+        version = await self._default_version(kwargs.get("consistency") == "strong")
         return await version.recommend(positive, negative, n_results, **kwargs)
 
 
