@@ -33,7 +33,7 @@ from .builds import BuildHandle, PartitionStats
 from .client import GetResult, QueryResult, _named
 from .errors import EmbcacheError
 from .plan import Plan, arun
-from .store import translate_errors
+from .store import client_options, translate_errors
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -44,7 +44,7 @@ async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs
     """Connect to a hub; the arguments are those of :func:`embcache.connect` (no URL: the embedded server).
     ``max_connections`` bounds the asyncio connections (per node on a Cluster); more concurrent calls wait."""
     hub = await asyncio.to_thread(sync.connect, url, **kwargs)
-    opts: dict[str, Any] = {"decode_responses": False}
+    opts: dict[str, Any] = {"decode_responses": False, **client_options(asyncio_client=True)}
     if hub.username is not None:
         opts["username"] = hub.username
     if hub._password is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import snapshot
-from .errors import BuildTimeout
+from .errors import BuildTimeout, SnapshotCorrupt
 from .keys import PartitionKeys
 from .store import Store, translate_errors
 from .views import pos_key
@@ -35,7 +35,10 @@ class BuildHandle:
             for p, target in self.targets.items():
                 if p in self.done_parts:
                     continue
-                m = snapshot.read_manifest(self.store.r, self.keys[p])
+                try:
+                    m = snapshot.read_manifest(self.store.r, self.keys[p])
+                except SnapshotCorrupt:  # unreadable: not done, the workers rebuild it
+                    continue
                 if m is not None and pos_key(m.pos) >= pos_key(target):
                     self.done_parts.add(p)
         return len(self.done_parts), len(self.targets)
@@ -88,14 +91,18 @@ def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Partitio
     r = store.r
     with translate_errors("stats"):
         count = int(r.hlen(pk.vec))
-        m = snapshot.read_manifest(r, pk)
-        state = {k.decode(): v.decode() for k, v in r.hgetall(pk.state).items()}
+        try:
+            m = snapshot.read_manifest(r, pk)
+            unreadable = None
+        except SnapshotCorrupt as exc:
+            m, unreadable = None, str(exc)
+        state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()}
         since = m.pos if m else "0-0"
         lag = len(r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=100_000))
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,
         snapshot_age_seconds=round(time.time() - m.built_at, 3) if m else None, unindexed_entries=lag,
-        last_build_seconds=m.build_seconds if m else None, corrupt=state.get("corrupt"),
+        last_build_seconds=m.build_seconds if m else None, corrupt=unreadable or state.get("corrupt"),
         snapshot_bytes=m.nbytes if m else 0,
     )

@@ -126,14 +126,14 @@ class PartitionCache:
 
     def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
-        with translate_errors("load snapshot"):
-            manifest = manifest or snapshot.read_manifest(self.store.r, pk)
-        if manifest is None or self._refused.get(pk.tag) == manifest.sid:
-            return None  # none published, or this one was refused already: do not fetch it again
         t0 = time.perf_counter()
         try:
             with translate_errors("load snapshot"):
-                base = snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+                manifest = manifest or snapshot.read_manifest(self.store.r, pk)
+            if manifest is None or self._refused.get(pk.tag) == manifest.sid:
+                return None  # none published, or this one was refused already: do not fetch it again
+            with translate_errors("load snapshot"):
+                base = snapshot.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             return base
@@ -141,7 +141,7 @@ class PartitionCache:
             if metrics.ENABLED:
                 metrics.observe_snapshot_load(pk.tag, "corrupt", time.perf_counter() - t0)
             self.corrupt_seen += 1
-            self._refused[pk.tag] = manifest.sid
+            self._refused[pk.tag] = manifest.sid if manifest is not None else "unreadable"
             log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
             self.store.report_corrupt(pk, str(exc))
             return None
@@ -240,8 +240,13 @@ class PartitionCache:
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
         pk = self.keys(pid)
-        with translate_errors("refresh"):
-            manifest = snapshot.read_manifest(self.store.r, pk)
+        try:
+            with translate_errors("refresh"):
+                manifest = snapshot.read_manifest(self.store.r, pk)
+        except SnapshotCorrupt:  # an unreadable pointer: keep serving what is loaded; reported once
+            if self._refused.get(pk.tag) != "unreadable":
+                self._load_snapshot(pk, info)
+            manifest = None
         if manifest is not None and manifest.generation != getattr(base, "generation", None) \
                 and self._refused.get(pk.tag) != manifest.sid:
             new = self._load_snapshot(pk, info, manifest)

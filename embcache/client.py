@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
@@ -27,7 +28,16 @@ from .acl import Credentials, Grant
 from .builds import BuildHandle, PartitionStats, partition_stats
 from .cache import PartitionCache, SpaceInfo, tail_overlay
 from .catalogue import Catalogue, SpaceRecord, VersionRecord
-from .errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
+from .errors import (
+    BuildTimeout,
+    EmbcacheError,
+    InvalidInput,
+    NotFound,
+    OutOfMemory,
+    PermissionDenied,
+    Unavailable,
+    VersionSealed,
+)
 from .filters import compile_where
 from .keys import Keys, check_name
 from .plan import Batch, Call, Offload, Plan, run
@@ -40,6 +50,7 @@ from .views import Overlay, OverlayItem, pos_key, search_view
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
 T = TypeVar("T")
+log = logging.getLogger("embcache.client")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -176,7 +187,7 @@ class Hub:
         """Delete a space with all its versions, data and snapshots."""
         record = self._record(name)
         cat = self.catalogue
-        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
+        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}", write=True):
             # data first, the record and the listing last: a drop cut short can simply be run again
             for v in cat.list_versions(name):
                 for p in cat.partitions(name, v.name):
@@ -210,6 +221,8 @@ class Hub:
         """
         if isinstance(partitions, str):
             partitions = [partitions]
+        if partitions is not None and not isinstance(partitions, (list, tuple)):
+            raise InvalidInput(f"partitions must be None (all) or a list of partition names, got {partitions!r:.60}")
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
         self._record(space)  # the space must exist
         return self.principals.grant(principal, grant)
@@ -389,6 +402,10 @@ class Space:
         """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
+        try:
+            description.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: Redis's JSON decoder would refuse it half-way
+            raise InvalidInput(f"description is not valid Unicode: {exc}") from None
         rec = self.hub.catalogue.create_version(self.name, name, description)
         self.hub._defaults.pop(self.name, None)
         return Version(self, rec)
@@ -518,15 +535,21 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
+        added = False
         if pid not in hub._registered:
-            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
+            added = yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
             hub._registered.add(pid)
             hub._partition_added(self.space.name, self.name, partition)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
-        yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+        except (OutOfMemory, PermissionDenied, Unavailable):  # refused: nothing written, so register nothing
+            if added:
+                yield from hub.catalogue.unregister_empty.plan(hub.catalogue, self.space.name, self.name, partition)
+                hub._registered.discard(pid)
+            raise
+        yield from self._mark_dirty(partition)
         if len(id_list) > SESSION_ITEMS:
             hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
@@ -555,10 +578,20 @@ class Version:
             except VersionSealed:
                 raise self._sealed() from None
             if pos is not None:
-                yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
+                yield from self._mark_dirty(p)
                 self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
+
+    def _mark_dirty(self, partition: str) -> Plan[None]:
+        """Ask for a build after a write that committed. A refused mark (memory limit, outage) is logged, not
+        raised: the data is stored, and the dispatcher's reconciliation finds the partition behind its log."""
+        store = self.hub.store
+        try:
+            yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+        except EmbcacheError as exc:
+            log.warning("wrote to %s/%s/%s but could not mark it for a build (%s); the workers' reconciliation "
+                        "will pick it up", self.space.name, self.name, partition, exc)
 
     def _sealed(self) -> VersionSealed:
         self.state = "sealed"
@@ -637,17 +670,16 @@ class Version:
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        if partitions is not None and (not isinstance(partitions, (list, tuple)) or not partitions):
+            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
         known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
-        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
-                                                            else partitions or []) <= set(known):
+        if not fresh and partitions is not None and not {p for p in partitions if isinstance(p, str)} <= set(known):
             known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
-        if isinstance(partitions, str):
-            partitions = [partitions]
-        if not isinstance(partitions, (list, tuple)) or not partitions:
-            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
         for p in partitions:
             check_name(p, "partition name")
             if granted is not None and p not in granted:

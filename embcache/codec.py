@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536
+MAX_METADATA_DEPTH = 32  # nesting of dicts and lists in one item's metadata
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters: never in an id
 
 
 def check_ids(ids: object, *, allow_duplicates: bool = False) -> list[str]:
@@ -61,6 +64,10 @@ def check_ids(ids: object, *, allow_duplicates: bool = False) -> list[str]:
             size = len(item.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise InvalidInput(f"ids[{i}] is not valid Unicode: {exc}") from None
+        if not item.isprintable() and _CONTROL.search(item):
+            bad = _CONTROL.search(item).group()  # type: ignore[union-attr]
+            raise InvalidInput(f"ids[{i}] contains the control character {bad!r}: ids are printable text "
+                               "(no NUL, newline, tab or other C0/C1 control characters)")
         if size > MAX_ID_BYTES:
             raise InvalidInput(f"ids[{i}] is {size} bytes long; the limit is {MAX_ID_BYTES}")
         out.append(item)
@@ -94,8 +101,8 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
             arr = np.asarray(data)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{what} is not a rectangular array of numbers: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidInput(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiu":  # numpy counts timedelta64 as an integer type: it is not a number here
+        raise InvalidInput(f"{what} must be numeric (float or int), got dtype {arr.dtype}")
     if arr.ndim == 1 and allow_1d:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
@@ -167,6 +174,7 @@ def check_metadatas(metadatas: object, n: int) -> list[str | None]:
         for key in meta:
             if not isinstance(key, str) or not key or key.startswith("$"):
                 raise InvalidInput(f"metadatas[{i}] has an invalid key {key!r} (non-empty str not starting with $)")
+        _check_json_value(meta, f"metadatas[{i}]")
         try:
             text = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
             size = len(text.encode("utf-8"))  # a lone surrogate fails here
@@ -176,6 +184,29 @@ def check_metadatas(metadatas: object, n: int) -> list[str | None]:
             raise InvalidInput(f"metadatas[{i}] is larger than {MAX_METADATA_BYTES} bytes as JSON")
         out.append(text)
     return out
+
+
+def _check_json_value(value: object, where: str) -> None:
+    """Metadata is JSON: dicts with str keys, lists (a tuple is stored as a list, and comes back as one), str,
+    int, float, bool and None, nested at most ``MAX_METADATA_DEPTH`` deep. A key that is not a str is refused:
+    JSON would turn it into one (``{1: x}`` would come back as ``{"1": x}``), and two keys could collide."""
+    todo: list[tuple[object, int]] = [(value, 0)]
+    while todo:  # iterative: a deep structure must not hit Python's recursion limit
+        x, depth = todo.pop()
+        if isinstance(x, dict):
+            if depth >= MAX_METADATA_DEPTH:
+                raise InvalidInput(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    raise InvalidInput(f"{where} has a key {k!r} of type {type(k).__name__}: JSON keys are strings "
+                                       "(it would come back as a str)")
+                todo.append((v, depth + 1))
+        elif isinstance(x, (list, tuple)):
+            if depth >= MAX_METADATA_DEPTH:
+                raise InvalidInput(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            todo.extend((v, depth + 1) for v in x)
+        elif not (x is None or isinstance(x, (str, bool, int, float))):
+            raise InvalidInput(f"{where} holds a {type(x).__name__}, which is not a JSON value")
 
 
 def check_n_results(n_results: object) -> int:

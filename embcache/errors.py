@@ -10,13 +10,17 @@
     ├── AlreadyExists           create_space/create_version on a taken name
     ├── VersionSealed           a write to a sealed version
     ├── PermissionDenied        Redis refused the operation for this principal (ACL)
-    ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
+    ├── Unavailable             Redis cannot be reached (writes and strong reads raise it); nothing was sent
+    ├── Indeterminate           a write was sent but not confirmed: it may or may not have been applied
+    ├── OutOfMemory             Redis refused a write at its memory limit (maxmemory, noeviction)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
     └── ServerError             the embedded redis-server could not be found or started
 
 Every public call validates its arguments before it touches Redis, so an ``InvalidInput`` (or any subclass)
-means nothing was written. ``InvalidInput`` also derives from ``ValueError``, ``NotFound`` from ``KeyError``
+means nothing was written. So do ``Unavailable`` (the command never reached Redis), ``OutOfMemory`` and
+``PermissionDenied`` (Redis refused it). ``Indeterminate`` is the one error after which a write may have
+happened: ``upsert`` and ``delete`` are idempotent, so retrying them is safe. ``InvalidInput`` also derives from ``ValueError``, ``NotFound`` from ``KeyError``
 and ``PermissionDenied`` from ``PermissionError``, so code that catches the built-in kinds keeps working.
 """
 
@@ -32,6 +36,8 @@ __all__ = [
     "VersionSealed",
     "PermissionDenied",
     "Unavailable",
+    "Indeterminate",
+    "OutOfMemory",
     "SnapshotCorrupt",
     "BuildTimeout",
     "ServerError",
@@ -74,7 +80,18 @@ class PermissionDenied(EmbcacheError, PermissionError):
 
 
 class Unavailable(EmbcacheError, ConnectionError):
-    """Redis could not be reached; nothing was written."""
+    """Redis could not be reached (or, for a read, did not answer in time); nothing was written."""
+
+
+class Indeterminate(EmbcacheError, ConnectionError):
+    """A write was sent to Redis but no answer came (timeout, connection lost): it may or may not have been
+    applied. ``upsert`` and ``delete`` are idempotent, so the same call can simply be repeated; for
+    ``create_version`` without a name, list the versions first."""
+
+
+class OutOfMemory(EmbcacheError):
+    """Redis refused the write because it is at its ``maxmemory`` limit (policy ``noeviction``); nothing was
+    written. Free memory (drop versions or spaces) or raise the limit."""
 
 
 class SnapshotCorrupt(EmbcacheError):

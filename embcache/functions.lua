@@ -210,16 +210,14 @@ local function rollback(keys, args)
 end
 
 -- Snapshot publication. KEYS: snap (pointer), state, log, the new generation's chunks, the old one's chunks.
--- ARGV: manifest json, generation it was built on, number of new chunks, grace seconds, log trim point ('' =
--- none), channel, message. Fails with EMBCONFLICT when another build published first or a chunk expired.
+-- ARGV: manifest json, the exact pointer the build started from ('' = none), number of new chunks, grace
+-- seconds, log trim point ('' = none), channel, message. Fails with EMBCONFLICT when the pointer changed
+-- meanwhile (another build published) or a chunk expired. The pointer is compared byte for byte, not decoded:
+-- a pointer that cannot be read is replaced like any other.
 local function publish(keys, args)
-  local cur = redis.call('GET', keys[1])
-  local curgen = 0
-  if cur then
-    curgen = tonumber(cjson.decode(cur)['generation'])
-  end
-  if curgen ~= tonumber(args[2]) then
-    return redis.error_reply('EMBCONFLICT generation ' .. curgen .. ' was published meanwhile')
+  local cur = redis.call('GET', keys[1]) or ''
+  if cur ~= args[2] then
+    return redis.error_reply('EMBCONFLICT another snapshot was published meanwhile')
   end
   local n_new = tonumber(args[3])
   for i = 4, 3 + n_new do
@@ -236,8 +234,9 @@ local function publish(keys, args)
   redis.call('SET', keys[1], args[1])
   local m = cjson.decode(args[1])
   redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
-    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']))
-  redis.call('HDEL', keys[2], 'corrupt')
+    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']),
+    'sid', m['sid'], 'chunks', m['chunks'])
+  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'])  -- published: no longer a pending upload
   if args[5] ~= '' then
     redis.call('XTRIM', keys[3], 'MINID', args[5])
     redis.call('HSET', keys[2], 'trimmed_to', args[5])

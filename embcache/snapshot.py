@@ -18,10 +18,14 @@ a snapshot must not be able to run code in the readers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
+import struct
 import tempfile
 import threading
 import time
@@ -31,6 +35,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from .codec import MAX_DIM, METRICS
 from .errors import EmbcacheError, SnapshotCorrupt
 from .filters import Predicate
 from .keys import PartitionKeys
@@ -40,15 +45,31 @@ from .views import _MaskCache
 __all__ = ["Manifest", "HnswBase", "PublishConflict", "pack", "unpack", "read_manifest", "load", "publish", "CHUNK_BYTES"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
-ORPHAN_TTL = 3600  # seconds an unpublished chunk lives (a builder that died)
+ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
+UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
+MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
 SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
+_POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_SID_RE = re.compile(r"([0-9]{1,16})\.[0-9a-f]{1,32}")
+_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label")
+_LIMIT = 1 << 40  # no count, size or label of a real snapshot comes near it
+
+
+def valid_pos(pos: object) -> bool:
+    """True for a change-log position as Redis writes it (``ms-seq``)."""
+    return isinstance(pos, str) and _POS_RE.fullmatch(pos) is not None
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """What a snapshot is, as published in the partition's pointer key."""
+    """What a snapshot is, as published in the partition's pointer key.
+
+    ``digest`` is the sha256 of every other field (canonical JSON), and ``sha256`` the blob's: one chain from
+    the pointer to the last byte, so a changed byte anywhere is refused before anything reaches hnswlib."""
 
     generation: int
     sid: str  # names the chunk keys: generation and a nonce of the build that wrote them
@@ -67,20 +88,97 @@ class Manifest:
     build_seconds: float
     deleted: int = 0
     max_label: int = 0
+    digest: str = ""
 
-    def to_json(self) -> str:
+    def _fields(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["sections"] = list(self.sections)
+        d.pop("digest")
+        return d
+
+    def compute_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self._fields(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def sealed(self) -> "Manifest":
+        """This manifest with its digest filled in (what :func:`pack` publishes)."""
+        return dataclasses.replace(self, digest=self.compute_digest())
+
+    def to_json(self) -> str:
+        d = self._fields()
+        d["digest"] = self.digest
         return json.dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Manifest":
+        """Parse and verify a manifest: :class:`SnapshotCorrupt` unless every field has its type and bounds, the
+        sizes add up and the digest matches. (:meth:`check` then compares it with the space.)"""
         try:
             d = json.loads(raw)
+            if not isinstance(d, dict) or set(d) != _FIELD_NAMES:
+                raise ValueError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}")
+            if not (isinstance(d["sections"], list) and len(d["sections"]) == 4):
+                raise ValueError("sections")
             d["sections"] = tuple(d["sections"])
-            return cls(**d)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SnapshotCorrupt(f"unreadable snapshot manifest: {exc}") from None
+            m = cls(**d)
+            m._validate()
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise SnapshotCorrupt(f"unreadable snapshot manifest: {str(exc)[:200]}") from None
+        return m
+
+    def _validate(self) -> None:
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if type(v) is not int or not (-1 if name == "max_label" else 0) <= v < _LIMIT:  # -1: no item yet
+                raise ValueError(f"{name}={v!r:.40}")
+        if any(type(x) is not int or not 0 <= x < _LIMIT for x in self.sections):
+            raise ValueError("sections")
+        for name in ("built_at", "build_seconds"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not math.isfinite(v):
+                raise ValueError(name)
+        for name in ("sid", "pos", "metric", "sha256", "builder", "digest"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(name)
+        sid = _SID_RE.fullmatch(self.sid)
+        if self.generation < 1 or sid is None or int(sid.group(1)) != self.generation:
+            raise ValueError(f"generation {self.generation} / sid {self.sid[:40]!r}")
+        if not valid_pos(self.pos):
+            raise ValueError(f"pos {self.pos[:40]!r}")
+        if self.metric not in METRICS or not 1 <= self.dim <= MAX_DIM or not 2 <= self.M <= 128 \
+                or not 1 <= self.ef_construction <= 10_000:
+            raise ValueError("index parameters out of bounds")
+        if sum(self.sections) != self.nbytes or self.chunks != max(1, -(-self.nbytes // CHUNK_BYTES)) \
+                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size:
+            raise ValueError("sizes do not add up")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256) or self.digest != self.compute_digest():
+            raise ValueError("digest mismatch")
+
+    def check(self, dim: int, metric: str) -> None:
+        """:class:`SnapshotCorrupt` unless the snapshot was built for a space of this ``dim`` and ``metric``."""
+        if self.dim != dim or self.metric != metric:
+            raise SnapshotCorrupt(f"snapshot generation {self.generation} is for dim={self.dim} metric={self.metric}, "
+                                  f"the space has dim={dim} metric={metric}")
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(Manifest)}
+# hnswlib's file header (hnswalg.h saveIndex): offsetLevel0, max_elements, cur_element_count,
+# size_data_per_element, label_offset, offsetData, maxlevel, enterpoint_node, maxM, maxM0, M, mult, ef_construction
+_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+
+def check_index_header(head: bytes, manifest: Manifest) -> None:
+    """Refuse an index file whose header disagrees with the manifest: hnswlib trusts the dim it is given, and a
+    wrong one makes it read out of bounds (a crash, not an exception)."""
+    if len(head) < _HNSW_HEADER.size:
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has a truncated index header")
+    (_, max_elements, cur, per_element, label_offset, offset_data, _, _, max_m, max_m0, m, _,
+     _) = _HNSW_HEADER.unpack_from(head)
+    links = max_m0 * 4 + 4
+    if (m != manifest.M or max_m != manifest.M or max_m0 != 2 * manifest.M or offset_data != links
+            or label_offset != links + 4 * manifest.dim or per_element != label_offset + 8 or cur > max_elements
+            or cur < manifest.count or cur * per_element > manifest.sections[0]):
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation}: the index file does not match its "
+                              f"manifest (dim {manifest.dim}, M {manifest.M}, {manifest.count} items)")
 
 
 class HnswBase:
@@ -244,7 +342,7 @@ def pack(
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
-    )
+    ).sealed()
     return chunks, manifest
 
 
@@ -255,6 +353,7 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
     a, b, c, d = manifest.sections
+    check_index_header(bytes(memoryview(chunks[0])[: _HNSW_HEADER.size]), manifest)  # type: ignore[arg-type]
     digest = hashlib.sha256()
     tables = bytearray()
     fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
@@ -286,33 +385,103 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
 
 
 def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
+    """The published manifest, verified on its own (:class:`SnapshotCorrupt` if unreadable); None if none."""
     raw = r.get(pk.snap)
     return None if raw is None else Manifest.from_json(raw)
 
 
-def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manifest: Manifest | None = None) -> HnswBase | None:
-    """The partition's published snapshot, verified; None when there is none."""
+def last_log_position(r: Any, pk: PartitionKeys) -> str:
+    """The id of the partition log's last entry ('0-0' for an empty log)."""
+    last = r.xrevrange(pk.log, "+", "-", count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
+def check_position(manifest: Manifest, log_pos: str) -> None:
+    """A snapshot cannot cover writes its log does not hold yet: refuse one whose position is past the log's
+    last entry (its queries would skip every write in between)."""
+    if _pos(manifest.pos) > _pos(log_pos):
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} claims log position {manifest.pos}, past "
+                              f"the log's last entry {log_pos}")
+
+
+def _pos(p: str) -> tuple[int, int]:
+    ms, _, seq = p.partition("-")
+    return int(ms), int(seq)
+
+
+def load(r: Any, pk: PartitionKeys, *, ef: int, dim: int, metric: str, for_update: bool = False,
+         manifest: Manifest | None = None) -> HnswBase | None:
+    """The partition's published snapshot, verified (manifest digest, the space's ``dim`` and ``metric``, the
+    log position, the index header, the blob's sha256); None when there is none."""
     for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
         manifest = manifest or read_manifest(r, pk)
         if manifest is None:
             return None
+        manifest.check(dim, metric)
         keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
-        chunks = r.mget(keys) if keys else []
+        pipe = r.pipeline(transaction=False)  # one round trip (GETs, not MGET: a Cluster pipeline refuses MGET)
+        for key in keys:
+            pipe.get(key)
+        pipe.xrevrange(pk.log, "+", "-", count=1)
+        *chunks, last = pipe.execute()
         if any(c is None for c in chunks):
             latest = read_manifest(r, pk)
             if latest is not None and latest.generation != manifest.generation:
                 manifest = latest
                 continue
+        check_position(manifest, last[0][0].decode() if last else "0-0")
         return unpack(chunks, manifest, ef=ef, for_update=for_update)
     raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
 
 
 def write_chunks(r: Any, pk: PartitionKeys, sid: str, chunks: list[bytes]) -> None:
-    """Store a new snapshot's chunks, expiring unless published."""
+    """Store a new snapshot's chunks, expiring unless published. The upload is first recorded in the partition's
+    state, so that a build killed before publication leaves a note that the next build (and ``stats``) find."""
+    r.hset(pk.state, UPLOAD_FIELD + sid, f"{len(chunks)} {sum(len(c) for c in chunks)}")
     pipe = r.pipeline(transaction=False)
     for i, c in enumerate(chunks):
         pipe.set(pk.chunk(sid, i), c, ex=ORPHAN_TTL)
     pipe.execute()
+
+
+def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """``{sid: (chunks, bytes)}`` of the upload records in a partition's state (at most ``MAX_UPLOADS``; records
+    that do not parse are left out)."""
+    out: dict[str, tuple[int, int]] = {}
+    for field, value in state.items():
+        if not field.startswith(UPLOAD_FIELD) or len(out) >= MAX_UPLOADS:
+            continue
+        sid = field[len(UPLOAD_FIELD):]
+        parts = value.split()
+        if _SID_RE.fullmatch(sid) and len(parts) == 2 and all(x.isdigit() and len(x) < 13 for x in parts):
+            n, size = int(parts[0]), int(parts[1])
+            if n <= max(1, -(-size // CHUNK_BYTES)):
+                out[sid] = (n, size)
+    return out
+
+
+def remove_uploads(r: Any, pk: PartitionKeys, keep: str | None = None) -> int:
+    """Delete the chunks of every unpublished upload recorded in the state but ``keep`` (a killed build's
+    leftovers) and their records; returns the bytes freed. Only chunks named by a record are touched, and never
+    those of the published snapshot."""
+    state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()
+             if k.startswith(UPLOAD_FIELD.encode())}
+    raw = r.get(pk.snap)
+    current = None
+    try:
+        current = Manifest.from_json(raw).sid if raw is not None else None
+    except SnapshotCorrupt:
+        pass
+    freed = 0
+    for sid, (n, size) in pending_uploads(state).items():
+        if sid in (keep, current):
+            continue
+        r.delete(*[pk.chunk(sid, i) for i in range(n)])
+        freed += size
+    junk = [f for f in state if f[len(UPLOAD_FIELD):] != keep]
+    if junk:
+        r.hdel(pk.state, *junk)
+    return freed
 
 
 class PublishConflict(EmbcacheError):
@@ -321,21 +490,28 @@ class PublishConflict(EmbcacheError):
 
 def publish(
     r: Any, pk: PartitionKeys, chunks: list[bytes], manifest: Manifest, previous: Manifest | None, channel: str,
-    message: str, grace: int = GRACE_SECONDS,
+    message: str, grace: int = GRACE_SECONDS, *, previous_raw: bytes | None = None,
+    stale: list[tuple[str, int]] = (),  # type: ignore[assignment]
 ) -> None:
-    """Write the chunks, then swap the pointer atomically (see the module docstring)."""
+    """Write the chunks, then swap the pointer atomically (see the module docstring). ``previous_raw`` is the
+    pointer exactly as the build read it (the publication fails if it changed); ``stale`` names chunk sets
+    ``(sid, chunks)`` to expire with the previous generation's (the chunks of a pointer that could not be read)."""
     from redis.exceptions import ResponseError
 
     write_chunks(r, pk, manifest.sid, chunks)
     new_keys = [pk.chunk(manifest.sid, i) for i in range(len(chunks))]
-    old_keys = [pk.chunk(previous.sid, i) for i in range(previous.chunks)] if previous else []
+    old = [(previous.sid, previous.chunks)] if previous else []
+    old_keys = [pk.chunk(sid, i) for sid, n in [*old, *stale] for i in range(n)]
     keys = [pk.snap, pk.state, pk.log, *new_keys, *old_keys]
-    args = [manifest.to_json(), previous.generation if previous else 0, len(new_keys), grace,
+    if previous_raw is None and previous is not None:
+        previous_raw = previous.to_json().encode()
+    args = [manifest.to_json(), previous_raw or b"", len(new_keys), grace,
             previous.pos if previous else "", channel, message]
     try:
         r.fcall("emb_publish", len(keys), *keys, *args)
     except ResponseError as exc:
         if str(exc).startswith("EMBCONFLICT"):
             r.delete(*new_keys)
+            r.hdel(pk.state, UPLOAD_FIELD + manifest.sid)
             raise PublishConflict(str(exc)[len("EMBCONFLICT "):]) from None
         raise

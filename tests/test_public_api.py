@@ -20,9 +20,11 @@ PUBLIC = [
     "EmbcacheError",
     "GetResult",
     "Hub",
+    "Indeterminate",
     "InvalidInput",
     "InvalidName",
     "NotFound",
+    "OutOfMemory",
     "PermissionDenied",
     "QueryResult",
     "ServerError",
@@ -36,8 +38,8 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
-    "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "Indeterminate", "InvalidInput", "InvalidName",
+    "NotFound", "OutOfMemory", "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
 ]
 
 

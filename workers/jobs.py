@@ -7,18 +7,22 @@ when ``EMBCACHE_URL`` is unset the data is taken to live on the queue's own Redi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
 
 from embcache import metrics
 from embcache.catalogue import Catalogue
+from embcache.errors import NotFound
 from embcache.keys import Keys
-from embcache.store import Store, open_client
+from embcache.store import Store, open_client, translate_errors
 
 from .build import build_snapshot
 
-__all__ = ["build_partition", "LEASE_SECONDS"]
+__all__ = ["build_partition", "partition_exists", "LEASE_SECONDS"]
+
+log = logging.getLogger("embcache.workers")
 
 LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 _stores: dict[tuple[str, str], Store] = {}
@@ -47,6 +51,17 @@ def data_store(prefix: str | None = None) -> Store:
     return store
 
 
+def partition_exists(store: Store, space: str, version: str, partition: str) -> bool:
+    """True when the version is in the space's catalogue and the partition is registered in it."""
+    k = store.keys
+    with translate_errors("catalogue"):
+        pipe = store.r.pipeline(transaction=False)
+        pipe.hexists(k.versions(space), version)
+        pipe.sismember(k.parts(space, version), partition)
+        has_version, has_partition = pipe.execute()
+    return bool(has_version and has_partition)
+
+
 class Lease:
     """A TTL key in the partition's slot that says a build is running; kept alive by a thread, so a killed
     worker's lease lapses after ``LEASE_SECONDS`` and the dispatcher schedules the build again."""
@@ -72,9 +87,20 @@ class Lease:
 
 
 def build_partition(space: str, version: str, partition: str, full: bool = False, prefix: str | None = None) -> dict[str, Any]:
-    """Build or update the snapshot of one partition and publish it. Returns what was done."""
+    """Build or update the snapshot of one partition and publish it. Returns what was done.
+
+    A partition that is not in the catalogue (a junk dirty mark, or one dropped since) is skipped: nothing is
+    built or published for it, so nothing is left that ``drop_space`` would not remove."""
     store = data_store(prefix)
-    record = Catalogue(store).get_space(space)
+    catalogue = Catalogue(store)
+    try:
+        record = catalogue.get_space(space)
+        exists = partition_exists(store, space, version, partition)
+    except NotFound:
+        exists = False
+    if not exists:
+        log.warning("skipped the build of %s/%s/%s: no such partition in the catalogue", space, version, partition)
+        return {"partition": partition, "kind": "skipped", "reason": "not in the catalogue"}
     pk = store.keys.partition(space, version, partition)
     with Lease(store.r, pk.lease):
         result = build_snapshot(store, record, version, partition, full=full)
