@@ -12,19 +12,19 @@ import os
 import threading
 from typing import Any
 
-from embcache import metrics
-from embcache.catalogue import Catalogue
-from embcache.errors import NotFound
-from embcache.keys import Keys
-from embcache.store import Store, open_client, translate_errors
+from embcache.redis import metrics
+from embcache.redis.catalogue import Catalogue
+from embcache.redis.dispatcher import LEASE_SECONDS
+from embcache.core.errors import NotFound
+from embcache.core.keys import Keys
+from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot
 
-__all__ = ["build_partition", "partition_exists", "LEASE_SECONDS"]
+__all__ = ["build_partition", "LEASE_SECONDS"]
 
 log = logging.getLogger("embcache.workers")
 
-LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 _stores: dict[tuple[str, str], Store] = {}
 
 
@@ -49,17 +49,6 @@ def data_store(prefix: str | None = None) -> Store:
         store.ensure_functions()
         _stores[key] = store
     return store
-
-
-def partition_exists(store: Store, space: str, version: str, partition: str) -> bool:
-    """True when the version is in the space's catalogue and the partition is registered in it."""
-    k = store.keys
-    with translate_errors("catalogue"):
-        pipe = store.r.pipeline(transaction=False)
-        pipe.hexists(k.versions(space), version)
-        pipe.sismember(k.parts(space, version), partition)
-        has_version, has_partition = pipe.execute()
-    return bool(has_version and has_partition)
 
 
 class Lease:
@@ -95,7 +84,7 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
     catalogue = Catalogue(store)
     try:
         record = catalogue.get_space(space)
-        exists = partition_exists(store, space, version, partition)
+        exists = catalogue.has_partition(space, version, partition)
     except NotFound:
         exists = False
     if not exists:

@@ -1,0 +1,309 @@
+"""The dispatcher: turns the partitions writers marked dirty into RQ build jobs, within a bounded delay.
+
+Writers never touch RQ's keys (whoever can write them can make a worker run code); they only add
+``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
+build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
+deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+which covers a writer that died between its write and its mark, and a worker killed mid-build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from . import metrics
+from ..core import snapshot
+from ..core.errors import EmbcacheError, SnapshotCorrupt
+from .catalogue import Catalogue
+from ..core.keys import NAME_PATTERN
+from .store import Store
+from ..core.views import pos_key
+
+__all__ = ["Dispatcher", "job_id", "backoff", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
+
+log = logging.getLogger("embcache.dispatcher")
+QUEUE_NAME = "embcache"
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+NAME_RE = re.compile(NAME_PATTERN)
+#: How long a build's lease lives without a heartbeat: a killed worker's partition is rebuilt after this.
+LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
+#: The RQ job function, by dotted name: RQ imports it in the worker, so the package never imports ``workers``.
+BUILD_JOB = "workers.jobs.build_partition"
+
+
+def job_id(prefix: str, space: str, version: str, partition: str) -> str:
+    """The one job id a partition's builds use (RQ ids allow only letters, digits, _ and -)."""
+    digest = hashlib.sha1(f"{prefix}\0{space}\0{version}\0{partition}".encode()).hexdigest()[:20]
+    return f"emb-build-{digest}"
+
+
+class Dispatcher:
+    """Polls dirty sets every ``interval`` seconds; reconciles every ``reconcile_every`` seconds."""
+
+    def __init__(self, store: Store, queue: Queue, interval: float = 0.05, reconcile_every: float = 5.0,
+                 job_timeout: int = 3600) -> None:
+        self.store = store
+        self.queue = queue
+        self.interval = interval
+        self.reconcile_every = reconcile_every
+        self.job_timeout = job_timeout
+        self.catalogue = Catalogue(store)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
+        self._reported: dict[tuple[str, str, str], float] = {}
+        self._dequeued: dict[str, float] = {}  # job id -> when it was first seen dequeued but not started
+        self.token = secrets.token_hex(8)
+
+    def is_leader(self) -> bool:
+        """Take or keep the dispatcher lock: with several workers, one dispatcher acts at a time, so two never
+        race to enqueue the same partition."""
+        r, key = self.store.r, self.store.keys.dispatcher_lock()
+        ttl = int(max(3.0, 20 * self.interval) * 1000)
+        if r.set(key, self.token, nx=True, px=ttl):
+            return True
+        if r.get(key) == self.token.encode():
+            r.pexpire(key, ttl)
+            return True
+        return False
+
+    def tick(self) -> int:
+        """One pass over the dirty sets; returns the number of jobs enqueued. Each space is handled on its own:
+        whatever is wrong with one space's keys (a writer can write them) is logged and skipped, and the others
+        are dispatched as usual."""
+        enqueued = 0
+        if metrics.ENABLED:
+            metrics.set_queue_depth(self.queue)
+        if not self.is_leader():
+            return 0
+        for space in self.catalogue.list_spaces():
+            try:
+                enqueued += self._dispatch_space(space)
+            except (EmbcacheError, RedisError) as exc:
+                self._space_failed("dispatch", space, exc)
+        if time.monotonic() - self._last_reconcile > self.reconcile_every:
+            self._last_reconcile = time.monotonic()
+            self.reconcile()
+        return enqueued
+
+    def _space_failed(self, what: str, space: str, exc: BaseException) -> None:
+        """One log line per space and kind of failure per minute (a tick runs 20 times a second)."""
+        key = (what, space, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._reported.get(key, -1e9) > 60:
+            self._reported[key] = now
+            log.warning("%s of space %s skipped: %s: %s", what, space, type(exc).__name__, str(exc)[:200])
+
+    def _dispatch_space(self, space: str) -> int:
+        r, k = self.store.r, self.store.keys
+        dirty = k.dirty(space)
+        kind = r.type(dirty)
+        if kind not in (b"zset", b"none"):  # not written by embcache: it holds no mark we could read
+            log.warning("deleted the dirty key of space %s: it is a %s, not a sorted set", space, kind.decode())
+            r.delete(dirty)  # the reconciliation marks again whatever is behind its log
+            return 0
+        enqueued = 0
+        for member in r.zrange(dirty, 0, MAX_MARKS - 1):
+            version, _, partition = member.decode(errors="replace").partition("/")
+            if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)) \
+                    or not self.catalogue.has_partition(space, version, partition):
+                log.warning("dropped the dirty mark %r of space %s: no such partition", member[:100], space)
+                r.zrem(dirty, member)  # writers can write this set; one bad entry must not stop builds
+                continue
+            state = self._state(space, version, partition)
+            if state in ("running", "dequeued"):
+                continue  # it may have read the log already: keep the mark for a build after it
+            r.zrem(dirty, member)
+            if state == "idle":  # a queued job has not read the log yet and will cover the mark
+                self._enqueue(space, version, partition)
+                enqueued += 1
+        return enqueued
+
+    def _state(self, space: str, version: str, partition: str) -> str:
+        """"queued", "running", "dequeued" (taken by a worker that has not started it yet) or "idle" for the
+        partition's build. A job whose worker died is "idle", so it is enqueued again within seconds."""
+        if self.store.r.exists(self.store.keys.partition(space, version, partition).lease):
+            return "running"
+        jid = job_id(self.store.keys.prefix, space, version, partition)
+        try:
+            job = Job.fetch(jid, connection=self.queue.connection)
+        except NoSuchJobError:
+            return "idle"
+        status = job.get_status(refresh=False)
+        if status == JobStatus.QUEUED and self.queue.connection.lpos(self.queue.key, jid) is None:
+            # a worker moved it out of the queue (RQ's dequeue) but has not marked it started: normally for
+            # milliseconds; if that worker was killed meanwhile, RQ itself only notices after minutes
+            first = self._dequeued.setdefault(jid, time.monotonic())
+            if time.monotonic() - first < DEQUEUE_GRACE:
+                return "dequeued"
+            log.warning("build of %s/%s/%s was taken by a worker that died before starting it; enqueuing it again",
+                        space, version, partition)
+            self.queue.connection.lrem(self.queue.intermediate_queue_key, 0, jid)
+            del self._dequeued[jid]
+            return "idle"
+        self._dequeued.pop(jid, None)
+        if status in _WAITING:
+            return "queued"
+        # started: running if it started too recently to have taken its lease yet; a started job with neither
+        # belongs to a worker that died
+        started = job.started_at.timestamp() if job.started_at else 0.0
+        return "running" if status == JobStatus.STARTED and time.time() - started < LEASE_SECONDS else "idle"
+
+    def _enqueue(self, space: str, version: str, partition: str) -> None:
+        self.queue.enqueue_call(
+            BUILD_JOB, args=(space, version, partition), kwargs={"prefix": self.store.keys.prefix},
+            job_id=job_id(self.store.keys.prefix, space, version, partition), timeout=self.job_timeout,
+            retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=600, failure_ttl=86400,
+            description=f"embcache build {space}/{version}/{partition}",
+        )
+        log.info("enqueued build of %s/%s/%s", space, version, partition)
+
+    def reconcile(self) -> int:
+        """Mark every partition whose log is ahead of its snapshot, or whose snapshot is reported corrupt or
+        cannot be read; returns how many were marked. One space's or partition's bad state is logged and
+        skipped, never stops the others."""
+        marked = 0
+        for space in self.catalogue.list_spaces():
+            try:
+                versions = self.catalogue.list_versions(space)
+            except (EmbcacheError, RedisError, ValueError) as exc:  # ValueError: a record that does not parse
+                self._space_failed("reconcile", space, exc)
+                continue
+            for v in versions:
+                try:
+                    parts = self.catalogue.partitions(space, v.name)
+                except (EmbcacheError, RedisError) as exc:
+                    self._space_failed("reconcile", space, exc)
+                    continue
+                for p in parts[:MAX_PARTITIONS]:
+                    if not NAME_RE.fullmatch(p):
+                        continue  # a malformed name a writer put in the partition set: nothing to build
+                    try:
+                        marked += self._reconcile_partition(space, v.name, p)
+                    except (EmbcacheError, RedisError) as exc:
+                        self._space_failed("reconcile", f"{space}/{v.name}/{p}", exc)
+        return marked
+
+    def _reconcile_partition(self, space: str, version: str, partition: str) -> int:
+        pk = self.store.keys.partition(space, version, partition)
+        try:
+            manifest = snapshot.read_manifest(self.store.r, pk)
+            unreadable = False
+        except SnapshotCorrupt:
+            manifest, unreadable = None, True  # replaced by the next build
+        built = manifest.pos if manifest else "0-0"
+        corrupt = unreadable or self.store.r.hexists(pk.state, "corrupt")
+        behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
+        if metrics.ENABLED:
+            metrics.set_index_lag(self.store.r, pk, built, behind)
+        if behind and self._state(space, version, partition) == "idle":
+            self.store.mark_dirty(space, version, partition)
+            return 1
+        return 0
+
+    # background thread -------------------------------------------------------------------------------------
+    def start(self) -> "Dispatcher":
+        self._thread = threading.Thread(target=self._run, name="embcache-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+                if failures:
+                    log.info("dispatcher: Redis answers again after %d failed tick(s)", failures)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+                failures += 1
+                delay = backoff(failures)
+                log.warning("dispatcher tick failed (%s: %s); retrying in %.1f s", type(exc).__name__,
+                            str(exc)[:200], delay)
+                self._stop.wait(delay)
+
+
+def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
+               dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
+    """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
+    from rq import SimpleWorker, Worker
+
+    from ..core.keys import Keys
+    from .store import open_client
+
+    if url:
+        os.environ["EMBCACHE_URL"] = url
+    data_url = os.environ.get("EMBCACHE_URL")
+    if not data_url:
+        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
+    store = Store(open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
+                              password=os.environ.get("EMBCACHE_PASSWORD")), Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
+    store.ensure_functions()
+    queue_url = queue_url or os.environ.get("EMBCACHE_QUEUE_URL")
+    if not queue_url:
+        if store.is_cluster:
+            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+        queue_url = data_url
+    import redis
+
+    qconn = redis.Redis.from_url(queue_url, username=os.environ.get("EMBCACHE_QUEUE_USERNAME"),
+                                 password=os.environ.get("EMBCACHE_QUEUE_PASSWORD"))
+    queue = Queue(QUEUE_NAME, connection=qconn)
+    dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
+    worker_cls = SimpleWorker if simple else Worker
+    logging.getLogger("rq.worker").addFilter(_OneLine())
+    failures = 0
+    try:
+        while True:
+            # RQ's worker quits on the first Redis error it meets (a refused write at the memory limit, an
+            # outage): start it again with backoff, so the worker process outlives the fault
+            worker = None
+            try:
+                worker = worker_cls([queue], connection=qconn,
+                                    name=name if failures == 0 or name is None else f"{name}-{failures}")
+                worker.work(burst=burst, with_scheduler=True)
+                if burst or worker._stop_requested:
+                    return
+                why = "it stopped on an error (see above)"
+            except (RedisError, OSError) as exc:
+                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if worker is not None and worker._stop_requested:
+                return
+            failures += 1
+            delay = backoff(failures, base=1.0, cap=30.0)
+            log.warning("RQ worker stopped (%s); starting it again in %.0f s", why, delay)
+            time.sleep(delay)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+
+
+class _OneLine(logging.Filter):
+    """RQ logs a full traceback when its worker quits on an exception; a Redis refusal needs one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and isinstance(record.exc_info[1], RedisError):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {str(exc)[:200]})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -1,0 +1,392 @@
+"""The Redis layer: connections, the Functions library, error translation, and a partition's data operations.
+
+Nothing above this module builds Redis commands. Every atomic write is a function of ``functions.lua`` called
+with keys of one hash tag, so it works unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.cluster
+from redis import exceptions as rexc
+from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.retry import Retry
+
+from ..core.errors import (
+    AlreadyExists,
+    EmbcacheError,
+    Indeterminate,
+    NotFound,
+    OutOfMemory,
+    PermissionDenied,
+    Unavailable,
+    VersionSealed,
+)
+from ..core.keys import Keys, PartitionKeys
+from .plan import Batch, Call, Plan, planned, run
+
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "client_options", "translate_errors", "before_send",
+           "LIB_CODE", "LIB_VERSION"]
+
+_LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
+LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
+LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
+
+WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
+WRITE_CHUNK_BYTES = 8 << 20
+READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
+TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
+SCAN_COUNT = 1000
+
+_POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a change-log position (stream id) as Redis writes it
+_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
+
+
+# Explicit timeouts, whatever redis-py's defaults are (none in 5.x, 5 s in 6+): a stalled Redis makes a call fail
+# with a clear "timed out" within these bounds instead of blocking it for as long as the stall lasts.
+SOCKET_TIMEOUT = float(os.environ.get("EMBCACHE_SOCKET_TIMEOUT", "5"))
+CONNECT_TIMEOUT = float(os.environ.get("EMBCACHE_CONNECT_TIMEOUT", "2"))
+CONNECT_RETRIES = 3
+
+
+def before_send(exc: BaseException) -> bool:
+    """True when a redis-py error was raised while connecting, before any byte of the command left: nothing
+    can have been executed. (redis-py says so only in its messages: "Error 111 connecting to ...",
+    "Timeout connecting to server".)"""
+    return isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)) and "connecting to" in str(exc).lower()
+
+
+class ConnectRetry(Retry):
+    """redis-py's :class:`~redis.retry.Retry`, limited to failures before the command was sent (connection
+    refused, connect timeout, reset while connecting): retrying those is safe for every command. A failure after
+    sending is never retried here, as the command may have run (``create_version`` or a publication must not run
+    twice); the caller gets :class:`Indeterminate` for a write and can decide. Works with redis-py 5 to 8."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                failures += 1
+                fail(error, failures) if with_failure_count else fail(error)  # redis-py drops the connection here
+                if not before_send(error) or failures > self._retries or (is_retryable and not is_retryable(error)):
+                    raise
+                time.sleep(self._backoff.compute(failures))
+
+
+class AsyncConnectRetry(AsyncRetry):
+    """:class:`ConnectRetry` for ``redis.asyncio``."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                await (fail(error, failures) if with_failure_count else fail(error))
+                if not before_send(error) or failures > self._retries or (is_retryable and not is_retryable(error)):
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+
+
+def client_options(asyncio_client: bool = False) -> dict[str, Any]:
+    """The connection settings every embcache client uses: explicit timeouts and the connect-only retry."""
+    retry = (AsyncConnectRetry if asyncio_client else ConnectRetry)(ExponentialBackoff(cap=1.0, base=0.1),
+                                                                   CONNECT_RETRIES)
+    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT, "retry": retry,
+            "retry_on_timeout": False}
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[None]:
+    """Map redis-py exceptions onto embcache's tree (ACL refusals, unreachable servers, function errors).
+
+    ``write``: the block sends a write. A connection failure after the command was sent then raises
+    :class:`Indeterminate` (it may have been applied) instead of :class:`Unavailable` (it was not)."""
+    try:
+        yield
+    except EmbcacheError:
+        raise
+    except rexc.NoPermissionError as exc:
+        raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
+    except rexc.AuthenticationError as exc:
+        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+    except rexc.OutOfMemoryError as exc:
+        raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit (maxmemory); nothing was "
+                          f"written: {exc}") from None
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
+        timed_out = isinstance(exc, (rexc.TimeoutError, TimeoutError))
+        what = f"timed out (no answer within {SOCKET_TIMEOUT:g} s)" if timed_out else f"connection failed: {exc}"
+        if write and not before_send(exc):
+            raise Indeterminate(f"{operation}: the write was sent but Redis {what}; it may or may not have been "
+                                "applied (upsert and delete can be repeated safely)") from exc
+        if timed_out and before_send(exc):
+            what = f"timed out connecting (limit {CONNECT_TIMEOUT:g} s)"
+        raise Unavailable(f"{operation}: Redis is unreachable: {what}; nothing was written") from exc
+    except rexc.ResponseError as exc:
+        text = str(exc)
+        for code, kind in _CODES.items():
+            if text.startswith(code):
+                raise kind(text[len(code) :].strip()) from None
+        if text.startswith("NOPERM"):
+            raise PermissionDenied(f"{operation}: {text}") from None
+        if text.startswith("OOM"):
+            raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit: {text}") from None
+        raise
+
+
+def open_client(
+    url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
+) -> redis.Redis | redis.cluster.RedisCluster:
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30, **client_options()}
+    if username is not None:
+        opts["username"] = username
+    if password is not None:
+        opts["password"] = password
+    with translate_errors("connect"):
+        if cluster is None:
+            probe = redis.Redis.from_url(url, **opts)
+            try:
+                cluster = bool(probe.info("cluster").get("cluster_enabled"))
+            except rexc.NoPermissionError:  # principals may not run INFO; CLUSTER INFO answers them
+                try:
+                    probe.execute_command("CLUSTER INFO")
+                    cluster = True
+                except rexc.ResponseError:  # "cluster support disabled"
+                    cluster = False
+            finally:
+                probe.close()
+        if cluster:
+            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+        client = redis.Redis.from_url(url, **opts)
+        client.ping()
+        return client
+
+
+@dataclass
+class Tail:
+    """The net effect of a partition's change log after a position: ids with their current vector/metadata."""
+
+    pos: str
+    ids: list[str]
+    vectors: list[bytes | None]  # None: deleted
+    metadatas: list[bytes | None]
+
+
+@dataclass
+class PartitionData:
+    """A full, consistent copy of a partition at log position ``pos``."""
+
+    pos: str
+    ids: list[str] = field(default_factory=list)
+    vectors: list[bytes] = field(default_factory=list)
+    metadatas: list[bytes | None] = field(default_factory=list)
+
+
+def _s(x: bytes | str | None) -> str | None:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+class Store:
+    """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    # functions library ------------------------------------------------------------------------------------
+    def ensure_functions(self) -> None:
+        """Load the Functions library when it is missing or older (needs the FUNCTION permission; a restricted
+        principal relies on the operator having loaded it)."""
+        with translate_errors("load functions"):
+            try:
+                loaded = self.r.fcall_ro("emb_libversion", 0)
+                if _s(loaded) == LIB_VERSION:
+                    return
+            except rexc.NoPermissionError:
+                return
+            except rexc.ResponseError:
+                pass  # not loaded yet
+            try:
+                self.r.function_load(LIB_CODE, replace=True)
+            except rexc.NoPermissionError:
+                return
+
+    def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Any:
+        return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
+
+    @staticmethod
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+        with translate_errors(operation, write=not ro):
+            return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
+
+    # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
+    @planned
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
+        """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
+        calls = []
+        start = 0
+        while start < len(ids):
+            end, size = start, 0
+            while end < len(ids) and end - start < WRITE_CHUNK_ITEMS and size < WRITE_CHUNK_BYTES:
+                size += len(blobs[end]) + len(ids[end]) + len(metas[end] or "")
+                end += 1
+            args: list[Any] = [json.dumps(ids[start:end], ensure_ascii=False), end - start]
+            for i in range(start, end):
+                args += [ids[i], blobs[i], metas[i] or ""]
+            calls.append(Call("fcall", "emb_upsert", len(pk.writes), *pk.writes, *args))
+            start = end
+        with translate_errors("upsert", write=True):
+            if len(calls) == 1:
+                return _s((yield calls[0]))  # type: ignore[return-value]
+            results = yield Batch(calls, transaction=True, raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
+        return _s(results[-1])  # type: ignore[return-value]
+
+    @planned
+    def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[str], str | None]]:
+        """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
+        res = yield from self.fcall_plan("emb_delete", pk.writes, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
+        return json.loads(res[0]), _s(res[1]) if res[1] else None
+
+    @planned
+    def existing(self, pk: PartitionKeys, ids: list[str]) -> Plan[list[bool]]:
+        """Which of ``ids`` exist in the partition."""
+        with translate_errors("lookup"):
+            res = yield Batch([Call("hexists", pk.vec, i) for i in ids])
+        return [bool(x) for x in res]
+
+    @planned
+    def read_items(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[bytes | None], list[bytes | None]]]:
+        """Vectors and metadata of ``ids`` (None where missing); each chunk of ids is read atomically."""
+        if len(ids) <= READ_CHUNK_ITEMS:
+            res = yield from self.fcall_plan("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
+            return list(res[0]), list(res[1])
+        with translate_errors("get"):
+            results = yield Batch([Call("fcall_ro", "emb_get", 2, pk.vec, pk.meta, *ids[i : i + READ_CHUNK_ITEMS])
+                                   for i in range(0, len(ids), READ_CHUNK_ITEMS)])
+        return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
+
+    def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
+        """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
+        with translate_errors("scan"):
+            for k, _ in self.r.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
+
+    @planned
+    def count(self, pk: PartitionKeys) -> Plan[int]:
+        with translate_errors("count"):
+            return int((yield Call("hlen", pk.vec)))
+
+    @planned
+    def position(self, pk: PartitionKeys) -> Plan[str]:
+        """The partition's latest change-log position ('0-0' when it was never written). A position in the state
+        that embcache did not write (writers can write that hash) is ignored for the log's own last entry."""
+        with translate_errors("position"):
+            raw = yield Call("hget", pk.state, "pos")
+            pos = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            if pos is None or _POS_RE.fullmatch(pos):
+                return pos or "0-0"
+            last = yield Call("xrevrange", pk.log, "+", "-", count=1)
+            return _s(last[0][0]) if last else "0-0"
+
+    @planned
+    def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
+        """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
+        res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
+        return self._parse_tail(res)
+
+    @staticmethod
+    def _parse_tail(res: Any) -> Tail | None:
+        if len(res) == 1:
+            return None
+        return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]),
+                    metadatas=list(res[3]))
+
+    @planned
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
+        """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
+        if len(requests) == 1:  # a plain call costs less than a pipeline of one
+            return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
+        with translate_errors("tail"):
+            results = yield Batch([Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, limit)
+                                   for pk, since in requests])
+        return [self._parse_tail(r) for r in results]
+
+    def read_partition(self, pk: PartitionKeys) -> PartitionData:
+        """A consistent full copy without blocking Redis: note the log position, scan the hashes in pieces,
+        then replay the log tail from the noted position (anything that moved during the scan is in it)."""
+        since = self.position(pk)
+        vectors: dict[str, bytes] = {}
+        metas: dict[str, bytes] = {}
+        with translate_errors("scan"):
+            for k, v in self.r.hscan_iter(pk.vec, count=SCAN_COUNT):
+                vectors[k.decode()] = v
+            for k, v in self.r.hscan_iter(pk.meta, count=SCAN_COUNT):
+                metas[k.decode()] = v
+        tail = self.read_tail(pk, since, limit=1 << 30)
+        assert tail is not None  # the log is trimmed only behind published snapshots' positions
+        for i, id_ in enumerate(tail.ids):
+            if tail.vectors[i] is None:
+                vectors.pop(id_, None)
+                metas.pop(id_, None)
+            else:
+                vectors[id_] = tail.vectors[i]  # type: ignore[assignment]
+                if tail.metadatas[i] is None:
+                    metas.pop(id_, None)
+                else:
+                    metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
+        ids = list(vectors)
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+
+    @planned
+    def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
+        """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
+        with translate_errors("mark dirty", write=True):
+            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+
+    def flag_sealed(self, pk: PartitionKeys) -> None:
+        with translate_errors("seal", write=True):
+            self.r.set(pk.sealed, "1")
+
+    def delete_partition(self, pk: PartitionKeys) -> None:
+        """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
+        with translate_errors("delete partition", write=True):
+            raw = self.r.get(pk.snap)
+            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
+            if raw is not None:
+                manifest = json.loads(raw)
+                keys += [pk.chunk(manifest["sid"], i) for i in range(manifest["chunks"])]
+            self.r.delete(*keys)
+
+    def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
+        """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
+        Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
+        space, version, partition = pk.tag.split("/")
+        try:
+            self.r.hset(pk.state, "corrupt", reason[:200])
+            self.mark_dirty(space, version, partition)
+        except (rexc.RedisError, EmbcacheError):
+            pass
