@@ -13,6 +13,7 @@
     ├── Unavailable             Redis cannot be reached (writes and strong reads raise it); nothing was sent
     ├── Indeterminate           a write was sent but not confirmed: it may or may not have been applied
     ├── OutOfMemory             Redis refused a write at its memory limit (maxmemory, noeviction)
+    ├── RedisRefused            Redis refused a command for another reason (e.g. WRONGTYPE on a tampered key)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
     └── ServerError             the embedded redis-server could not be found or started
@@ -38,6 +39,7 @@ __all__ = [
     "Unavailable",
     "Indeterminate",
     "OutOfMemory",
+    "RedisRefused",
     "SnapshotCorrupt",
     "BuildTimeout",
     "ServerError",
@@ -92,6 +94,11 @@ class Indeterminate(EmbcacheError, ConnectionError):
 class OutOfMemory(EmbcacheError):
     """Redis refused the write because it is at its ``maxmemory`` limit (policy ``noeviction``); nothing was
     written. Free memory (drop versions or spaces) or raise the limit."""
+
+
+class RedisRefused(EmbcacheError):
+    """Redis answered a command with an error embcache has no more specific type for, such as ``WRONGTYPE`` on a
+    key that another client wrote with another type. Nothing was written by the refused command."""
 
 
 class SnapshotCorrupt(EmbcacheError):

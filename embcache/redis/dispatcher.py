@@ -42,6 +42,14 @@ NAME_RE = re.compile(NAME_PATTERN)
 LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 #: The RQ job function, by dotted name: RQ imports it in the worker, so the package never imports ``workers``.
 BUILD_JOB = "workers.jobs.build_partition"
+DEQUEUE_GRACE = 2.0  # seconds a job may sit dequeued but not started before its worker is taken for dead
+MAX_MARKS = 10_000  # dirty marks read per space and tick (the set is writable by writers)
+MAX_PARTITIONS = 100_000  # partitions reconciled per version
+
+
+def backoff(failures: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 0.5, 1, 2, 4, ... up to ``cap``."""
+    return min(cap, base * 2 ** (min(failures, 16) - 1))
 
 
 def job_id(prefix: str, space: str, version: str, partition: str) -> str:
@@ -280,12 +288,12 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
                 worker = worker_cls([queue], connection=qconn,
                                     name=name if failures == 0 or name is None else f"{name}-{failures}")
                 worker.work(burst=burst, with_scheduler=True)
-                if burst or worker._stop_requested:
+                if burst or _stop_asked(worker):
                     return
                 why = "it stopped on an error (see above)"
             except (RedisError, OSError) as exc:
                 why = f"{type(exc).__name__}: {str(exc)[:200]}"
-            if worker is not None and worker._stop_requested:
+            if worker is not None and _stop_asked(worker):
                 return
             failures += 1
             delay = backoff(failures, base=1.0, cap=30.0)
@@ -294,6 +302,11 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     finally:
         if dispatcher is not None:
             dispatcher.stop()
+
+
+def _stop_asked(worker: Any) -> bool:
+    """True when the RQ worker was asked to stop (SIGTERM/SIGINT: warm shutdown) rather than quit on an error."""
+    return bool(getattr(worker, "_stop_requested", False) or getattr(worker, "_shutdown_requested_date", None))
 
 
 class _OneLine(logging.Filter):

@@ -32,6 +32,7 @@ from ..core.errors import (
     NotFound,
     OutOfMemory,
     PermissionDenied,
+    RedisRefused,
     Unavailable,
     VersionSealed,
 )
@@ -52,6 +53,7 @@ TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller 
 SCAN_COUNT = 1000
 
 _POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a change-log position (stream id) as Redis writes it
+_INTERNAL = ("EMBRETRY", "EMBNOHISTORY", "EMBCONFLICT")
 _CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
 
 
@@ -150,7 +152,9 @@ def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[No
             raise PermissionDenied(f"{operation}: {text}") from None
         if text.startswith("OOM"):
             raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit: {text}") from None
-        raise
+        if text.startswith(_INTERNAL):
+            raise  # answers the caller handles itself (retry a version number, a publication conflict)
+        raise RedisRefused(f"{operation}: Redis refused it: {text[:300]}") from None
 
 
 def open_client(

@@ -27,6 +27,7 @@ PUBLIC = [
     "OutOfMemory",
     "PermissionDenied",
     "QueryResult",
+    "RedisRefused",
     "ServerError",
     "SnapshotCorrupt",
     "Space",
@@ -39,7 +40,7 @@ PUBLIC = [
 
 ERRORS = [
     "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "Indeterminate", "InvalidInput", "InvalidName",
-    "NotFound", "OutOfMemory", "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "NotFound", "OutOfMemory", "PermissionDenied", "RedisRefused", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
 ]
 
 
