@@ -144,15 +144,16 @@ State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, di
 
 def _full(store: Store, space: SpaceRecord, pk: PartitionKeys) -> State:
     data = store.read_partition(pk)
-    n = len(data.ids)
-    mat = codec.decode_vectors(data.vectors, space.dim, space.dtype)
+    mat, bad = codec.decode_stored(data.vectors, space.dim, space.dtype, pk.tag)  # corrupt items: left out
+    skip = set(bad)
+    ids = [id_ for i, id_ in enumerate(data.ids) if i not in skip]
+    n = len(ids)
     index = _new_index(space, n + n // 4)
     labels = np.arange(n, dtype=np.int64)
     if n:
         index.add_items(mat, labels, num_threads=_threads())
-    metas = [None if m is None else json.loads(m) for m in data.metadatas]
-    return (index, labels, data.ids, metas, data.pos, 0, n - 1, dict(zip(data.ids, labels.tolist())),
-            dict(zip(data.ids, metas)))
+    metas = [codec.parse_stored_metadata(m, pk.tag) for i, m in enumerate(data.metadatas) if i not in skip]
+    return (index, labels, ids, metas, data.pos, 0, n - 1, dict(zip(ids, labels.tolist())), dict(zip(ids, metas)))
 
 
 @dataclass
@@ -205,15 +206,16 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     next_label = previous.max_label + 1
     new_ids, new_vecs, upd_labels, upd_vecs = [], [], [], []
     for id_, vec, m in zip(tail.ids, tail.vectors, tail.metadatas):
-        if vec is None:
+        decoded, bad = codec.decode_stored([vec], space.dim, space.dtype, pk.tag) if vec is not None else (None, [0])
+        if bad:  # deleted, or a corrupt stored vector (treated as absent, as readers treat it)
             lab = label.pop(id_, None)
             meta.pop(id_, None)
             if lab is not None:
                 index.mark_deleted(lab)
                 deleted += 1
             continue
-        v = codec.decode_vectors([vec], space.dim, space.dtype)[0]
-        meta[id_] = None if m is None else json.loads(m)
+        v = decoded[0]  # type: ignore[index]
+        meta[id_] = codec.parse_stored_metadata(m, pk.tag)
         if id_ in label:
             upd_labels.append(label[id_])
             upd_vecs.append(v)

@@ -19,11 +19,11 @@ from typing import Any
 
 from ..redis import metrics
 from ..core import snapshot
-from ..core.codec import decode_vectors
+from ..core.codec import decode_stored, parse_stored_metadata
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..redis.store import PartitionData, Store, Tail, translate_errors
-from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
+from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
 
@@ -42,17 +42,24 @@ class SpaceInfo:
 
 
 def tail_overlay(tail: Tail, info: SpaceInfo) -> Overlay:
-    """A log tail read from Redis as an overlay."""
-    vecs = [None if v is None else decode_vectors([v], info.dim, info.dtype)[0] for v in tail.vectors]
-    return overlay_from_rows(tail.pos, tail.ids, vecs, tail.metadatas)
+    """A log tail read from Redis as an overlay. An item whose stored vector is corrupt is hidden, as the exact
+    base leaves it out (see :func:`embcache.core.codec.decode_stored`)."""
+    present = [i for i, v in enumerate(tail.vectors) if v is not None]
+    mat, bad = decode_stored([tail.vectors[i] for i in present], info.dim, info.dtype, "a log tail")
+    rows = iter(mat)
+    skip = {present[j] for j in bad}
+    vecs = [None if v is None or i in skip else next(rows) for i, v in enumerate(tail.vectors)]
+    return {id_: OverlayItem(tail.pos, vec, None if vec is None else parse_stored_metadata(m, "a log tail"))
+            for id_, vec, m in zip(tail.ids, vecs, tail.metadatas)}
 
 
 def exact_base(data: PartitionData, info: SpaceInfo) -> ExactBase:
-    import json
-
-    matrix = decode_vectors(data.vectors, info.dim, info.dtype)
-    metas = [None if m is None else json.loads(m) for m in data.metadatas]
-    return ExactBase(data.pos, data.ids, matrix, metas, info.metric)
+    """All of a partition's items as an exact base; corrupt stored items are left out (and logged)."""
+    matrix, bad = decode_stored(data.vectors, info.dim, info.dtype, "a partition")
+    skip = set(bad)
+    ids = [id_ for i, id_ in enumerate(data.ids) if i not in skip]
+    metas = [parse_stored_metadata(m, "a partition") for i, m in enumerate(data.metadatas) if i not in skip]
+    return ExactBase(data.pos, ids, matrix, metas, info.metric)
 
 
 class PartitionCache:

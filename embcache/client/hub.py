@@ -727,11 +727,15 @@ class Version:
                 if v is not None:
                     found[i] = (v, m, p)
         order = [i for i in dict.fromkeys(id_list) if i in found]
+        mat, bad = codec.decode_stored([found[i][0] for i in order], self.space.dim, self.space.dtype, "get")
+        if bad:  # corrupt stored vectors: left out, as readers leave them out of every answer
+            skip = set(bad)
+            order = [i for j, i in enumerate(order) if j not in skip]
         res = GetResult(ids=order, partitions=[found[i][2] for i in order])
         if "embeddings" in include:
-            res.embeddings = codec.decode_vectors([found[i][0] for i in order], self.space.dim, self.space.dtype)
+            res.embeddings = mat
         if "metadatas" in include:
-            res.metadatas = codec.parse_json_objects(found[i][1] for i in order)
+            res.metadatas = [codec.parse_stored_metadata(found[i][1], "get") for i in order]
         return res
 
     @_guard("query")

@@ -7,8 +7,10 @@ call has changed nothing. Vectors are stored as raw little-endian bytes of the s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,6 +38,7 @@ DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536
+log = logging.getLogger("embcache.data")
 MAX_METADATA_DEPTH = 32  # nesting of dicts and lists in one item's metadata
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters: never in an id
 
@@ -152,6 +155,50 @@ def decode_vectors(blobs: Sequence[bytes], dim: int, dtype: str) -> np.ndarray:
         return np.zeros((0, dim), dtype=np.float32)
     arr = np.frombuffer(b"".join(blobs), dtype=DTYPES[dtype])
     return arr.reshape(len(blobs), dim).astype(np.float32)
+
+
+def decode_stored(blobs: Sequence[bytes | None], dim: int, dtype: str, where: str = "") -> tuple[np.ndarray, list[int]]:
+    """Vectors read back from Redis, which anyone allowed to write the partition may have written: a row that is
+    not ``dim`` values of the space's dtype is left out and logged, never raised. Returns the matrix of the good
+    rows and the indices of the bad ones (None entries count as bad)."""
+    width = dim * DTYPES[dtype].itemsize
+    bad = [i for i, b in enumerate(blobs) if not isinstance(b, bytes) or len(b) != width]
+    if not bad:
+        return decode_vectors(blobs, dim, dtype), []  # type: ignore[arg-type]
+    _report(where, f"{len(bad)} stored vector(s) of the wrong size (want {width} bytes)")
+    skip = set(bad)
+    return decode_vectors([b for i, b in enumerate(blobs) if i not in skip], dim, dtype), bad  # type: ignore[misc]
+
+
+def parse_stored_metadata(text: bytes | str | None, where: str = "") -> dict[str, Any] | None:
+    """Metadata read back from Redis: JSON that does not parse into an object is logged and read as None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = ...
+    if value is ... or not isinstance(value, dict):
+        _report(where, "stored metadata that is not a JSON object")
+        return None
+    return value
+
+
+_reported: dict[str, float] = {}
+
+
+def _report(where: str, what: str) -> None:
+    """Log corrupt stored data, once a minute per place and kind (a query loop must not flood the log)."""
+    global corrupt_items
+    corrupt_items += 1
+    key = f"{where}:{what[:40]}"
+    now = time.monotonic()
+    if now - _reported.get(key, -1e9) > 60:
+        _reported[key] = now
+        log.warning("skipped corrupt data in %s: %s", where or "a partition", what)
+
+
+corrupt_items = 0  # how many corrupt stored items readers skipped in this process (reported in the log too)
 
 
 def check_metadatas(metadatas: object, n: int) -> list[str | None]:

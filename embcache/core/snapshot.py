@@ -48,6 +48,7 @@ CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header a
 ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
 MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
+MAX_UPLOAD_CHUNKS = 1 << 16  # chunks one record may name (512 GiB of snapshot)
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
 SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -455,7 +456,7 @@ def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
         parts = value.split()
         if _SID_RE.fullmatch(sid) and len(parts) == 2 and all(x.isdigit() and len(x) < 13 for x in parts):
             n, size = int(parts[0]), int(parts[1])
-            if n <= max(1, -(-size // CHUNK_BYTES)):
+            if n <= MAX_UPLOAD_CHUNKS:
                 out[sid] = (n, size)
     return out
 

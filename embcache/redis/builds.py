@@ -84,6 +84,8 @@ class PartitionStats:
     last_build_seconds: float | None
     corrupt: str | None
     snapshot_bytes: int
+    leftover_uploads: int = 0  # chunk sets of builds killed before publication, still in Redis
+    leftover_bytes: int = 0  # their size (they expire within ORPHAN_TTL, or at the partition's next build)
 
 
 def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> PartitionStats:
@@ -98,11 +100,15 @@ def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Partitio
             m, unreadable = None, str(exc)
         state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()}
         since = m.pos if m else "0-0"
+        uploads = snapshot.pending_uploads(state)
+        alive = [r.exists(pk.chunk(sid, 0)) for sid in uploads] if uploads else []
+        leftovers = [size for (sid, (_, size)), there in zip(uploads.items(), alive)
+                     if there and (m is None or sid != m.sid)]
         lag = len(r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=100_000))
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,
         snapshot_age_seconds=round(time.time() - m.built_at, 3) if m else None, unindexed_entries=lag,
         last_build_seconds=m.build_seconds if m else None, corrupt=unreadable or state.get("corrupt"),
-        snapshot_bytes=m.nbytes if m else 0,
+        snapshot_bytes=m.nbytes if m else 0, leftover_uploads=len(leftovers), leftover_bytes=sum(leftovers),
     )
