@@ -186,6 +186,7 @@ class Dispatcher:
         marked = 0
         for space in self.catalogue.list_spaces():
             try:
+                self.catalogue.get_space(space)  # a record that fails validation: nothing of the space is built
                 versions = self.catalogue.list_versions(space)
             except (EmbcacheError, RedisError, ValueError) as exc:  # ValueError: a record that does not parse
                 self._space_failed("reconcile", space, exc)
