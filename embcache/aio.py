@@ -28,10 +28,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from .client import hub as sync
-from .redis.acl import Credentials
-from .redis.builds import BuildHandle, PartitionStats
 from .client.hub import GetResult, QueryResult, _named
 from .core.errors import EmbcacheError
+from .redis.acl import Credentials
+from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
 from .redis.store import client_options, translate_errors
 
@@ -160,6 +160,10 @@ class AsyncSpace:
     async def versions(self) -> list["AsyncVersion"]:
         """:meth:`embcache.Space.versions`."""
         return [AsyncVersion(self, v) for v in await asyncio.to_thread(self.sync.versions)]
+
+    @_threaded
+    def drop_version(self, name: str) -> None:
+        """:meth:`embcache.Space.drop_version`."""
 
     async def default_version(self, fresh: bool = True) -> "AsyncVersion":
         """:meth:`embcache.Space.default_version` (``fresh=False`` accepts the hub's cached answer)."""

@@ -12,11 +12,11 @@ import os
 import threading
 from typing import Any
 
+from embcache.core.errors import NotFound
+from embcache.core.keys import Keys
 from embcache.redis import metrics
 from embcache.redis.catalogue import Catalogue
 from embcache.redis.dispatcher import LEASE_SECONDS
-from embcache.core.errors import NotFound
-from embcache.core.keys import Keys
 from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot

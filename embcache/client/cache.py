@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..redis import metrics
 from ..core import snapshot
 from ..core.codec import decode_stored, parse_stored_metadata
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..redis.store import PartitionData, Store, Tail, translate_errors
 from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
+from ..redis import metrics
+from ..redis.store import PartitionData, Store, Tail, translate_errors
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
 

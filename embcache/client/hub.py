@@ -24,29 +24,34 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ..core import codec
-from ..redis import metrics
-from ..redis.acl import Credentials, Grant
-from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from .cache import PartitionCache, SpaceInfo, tail_overlay
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from ..core.errors import (
+    AlreadyExists,
     BuildTimeout,
     EmbcacheError,
     InvalidInput,
+    ItemNotFound,
     NotFound,
     OutOfMemory,
+    PartitionNotFound,
     PermissionDenied,
     Unavailable,
+    VersionNotFound,
     VersionSealed,
 )
 from ..core.filters import compile_where
 from ..core.keys import Keys, check_name
-from ..redis.plan import Batch, Call, Offload, Plan, run
-from ..redis.principals import Principals
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
-from ..redis.store import Store, open_client, translate_errors
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..redis import metrics
+from ..redis.acl import Credentials, Grant
+from ..redis.builds import BuildHandle, PartitionStats, partition_stats
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.principals import Principals
+from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
+from ..redis.store import Store, open_client, translate_errors
+from .cache import PartitionCache, SpaceInfo, tail_overlay
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -65,14 +70,30 @@ class QueryResult:
     """Column-oriented answer of a query, one row per query embedding.
 
     ``ids[i]`` lists the ids nearest to query ``i``, nearest first. ``distances`` is a float32 array
-    ``(n_queries, n_results)`` in the space's metric; where a query has fewer than ``n_results`` matches its
-    row ends in ``inf``. ``metadatas`` and ``embeddings`` are filled when ``include`` asks for them.
+    ``(n_queries, n_results)`` in the space's metric, smaller is nearer: for ``l2`` the *squared* Euclidean
+    distance ``|q - x|^2``; for ``ip`` ``1 - <q, x>``; for ``cosine`` ``1 - cos(q, x)`` (0 for the same direction,
+    2 for the opposite one). Where a query has fewer than ``n_results`` matches its row ends in ``inf``.
+    :attr:`scores` is the same answer as a similarity, bigger is nearer. ``metadatas`` and ``embeddings`` are
+    filled when ``include`` asks for them.
+
+    >>> res = space.query(q, n_results=3)     # doctest: +SKIP
+    >>> res.distances, res.scores             # cosine: scores are cosine similarities, 1 - distances
     """
 
     ids: list[list[str]]
     distances: np.ndarray
     metadatas: list[list[dict[str, Any] | None]] | None = None
     embeddings: list[np.ndarray] | None = None
+    metric: str | None = None  # the space's: "l2", "ip" or "cosine"
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Similarities, bigger is nearer, in the shape of ``distances``: the cosine similarity ``cos(q, x)`` for
+        ``cosine``, the inner product ``<q, x>`` for ``ip``, the negated squared distance ``-|q - x|^2`` for ``l2``;
+        padding (``inf`` distances) becomes ``-inf``."""
+        if self.metric not in ("l2", "ip", "cosine"):
+            raise InvalidInput("this result does not know its metric, so it has no scores")
+        return -self.distances if self.metric == "l2" else np.float32(1.0) - self.distances
 
 
 @dataclass
@@ -148,8 +169,7 @@ class Hub:
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
         self._session_overflow: dict[tuple[str, str, str], str] = {}
-        self._probe_lock = threading.Lock()
-        self._probe_conn: Any = None  # the connection strong probes use (see Version._strong_probe_send)
+        self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
 
     @property
     def is_cluster(self) -> bool:
@@ -167,12 +187,28 @@ class Hub:
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 64,
+        exist_ok: bool = False,
     ) -> "Space":
-        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken."""
+        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken.
+
+        With ``exist_ok`` (get-or-create, for apps that create their space at every start) an existing space of
+        that name is returned when its parameters are the ones asked for; one with other parameters is still
+        :class:`~embcache.errors.AlreadyExists`, naming the difference.
+        """
         check_name(name, "space name")
         params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef)
         record = SpaceRecord(name=name, created=time.time(), **params)
-        self.catalogue.create_space(record)
+        try:
+            self.catalogue.create_space(record)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            existing = self.catalogue.get_space(name)
+            differ = {f: (getattr(existing, f), v) for f, v in params.items() if getattr(existing, f) != v}
+            if differ:
+                raise AlreadyExists(f"space {name!r} exists with other parameters: " + ", ".join(
+                    f"{f}={have!r} (asked for {want!r})" for f, (have, want) in differ.items())) from None
+            record = existing
         self._records[name] = record
         return Space(self, record)
 
@@ -203,6 +239,15 @@ class Hub:
             for pid in [p for p in self._session if p[0] == name]:
                 del self._session[pid]
         self._registered = {p for p in self._registered if p[0] != name}
+
+    def _forget_version(self, space: str, version: str) -> None:
+        """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
+        self._defaults.pop(space, None)
+        self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
+        with self._session_lock:
+            for pid in [p for p in self._session if p[:2] == (space, version)]:
+                del self._session[pid]
+        self._registered = {p for p in self._registered if p[:2] != (space, version)}
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -247,9 +292,7 @@ class Hub:
     # lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the refresher and close the connections."""
-        if self._probe_conn is not None:
-            self.store.r.connection_pool.release(self._probe_conn)
-            self._probe_conn = None
+        self.probes.close()
         self.cache.close()
         self.store.r.close()
 
@@ -420,6 +463,22 @@ class Space:
         """All versions, oldest first."""
         return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
 
+    @_guard("drop_version")
+    def drop_version(self, name: str) -> None:
+        """Delete the version ``name`` with its items and snapshots (give its name, not an alias).
+
+        :class:`~embcache.errors.InvalidInput` while an alias points at it (move the alias first: it would point at
+        nothing), :class:`~embcache.errors.NotFound` if there is no such version. Its name is not reused by
+        :meth:`create_version`'s numbering.
+        """
+        self.hub.catalogue.get_version(self.name, name)
+        pointing = sorted(a for a, v in self.aliases().items() if v == name)
+        if pointing:
+            raise InvalidInput(f"alias {', '.join(map(repr, pointing))} of space {self.name!r} points at {name!r}: "
+                               "point it at another version first (set_alias, or `embcache promote`)")
+        self.hub.catalogue.drop_version(self.name, name)
+        self.hub._forget_version(self.name, name)
+
     @_guard("set_alias")
     def set_alias(self, alias: str, version: "Version | str") -> None:
         """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
@@ -465,7 +524,7 @@ class Space:
         else:
             versions = yield from cat.list_versions.plan(cat, self.name)
             if not versions:
-                raise NotFound(f"space {self.name!r} has no versions")
+                raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
         self.hub._defaults[self.name] = version
@@ -492,7 +551,7 @@ class Version:
         self.name = record.name
         self.state = record.state
         self.description = record.description
-        self._probes: dict[str, Any] = {}  # partition -> the packed commands of a strong probe
+        self._probes: dict[str, StrongProbe] = {}  # partition -> its strong probe (packs its commands once)
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -686,7 +745,7 @@ class Version:
             if granted is not None and p not in granted:
                 self.space._require("reader", "read", p)
             if p not in known:
-                raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
+                raise PartitionNotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
         return list(dict.fromkeys(partitions))
 
     @_guard("ids")
@@ -798,64 +857,26 @@ class Version:
             labels = None
         finally:
             if strong is not None:  # read the answer whatever happened, so the connection stays in step
-                pos, members = self._strong_probe_read(strong)
+                pos, members = strong.read()
         if strong is not None and (pos != base.position or members != parts):
             return None  # the log moved past the snapshot, or partitions changed: the general path merges
         if labels is None:
             return None
         hub.cache.touch(pid)
         id_of = base.id_of
-        res = QueryResult(ids=[id_of[row].tolist() for row in labels], distances=dists)
+        res = QueryResult(ids=[id_of[row].tolist() for row in labels], distances=dists, metric=self.space.metric)
         if metrics.ENABLED:
             metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
         return res
 
-    def _strong_probe_send(self, partition: str) -> Any:
+    def _strong_probe_send(self, partition: str) -> PendingProbe:
         """Send (without waiting) the partition's log position and the version's partition list: a strong query
-        whose snapshot covers the log needs nothing more, and the search runs while Redis answers.
-
-        The hub keeps one connection for these probes (taking one from the pool costs more than the probe's
-        own work); a query that finds it busy takes a pooled one."""
-        hub = self.hub
-        pool = hub.store.r.connection_pool
-        packed = self._probes.get(partition)
-        own = hub._probe_lock.acquire(blocking=False)
-        with translate_errors("strong read"):
-            try:
-                conn = hub._probe_conn if own and hub._probe_conn is not None else pool.get_connection()
-                if packed is None:
-                    packed = conn.pack_commands([("HGET", self._pk(partition).state, "pos"),
-                                                 ("SMEMBERS", hub.keys.parts(self.space.name, self.name))])
-                    self._probes[partition] = packed
-                conn.send_packed_command(packed)
-            except BaseException:
-                self._probe_done(own, None, failed=True)
-                raise
-        if own:
-            hub._probe_conn = conn
-        return own, conn
-
-    def _strong_probe_read(self, probe: Any) -> tuple[str, list[str]]:
-        own, conn = probe
-        try:
-            with translate_errors("strong read"):
-                pos, members = conn.read_response(), conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            self._probe_done(own, conn, failed=True)
-            raise
-        self._probe_done(own, conn)
-        return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
-
-    def _probe_done(self, own: bool, conn: Any, failed: bool = False) -> None:
-        hub = self.hub
-        if own:
-            if failed and hub._probe_conn is not None:
-                hub.store.r.connection_pool.release(hub._probe_conn)
-                hub._probe_conn = None
-            hub._probe_lock.release()
-        elif conn is not None:
-            hub.store.r.connection_pool.release(conn)
+        whose snapshot covers the log needs nothing more, and the search runs while Redis answers."""
+        probe = self._probes.get(partition)
+        if probe is None:
+            probe = self.hub.probes.prepare(self._pk(partition).state, self.hub.keys.parts(self.space.name, self.name))
+            self._probes[partition] = probe
+        return probe.send()
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                consistency: Any, include: Any) -> Plan[QueryResult]:
@@ -903,7 +924,7 @@ class Version:
         got = yield from self._get(id_list, ("embeddings",), None)
         missing = [i for i in id_list if i not in set(got.ids)]
         if missing:
-            raise NotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
+            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
         row = {i: j for j, i in enumerate(got.ids)}
         assert got.embeddings is not None
         queries = got.embeddings[[row[i] for i in id_list]]  # stored vectors: already normalised for cosine
@@ -970,7 +991,8 @@ class Version:
             merged = per_part[0]
         else:
             merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
-        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k))
+        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
+                          metric=self.space.metric)
         if "metadatas" in include or "embeddings" in include:
             where_is = _locator(bases, overlays)
             if "metadatas" in include:

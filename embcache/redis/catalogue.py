@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ResponseError
 
-from ..core.errors import AlreadyExists, EmbcacheError, NotFound
+from ..core.errors import AlreadyExists, EmbcacheError, SpaceNotFound, VersionNotFound
 from ..core.keys import check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
@@ -70,7 +70,7 @@ class Catalogue:
         with translate_errors(f"read space {name}"):
             raw = self.r.get(self.k.space(name))
         if raw is None:
-            raise NotFound(f"no space named {name!r}")
+            raise SpaceNotFound(f"no space named {name!r}")
         return SpaceRecord.model_validate_json(raw)
 
     def list_spaces(self) -> list[str]:
@@ -112,13 +112,30 @@ class Catalogue:
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
+    def drop_version(self, space: str, version: str) -> None:
+        """Delete a version: its partitions' data and snapshots first, then its dirty marks, its place in the
+        alias histories, its keys, and its record last, so that a drop cut short can simply be run again."""
+        check_name(version, "version name")
+        k = self.k
+        for p in self.partitions(space, version):
+            self.store.delete_partition(k.partition(space, version, p))
+        with translate_errors(f"drop version {space}/{version}"):
+            # the dirty set holds one "version/partition" member per partition waiting for a build: a few
+            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1) if _d(m).split("/", 1)[0] == version]
+            if marks:
+                self.r.zrem(k.dirty(space), *marks)
+            for alias in self.r.hkeys(k.aliases(space)):
+                self.r.lrem(k.alias_history(space, _d(alias)), 0, version)
+            self.r.delete(k.parts(space, version), k.vstate(space, version))
+            self.r.hdel(k.versions(space), version)
+
     @planned
     def get_version(self, space: str, name: str) -> Plan[VersionRecord]:
         check_name(name, "version name")
         with translate_errors(f"read version {space}/{name}"):
             raw = yield Call("hget", self.k.versions(space), name)
         if raw is None:
-            raise NotFound(f"space {space!r} has no version {name!r}")
+            raise VersionNotFound(f"space {space!r} has no version {name!r}")
         return VersionRecord.model_validate_json(raw)
 
     @planned
@@ -192,7 +209,7 @@ class Catalogue:
             prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias], "rollback")
         except ResponseError as exc:
             if str(exc).startswith("EMBNOHISTORY"):
-                raise NotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
+                raise VersionNotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]
 
@@ -216,4 +233,4 @@ class Catalogue:
                 return target.decode()
             if exists:
                 return name
-        raise NotFound(f"space {space!r} has no version or alias {name!r}")
+        raise VersionNotFound(f"space {space!r} has no version or alias {name!r}")

@@ -16,6 +16,7 @@ from typing import Any
 import redis.cluster
 from redis import exceptions as rexc
 
+from ..core.errors import InvalidInput, PrincipalNotFound
 from .acl import (
     Credentials,
     Grant,
@@ -25,7 +26,6 @@ from .acl import (
     user_rules,
     worker_rules,
 )
-from ..core.errors import InvalidInput, NotFound
 from .store import Store, translate_errors
 
 __all__ = ["Principals"]
@@ -98,10 +98,10 @@ class Principals:
         with translate_errors(f"revoke {name}"):
             rec = self._record(name)
             if rec is None:
-                raise NotFound(f"no principal named {name!r}")
+                raise PrincipalNotFound(f"no principal named {name!r}")
             spaces = list(rec["grants"]) if space is None else [space]
             if space is not None and space not in rec["grants"]:
-                raise NotFound(f"principal {name!r} has no grant on space {space!r}")
+                raise PrincipalNotFound(f"principal {name!r} has no grant on space {space!r}")
             for s in spaces:
                 rec["grants"].pop(s, None)
                 self.r.hdel(self.k.grants(s), name)
@@ -118,7 +118,7 @@ class Principals:
         with translate_errors(f"rotate {name}"):
             rec = self._record(name)
             if rec is None:
-                raise NotFound(f"no principal named {name!r}")
+                raise PrincipalNotFound(f"no principal named {name!r}")
             secret = new_secret()
             rec["hash"] = hash_secret(secret)
             rec["rotated"] = time.time()

@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from ..core.errors import (
     AlreadyExists,
+    AuthenticationFailed,
     EmbcacheError,
     Indeterminate,
     NotFound,
@@ -130,7 +131,7 @@ def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[No
     except rexc.NoPermissionError as exc:
         raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
     except rexc.AuthenticationError as exc:
-        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+        raise AuthenticationFailed(f"{operation}: authentication failed: {exc}") from None
     except rexc.OutOfMemoryError as exc:
         raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit (maxmemory); nothing was "
                           f"written: {exc}") from None
