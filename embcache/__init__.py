@@ -12,6 +12,7 @@ from .core import errors, filters
 from .core.errors import (
     AlreadyExists,
     BuildTimeout,
+    CorruptRecord,
     DimensionMismatch,
     EmbcacheError,
     Indeterminate,
@@ -57,6 +58,7 @@ __all__ = [
     "OutOfMemory",
     "RedisRefused",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
     "__version__",

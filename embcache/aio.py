@@ -212,7 +212,7 @@ class AsyncVersion:
 
     @property
     def state(self) -> str:
-        """``open`` or ``sealed``."""
+        """``open``, ``sealed``, or ``sealing`` (a seal under way or cut short: seal again to complete it)."""
         return self.sync.state
 
     def __repr__(self) -> str:

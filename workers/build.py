@@ -7,6 +7,7 @@ expire; the pointer only ever moves to a complete, verified generation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,11 +21,11 @@ import hnswlib
 import numpy as np
 
 from embcache.core import codec, snapshot
-from embcache.core.errors import SnapshotCorrupt
+from embcache.core.errors import CorruptRecord, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
-from embcache.redis.catalogue import SpaceRecord
-from embcache.redis.store import Store
+from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from embcache.redis.store import PartitionData, Store
 
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 
@@ -85,10 +86,16 @@ def _previous(store: Store, space: SpaceRecord, pk: PartitionKeys) -> tuple[snap
 def build_snapshot(
     store: Store, space: SpaceRecord, version: str, partition: str, *, full: bool = False
 ) -> BuildResult:
-    """Bring the partition's snapshot up to its change log and publish it."""
+    """Bring the partition's snapshot up to its change log and publish it.
+
+    ``space`` is the validated record of the job's own space (every key is built from the job's arguments). A
+    partition of a sealed version is published only when its contents still match the digest taken at seal
+    time; otherwise :class:`CorruptRecord` is raised, the refusal is recorded in the partition's state, and the
+    published snapshot stays as it was."""
     t0 = time.perf_counter()
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
+    vrec = Catalogue(store).get_version(space.name, version)
     snapshot.remove_uploads(r, pk)  # what builds killed before publication left behind
     previous, previous_raw, stale, generation = _previous(store, space, pk)
     # a reader reported the published snapshot as corrupt: verify it ourselves (anyone who may write the state
@@ -113,12 +120,16 @@ def build_snapshot(
         if corrupt:  # verified above: the report was wrong
             r.hdel(pk.state, "corrupt")
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
+    data = None
+    if vrec.state == "sealed":  # nothing may have changed since the seal: read it all and compare
+        data = _verified(store, vrec, partition, pk)
+        full = True
     state = None
     if previous is not None and not full and previous.M == space.M:
         state = _incremental(store, space, pk, previous, verified)
     kind = "incremental"
     if state is None:
-        state = _full(store, space, pk)
+        state = _full(store, space, pk, data)
         kind = "full"
     index, labels, ids, metas, pos, deleted, max_label, label, meta = state
     generation += 1
@@ -142,8 +153,32 @@ def build_snapshot(
 State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, dict[str, int], dict[str, Any]]
 
 
-def _full(store: Store, space: SpaceRecord, pk: PartitionKeys) -> State:
+def _verified(store: Store, vrec: VersionRecord, partition: str, pk: PartitionKeys) -> PartitionData:
+    """The sealed partition's contents, if they match the digest recorded when its version was sealed."""
+    position = store.position(pk)
+    known = store.r.hget(pk.state, "refused")
+    if known is not None:  # refused before at this very position: do not read it all again
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            if json.loads(known)["pos"] == position:
+                raise CorruptRecord(f"{pk.tag}: {json.loads(known)['reason']}")
     data = store.read_partition(pk)
+    sealed = vrec.digests.get(partition)
+    reason = None
+    if sealed is None:
+        reason = "sealed without a recorded digest; refusing to publish it"
+    elif codec.partition_digest(data.ids, data.vectors, data.metadatas) != sealed.sha256:
+        reason = (f"changed since its version was sealed ({len(data.ids)} items, {sealed.count} at seal time); "
+                  "refusing to publish it")
+    if reason is not None:
+        store.r.hset(pk.state, "refused", json.dumps({"pos": data.pos, "reason": reason}))
+        log.error("%s: %s", pk.tag, reason)
+        raise CorruptRecord(f"{pk.tag}: {reason}")
+    return data
+
+
+def _full(store: Store, space: SpaceRecord, pk: PartitionKeys, data: PartitionData | None = None) -> State:
+    if data is None:
+        data = store.read_partition(pk)
     mat, bad = codec.decode_stored(data.vectors, space.dim, space.dtype, pk.tag)  # corrupt items: left out
     skip = set(bad)
     ids = [id_ for i, id_ in enumerate(data.ids) if i not in skip]

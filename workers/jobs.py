@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from embcache.core.errors import NotFound
+from embcache.core.errors import CorruptRecord, NotFound
 from embcache.core.keys import Keys
 from embcache.redis import metrics
 from embcache.redis.catalogue import Catalogue
@@ -79,20 +79,26 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
     """Build or update the snapshot of one partition and publish it. Returns what was done.
 
     A partition that is not in the catalogue (a junk dirty mark, or one dropped since) is skipped: nothing is
-    built or published for it, so nothing is left that ``drop_space`` would not remove."""
+    built or published for it, so nothing is left that ``drop_space`` would not remove. A record that fails
+    validation (:class:`CorruptRecord`: a space record out of bounds or not its key's, a sealed partition
+    changed since its seal) is not retried: the job returns ``kind="refused"`` and logs why, since running it
+    again would find the same data."""
     store = data_store(prefix)
-    catalogue = Catalogue(store)
     try:
-        record = catalogue.get_space(space)
-        exists = catalogue.has_partition(space, version, partition)
+        exists = Catalogue(store).has_partition(space, version, partition)
     except NotFound:
         exists = False
     if not exists:
         log.warning("skipped the build of %s/%s/%s: no such partition in the catalogue", space, version, partition)
         return {"partition": partition, "kind": "skipped", "reason": "not in the catalogue"}
     pk = store.keys.partition(space, version, partition)
-    with Lease(store.r, pk.lease):
-        result = build_snapshot(store, record, version, partition, full=full)
+    try:
+        record = Catalogue(store).get_space(space)
+        with Lease(store.r, pk.lease):
+            result = build_snapshot(store, record, version, partition, full=full)
+    except CorruptRecord as exc:
+        log.error("build of %s refused: %s", pk.tag, exc)
+        return {"partition": partition, "kind": "refused", "reason": str(exc)}
     if metrics.ENABLED:
         metrics.observe_build(space, result.kind, result.seconds)
     return result.as_dict()

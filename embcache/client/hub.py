@@ -27,6 +27,7 @@ from ..core import codec
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
+    CorruptRecord,
     EmbcacheError,
     InvalidInput,
     ItemNotFound,
@@ -46,7 +47,7 @@ from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
 from ..redis.plan import Batch, Call, Offload, Plan, run
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -221,19 +222,19 @@ class Hub:
         return self.catalogue.list_spaces()
 
     def drop_space(self, name: str) -> None:
-        """Delete a space with all its versions, data and snapshots."""
-        record = self._record(name)
-        cat = self.catalogue
+        """Delete a space with all its versions, data and snapshots, and every principal's grant on it."""
+        check_name(name, "space name")
+        with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
+            self._record(name)
         with _named("drop_space", name, self.username), translate_errors(f"drop space {name}", write=True):
-            # data first, the record and the listing last: a drop cut short can simply be run again
-            for v in cat.list_versions(name):
-                for p in cat.partitions(name, v.name):
-                    self.store.delete_partition(self.keys.partition(name, v.name, p))
-            for key in cat.space_keys(name):
-                self.store.r.delete(key)
+            # grants first, so nobody writes while the keys go; then every key under the space's tags, also
+            # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
+            # cut short can simply be run again
+            self.principals.revoke_space(name)
+            self.catalogue.delete_space_keys(name)
             self.store.r.srem(self.keys.spaces(), name)
-        self._records.pop(record.name, None)
-        self._defaults.pop(record.name, None)
+        self._records.pop(name, None)
+        self._defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         with self._session_lock:
             for pid in [p for p in self._session if p[0] == name]:
@@ -336,7 +337,7 @@ class Hub:
                 pipe.smembers(self.keys.parts(space, version))
             results = pipe.execute()
         for key, members in zip(keys, results):
-            self._parts[key] = sorted(m.decode() for m in members)
+            self._parts[key] = valid_names(members, "partition name")
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
     def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
@@ -660,9 +661,8 @@ class Version:
 
     @_guard("seal")
     def seal(self) -> None:
-        """Make the version read-only (idempotent)."""
-        for p in self.hub.catalogue.seal(self.space.name, self.name):
-            self.hub.store.flag_sealed(self._pk(p))
+        """Make the version read-only (idempotent; a seal that was cut short is completed)."""
+        self.hub.catalogue.seal(self.space.name, self.name)
         self.state = "sealed"
 
     @_guard("build")
@@ -953,7 +953,7 @@ class Version:
                 replies = yield Batch(calls)
             positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
             if all_parts:
-                fresh = sorted(m.decode() for m in replies[-1])
+                fresh = valid_names(replies[-1], "partition name")
                 hub._parts[(self.space.name, self.name)] = fresh
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]

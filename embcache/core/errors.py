@@ -22,6 +22,7 @@
     ├── OutOfMemory             Redis refused a write at its memory limit (maxmemory, noeviction)
     ├── RedisRefused            Redis refused a command for another reason (e.g. WRONGTYPE on a tampered key)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
+    ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
     └── ServerError             the embedded redis-server could not be found or started
 
@@ -55,6 +56,7 @@ __all__ = [
     "OutOfMemory",
     "RedisRefused",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
 ]
@@ -145,6 +147,13 @@ class RedisRefused(EmbcacheError):
 
 class SnapshotCorrupt(EmbcacheError):
     """A snapshot failed verification; it is not used."""
+
+
+class CorruptRecord(EmbcacheError):
+    """A record read back from Redis is not one embcache could have written (a principal with raw access may
+    write its own keys): a space record whose name is not its key or whose parameters are out of bounds, a
+    malformed version record, a sealed partition that no longer matches the digest taken when it was sealed.
+    Nothing is built or served from it."""
 
 
 class BuildTimeout(EmbcacheError, TimeoutError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .catalogue import valid_names
 from .store import translate_errors
 
 __all__ = ["StrongProbes", "StrongProbe", "PendingProbe"]
@@ -107,4 +108,4 @@ class PendingProbe:
             probes._done(own, conn, failed=True)
             raise
         probes._done(own, conn)
-        return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
+        return (pos.decode() if pos else "0-0"), valid_names(members, "partition name")

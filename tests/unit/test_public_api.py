@@ -16,6 +16,7 @@ from embcache.compat import embeddinghub
 PUBLIC = [
     "AlreadyExists",
     "BuildTimeout",
+    "CorruptRecord",
     "DimensionMismatch",
     "EmbcacheError",
     "GetResult",
@@ -39,8 +40,9 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "Indeterminate", "InvalidInput", "InvalidName",
-    "NotFound", "OutOfMemory", "PermissionDenied", "RedisRefused", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "Indeterminate",
+    "InvalidInput", "InvalidName", "NotFound", "OutOfMemory", "PermissionDenied", "RedisRefused", "ServerError",
+    "SnapshotCorrupt", "Unavailable", "VersionSealed",
 ]
 
 
