@@ -117,7 +117,9 @@ def build_snapshot(
         stale.append((previous.sid, previous.chunks))  # replaced like an unreadable one: no log trim at its position
         previous, verified = None, None
     if previous is not None and previous.pos == position and not full:
-        if corrupt:  # verified above: the report was wrong
+        if corrupt:  # verified above: the snapshot is intact
+            if vrec.state == "sealed":  # and a sealed partition's items too (CorruptRecord if changed)
+                _verified(store, vrec, partition, pk)
             r.hdel(pk.state, "corrupt")
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
     data = None

@@ -751,6 +751,8 @@ class Version:
     @_guard("ids")
     def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
         """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 100_000:
+            raise InvalidInput(f"batch must be an integer in [1, 100000], got {batch!r:.60}")
         for p in self._run(self._partitions_arg(None if partition is None else [partition])):
             yield from self.hub.store.scan_ids(self._pk(p), batch)
 

@@ -424,6 +424,9 @@ def test_tampered_sealed_partition_is_never_published(redis_url: str, workers, c
     pk = K.partition("alpha", "v1", "p1")
     # an honest rebuild of the sealed partition (a reader reported the snapshot corrupt) is published
     gen = int(op.store.r.hget(pk.state, "generation"))
+    # (the worker verifies a report itself since issue 11.16: the snapshot must really be corrupt)
+    manifest = json.loads(op.store.r.get(pk.snap))
+    op.store.r.set(pk.chunk(manifest["sid"], manifest["chunks"] - 1), b"\x00garbage")
     op.store.r.hset(pk.state, "corrupt", "checksum mismatch")
     op.store.mark_dirty("alpha", "v1", "p1")
     wait_for(lambda: int(op.store.r.hget(pk.state, "generation")) > gen, 30, what="the honest rebuild")
