@@ -368,3 +368,45 @@ def test_an_interrupted_builds_leftovers_are_reported_and_removed_by_the_next_bu
     assert not r.exists(pk.chunk("2.deadbeef", 0), pk.chunk("2.deadbeef", 1))
     (s,) = v.stats()
     assert (s.leftover_uploads, s.leftover_bytes, s.count) == (0, 0, 101)
+
+
+# --- 5. input rules -----------------------------------------------------------------------------------------
+
+def test_input_rules_refuse_or_convert_as_documented(redis_url, hubs) -> None:  # noqa: ANN001
+    """docs/operations.md "Input rules": control characters in ids, non-str metadata keys, timedelta64 vectors
+    are refused with nothing changed; a tuple comes back as a list; a grant on a partition that does not exist
+    yet is allowed, and the principal gets the partition once it is written."""
+    hub = hubs(redis_url)
+    v = hub.create_space("rules", dim=DIM, metric="l2").create_version()
+    ids, x = _data(3, 14)
+    v.upsert(ids, x)
+    before = snapshot_server(redis_url)
+    for label, call in {
+        "NUL in an id": lambda: v.upsert(["a\x00b"], x[:1]),
+        "newline in an id": lambda: v.upsert(["a\nb"], x[:1]),
+        "C1 control in an id": lambda: v.upsert(["a\x85"], x[:1]),
+        "int metadata key (nested)": lambda: v.upsert(["m"], x[:1], [{"a": {1: "x"}}]),
+        "metadata 40 deep": lambda: v.upsert(["m"], x[:1], [_deep(40)]),
+        "timedelta64 vectors": lambda: v.upsert(["t"], np.ones((1, DIM), dtype="m8[s]")),
+        "datetime64 vectors": lambda: v.upsert(["t"], np.ones((1, DIM), dtype="M8[s]")),
+        "bool vectors": lambda: v.upsert(["t"], np.ones((1, DIM), dtype=bool)),
+    }.items():
+        with pytest.raises(InvalidInput):
+            call()
+        assert_same(before, snapshot_server(redis_url), label)
+    v.upsert(["tup"], x[:1], [{"tags": ("a", "b")}])
+    assert v.get(["tup"]).metadatas == [{"tags": ["a", "b"]}]
+    creds = hub.grant("future-writer", space="rules", role="writer", partitions=["future"])
+    assert "future" not in v.partitions()
+    with embcache.connect(redis_url, username=creds.username, password=creds.password, refresh_interval=0) as w:
+        wv = w.space("rules").version(v.name)
+        assert wv.upsert(["f1"], x[:1], partition="future") == 1
+        assert wv.get(["f1"]).ids == ["f1"] and wv.count() == 1  # it sees its partition only
+    assert "future" in v.partitions()
+
+
+def _deep(n: int) -> dict:
+    d: dict = {}
+    for _ in range(n):
+        d = {"k": d}
+    return d
