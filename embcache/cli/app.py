@@ -27,7 +27,8 @@ def _from_env(ctx: click.Context, name: str) -> bool:
 @click.version_option(__version__, "--version", "-V", prog_name="embcache", message="%(prog)s %(version)s")
 @click.option("--url", envvar="EMBCACHE_URL", default=None, metavar="URL",
               help="Redis URL: redis://, rediss://, unix:// (default: EMBCACHE_URL, else the embedded server)")
-@click.option("--username", envvar="EMBCACHE_USERNAME", default=None, help="Redis ACL user (default: EMBCACHE_USERNAME)")
+@click.option("--username", envvar="EMBCACHE_USERNAME", default=None,
+              help="Redis ACL user (default: EMBCACHE_USERNAME)")
 @click.option("--password", envvar="EMBCACHE_PASSWORD", default=None, help="its password (default: EMBCACHE_PASSWORD)")
 @click.option("--password-file", envvar="EMBCACHE_PASSWORD_FILE", default=None, metavar="PATH",
               help="read the password from the first line of PATH (default: EMBCACHE_PASSWORD_FILE)")

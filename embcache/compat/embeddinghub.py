@@ -611,7 +611,8 @@ class SpaceSnapshot:
             else:
                 if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Iterable):
                     raise InvalidInput(f"vectors must be a list of vectors, got {type(vectors).__name__}")
-                arrays = [_vector(v, self.dims, f"vectors[{i}]", self.name or "snapshot") for i, v in enumerate(vectors)]
+                name = self.name or "snapshot"
+                arrays = [_vector(v, self.dims, f"vectors[{i}]", name) for i, v in enumerate(vectors)]
                 if not arrays:
                     return []
                 queries = self._checked(dict(enumerate(arrays)))  # type: ignore[arg-type]
@@ -745,7 +746,8 @@ class EmbeddingHubClient:
         """Delete ``key`` from ``space``."""
         return _run(lambda: self._space(space).delete(key), wait)
 
-    def multiset(self, space: object, embedding_tuples: Mapping[str, Embedding] | Iterable[tuple[str, Embedding]]) -> None:
+    def multiset(self, space: object,
+                 embedding_tuples: Mapping[str, Embedding] | Iterable[tuple[str, Embedding]]) -> None:
         """Store a mapping or ``(key, embedding)`` pairs in ``space``, atomically."""
         self._space(space).multiset(embedding_tuples)
 

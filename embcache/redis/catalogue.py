@@ -340,7 +340,8 @@ class Catalogue:
                                     [alias], "rollback")
         except ResponseError as exc:
             if str(exc).startswith("EMBNOHISTORY"):
-                raise VersionNotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
+                raise VersionNotFound(
+                    f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]
 

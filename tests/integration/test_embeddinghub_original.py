@@ -31,7 +31,6 @@ import pytest
 from embcache.compat import embeddinghub as eh
 from embcache.compat.embeddinghub import SpaceSnapshot as Index  # the original's offlinehub.Index
 
-
 # --- the client tests (sdk/python/embeddinghub_test.py) -----------------------------------------------------
 
 
