@@ -12,6 +12,8 @@ guarantee it threatens. docs/operations.md ("Faults and what each guarantee cove
 | ``maxmemory`` reached (``noeviction``) | ``OutOfMemory``, nothing changed, the worker backs off and lives | ``test_memory_limit_refusals_are_typed_change_nothing_and_the_worker_survives`` |
 | the dirty mark refused after the write committed | the upsert returns, the data is stored and built | ``test_a_refused_dirty_mark_after_a_committed_write_does_not_raise`` |
 | a build killed after uploading its chunks | leftovers reported in stats, removed by the next build | ``test_an_interrupted_builds_leftovers_are_reported_and_removed_by_the_next_build`` |
+| ``partitions=5``, ``partitions=[5]``, a lone surrogate in a description | ``InvalidInput``, nothing changed | ``test_partitions_and_grants_of_the_wrong_type_are_invalid_input`` |
+| control characters in ids, int metadata keys, timedelta64 vectors, tuples, grants on future partitions | refused or converted as documented | ``test_input_rules_refuse_or_convert_as_documented`` |
 """
 
 from __future__ import annotations
