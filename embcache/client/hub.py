@@ -675,6 +675,13 @@ class Version:
         :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
         ``on_progress(done, total)`` is called as partitions complete.
         """
+        if not isinstance(wait, bool):
+            raise InvalidInput(f"wait must be True or False, got {wait!r:.60}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            raise InvalidInput(f"timeout must be a positive number of seconds or None, got {timeout!r:.60}")
+        if on_progress is not None and not callable(on_progress):
+            raise InvalidInput("on_progress must be callable")
         store = self.hub.store
         keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
         targets = {p: store.position(pk) for p, pk in keys.items()}
