@@ -19,12 +19,14 @@ from .core.errors import (
     InvalidInput,
     InvalidName,
     NotFound,
+    OpenDefaultUserWarning,
     OutOfMemory,
     PermissionDenied,
     RedisRefused,
     ServerError,
     SnapshotCorrupt,
     Unavailable,
+    UntrustedHome,
     VersionSealed,
 )
 from .redis import acl, builds, metrics, plan, server, store
@@ -61,5 +63,7 @@ __all__ = [
     "CorruptRecord",
     "BuildTimeout",
     "ServerError",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
     "__version__",
 ]

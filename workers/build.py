@@ -24,6 +24,7 @@ from embcache.core import codec, snapshot
 from embcache.core.errors import CorruptRecord, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
+from embcache.redis import snapshots
 from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from embcache.redis.store import PartitionData, Store
 
@@ -96,7 +97,7 @@ def build_snapshot(
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
     vrec = Catalogue(store).get_version(space.name, version)
-    snapshot.remove_uploads(r, pk)  # what builds killed before publication left behind
+    snapshots.remove_uploads(r, pk)  # what builds killed before publication left behind
     previous, previous_raw, stale, generation = _previous(store, space, pk)
     # a reader reported the published snapshot as corrupt: verify it ourselves (anyone who may write the state
     # can write that report) rather than rebuilding in full every time it appears
@@ -105,7 +106,7 @@ def build_snapshot(
     if corrupt and previous is not None and not full:
         _kept.pop(pk.tag, None)
         try:
-            verified = snapshot.load(r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
+            verified = snapshots.load(r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
                                      manifest=previous)
         except SnapshotCorrupt as exc:
             log.warning("%s: the reported snapshot is corrupt (%s); rebuilding in full", pk.tag, exc)
@@ -141,7 +142,7 @@ def build_snapshot(
         deleted=deleted, max_label=max_label,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
-    snapshot.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
+    snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
                      previous_raw=previous_raw, stale=stale)
     _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
     if pos_key(store.position(pk)) > pos_key(pos):
@@ -226,7 +227,7 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     else:
         if base is None:
             try:
-                base = snapshot.load(store.r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
+                base = snapshots.load(store.r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
                                      manifest=previous)
             except SnapshotCorrupt as exc:
                 log.warning("%s: %s; rebuilding in full", pk.tag, exc)

@@ -15,13 +15,14 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
+from redis import exceptions as redis_exceptions
 
 from ..core import codec
 from ..core.errors import (
@@ -32,6 +33,7 @@ from ..core.errors import (
     InvalidInput,
     ItemNotFound,
     NotFound,
+    OpenDefaultUserWarning,
     OutOfMemory,
     PartitionNotFound,
     PermissionDenied,
@@ -40,28 +42,36 @@ from ..core.errors import (
     VersionSealed,
 )
 from ..core.filters import compile_where
-from ..core.keys import Keys, check_name
+from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
 from ..core.snapshot import HnswBase
-from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..core.views import Overlay, OverlayItem, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
-from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.connection import (
+    check_url,
+    env_credentials,
+    normalize_url,
+    read_password_file,
+    redact_url,
+    url_username,
+)
+from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .state import SESSION_ITEMS, KnownPartitions, SessionWrites
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
 T = TypeVar("T")
-log = logging.getLogger("embcache.client")
+_log = logging.getLogger("embcache")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
-SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
 _INCLUDE_GET = ("embeddings", "metadatas")
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
@@ -112,6 +122,7 @@ def connect(
     *,
     username: str | None = None,
     password: str | None = None,
+    password_file: str | os.PathLike[str] | None = None,
     cluster: bool | None = None,
     prefix: str = "emb",
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -119,24 +130,53 @@ def connect(
 ) -> "Hub":
     """Connect to a hub.
 
-    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; without it ``EMBCACHE_URL`` is used, and without that
-    the embedded server (see :mod:`embcache.server`) is started or reused. Redis Cluster is detected unless
-    ``cluster`` says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often
-    (seconds) loaded partitions are checked for new data.
+    ``url`` is ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or ``valkeys://``; without it
+    ``EMBCACHE_URL`` is used, and without that the embedded server (see :mod:`embcache.server`) is started or
+    reused, with its operator password. Credentials: ``username``/``password`` (or ``password_file``, whose
+    first line is the password), else ``EMBCACHE_USERNAME`` and ``EMBCACHE_PASSWORD`` / ``EMBCACHE_PASSWORD_FILE``
+    (which, unlike command-line arguments, ``ps`` does not show). Redis Cluster is detected unless ``cluster``
+    says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often (seconds)
+    loaded partitions are checked for new data.
     """
+    if password_file is not None:
+        if password is not None:
+            raise InvalidInput("give password or password_file, not both")
+        password = read_password_file(password_file)
+    if username is None and password is None:
+        username, password = env_credentials()
     if url is None:
         url = os.environ.get("EMBCACHE_URL") or None
+    embedded = None
     if url is None:
-        from ..redis.server import ensure_embedded
+        from ..redis.server import attach
 
-        url = ensure_embedded()
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise InvalidInput(f"url must start with redis://, rediss:// or unix://, got {url!r}")
-    if not isinstance(cache_bytes, int) or cache_bytes <= 0:
-        raise InvalidInput("cache_bytes must be a positive integer")
-    client = open_client(url, username=username, password=password, cluster=cluster)
-    return Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
-               username=username, password=password)
+        embedded = attach()
+        url = embedded.url
+        if username is None and password is None:
+            password = embedded.password  # the owner's own connection: the home's operator
+    url = normalize_url(url)
+    try:
+        check_url(url)
+        if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+            raise InvalidInput("cache_bytes must be a positive integer")
+    except InvalidInput:
+        if embedded is not None:
+            embedded.close()
+        raise
+    if embedded is None and username is None and password is None:
+        from ..redis.server import embedded_password
+
+        password = embedded_password(url)  # the URL of this user's embedded server, given explicitly
+    try:
+        client = open_client(url, username=username, password=password, cluster=cluster)
+        hub = Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
+                  username=username if username is not None else url_username(url), password=password)
+    except BaseException:
+        if embedded is not None:
+            embedded.close()
+        raise
+    hub._embedded = embedded
+    return hub
 
 
 class Hub:
@@ -162,15 +202,13 @@ class Hub:
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
-        self._parts: dict[tuple[str, str], list[str]] = {}
-        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
-        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
+        self.partitions = KnownPartitions(self.catalogue)  # partition lists of the versions this hub uses
+        self.session = SessionWrites()  # this hub's own writes not yet in a loaded base (session reads)
+        self.defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self.partitions.refresh, self._refresh_defaults]
         self._records: dict[str, SpaceRecord] = {}
-        self._registered: set[tuple[str, str, str]] = set()
-        self._session: dict[tuple[str, str, str], Overlay] = {}
-        self._session_lock = threading.Lock()
-        self._session_overflow: dict[tuple[str, str, str], str] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
+        self._embedded: Any = None  # this hub's share of the embedded server (embcache.server.Embedded), if any
 
     @property
     def is_cluster(self) -> bool:
@@ -232,23 +270,19 @@ class Hub:
             # cut short can simply be run again
             self.principals.revoke_space(name)
             self.catalogue.delete_space_keys(name)
-            self.store.r.srem(self.keys.spaces(), name)
+            self.catalogue.unlist_space(name)
         self._records.pop(name, None)
-        self._defaults.pop(name, None)
+        self.defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[0] == name]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[0] != name}
+        self.session.drop(lambda pid: pid[0] == name)
+        self.partitions.drop(lambda pid: pid[0] == name)
 
     def _forget_version(self, space: str, version: str) -> None:
         """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
-        self._defaults.pop(space, None)
+        self.defaults.pop(space, None)
         self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[:2] == (space, version)]:
-                del self._session[pid]
-        self._registered = {p for p in self._registered if p[:2] != (space, version)}
+        self.session.drop(lambda pid: pid[:2] == (space, version))
+        self.partitions.drop(lambda pid: pid[:2] == (space, version))
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -272,7 +306,25 @@ class Hub:
             raise InvalidInput(f"partitions must be None (all) or a list of partition names, got {partitions!r:.60}")
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
         self._record(space)  # the space must exist
+        self._warn_if_default_user_open()
         return self.principals.grant(principal, grant)
+
+    def _warn_if_default_user_open(self) -> None:
+        """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
+        nothing, since every principal can ``AUTH default x`` and become the operator."""
+        with translate_errors("check the default user"):
+            try:
+                info = self.store.r.acl_getuser("default")
+            except redis_exceptions.ResponseError:  # a server without ACLs, or not allowed: nothing to check
+                return
+        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
+        if "on" in flags and "nopass" in flags:
+            msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
+                   "become the operator, so this grant protects nothing. Give the default user a password "
+                   "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
+                   "docs/access-control.md. (The embedded server does this itself.)")
+            _log.warning(msg)
+            warnings.warn(OpenDefaultUserWarning(msg), stacklevel=3)
 
     def revoke(self, principal: str, *, space: str | None = None) -> None:
         """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
@@ -295,7 +347,10 @@ class Hub:
         """Stop the refresher and close the connections."""
         self.probes.close()
         self.cache.close()
-        self.store.r.close()
+        self.store.close()
+        if self._embedded is not None:
+            self._embedded.close()
+            self._embedded = None
 
     def __enter__(self) -> "Hub":
         return self
@@ -304,67 +359,14 @@ class Hub:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Hub({self.url!r})"
-
-    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
-    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
-        key = (space, version)
-        parts = None if fresh else self._parts.get(key)
-        if parts is None:
-            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
-            self._parts[key] = parts
-        return parts
-
-    def _partition_added(self, space: str, version: str, partition: str) -> None:
-        parts = self._parts.get((space, version))
-        if parts is not None and partition not in parts:
-            self._parts[(space, version)] = sorted([*parts, partition])
+        return f"Hub({redact_url(self.url)!r})"
 
     def _refresh_defaults(self) -> None:
-        for name in list(self._defaults):
+        for name in list(self.defaults):
             try:
                 self.space(name).default_version()
             except NotFound:  # dropped, or no versions any more
-                self._defaults.pop(name, None)
-
-    def _refresh_partitions(self) -> None:
-        keys = list(self._parts)
-        if not keys:
-            return
-        with translate_errors("refresh partitions"):
-            pipe = self.store.r.pipeline(transaction=False)
-            for space, version in keys:
-                pipe.smembers(self.keys.parts(space, version))
-            results = pipe.execute()
-        for key, members in zip(keys, results):
-            self._parts[key] = valid_names(members, "partition name")
-
-    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
-        """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
-        partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
-        with self._session_lock:
-            ov = self._session.setdefault(pid, {})
-            ov.update(items)
-            if overflow or len(ov) > SESSION_ITEMS:
-                ov.clear()
-                self._session_overflow[pid] = pos
-
-    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
-        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
-        covered = pos_key(base_pos)
-        with self._session_lock:
-            overflow = self._session_overflow.get(pid)
-            if overflow is not None:
-                if pos_key(overflow) > covered:
-                    return None
-                del self._session_overflow[pid]
-            ov = self._session.get(pid)
-            if not ov:
-                return {}
-            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
-                del ov[i]
-            return dict(ov)
+                self.defaults.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -375,7 +377,8 @@ def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
     except PermissionDenied as exc:
         if getattr(exc, "named", False):
             raise
-        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err = PermissionDenied(
+            f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
         err.named = True  # type: ignore[attr-defined]
         raise err from None
 
@@ -452,7 +455,7 @@ class Space:
         except UnicodeEncodeError as exc:  # a lone surrogate: Redis's JSON decoder would refuse it half-way
             raise InvalidInput(f"description is not valid Unicode: {exc}") from None
         rec = self.hub.catalogue.create_version(self.name, name, description)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
@@ -470,7 +473,9 @@ class Space:
 
         :class:`~embcache.errors.InvalidInput` while an alias points at it (move the alias first: it would point at
         nothing), :class:`~embcache.errors.NotFound` if there is no such version. Its name is not reused by
-        :meth:`create_version`'s numbering.
+        :meth:`create_version`'s numbering. Only the operator may drop a version: an ``admin`` principal gets
+        :class:`~embcache.errors.PermissionDenied` (Redis does not let it delete keys, so that it cannot drop a
+        sealed version and recreate it unsealed).
         """
         self.hub.catalogue.get_version(self.name, name)
         pointing = sorted(a for a, v in self.aliases().items() if v == name)
@@ -487,7 +492,7 @@ class Space:
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
         self.hub.catalogue.set_alias(self.name, alias, name)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live") -> None:
         """Same as ``set_alias(alias, version)``."""
@@ -505,17 +510,17 @@ class Space:
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
         target = self.hub.catalogue.rollback(self.name, alias)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return self.version(target)
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
-        return run(self._default_version(True), self.hub.store.r)
+        return self.hub.store.run(self._default_version(True))
 
     def _default_version(self, fresh: bool) -> Plan["Version"]:
         """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
         and this hub's own alias moves and new versions update it at once)."""
-        cached = None if fresh else self.hub._defaults.get(self.name)
+        cached = None if fresh else self.hub.defaults.get(self.name)
         if cached is not None:
             return cached
         cat = self.hub.catalogue
@@ -528,18 +533,18 @@ class Space:
                 raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
-        self.hub._defaults[self.name] = version
+        self.hub.defaults[self.name] = version
         return version
 
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query_by_id(ids, n_results, **kwargs)
 
 
@@ -560,13 +565,13 @@ class Version:
     def _pid(self, partition: str) -> tuple[str, str, str]:
         return (self.space.name, self.name, partition)
 
-    def _pk(self, partition: str):  # noqa: ANN202
+    def _pk(self, partition: str) -> PartitionKeys:
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
     # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
     # client; embcache.aio runs the very same plan with redis.asyncio.
     def _run(self, plan: Plan[T]) -> T:
-        return run(plan, self.hub.store.r)
+        return self.hub.store.run(plan)
 
     # writes -----------------------------------------------------------------------------------------------
     @_guard("upsert")
@@ -596,27 +601,22 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        added = False
-        if pid not in hub._registered:
-            added = yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
-            hub._registered.add(pid)
-            hub._partition_added(self.space.name, self.name, partition)
+        added = yield from hub.partitions.register(pid)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
         except (OutOfMemory, PermissionDenied, Unavailable):  # refused: nothing written, so register nothing
             if added:
-                yield from hub.catalogue.unregister_empty.plan(hub.catalogue, self.space.name, self.name, partition)
-                hub._registered.discard(pid)
+                yield from hub.partitions.unregister_empty(pid)
             raise
         yield from self._mark_dirty(partition)
         if len(id_list) > SESSION_ITEMS:
-            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+            hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
             stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
             metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+            hub.session.remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
@@ -640,7 +640,7 @@ class Version:
                 raise self._sealed() from None
             if pos is not None:
                 yield from self._mark_dirty(p)
-                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
 
@@ -651,7 +651,7 @@ class Version:
         try:
             yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         except EmbcacheError as exc:
-            log.warning("wrote to %s/%s/%s but could not mark it for a build (%s); the workers' reconciliation "
+            _log.warning("wrote to %s/%s/%s but could not mark it for a build (%s); the workers' reconciliation "
                         "will pick it up", self.space.name, self.name, partition, exc)
 
     def _sealed(self) -> VersionSealed:
@@ -695,17 +695,15 @@ class Version:
     def _require_dispatcher(self, grace: float) -> None:
         """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
         lock it renews every tick (a principal that may not read it skips this check)."""
-        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
         deadline = time.monotonic() + grace
         try:
-            with translate_errors("build"):
-                while not r.exists(key):
-                    if time.monotonic() > deadline:
-                        raise BuildTimeout(
-                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
-                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
-                        )
-                    time.sleep(0.1)
+            while not self.hub.store.dispatcher_seen():
+                if time.monotonic() > deadline:
+                    raise BuildTimeout(
+                        f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                        "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                    )
+                time.sleep(0.1)
         except PermissionDenied:
             return
 
@@ -732,7 +730,7 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
+        return self._run(self.hub.partitions.get(self.space.name, self.name, True))
 
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
@@ -741,9 +739,10 @@ class Version:
             partitions = [partitions]
         if partitions is not None and (not isinstance(partitions, (list, tuple)) or not partitions):
             raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
-        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
-        if not fresh and partitions is not None and not {p for p in partitions if isinstance(p, str)} <= set(known):
-            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
+        known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
+        asked = {p for p in partitions or [] if isinstance(p, str)}
+        if not fresh and partitions is not None and not asked <= set(known):
+            known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -770,9 +769,8 @@ class Version:
 
     def _count(self, partition: str | None) -> Plan[int]:
         parts = yield from self._partitions_arg(None if partition is None else [partition])
-        with translate_errors("count"):
-            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
-        return sum(int(c) for c in counts)
+        store = self.hub.store
+        return sum((yield from store.counts.plan(store, [self._pk(p) for p in parts])))
 
     @_guard("get")
     def get(
@@ -837,14 +835,14 @@ class Version:
         trip; None when the general path is needed."""
         t0 = time.perf_counter()
         hub = self.hub
-        parts = hub._parts.get((self.space.name, self.name))
+        parts = hub.partitions.cached(self.space.name, self.name)
         if parts is None or len(parts) != 1 or self.space.grant is not None:
             return None
         pid = (self.space.name, self.name, parts[0])
         base = hub.cache.cached(pid)
         if type(base) is not HnswBase:
             return None
-        if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+        if consistency == "session" and hub.session.overlay(pid, base.position) != {}:
             return None
         if consistency == "strong" and hub.is_cluster:
             return None
@@ -955,15 +953,11 @@ class Version:
         if consistency == "strong":
             # one round trip: every partition's log position, and (querying them all) the partition list, so
             # a partition another hub created before this query began is not missed
-            calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
-            if all_parts:
-                calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
-            with translate_errors("strong read"):
-                replies = yield Batch(calls)
-            positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
-            if all_parts:
-                fresh = valid_names(replies[-1], "partition name")
-                hub._parts[(self.space.name, self.name)] = fresh
+            positions, members = yield from store.strong_positions.plan(
+                store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+            if members is not None:
+                fresh = valid_names(members, "partition name")
+                hub.partitions.set(self.space.name, self.name, fresh)
                 granted = self.space.allowed_partitions()
                 new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
                 parts = parts + new
@@ -977,12 +971,14 @@ class Version:
         if consistency == "eventual":
             overlays = [{} for _ in pids]
         elif consistency == "session":
-            overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
+            overlays = [hub.session.overlay(pid, b.position) for pid, b in zip(pids, bases)]
         else:  # strong: only partitions whose log moved past their base need the tail
+            assert positions is not None  # read above, for strong
             overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
         need_tail = [i for i, ov in enumerate(overlays) if ov is None]
         if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
-            tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
+            requests = [(self._pk(parts[i]), bases[i].position) for i in need_tail]
+            tails = yield from store.read_tails.plan(store, requests)
             for i, tail in zip(need_tail, tails):
                 if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
                     bases[i] = yield Offload(cache.reload, (pids[i], info))
@@ -992,9 +988,10 @@ class Version:
                         bases[i] = yield Offload(cache.exact, (pids[i], info))
                         tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
                 overlays[i] = tail_overlay(tail, info) if tail is not None else {}
+        filled = cast("list[Overlay]", overlays)  # every None was replaced from the tail just above
         per_part = [
             search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
-            for b, ov in zip(bases, overlays)
+            for b, ov in zip(bases, filled)
         ]
         if len(per_part) == 1:
             merged = per_part[0]
@@ -1003,7 +1000,7 @@ class Version:
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
                           metric=self.space.metric)
         if "metadatas" in include or "embeddings" in include:
-            where_is = _locator(bases, overlays)
+            where_is = _locator(bases, filled)
             if "metadatas" in include:
                 res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
             if "embeddings" in include:
@@ -1016,7 +1013,7 @@ class Version:
         return res
 
 
-def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+def _locator(bases: list[Any], overlays: list[Overlay]) -> Callable[[str, str], Any]:
     def find(id_: str, what: str) -> Any:
         for base, ov in zip(bases, overlays):
             if id_ in ov:

@@ -398,7 +398,10 @@ class Space:
     def delete_all(self) -> None:
         """Delete every key of the space (the space itself stays)."""
         for version, keys in list(self._key_batches()):
-            self._write(lambda v, keys=keys: v.delete(keys), version)
+            def drop(v: Any, keys: list[str] = keys) -> Any:
+                return v.delete(keys)
+
+            self._write(drop, version)
 
     def iterator(self) -> Iterator[tuple[str, list[float]]]:
         """Every ``(key, embedding)`` of the space, read in pieces."""
@@ -448,8 +451,8 @@ class Space:
             wanted = _keys(keys)
             if not wanted:
                 return []
-            version = self._written(wanted[0])
-            res = version.query_by_id(wanted, n, consistency=consistency)  # type: ignore[arg-type]
+            written = self._written(wanted[0])
+            res = written.query_by_id(wanted, n, consistency=consistency)
             return res.ids
         assert vectors is not None
         if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Iterable):
@@ -463,7 +466,7 @@ class Space:
             if not np.issubdtype(queries.dtype, np.number) or not np.isfinite(queries.astype(np.float64)).all():
                 raise InvalidInput("vectors must be finite numbers")
             return [[] for _ in arrays]
-        res = version.query(queries, n, consistency=consistency)  # type: ignore[arg-type]
+        res = version.query(queries, n, consistency=consistency)
         return res.ids
 
     nearest_neighbor = nearest_neighbors

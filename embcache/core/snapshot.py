@@ -12,6 +12,9 @@ trims the change log behind the previous generation and swaps the pointer (the m
 Readers fetch the manifest, then its chunks, and verify the checksum before they use a byte: they see the old
 snapshot or the new one, never a mix, and a corrupt one is refused.
 
+This module is the format (pack, unpack, verify) and the loaded base that answers searches; reading and
+publishing in Redis is :mod:`embcache.redis.snapshots`.
+
 The index is loaded with hnswlib's own reader from a temporary file, never with ``pickle``: whoever can write
 a snapshot must not be able to run code in the readers.
 """
@@ -36,20 +39,18 @@ import hnswlib
 import numpy as np
 
 from .codec import MAX_DIM, METRICS
-from .errors import EmbcacheError, SnapshotCorrupt
+from .errors import SnapshotCorrupt
 from .filters import Predicate
-from .keys import PartitionKeys
 from .search import Ranked, exact_search
 from .views import _MaskCache
 
-__all__ = ["Manifest", "HnswBase", "PublishConflict", "pack", "unpack", "read_manifest", "load", "publish", "CHUNK_BYTES"]
+__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "pending_uploads", "valid_pos",
+           "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
-ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
 MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
 MAX_UPLOAD_CHUNKS = 1 << 16  # chunks one record may name (512 GiB of snapshot)
-GRACE_SECONDS = 120  # seconds a superseded generation stays readable
 SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
@@ -188,8 +189,6 @@ class HnswBase:
     Never mutated after construction while a query may read it; the worker mutates its own private copies.
     """
 
-    kind = "hnsw"
-
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
         manifest: Manifest, ef: int,
@@ -237,12 +236,15 @@ class HnswBase:
         """hnswlib's ``(labels, distances)``; raises RuntimeError when fewer than ``k`` matches are found."""
         want_ef = max(ef or self.default_ef, k)
         threads = 1 if len(queries) == 1 else -1
+        found: tuple[np.ndarray, np.ndarray]
         if want_ef == self._ef:
-            return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            return found
         with self._ef_lock:  # ef is index state in hnswlib: set it and search under one lock
             self.index.set_ef(want_ef)
             try:
-                return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                return found
             finally:
                 self.index.set_ef(self._ef)
 
@@ -287,20 +289,11 @@ class HnswBase:
             return self._exact(queries, k, allowed)
         return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
 
-    def _all(self) -> np.ndarray:
-        mask = np.zeros(len(self.id_of), dtype=bool)
-        mask[self.labels] = True
-        return mask
-
     def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[Ranked]:
         labels = np.flatnonzero(allowed)
         vecs = np.asarray(self.index.get_items(labels), dtype=np.float32)
         rows, dists = exact_search(vecs, queries, k, self.metric)
         return [(self.id_of[labels[r]].tolist(), d) for r, d in zip(rows, dists)]
-
-
-def _space_name(metric: str) -> str:
-    return {"cosine": "cosine", "l2": "l2", "ip": "ip"}[metric]
 
 
 def index_bytes(index: hnswlib.Index) -> bytes:
@@ -316,7 +309,9 @@ def index_bytes(index: hnswlib.Index) -> bytes:
 
 
 def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool) -> hnswlib.Index:
-    index = hnswlib.Index(space=_space_name(metric), dim=dim)
+    if metric not in ("cosine", "l2", "ip"):  # embcache's metric names are hnswlib's
+        raise SnapshotCorrupt(f"snapshot manifest names an unknown metric {metric!r}")
+    index = hnswlib.Index(space=metric, dim=dim)
     try:
         index.load_index(path, max_elements=max_elements, allow_replace_deleted=allow_replace_deleted)
     except RuntimeError as exc:
@@ -339,7 +334,8 @@ def pack(
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
-        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
+        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim,
+        metric=metric, M=M, ef_construction=ef_construction,
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
@@ -385,66 +381,6 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     return HnswBase(index, labels, ids, metas, manifest, ef)
 
 
-def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
-    """The published manifest, verified on its own (:class:`SnapshotCorrupt` if unreadable); None if none."""
-    raw = r.get(pk.snap)
-    return None if raw is None else Manifest.from_json(raw)
-
-
-def last_log_position(r: Any, pk: PartitionKeys) -> str:
-    """The id of the partition log's last entry ('0-0' for an empty log)."""
-    last = r.xrevrange(pk.log, "+", "-", count=1)
-    return last[0][0].decode() if last else "0-0"
-
-
-def check_position(manifest: Manifest, log_pos: str) -> None:
-    """A snapshot cannot cover writes its log does not hold yet: refuse one whose position is past the log's
-    last entry (its queries would skip every write in between)."""
-    if _pos(manifest.pos) > _pos(log_pos):
-        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} claims log position {manifest.pos}, past "
-                              f"the log's last entry {log_pos}")
-
-
-def _pos(p: str) -> tuple[int, int]:
-    ms, _, seq = p.partition("-")
-    return int(ms), int(seq)
-
-
-def load(r: Any, pk: PartitionKeys, *, ef: int, dim: int, metric: str, for_update: bool = False,
-         manifest: Manifest | None = None) -> HnswBase | None:
-    """The partition's published snapshot, verified (manifest digest, the space's ``dim`` and ``metric``, the
-    log position, the index header, the blob's sha256); None when there is none."""
-    for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
-        manifest = manifest or read_manifest(r, pk)
-        if manifest is None:
-            return None
-        manifest.check(dim, metric)
-        keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
-        pipe = r.pipeline(transaction=False)  # one round trip (GETs, not MGET: a Cluster pipeline refuses MGET)
-        for key in keys:
-            pipe.get(key)
-        pipe.xrevrange(pk.log, "+", "-", count=1)
-        *chunks, last = pipe.execute()
-        if any(c is None for c in chunks):
-            latest = read_manifest(r, pk)
-            if latest is not None and latest.generation != manifest.generation:
-                manifest = latest
-                continue
-        check_position(manifest, last[0][0].decode() if last else "0-0")
-        return unpack(chunks, manifest, ef=ef, for_update=for_update)
-    raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
-
-
-def write_chunks(r: Any, pk: PartitionKeys, sid: str, chunks: list[bytes]) -> None:
-    """Store a new snapshot's chunks, expiring unless published. The upload is first recorded in the partition's
-    state, so that a build killed before publication leaves a note that the next build (and ``stats``) find."""
-    r.hset(pk.state, UPLOAD_FIELD + sid, f"{len(chunks)} {sum(len(c) for c in chunks)}")
-    pipe = r.pipeline(transaction=False)
-    for i, c in enumerate(chunks):
-        pipe.set(pk.chunk(sid, i), c, ex=ORPHAN_TTL)
-    pipe.execute()
-
-
 def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
     """``{sid: (chunks, bytes)}`` of the upload records in a partition's state (at most ``MAX_UPLOADS``; records
     that do not parse are left out)."""
@@ -459,60 +395,3 @@ def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
             if n <= MAX_UPLOAD_CHUNKS:
                 out[sid] = (n, size)
     return out
-
-
-def remove_uploads(r: Any, pk: PartitionKeys, keep: str | None = None) -> int:
-    """Delete the chunks of every unpublished upload recorded in the state but ``keep`` (a killed build's
-    leftovers) and their records; returns the bytes freed. Only chunks named by a record are touched, and never
-    those of the published snapshot."""
-    state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()
-             if k.startswith(UPLOAD_FIELD.encode())}
-    raw = r.get(pk.snap)
-    current = None
-    try:
-        current = Manifest.from_json(raw).sid if raw is not None else None
-    except SnapshotCorrupt:
-        pass
-    freed = 0
-    for sid, (n, size) in pending_uploads(state).items():
-        if sid in (keep, current):
-            continue
-        r.delete(*[pk.chunk(sid, i) for i in range(n)])
-        freed += size
-    junk = [f for f in state if f[len(UPLOAD_FIELD):] != keep]
-    if junk:
-        r.hdel(pk.state, *junk)
-    return freed
-
-
-class PublishConflict(EmbcacheError):
-    """Another build published first (or the new chunks expired): this build's result is dropped."""
-
-
-def publish(
-    r: Any, pk: PartitionKeys, chunks: list[bytes], manifest: Manifest, previous: Manifest | None, channel: str,
-    message: str, grace: int = GRACE_SECONDS, *, previous_raw: bytes | None = None,
-    stale: list[tuple[str, int]] = (),  # type: ignore[assignment]
-) -> None:
-    """Write the chunks, then swap the pointer atomically (see the module docstring). ``previous_raw`` is the
-    pointer exactly as the build read it (the publication fails if it changed); ``stale`` names chunk sets
-    ``(sid, chunks)`` to expire with the previous generation's (the chunks of a pointer that could not be read)."""
-    from redis.exceptions import ResponseError
-
-    write_chunks(r, pk, manifest.sid, chunks)
-    new_keys = [pk.chunk(manifest.sid, i) for i in range(len(chunks))]
-    old = [(previous.sid, previous.chunks)] if previous else []
-    old_keys = [pk.chunk(sid, i) for sid, n in [*old, *stale] for i in range(n)]
-    keys = [pk.snap, pk.state, pk.log, *new_keys, *old_keys]
-    if previous_raw is None and previous is not None:
-        previous_raw = previous.to_json().encode()
-    args = [manifest.to_json(), previous_raw or b"", len(new_keys), grace,
-            previous.pos if previous else "", channel, message]
-    try:
-        r.fcall("emb_publish", len(keys), *keys, *args)
-    except ResponseError as exc:
-        if str(exc).startswith("EMBCONFLICT"):
-            r.delete(*new_keys)
-            r.hdel(pk.state, UPLOAD_FIELD + manifest.sid)
-            raise PublishConflict(str(exc)[len("EMBCONFLICT "):]) from None
-        raise

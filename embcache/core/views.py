@@ -95,8 +95,6 @@ class _MaskCache:
 class ExactBase:
     """All vectors of a partition in one matrix, searched by brute force."""
 
-    kind = "exact"
-
     def __init__(
         self, position: str, ids: list[str], matrix: np.ndarray, metas: list[dict[str, Any] | None], metric: str
     ) -> None:
@@ -176,7 +174,8 @@ def search_view(
     items searched exactly, merged by distance."""
     exclude = set(overlay)
     results = base.search(queries, k, predicate, exclude, ef) if base is not None and base.count else None
-    live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and (predicate is None or predicate(it.metadata))]
+    live = [(id_, it) for id_, it in overlay.items()
+            if it.vector is not None and (predicate is None or predicate(it.metadata))]
     if not live:
         return results if results is not None else [EMPTY for _ in range(len(queries))]
     ids = [id_ for id_, _ in live]

@@ -14,6 +14,7 @@ from ..core import snapshot
 from ..core.errors import BuildTimeout, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
+from . import snapshots
 from .store import Store, translate_errors
 
 __all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
@@ -36,7 +37,7 @@ class BuildHandle:
                 if p in self.done_parts:
                     continue
                 try:
-                    m = snapshot.read_manifest(self.store.r, self.keys[p])
+                    m = snapshots.read_manifest(self.store.r, self.keys[p])
                 except SnapshotCorrupt:  # unreadable: not done, the workers rebuild it
                     continue
                 if m is not None and pos_key(m.pos) >= pos_key(target):
@@ -88,23 +89,25 @@ class PartitionStats:
     leftover_bytes: int = 0  # their size (they expire within ORPHAN_TTL, or at the partition's next build)
 
 
+STATS_LAG_CAP = 100_000  # log entries stats count one by one; past it the count is XLEN (an upper bound)
+
+
 def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> PartitionStats:
     """One partition's stats (a few round trips)."""
     r = store.r
     with translate_errors("stats"):
         count = int(r.hlen(pk.vec))
         try:
-            m = snapshot.read_manifest(r, pk)
+            m = snapshots.read_manifest(r, pk)
             unreadable = None
         except SnapshotCorrupt as exc:
             m, unreadable = None, str(exc)
         state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()}
-        since = m.pos if m else "0-0"
         uploads = snapshot.pending_uploads(state)
         alive = [r.exists(pk.chunk(sid, 0)) for sid in uploads] if uploads else []
         leftovers = [size for (sid, (_, size)), there in zip(uploads.items(), alive)
                      if there and (m is None or sid != m.sid)]
-        lag = len(r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=100_000))
+    lag = store.unindexed(pk, m.pos if m else "0-0", STATS_LAG_CAP)
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,

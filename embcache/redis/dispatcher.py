@@ -4,7 +4,8 @@ Writers never touch RQ's keys (whoever can write them can make a worker run code
 ``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
 build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
 deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
-picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation
+marks any partition whose change log is ahead of its snapshot,
 which covers a writer that died between its write and its mark, and a worker killed mid-build.
 """
 
@@ -24,11 +25,10 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ..core import snapshot
-from ..core.errors import EmbcacheError, SnapshotCorrupt
+from ..core.errors import EmbcacheError, InvalidInput, SnapshotCorrupt
 from ..core.keys import NAME_PATTERN
 from ..core.views import pos_key
-from . import metrics
+from . import metrics, settings, snapshots
 from .catalogue import Catalogue
 from .store import Store
 
@@ -125,9 +125,9 @@ class Dispatcher:
             return 0
         enqueued = 0
         for member in r.zrange(dirty, 0, MAX_MARKS - 1):
-            version, _, partition = member.decode(errors="replace").partition("/")
-            if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)) \
-                    or not self.catalogue.has_partition(space, version, partition):
+            names = k.parse_dirty_member(member)
+            version, partition = names if names is not None else ("", "")
+            if names is None or not self.catalogue.has_partition(space, version, partition):
                 log.warning("dropped the dirty mark %r of space %s: no such partition", member[:100], space)
                 r.zrem(dirty, member)  # writers can write this set; one bad entry must not stop builds
                 continue
@@ -209,7 +209,7 @@ class Dispatcher:
     def _reconcile_partition(self, space: str, version: str, partition: str) -> int:
         pk = self.store.keys.partition(space, version, partition)
         try:
-            manifest = snapshot.read_manifest(self.store.r, pk)
+            manifest = snapshots.read_manifest(self.store.r, pk)
             unreadable = False
         except SnapshotCorrupt:
             manifest, unreadable = None, True  # replaced by the next build
@@ -217,7 +217,7 @@ class Dispatcher:
         corrupt = unreadable or self.store.r.hexists(pk.state, "corrupt")
         behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
         if metrics.ENABLED:
-            metrics.set_index_lag(self.store.r, pk, built, behind)
+            metrics.set_index_lag(pk, self.store.unindexed(pk, built, metrics.LAG_CAP) if behind else 0)
         if behind and self._state(space, version, partition) == "idle":
             self.store.mark_dirty(space, version, partition)
             return 1
@@ -264,13 +264,12 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     from ..core.keys import Keys
     from .store import open_client, translate_errors
 
-    if url:
-        os.environ["EMBCACHE_URL"] = url
-    data_url = os.environ.get("EMBCACHE_URL")
+    env = settings.WorkerSettings.from_env()
+    data_url = url or env.url
     if not data_url:
-        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
-    username = username if username is not None else os.environ.get("EMBCACHE_USERNAME")
-    password = password if password is not None else os.environ.get("EMBCACHE_PASSWORD")
+        raise InvalidInput("no data Redis: pass --url or set EMBCACHE_URL")
+    username = username if username is not None else env.username
+    password = password if password is not None else env.password
     store = Store(open_client(data_url, username=username, password=password),
                   Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
@@ -279,16 +278,29 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     queue_password = os.environ.get("EMBCACHE_QUEUE_PASSWORD")
     if not queue_url:
         if store.is_cluster:
-            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+            raise InvalidInput("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
         queue_url = data_url
         if queue_username is None and queue_password is None:  # the same server: the same principal
             queue_username, queue_password = username, password
+    import sys
+
     import redis
 
+    from .connection import normalize_url, redact_url
+    from .server import embedded_password
+
+    queue_url = normalize_url(queue_url)
+    if queue_username is None and queue_password is None:
+        queue_password = embedded_password(queue_url)  # the queue on this user's embedded server
+    # one start-up line (RQ's own logging is not set up yet, and no password ever appears in it)
+    print(f"embcache worker: data Redis {redact_url(data_url)} as {username or 'default'}, "
+          f"queue Redis {redact_url(queue_url)}, prefix {os.environ.get('EMBCACHE_PREFIX', 'emb')!r}",
+          file=sys.stderr, flush=True)
     qconn = redis.Redis.from_url(queue_url, username=queue_username, password=queue_password)
     with translate_errors("connect to the queue's Redis"):
         qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
+    settings.use(settings.WorkerSettings(data_url, username, password))  # what this process's jobs connect with
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
     logging.getLogger("rq.worker").addFilter(_OneLine())

@@ -14,27 +14,29 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.cluster
 from redis import exceptions as rexc
-from redis.backoff import ExponentialBackoff
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..core.errors import (
     AlreadyExists,
     AuthenticationFailed,
+    Conflict,
     EmbcacheError,
     Indeterminate,
     InvalidInput,
     NotFound,
     OutOfMemory,
     PermissionDenied,
+    PublishConflict,
     RedisRefused,
     Unavailable,
     VersionSealed,
@@ -43,13 +45,14 @@ from ..core.keys import Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "client_options", "translate_errors", "before_send",
-           "LIB_CODE", "LIB_VERSION"]
+           "lua_error", "LUA_ERRORS", "LIB_CODE", "LIB_VERSION"]
 
 _LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
 LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 log = logging.getLogger("embcache.store")
 
+T = TypeVar("T")
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
 READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
@@ -58,8 +61,28 @@ TAIL_PAGES = 100_000  # pages a full tail read takes at most (each page advances
 SCAN_COUNT = 1000
 
 _POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a change-log position (stream id) as Redis writes it
-_INTERNAL = ("EMBRETRY", "EMBNOHISTORY", "EMBCONFLICT")
-_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists, "EMBARGS": InvalidInput}
+#: Every error code ``functions.lua`` replies with (``redis.error_reply('<CODE> <message>')``), and the error it
+#: becomes. The one place they are parsed: :func:`lua_error`.
+LUA_ERRORS: dict[str, type[EmbcacheError]] = {
+    "EMBSEALED": VersionSealed,
+    "EMBNOTFOUND": NotFound,
+    "EMBNOHISTORY": NotFound,  # rollback of an alias with no previous target
+    "EMBEXISTS": AlreadyExists,
+    "EMBRETRY": Conflict,  # the version counter moved: pick the next name
+    "EMBCONFLICT": PublishConflict,
+    "EMBARGS": InvalidInput,  # a function refused its arguments
+}
+
+
+def lua_error(exc: rexc.ResponseError) -> EmbcacheError | None:
+    """The embcache error of a Functions library reply (its code in ``.code``); None for any other reply."""
+    code, _, message = str(exc).partition(" ")
+    kind = LUA_ERRORS.get(code)
+    if kind is None:
+        return None
+    err = kind(message.strip())
+    err.code = code  # type: ignore[attr-defined]
+    return err
 
 
 # Explicit timeouts, whatever redis-py's defaults are (none in 5.x, 5 s in 6+): a stalled Redis makes a call fail
@@ -149,23 +172,30 @@ def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[No
             what = f"timed out connecting (limit {CONNECT_TIMEOUT:g} s)"
         raise Unavailable(f"{operation}: Redis is unreachable: {what}; nothing was written") from exc
     except rexc.ResponseError as exc:
+        err = lua_error(exc)
+        if err is not None:
+            raise err from None
         text = str(exc)
-        for code, kind in _CODES.items():
-            if text.startswith(code):
-                raise kind(text[len(code) :].strip()) from None
         if text.startswith("NOPERM"):
             raise PermissionDenied(f"{operation}: {text}") from None
         if text.startswith("OOM"):
             raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit: {text}") from None
-        if text.startswith(_INTERNAL):
-            raise  # answers the caller handles itself (retry a version number, a publication conflict)
         raise RedisRefused(f"{operation}: Redis refused it: {text[:300]}") from None
 
 
 def open_client(
     url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
 ) -> redis.Redis | redis.cluster.RedisCluster:
-    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says. Without credentials,
+    the URL of this user's embedded server gets its operator password (see
+    :func:`embcache.server.embedded_password`)."""
+    from .connection import check_url, normalize_url
+    from .server import embedded_password
+
+    url = normalize_url(url)
+    check_url(url)
+    if username is None and password is None:
+        password = embedded_password(url)
     opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30, **client_options()}
     if username is not None:
         opts["username"] = username
@@ -185,7 +215,8 @@ def open_client(
             finally:
                 probe.close()
         if cluster:
-            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+            opts.pop("health_check_interval")
+            return redis.cluster.RedisCluster.from_url(url, **opts)
         client = redis.Redis.from_url(url, **opts)
         client.ping()
         return client
@@ -219,9 +250,27 @@ class Store:
     """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
 
     def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
-        self.r = client
+        # Any: redis-py's stubs type every reply as bytes | str, but these clients never decode (bytes only)
+        self.r: Any = client
         self.keys = keys
         self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    def run(self, plan: Plan[T]) -> T:
+        """Execute ``plan`` with this store's (sync) client."""
+        return run(plan, self.r)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.r.close()
+
+    def pubsub(self) -> Any:
+        """A pub/sub connection (for snapshot notifications) that skips subscribe confirmations."""
+        return self.r.pubsub(ignore_subscribe_messages=True)
+
+    def dispatcher_seen(self) -> bool:
+        """True while a dispatcher holds its lock (it renews it every tick)."""
+        with translate_errors("build"):
+            return bool(self.r.exists(self.keys.dispatcher_lock()))
 
     # functions library ------------------------------------------------------------------------------------
     def ensure_functions(self) -> None:
@@ -245,13 +294,15 @@ class Store:
         return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
 
     @staticmethod
-    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *,
+                   ro: bool = False) -> Plan[Any]:
         with translate_errors(operation, write=not ro):
             return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
 
     # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
     @planned
-    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes],
+                      metas: list[str | None]) -> Plan[str]:
         """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
         calls = []
         start = 0
@@ -310,6 +361,13 @@ class Store:
                                    for i in range(0, len(ids), READ_CHUNK_ITEMS)])
         return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
 
+    @staticmethod
+    async def ascan_ids(client: Any, pk: PartitionKeys, batch: int = SCAN_COUNT) -> AsyncIterator[str]:
+        """:meth:`scan_ids` on a ``redis.asyncio`` client."""
+        with translate_errors("scan"):
+            async for k, _ in client.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
+
     def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
         """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
         with translate_errors("scan"):
@@ -322,6 +380,26 @@ class Store:
             return int((yield Call("hlen", pk.vec)))
 
     @planned
+    def counts(self, pks: Sequence[PartitionKeys]) -> Plan[list[int]]:
+        """Item counts of several partitions, in one round trip on a standalone server."""
+        with translate_errors("count"):
+            return [int(c) for c in (yield Batch([Call("hlen", pk.vec) for pk in pks]))]
+
+    @planned
+    def strong_positions(self, pks: Sequence[PartitionKeys],
+                         parts_key: str | None) -> Plan[tuple[list[str], list[str] | None]]:
+        """What a strong read needs, in one round trip: every partition's log position, and (``parts_key``
+        given) the version's partition list, sorted, so a partition another hub created before the read began
+        is not missed."""
+        calls = [Call("hget", pk.state, "pos") for pk in pks]
+        if parts_key is not None:
+            calls.append(Call("smembers", parts_key))
+        with translate_errors("strong read"):
+            replies = yield Batch(calls)
+        positions = [_s(x) or "0-0" for x in replies[: len(pks)]]
+        return positions, None if parts_key is None else sorted(m.decode() for m in replies[-1])
+
+    @planned
     def position(self, pk: PartitionKeys) -> Plan[str]:
         """The partition's latest change-log position ('0-0' when it was never written). A position in the state
         that embcache did not write (writers can write that hash) is ignored for the log's own last entry."""
@@ -331,7 +409,16 @@ class Store:
             if pos is None or _POS_RE.fullmatch(pos):
                 return pos or "0-0"
             last = yield Call("xrevrange", pk.log, "+", "-", count=1)
-            return _s(last[0][0]) if last else "0-0"
+            return (_s(last[0][0]) or "0-0") if last else "0-0"
+
+    def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
+        """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
+        ``cap``, past it the log's length (an upper bound), so the cost stays bounded."""
+        with translate_errors("index lag"):
+            n = len(self.r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=cap))
+            if n >= cap:
+                n = max(n, int(self.r.xlen(pk.log)))
+        return n
 
     @planned
     def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
@@ -373,7 +460,8 @@ class Store:
                     metadatas=list(res[3]))
 
     @planned
-    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]],
+                   limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
         if len(requests) == 1:  # a plain call costs less than a pipeline of one
             return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
@@ -406,13 +494,15 @@ class Store:
                 else:
                     metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
         ids = list(vectors)
-        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids],
+                             metadatas=[metas.get(i) for i in ids])
 
     @planned
     def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
         with translate_errors("mark dirty", write=True):
-            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+            mark = {self.keys.dirty_member(version, partition): time.time()}
+            yield Call("zadd", self.keys.dirty(space), mark, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
@@ -433,7 +523,7 @@ class Store:
     def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
         """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
         Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
-        space, version, partition = pk.tag.split("/")
+        space, version, partition = pk.names()
         try:
             self.r.hset(pk.state, "corrupt", reason[:200])
             self.mark_dirty(space, version, partition)

@@ -10,7 +10,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from embcache.core import snapshot
+from embcache.redis import snapshots
 from embcache.redis.dispatcher import BUILD_JOB, QUEUE_NAME, Dispatcher, job_id
 from tests.integration.test_acl import K, World, connect, snapshot_server, vec, world  # noqa: F401
 from tests.workers_fixtures import wait_for
@@ -101,7 +101,7 @@ def test_attack_a_garbage_log_position_breaks_no_reconcile_and_no_reader(world: 
     assert res.ids == [["x1", "x2"]] or res.ids == [["x2", "x1"]]
     workers.start(world.url)
     world.op.space("alpha").version("v1").build(timeout=30)
-    m = snapshot.read_manifest(world.raw, pk)
+    m = snapshots.read_manifest(world.raw, pk)
     assert m is not None and m.count == 2
 
 
@@ -125,7 +125,7 @@ def test_attack_corrupt_stored_data_is_skipped_by_readers(world: World, connect,
         assert got.ids == ["x1", "x2"] and got.metadatas == [None, None], (who, got)
     workers.start(world.url)
     world.op.space("alpha").version("v1").build(timeout=30)
-    m = snapshot.read_manifest(world.raw, pk)
+    m = snapshots.read_manifest(world.raw, pk)
     assert m is not None and m.count == 2  # "bad" is not indexed
 
 
@@ -138,14 +138,14 @@ def test_attack_a_corrupt_report_does_not_force_full_rebuilds(world: World, work
     v = world.op.space("alpha").version("v1")
     v.build(timeout=30)
     pk = K.partition("alpha", "v1", "p1")
-    first = snapshot.read_manifest(world.raw, pk)
+    first = snapshots.read_manifest(world.raw, pk)
     jid = job_id(K.prefix, "alpha", "v1", "p1")
     conn = redis.Redis.from_url(world.url)
     with world.raw_as("writer_p1") as r:
         r.hset(pk.state, "corrupt", "a lie")
     wait_for(lambda: not world.raw.hexists(pk.state, "corrupt"), 30, what="the report to be checked and cleared")
     assert Job.fetch(jid, connection=conn).return_value()["kind"] == "unchanged"
-    assert snapshot.read_manifest(world.raw, pk) == first  # nothing rebuilt
+    assert snapshots.read_manifest(world.raw, pk) == first  # nothing rebuilt
     with world.raw_as("writer_p1") as r:
         r.hset(pk.state, "corrupt", "a lie")
     v.upsert(["x3"], vec(1), partition="p1")

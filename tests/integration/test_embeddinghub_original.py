@@ -299,9 +299,8 @@ def hubs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[eh.Emb
     finally:
         for hub in opened:
             hub.close()
-        for srv in [s for s in server._started if str(s.directory).startswith(str(tmp_path))]:
-            server._started.remove(srv)
-            srv.stop()
+        for state in tmp_path.rglob("server.json"):  # the embedded servers LocalConfig started
+            server.stop_embedded(state.parent)
 
 
 @pytest.mark.parametrize(("page", "index"), CELLS, ids=[PAGES[p][i].id for p, i in CELLS])

@@ -1,19 +1,7 @@
 """Faults injected into real servers and real worker processes (issue 15), each followed by a check of the
 guarantee it threatens. docs/operations.md ("Faults and what each guarantee covers") lists them in a table.
 
-| fault | guarantee | test |
-|---|---|---|
-| worker SIGKILLed after RQ handed it a job, before it started | the build is enqueued again within seconds | ``test_a_build_taken_by_a_worker_killed_before_starting_it_is_enqueued_again`` |
-| manifest fields edited (dim, metric, M, position), with and without a recomputed digest | refused before hnswlib, answered exactly, rebuilt | ``test_tampered_manifests_are_refused_before_hnswlib`` |
-| every single-bit flip of a manifest | refused as ``SnapshotCorrupt``, no other error | ``test_every_bit_flip_of_a_manifest_is_refused`` |
-| unreadable manifest + another partition's dirty mark lost | both rebuilt; one never stops the other | ``test_an_unreadable_manifest_is_rebuilt_and_other_partitions_still_build`` |
-| Redis stopped (SIGSTOP) during writes and queries | typed error within the timeout; ``Unavailable`` means not written; retry is safe | ``test_a_stalled_redis_gives_typed_errors_within_the_timeout_and_a_retry_is_safe`` |
-| Redis restarted between two calls | the connection is retried with backoff; the call succeeds | ``test_a_restart_between_calls_is_bridged_by_the_connect_retry`` |
-| ``maxmemory`` reached (``noeviction``) | ``OutOfMemory``, nothing changed, the worker backs off and lives | ``test_memory_limit_refusals_are_typed_change_nothing_and_the_worker_survives`` |
-| the dirty mark refused after the write committed | the upsert returns, the data is stored and built | ``test_a_refused_dirty_mark_after_a_committed_write_does_not_raise`` |
-| a build killed after uploading its chunks | leftovers reported in stats, removed by the next build | ``test_an_interrupted_builds_leftovers_are_reported_and_removed_by_the_next_build`` |
-| ``partitions=5``, ``partitions=[5]``, a lone surrogate in a description | ``InvalidInput``, nothing changed | ``test_partitions_and_grants_of_the_wrong_type_are_invalid_input`` |
-| control characters in ids, int metadata keys, timedelta64 vectors, tuples, grants on future partitions | refused or converted as documented | ``test_input_rules_refuse_or_convert_as_documented`` |
+Each test's docstring or name says the fault and the guarantee.
 """
 
 from __future__ import annotations
@@ -36,6 +24,7 @@ import embcache.redis.store
 from embcache import Indeterminate, InvalidInput, OutOfMemory, SnapshotCorrupt, Unavailable
 from embcache.core import snapshot
 from embcache.core.views import ExactBase
+from embcache.redis import snapshots
 from embcache.redis.dispatcher import QUEUE_NAME, Dispatcher, job_id
 from tests.integration.test_acl import assert_same, snapshot_server
 from tests.servers import start_standalone
@@ -88,7 +77,7 @@ def test_a_build_taken_by_a_worker_killed_before_starting_it_is_enqueued_again(r
     v.upsert(["late"], x[:1] * 3)  # a new mark, which the dead job used to swallow
     workers.start(redis_url)
     v.build(timeout=30)  # RQ's own cleanup of the intermediate list would take minutes
-    m = snapshot.read_manifest(r, hub.keys.partition("orphan", v.name, "default"))
+    m = snapshots.read_manifest(r, hub.keys.partition("orphan", v.name, "default"))
     assert m is not None and m.count == 51
     assert v.query(x[:1] * 3, n_results=1, consistency="eventual").ids == [["late"]]
 
@@ -146,15 +135,15 @@ def test_tampered_manifests_are_refused_before_hnswlib(built, redis_url, forged:
         raw = _with_digest(tampered) if forged else json.dumps(tampered).encode()
         r.set(pk.snap, raw)
         with pytest.raises(SnapshotCorrupt):
-            m = snapshot.read_manifest(r, pk)
-            snapshot.load(r, pk, ef=64, dim=DIM, metric="cosine", manifest=m)
+            m = snapshots.read_manifest(r, pk)
+            snapshots.load(r, pk, ef=64, dim=DIM, metric="cosine", manifest=m)
         try:
             _fresh_reader_answers_exactly(redis_url, v.name, ids, x, late)
         except AssertionError as exc:
             raise AssertionError(f"{label}: {exc}") from None
         r.hdel(pk.state, "corrupt")
     r.set(pk.snap, good)
-    assert snapshot.load(r, pk, ef=64, dim=DIM, metric="cosine").count == 300
+    assert snapshots.load(r, pk, ef=64, dim=DIM, metric="cosine").count == 300
 
 
 def test_every_bit_flip_of_a_manifest_is_refused(built) -> None:  # noqa: ANN001
@@ -169,7 +158,7 @@ def test_every_bit_flip_of_a_manifest_is_refused(built) -> None:  # noqa: ANN001
         flipped[i] ^= 1 << (i % 7)
         r.set(pk.snap, bytes(flipped))
         try:
-            snapshot.read_manifest(r, pk)
+            snapshots.read_manifest(r, pk)
             others.append(f"byte {i}: accepted")
         except SnapshotCorrupt:
             pass
@@ -193,7 +182,7 @@ def test_an_unreadable_manifest_is_rebuilt_and_other_partitions_still_build(redi
     v.build(timeout=60)
     r = hub.store.r
     pa, pb = (hub.keys.partition("unread", v.name, p) for p in ("pa", "pb"))
-    old = snapshot.read_manifest(r, pa)
+    old = snapshots.read_manifest(r, pa)
     with paused_builds(hub):
         r.set(pa.snap, b'{"generation": 1, "sid": ')  # truncated: unreadable
         v.upsert(["b-new"], b_x[:1] + 1, partition="pb")
@@ -201,14 +190,14 @@ def test_an_unreadable_manifest_is_rebuilt_and_other_partitions_still_build(redi
     wait_for(lambda: (m := _try_manifest(r, pb)) is not None and m.count == 201, 30, what="pb to be built")
     wait_for(lambda: (m := _try_manifest(r, pa)) is not None and m.generation > old.generation, 30,
              what="the unreadable manifest of pa to be replaced")
-    assert snapshot.load(r, pa, ef=64, dim=DIM, metric="l2").count == 200
-    assert 0 < r.ttl(pa.chunk(old.sid, 0)) <= snapshot.GRACE_SECONDS  # the replaced chunks expire
+    assert snapshots.load(r, pa, ef=64, dim=DIM, metric="l2").count == 200
+    assert 0 < r.ttl(pa.chunk(old.sid, 0)) <= snapshots.GRACE_SECONDS  # the replaced chunks expire
     assert not any("tick failed" in w.log() for w in workers.started)
 
 
 def _try_manifest(r: redis.Redis, pk) -> snapshot.Manifest | None:  # noqa: ANN001
     try:
-        return snapshot.read_manifest(r, pk)
+        return snapshots.read_manifest(r, pk)
     except SnapshotCorrupt:
         return None
 
@@ -361,10 +350,10 @@ def test_an_interrupted_builds_leftovers_are_reported_and_removed_by_the_next_bu
     pk = hub.keys.partition("left", v.name, "default")
     with paused_builds(hub):
         # exactly what a build SIGKILLed during its upload leaves: the upload record and some chunks
-        snapshot.write_chunks(r, pk, "2.deadbeef", [b"x" * 5000, b"y" * 7])
+        snapshots.write_chunks(r, pk, "2.deadbeef", [b"x" * 5000, b"y" * 7])
         (s,) = v.stats()
         assert (s.leftover_uploads, s.leftover_bytes) == (1, 5007)
-        assert 0 < r.ttl(pk.chunk("2.deadbeef", 0)) <= snapshot.ORPHAN_TTL
+        assert 0 < r.ttl(pk.chunk("2.deadbeef", 0)) <= snapshots.ORPHAN_TTL
         v.upsert(["more"], x[:1] * 2)
     v.build(timeout=60)
     assert not r.exists(pk.chunk("2.deadbeef", 0), pk.chunk("2.deadbeef", 1))

@@ -25,6 +25,7 @@ PUBLIC = [
     "InvalidInput",
     "InvalidName",
     "NotFound",
+    "OpenDefaultUserWarning",
     "OutOfMemory",
     "PermissionDenied",
     "QueryResult",
@@ -33,6 +34,7 @@ PUBLIC = [
     "SnapshotCorrupt",
     "Space",
     "Unavailable",
+    "UntrustedHome",
     "Version",
     "VersionSealed",
     "__version__",
@@ -42,7 +44,7 @@ PUBLIC = [
 ERRORS = [
     "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "Indeterminate",
     "InvalidInput", "InvalidName", "NotFound", "OutOfMemory", "PermissionDenied", "RedisRefused", "ServerError",
-    "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "SnapshotCorrupt", "Unavailable", "VersionSealed", "UntrustedHome",
 ]
 
 
