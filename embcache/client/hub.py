@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
-from redis import exceptions as redis_exceptions
 
 from ..core import codec
 from ..core.errors import (
@@ -307,13 +306,7 @@ class Hub:
     def _warn_if_default_user_open(self) -> None:
         """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
         nothing, since every principal can ``AUTH default x`` and become the operator."""
-        with translate_errors("check the default user"):
-            try:
-                info = self.store.r.acl_getuser("default")
-            except redis_exceptions.ResponseError:  # a server without ACLs, or not allowed: nothing to check
-                return
-        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
-        if "on" in flags and "nopass" in flags:
+        if self.principals.default_user_open():
             msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
                    "become the operator, so this grant protects nothing. Give the default user a password "
                    "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
