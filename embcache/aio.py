@@ -33,7 +33,7 @@ from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
-from .redis.store import Store
+from .redis.store import Store, client_options
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -44,7 +44,7 @@ async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs
     """Connect to a hub; the arguments are those of :func:`embcache.connect` (no URL: the embedded server).
     ``max_connections`` bounds the asyncio connections (per node on a Cluster); more concurrent calls wait."""
     hub = await asyncio.to_thread(sync.connect, url, **kwargs)
-    opts: dict[str, Any] = {"decode_responses": False}
+    opts: dict[str, Any] = {"decode_responses": False, **client_options(asyncio_client=True)}
     if hub.username is not None:
         opts["username"] = hub.username
     if hub._password is not None:
