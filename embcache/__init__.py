@@ -5,8 +5,10 @@ partition and snapshot them back into Redis; this client loads the snapshots and
 queries in-process. Start with :func:`connect`.
 """
 
-from .client import GetResult, Hub, QueryResult, Space, Version, connect
-from .errors import (
+import sys as _sys
+
+from .client.hub import GetResult, Hub, QueryResult, Space, Version, connect
+from .core.errors import (
     AlreadyExists,
     BuildTimeout,
     DimensionMismatch,
@@ -20,8 +22,17 @@ from .errors import (
     Unavailable,
     VersionSealed,
 )
+from .core import errors, filters
+from .redis import acl, builds, metrics, plan, server, store
 
 __version__ = "0.1.0"
+
+# Module paths documented before the floors (docs/api.md, docs/metrics.md, docs/operations.md):
+# ``import embcache.errors`` and the others keep working and give the very same module objects (as ``os.path``
+# does), without a second file that could drift.
+for _module in (errors, filters, acl, builds, metrics, plan, server, store):
+    _sys.modules.setdefault(f"{__name__}.{_module.__name__.rpartition('.')[2]}", _module)
+del _module
 
 __all__ = [
     "connect",

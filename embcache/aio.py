@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.asyncio.cluster
 
-from . import client as sync
-from .acl import Credentials
-from .builds import BuildHandle, PartitionStats
-from .client import GetResult, QueryResult, _named
-from .errors import EmbcacheError
-from .plan import Plan, arun
-from .store import translate_errors
+from .client import hub as sync
+from .redis.acl import Credentials
+from .redis.builds import BuildHandle, PartitionStats
+from .client.hub import GetResult, QueryResult, _named
+from .core.errors import EmbcacheError
+from .redis.plan import Plan, arun
+from .redis.store import translate_errors
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import codec
-from .errors import DimensionMismatch, EmbcacheError, InvalidInput, NotFound
-from .keys import check_name
+from .core import codec
+from .core.errors import DimensionMismatch, EmbcacheError, InvalidInput, NotFound
+from .core.keys import check_name
 
 __all__ = ["main"]
 
@@ -31,7 +31,7 @@ _COMMANDS: dict[str, Command] = {}
 
 
 def _hub(args: argparse.Namespace):  # noqa: ANN202
-    from .client import connect
+    from .client.hub import connect
 
     return connect(args.url, username=args.username, password=args.password)
 
@@ -80,7 +80,7 @@ def command(name: str) -> Callable[[Command], Command]:
 @command("redis")
 def cmd_redis(args: argparse.Namespace) -> None:
     """Run the embedded redis-server in the foreground."""
-    from .server import RedisServer, embedded_home
+    from .redis.server import RedisServer, embedded_home
 
     server = RedisServer(args.home or embedded_home(), port=args.port)
     print(f"embcache: redis-server for {server.directory} at {server.url} (Ctrl-C stops it)", file=sys.stderr)
@@ -91,13 +91,11 @@ def cmd_redis(args: argparse.Namespace) -> None:
 @command("worker")
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run an RQ worker on the embcache queue, with the dispatcher."""
-    from workers.dispatcher import (
-        run_worker,  # the CLI is the one place that starts workers
-    )
+    from .redis.dispatcher import run_worker  # the CLI is the one place that starts workers
 
     url = args.url or os.environ.get("EMBCACHE_URL")
     if url is None:
-        from .server import ensure_embedded
+        from .redis.server import ensure_embedded
 
         url = ensure_embedded()
     if args.username:
@@ -105,7 +103,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if args.password:
         os.environ["EMBCACHE_PASSWORD"] = args.password
     if args.metrics_port is not None:
-        from . import metrics
+        from .redis import metrics
 
         metrics.enable(port=args.metrics_port)
     run_worker(url, args.queue_url, burst=args.burst, simple=not args.fork, dispatch=not args.no_dispatch)

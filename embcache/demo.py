@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 import redis
 
-from .client import Hub, Space, Version, connect
-from .errors import NotFound, PermissionDenied
+from .client.hub import Hub, Space, Version, connect
+from .core.errors import NotFound, PermissionDenied
 from .movielens import Ratings, item_embeddings, load_ratings
 
 __all__ = ["run", "find_movielens", "Report"]

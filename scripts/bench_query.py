@@ -59,9 +59,9 @@ from benchlib import (  # noqa: E402
 )
 
 import embcache  # noqa: E402
-from embcache import snapshot  # noqa: E402
-from embcache.server import RedisServer, free_port  # noqa: E402
-from embcache.views import pos_key  # noqa: E402
+from embcache.core import snapshot  # noqa: E402
+from embcache.redis.server import RedisServer, free_port  # noqa: E402
+from embcache.core.views import pos_key  # noqa: E402
 
 SECTION = "## Query benchmark (scripts/bench_query.py)"
 K = 10
@@ -74,7 +74,7 @@ COLD_CHILD = r"""
 import json, os, pickle, sys, time
 t_imp = time.perf_counter()
 import numpy as np, hnswlib, embcache
-from embcache import snapshot
+from embcache.core import snapshot
 imports = time.perf_counter() - t_imp
 args = json.loads(sys.argv[1])
 q = np.load(args["query"])

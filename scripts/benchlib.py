@@ -96,7 +96,7 @@ def dist_version(name: str) -> str:
 def machine(packages: Sequence[str] = ()) -> dict[str, str]:
     """CPU, cores, RAM, OS, Python, numpy, hnswlib, redis-server and redis-py versions, and those of ``packages``
     (distribution names) under ``pkg:NAME`` keys."""
-    from embcache.server import find_redis_server
+    from embcache.redis.server import find_redis_server
 
     cpu = "unknown"
     try:

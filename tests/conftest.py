@@ -5,7 +5,7 @@ wires them into fixtures.
 
 | fixture | scope | yields |
 |---|---|---|
-| ``redis_server`` | session | :class:`embcache.server.RedisServer`, standalone, AOF on, loopback TCP |
+| ``redis_server`` | session | :class:`embcache.redis.server.RedisServer`, standalone, AOF on, loopback TCP |
 | ``redis_url`` | function | its URL (``redis://127.0.0.1:<port>/0``); FLUSHALL before, ACL reset after |
 | ``redis_cluster`` | session | :class:`tests.servers.Cluster` (``.url``, ``.urls``, ``.ports``, ``.client()``) |
 | ``cluster_url`` | function | the cluster's URL; FLUSHALL on every master before, ACL reset on every node after |
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from embcache.server import RedisServer
+from embcache.redis.server import RedisServer
 from tests.datasets import MiniLMSubset, load_minilm_subset
 from tests.servers import Cluster, assert_empty, ensure_running, reset_acl, start_cluster, start_standalone
 

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from embcache.errors import ServerError
-from embcache.server import RedisServer, find_redis_server, free_port
+from embcache.core.errors import ServerError
+from embcache.redis.server import RedisServer, find_redis_server, free_port
 
 __all__ = [
     "CLUSTER_SLOTS",

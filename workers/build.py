@@ -19,12 +19,12 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from embcache import codec, snapshot
-from embcache.catalogue import SpaceRecord
-from embcache.errors import SnapshotCorrupt
-from embcache.keys import PartitionKeys
-from embcache.store import Store
-from embcache.views import pos_key
+from embcache.core import codec, snapshot
+from embcache.redis.catalogue import SpaceRecord
+from embcache.core.errors import SnapshotCorrupt
+from embcache.core.keys import PartitionKeys
+from embcache.redis.store import Store
+from embcache.core.views import pos_key
 
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 

@@ -11,16 +11,16 @@ import os
 import threading
 from typing import Any
 
-from embcache import metrics
-from embcache.catalogue import Catalogue
-from embcache.keys import Keys
-from embcache.store import Store, open_client
+from embcache.redis import metrics
+from embcache.redis.catalogue import Catalogue
+from embcache.redis.dispatcher import LEASE_SECONDS
+from embcache.core.keys import Keys
+from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot
 
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
-LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 _stores: dict[tuple[str, str], Store] = {}
 
 

@@ -1,0 +1,260 @@
+"""The client's cache of partition bases: loaded lazily, bounded by a memory budget (LRU), kept fresh by a
+background thread, swapped by reference.
+
+A partition with a published snapshot is served from it (see :mod:`embcache.snapshot`); one without is served
+from an :class:`~embcache.views.ExactBase` of all its vectors. The refresher thread polls each cached
+partition's log position and snapshot generation every ``refresh_interval`` seconds (and wakes early on a
+snapshot notification), so ``eventual`` and ``session`` queries never wait on Redis once a base is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..redis import metrics
+from ..core import snapshot
+from ..core.codec import decode_vectors
+from ..core.errors import EmbcacheError, SnapshotCorrupt
+from ..core.keys import PartitionKeys
+from ..redis.store import PartitionData, Store, Tail, translate_errors
+from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
+
+__all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
+
+log = logging.getLogger("embcache.cache")
+PartitionId = tuple[str, str, str]  # space, version, partition
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What decoding needs to know of a space."""
+
+    dim: int
+    dtype: str
+    metric: str
+    ef: int = 64
+
+
+def tail_overlay(tail: Tail, info: SpaceInfo) -> Overlay:
+    """A log tail read from Redis as an overlay."""
+    vecs = [None if v is None else decode_vectors([v], info.dim, info.dtype)[0] for v in tail.vectors]
+    return overlay_from_rows(tail.pos, tail.ids, vecs, tail.metadatas)
+
+
+def exact_base(data: PartitionData, info: SpaceInfo) -> ExactBase:
+    import json
+
+    matrix = decode_vectors(data.vectors, info.dim, info.dtype)
+    metas = [None if m is None else json.loads(m) for m in data.metadatas]
+    return ExactBase(data.pos, data.ids, matrix, metas, info.metric)
+
+
+class PartitionCache:
+    """Bases of the partitions this process queries, within ``budget_bytes``."""
+
+    def __init__(self, store: Store, budget_bytes: int, refresh_interval: float = 1.0) -> None:
+        self.store = store
+        self.budget = budget_bytes
+        self.refresh_interval = refresh_interval
+        self._bases: OrderedDict[PartitionId, tuple[Base, SpaceInfo]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_locks: dict[PartitionId, threading.Lock] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.corrupt_seen = 0
+        self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
+        self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
+
+    def keys(self, pid: PartitionId) -> PartitionKeys:
+        return self.store.keys.partition(*pid)
+
+    def cached(self, pid: PartitionId) -> Base | None:
+        """The base if loaded (no I/O)."""
+        entry = self._bases.get(pid)
+        return entry[0] if entry else None
+
+    def touch(self, pid: PartitionId) -> None:
+        """Mark ``pid`` as just used (LRU)."""
+        with self._lock:
+            if pid in self._bases:
+                self._bases.move_to_end(pid)
+
+    def get(self, pid: PartitionId, info: SpaceInfo) -> Base:
+        """The partition's base, loading it on first use."""
+        entry = self._bases.get(pid)
+        if entry is not None:
+            with self._lock:
+                if pid in self._bases:
+                    self._bases.move_to_end(pid)
+            return entry[0]
+        with self._lock:
+            load_lock = self._load_locks.setdefault(pid, threading.Lock())
+        with load_lock:  # one load per partition, however many threads ask
+            entry = self._bases.get(pid)
+            if entry is not None:
+                return entry[0]
+            base = self._load(pid, info)
+            self._put(pid, base, info)
+            self._ensure_thread()
+            return base
+
+    def loading(self, pid: PartitionId) -> bool:
+        """True while a load of ``pid`` is in progress."""
+        lock = self._load_locks.get(pid)
+        return lock is not None and lock.locked()
+
+    def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
+        """A fresh exact base of ``pid`` (all its vectors), not cached: the fallback of last resort."""
+        return exact_base(self.store.read_partition(self.keys(pid)), info)
+
+    def reload(self, pid: PartitionId, info: SpaceInfo) -> Base:
+        """Load ``pid`` afresh, replacing what is cached."""
+        base = self._load(pid, info)
+        self._put(pid, base, info)
+        return base
+
+    def _load(self, pid: PartitionId, info: SpaceInfo) -> Base:
+        pk = self.keys(pid)
+        base = self._load_snapshot(pk, info)
+        return base if base is not None else exact_base(self.store.read_partition(pk), info)
+
+    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
+        """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
+        with translate_errors("load snapshot"):
+            manifest = manifest or snapshot.read_manifest(self.store.r, pk)
+        if manifest is None or self._refused.get(pk.tag) == manifest.sid:
+            return None  # none published, or this one was refused already: do not fetch it again
+        t0 = time.perf_counter()
+        try:
+            with translate_errors("load snapshot"):
+                base = snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+            if metrics.ENABLED and base is not None:
+                metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
+            return base
+        except SnapshotCorrupt as exc:
+            if metrics.ENABLED:
+                metrics.observe_snapshot_load(pk.tag, "corrupt", time.perf_counter() - t0)
+            self.corrupt_seen += 1
+            self._refused[pk.tag] = manifest.sid
+            log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
+            self.store.report_corrupt(pk, str(exc))
+            return None
+
+    def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
+        with self._lock:
+            self._bases[pid] = (base, info)
+            self._bases.move_to_end(pid)
+            total = sum(b.nbytes for b, _ in self._bases.values())
+            while total > self.budget and len(self._bases) > 1:
+                old_pid, (old, _) = self._bases.popitem(last=False)
+                total -= old.nbytes
+                log.info("evicted %s from the cache (budget %d bytes)", "/".join(old_pid), self.budget)
+
+    def drop(self, predicate: Callable[[PartitionId], bool]) -> None:
+        """Forget the bases whose id matches (e.g. a dropped space)."""
+        with self._lock:
+            for pid in [p for p in self._bases if predicate(p)]:
+                del self._bases[pid]
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b, _ in list(self._bases.values()))
+
+    # refreshing ---------------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Ask the refresher to look now (called on snapshot notifications)."""
+        self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None and self.refresh_interval > 0:
+            self._thread = threading.Thread(target=self._run, name="embcache-refresh", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        pubsub: Any = None
+        subscribed: set[str] = set()
+        while not self._stop.is_set():
+            try:  # a snapshot notification wakes us early; otherwise poll every refresh_interval
+                channels = {self.store.keys.events(pid[0]) for pid in list(self._bases)}
+                if pubsub is None:
+                    pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+                    subscribed = set()
+                if channels - subscribed:
+                    pubsub.subscribe(*(channels - subscribed))
+                    subscribed |= channels
+                # wait for a notification in short slices, so that close() and wake() are not kept waiting
+                deadline = time.monotonic() + self.refresh_interval
+                while not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
+                    if pubsub.get_message(timeout=min(0.1, left)) is not None:
+                        while pubsub.get_message(timeout=0) is not None:
+                            pass
+                        break
+            except Exception as exc:  # noqa: BLE001 - no pub/sub (ACL, Redis away): fall back to polling
+                log.debug("notifications unavailable: %s", exc)
+                pubsub = None
+                self._wake.wait(self.refresh_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+            except EmbcacheError as exc:  # Redis away: keep serving what is loaded
+                log.debug("refresh skipped: %s", exc)
+            except Exception:  # noqa: BLE001 - the refresher must outlive any one bad partition
+                log.exception("refresh failed")
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def refresh(self) -> int:
+        """Bring every cached base up to date; returns how many were replaced."""
+        for hook in self.on_refresh:
+            hook()
+        entries = list(self._bases.items())
+        if not entries:
+            return 0
+        replaced = 0
+        for pid, (base, info) in entries:
+            new = self.refreshed(pid, base, info)
+            if new is not None and new is not base:
+                with self._lock:
+                    if self._bases.get(pid, (None,))[0] is base:
+                        self._bases[pid] = (new, info)
+                        replaced += 1
+        return replaced
+
+    def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
+        """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
+        pk = self.keys(pid)
+        with translate_errors("refresh"):
+            manifest = snapshot.read_manifest(self.store.r, pk)
+        if manifest is not None and manifest.generation != getattr(base, "generation", None) \
+                and self._refused.get(pk.tag) != manifest.sid:
+            new = self._load_snapshot(pk, info, manifest)
+            if new is not None:
+                return new
+        if not isinstance(base, ExactBase):
+            return None
+        if self.store.position(pk) == base.position:
+            return None
+        tail = self.store.read_tail(pk, base.position)
+        if tail is None:
+            return exact_base(self.store.read_partition(pk), info)
+        if pos_key(tail.pos) <= pos_key(base.position):
+            return None
+        return base.with_changes(tail.pos, tail_overlay(tail, info))

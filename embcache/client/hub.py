@@ -1,0 +1,990 @@
+"""The synchronous client: :func:`connect`, :class:`Hub`, :class:`Space`, :class:`Version`.
+
+>>> import embcache
+>>> hub = embcache.connect()                                  # embedded Redis when no URL is given
+>>> space = hub.create_space("movies", dim=64, metric="cosine")
+>>> v1 = space.create_version()
+>>> v1.upsert(["m1", "m2"], vectors, metadatas=[{"genre": "drama"}, {"genre": "comedy"}])
+>>> v1.query(vectors[:1], n_results=2).ids
+[['m1', 'm2']]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from ..core import codec
+from ..redis import metrics
+from ..redis.acl import Credentials, Grant
+from ..redis.builds import BuildHandle, PartitionStats, partition_stats
+from .cache import PartitionCache, SpaceInfo, tail_overlay
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..core.errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
+from ..core.filters import compile_where
+from ..core.keys import Keys, check_name
+from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.principals import Principals
+from ..core.search import merge_ranked
+from ..core.snapshot import HnswBase
+from ..redis.store import Store, open_client, translate_errors
+from ..core.views import Overlay, OverlayItem, pos_key, search_view
+
+__all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
+
+T = TypeVar("T")
+Consistency = Literal["eventual", "session", "strong"]
+CONSISTENCY_LEVELS = ("eventual", "session", "strong")
+DEFAULT_CACHE_BYTES = 2 << 30
+SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
+_INCLUDE_GET = ("embeddings", "metadatas")
+_INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
+
+
+@dataclass
+class QueryResult:
+    """Column-oriented answer of a query, one row per query embedding.
+
+    ``ids[i]`` lists the ids nearest to query ``i``, nearest first. ``distances`` is a float32 array
+    ``(n_queries, n_results)`` in the space's metric; where a query has fewer than ``n_results`` matches its
+    row ends in ``inf``. ``metadatas`` and ``embeddings`` are filled when ``include`` asks for them.
+    """
+
+    ids: list[list[str]]
+    distances: np.ndarray
+    metadatas: list[list[dict[str, Any] | None]] | None = None
+    embeddings: list[np.ndarray] | None = None
+
+
+@dataclass
+class GetResult:
+    """Column-oriented answer of :meth:`Version.get`: the ids found, in the order asked, and their data."""
+
+    ids: list[str]
+    embeddings: np.ndarray | None = None
+    metadatas: list[dict[str, Any] | None] | None = None
+    partitions: list[str] | None = None
+
+
+def connect(
+    url: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    cluster: bool | None = None,
+    prefix: str = "emb",
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    refresh_interval: float = 1.0,
+) -> "Hub":
+    """Connect to a hub.
+
+    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; without it ``EMBCACHE_URL`` is used, and without that
+    the embedded server (see :mod:`embcache.server`) is started or reused. Redis Cluster is detected unless
+    ``cluster`` says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often
+    (seconds) loaded partitions are checked for new data.
+    """
+    if url is None:
+        url = os.environ.get("EMBCACHE_URL") or None
+    if url is None:
+        from ..redis.server import ensure_embedded
+
+        url = ensure_embedded()
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidInput(f"url must start with redis://, rediss:// or unix://, got {url!r}")
+    if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+        raise InvalidInput("cache_bytes must be a positive integer")
+    client = open_client(url, username=username, password=password, cluster=cluster)
+    return Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
+               username=username, password=password)
+
+
+class Hub:
+    """One Redis deployment holding many spaces. Create it with :func:`connect`; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        url: str = "",
+        prefix: str = "emb",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        refresh_interval: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.url = url
+        self.username = username
+        self._password = password
+        self.keys = Keys(prefix)
+        self.store = Store(client, self.keys)
+        self.store.ensure_functions()
+        self.catalogue = Catalogue(self.store)
+        self.principals = Principals(self.store)
+        self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
+        self._parts: dict[tuple[str, str], list[str]] = {}
+        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
+        self._records: dict[str, SpaceRecord] = {}
+        self._registered: set[tuple[str, str, str]] = set()
+        self._session: dict[tuple[str, str, str], Overlay] = {}
+        self._session_lock = threading.Lock()
+        self._session_overflow: dict[tuple[str, str, str], str] = {}
+        self._probe_lock = threading.Lock()
+        self._probe_conn: Any = None  # the connection strong probes use (see Version._strong_probe_send)
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when the data lives on Redis Cluster."""
+        return self.store.is_cluster
+
+    # spaces -----------------------------------------------------------------------------------------------
+    def create_space(
+        self,
+        name: str,
+        dim: int,
+        metric: str = "cosine",
+        *,
+        dtype: str = "float32",
+        M: int = 16,
+        ef_construction: int = 200,
+        ef: int = 64,
+    ) -> "Space":
+        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken."""
+        check_name(name, "space name")
+        params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef)
+        record = SpaceRecord(name=name, created=time.time(), **params)
+        self.catalogue.create_space(record)
+        self._records[name] = record
+        return Space(self, record)
+
+    def space(self, name: str) -> "Space":
+        """An existing space; :class:`~embcache.errors.NotFound` otherwise."""
+        return Space(self, self._record(name))
+
+    def spaces(self) -> list[str]:
+        """Names of all spaces, sorted."""
+        return self.catalogue.list_spaces()
+
+    def drop_space(self, name: str) -> None:
+        """Delete a space with all its versions, data and snapshots."""
+        record = self._record(name)
+        cat = self.catalogue
+        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
+            # data first, the record and the listing last: a drop cut short can simply be run again
+            for v in cat.list_versions(name):
+                for p in cat.partitions(name, v.name):
+                    self.store.delete_partition(self.keys.partition(name, v.name, p))
+            for key in cat.space_keys(name):
+                self.store.r.delete(key)
+            self.store.r.srem(self.keys.spaces(), name)
+        self._records.pop(record.name, None)
+        self._defaults.pop(record.name, None)
+        self.cache.drop(lambda pid: pid[0] == name)
+        with self._session_lock:
+            for pid in [p for p in self._session if p[0] == name]:
+                del self._session[pid]
+        self._registered = {p for p in self._registered if p[0] != name}
+
+    def _record(self, name: str) -> SpaceRecord:
+        rec = self._records.get(name)
+        if rec is None:
+            rec = self.catalogue.get_space(name)
+            self._records[name] = rec
+        return rec
+
+    # access control (operator) ---------------------------------------------------------------------------
+    def grant(self, principal: str, *, space: str, role: str = "reader",
+              partitions: Sequence[str] | None = None) -> Credentials:
+        """Create or update the Redis ACL user ``principal`` with ``role`` on ``space`` (optionally only on
+        ``partitions``). Returns the credentials; the password is shown once, for a new principal only.
+
+        Roles: ``reader`` (get, query, stats), ``writer`` (+ upsert, delete, build requests), ``admin``
+        (+ versions, aliases, seal, rollback). Redis enforces them: see :mod:`embcache.acl`.
+        """
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
+        self._record(space)  # the space must exist
+        return self.principals.grant(principal, grant)
+
+    def revoke(self, principal: str, *, space: str | None = None) -> None:
+        """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
+        self.principals.revoke(principal, space)
+
+    def list_principals(self) -> dict[str, dict[str, Any]]:
+        """Every principal with its grants (never secrets)."""
+        return self.principals.list()
+
+    def rotate(self, principal: str) -> Credentials:
+        """A new secret for ``principal``; the old one stops working at once."""
+        return self.principals.rotate(principal)
+
+    def create_worker_principal(self, name: str = "worker") -> Credentials:
+        """Create (or re-key) the principal workers connect with: the only one allowed RQ's keys."""
+        return self.principals.worker(name)
+
+    # lifecycle --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the refresher and close the connections."""
+        if self._probe_conn is not None:
+            self.store.r.connection_pool.release(self._probe_conn)
+            self._probe_conn = None
+        self.cache.close()
+        self.store.r.close()
+
+    def __enter__(self) -> "Hub":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Hub({self.url!r})"
+
+    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
+    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
+        key = (space, version)
+        parts = None if fresh else self._parts.get(key)
+        if parts is None:
+            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
+            self._parts[key] = parts
+        return parts
+
+    def _partition_added(self, space: str, version: str, partition: str) -> None:
+        parts = self._parts.get((space, version))
+        if parts is not None and partition not in parts:
+            self._parts[(space, version)] = sorted([*parts, partition])
+
+    def _refresh_defaults(self) -> None:
+        for name in list(self._defaults):
+            try:
+                self.space(name).default_version()
+            except NotFound:  # dropped, or no versions any more
+                self._defaults.pop(name, None)
+
+    def _refresh_partitions(self) -> None:
+        keys = list(self._parts)
+        if not keys:
+            return
+        with translate_errors("refresh partitions"):
+            pipe = self.store.r.pipeline(transaction=False)
+            for space, version in keys:
+                pipe.smembers(self.keys.parts(space, version))
+            results = pipe.execute()
+        for key, members in zip(keys, results):
+            self._parts[key] = sorted(m.decode() for m in members)
+
+    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
+    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
+        """Keep this hub's own write until a base covers it (for ``session``). Past ``SESSION_ITEMS`` items per
+        partition the copies are dropped and ``session`` reads the log tail instead, until a base catches up."""
+        with self._session_lock:
+            ov = self._session.setdefault(pid, {})
+            ov.update(items)
+            if overflow or len(ov) > SESSION_ITEMS:
+                ov.clear()
+                self._session_overflow[pid] = pos
+
+    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
+        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
+        covered = pos_key(base_pos)
+        with self._session_lock:
+            overflow = self._session_overflow.get(pid)
+            if overflow is not None:
+                if pos_key(overflow) > covered:
+                    return None
+                del self._session_overflow[pid]
+            ov = self._session.get(pid)
+            if not ov:
+                return {}
+            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
+                del ov[i]
+            return dict(ov)
+
+
+@contextlib.contextmanager
+def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
+    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
+    try:
+        yield
+    except PermissionDenied as exc:
+        if getattr(exc, "named", False):
+            raise
+        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err.named = True  # type: ignore[attr-defined]
+        raise err from None
+
+
+def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:  # a plain try, not a context manager: this wraps the query hot path
+                return fn(self, *args, **kwargs)
+            except PermissionDenied:
+                space = self.name if isinstance(self, Space) else self.space.name
+                with _named(operation, space, self.hub.username):
+                    raise
+
+        return wrapper
+
+    return decorate
+
+
+class Space:
+    """A named embedding space. Get one from :meth:`Hub.create_space` or :meth:`Hub.space`."""
+
+    def __init__(self, hub: Hub, record: SpaceRecord) -> None:
+        self.hub = hub
+        self.record = record
+        self.name = record.name
+        self.dim = record.dim
+        self.metric = record.metric
+        self.dtype = record.dtype
+        self.M = record.M
+        self.ef_construction = record.ef_construction
+        self.ef = record.ef
+        self.info = SpaceInfo(record.dim, record.dtype, record.metric, record.ef)
+        self.grant: dict[str, Any] | None = None  # this hub's principal's grant, when it is not the operator
+        if hub.username not in (None, "default"):
+            with contextlib.suppress(PermissionDenied):
+                self.grant = hub.principals.grant_of(self.name, hub.username)
+
+    def allowed_partitions(self) -> list[str] | None:
+        """The partitions this hub's principal was granted on the space (None: all)."""
+        return None if self.grant is None else self.grant.get("partitions")
+
+    def _require(self, role: str, operation: str, partition: str | None = None) -> None:
+        """Refuse early, before anything is written, what Redis would refuse part-way."""
+        if self.grant is None:
+            return
+        order = ["reader", "writer", "admin"]
+        who = self.hub.username
+        err = None
+        if order.index(self.grant["role"]) < order.index(role):
+            err = PermissionDenied(f"{operation} on space {self.name!r} needs the {role} role; "
+                                   f"principal {who!r} is a {self.grant['role']}")
+        parts = self.allowed_partitions()
+        if err is None and partition is not None and parts is not None and partition not in parts:
+            err = PermissionDenied(f"{operation} on partition {partition!r} of space {self.name!r} is not granted "
+                                   f"to principal {who!r} (granted: {', '.join(parts)})")
+        if err is not None:
+            err.named = True  # type: ignore[attr-defined]
+            raise err
+
+    def __repr__(self) -> str:
+        return f"Space({self.name!r}, dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r})"
+
+    @_guard("create_version")
+    def create_version(self, name: str | None = None, *, description: str = "") -> "Version":
+        """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
+        if not isinstance(description, str):
+            raise InvalidInput("description must be a str")
+        rec = self.hub.catalogue.create_version(self.name, name, description)
+        self.hub._defaults.pop(self.name, None)
+        return Version(self, rec)
+
+    def version(self, name: str) -> "Version":
+        """A version by name or alias (``space.version("live")``)."""
+        target = self.hub.catalogue.resolve(self.name, name)
+        return Version(self, self.hub.catalogue.get_version(self.name, target))
+
+    def versions(self) -> list["Version"]:
+        """All versions, oldest first."""
+        return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
+
+    @_guard("set_alias")
+    def set_alias(self, alias: str, version: "Version | str") -> None:
+        """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
+        name = version.name if isinstance(version, Version) else version
+        if isinstance(version, Version) and version.space.name != self.name:
+            raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
+        self.hub.catalogue.set_alias(self.name, alias, name)
+        self.hub._defaults.pop(self.name, None)
+
+    def promote(self, version: "Version | str", alias: str = "live") -> None:
+        """Same as ``set_alias(alias, version)``."""
+        self.set_alias(alias, version)
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: version name}``."""
+        return self.hub.catalogue.aliases(self.name)
+
+    def alias_history(self, alias: str) -> list[str]:
+        """Previous targets of ``alias``, most recent first."""
+        return self.hub.catalogue.alias_history(self.name, alias)
+
+    @_guard("rollback")
+    def rollback(self, alias: str = "live") -> "Version":
+        """Point ``alias`` back at its previous target and return that version."""
+        target = self.hub.catalogue.rollback(self.name, alias)
+        self.hub._defaults.pop(self.name, None)
+        return self.version(target)
+
+    def default_version(self) -> "Version":
+        """The version ``live`` points at, else the newest one."""
+        return run(self._default_version(True), self.hub.store.r)
+
+    def _default_version(self, fresh: bool) -> Plan["Version"]:
+        """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
+        and this hub's own alias moves and new versions update it at once)."""
+        cached = None if fresh else self.hub._defaults.get(self.name)
+        if cached is not None:
+            return cached
+        cat = self.hub.catalogue
+        aliases = yield from cat.aliases.plan(cat, self.name)
+        if "live" in aliases:
+            rec = yield from cat.get_version.plan(cat, self.name, aliases["live"])
+        else:
+            versions = yield from cat.list_versions.plan(cat, self.name)
+            if not versions:
+                raise NotFound(f"space {self.name!r} has no versions")
+            rec = versions[-1]
+        version = Version(self, rec)
+        self.hub._defaults[self.name] = version
+        return version
+
+    def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
+        from the hub's cache otherwise)."""
+        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        return version.query(query_embeddings, n_results, **kwargs)
+
+    def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
+        """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
+        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        return version.query_by_id(ids, n_results, **kwargs)
+
+
+class Version:
+    """One generation of a space's embeddings: where items are written and queried."""
+
+    def __init__(self, space: Space, record: VersionRecord) -> None:
+        self.space = space
+        self.hub = space.hub
+        self.name = record.name
+        self.state = record.state
+        self.description = record.description
+        self._probes: dict[str, Any] = {}  # partition -> the packed commands of a strong probe
+
+    def __repr__(self) -> str:
+        return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
+
+    def _pid(self, partition: str) -> tuple[str, str, str]:
+        return (self.space.name, self.name, partition)
+
+    def _pk(self, partition: str):  # noqa: ANN202
+        return self.hub.keys.partition(self.space.name, self.name, partition)
+
+    # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
+    # client; embcache.aio runs the very same plan with redis.asyncio.
+    def _run(self, plan: Plan[T]) -> T:
+        return run(plan, self.hub.store.r)
+
+    # writes -----------------------------------------------------------------------------------------------
+    @_guard("upsert")
+    def upsert(
+        self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
+        partition: str = "default",
+    ) -> int:
+        """Insert or replace items in ``partition``; returns how many were written.
+
+        ``embeddings`` is array-like ``(n, dim)``. The whole call is atomic on its partition: all items and the
+        change-log entry are written together, or nothing is. Metadata replaces the item's previous metadata
+        (``None`` clears it). An id may live in only one partition of a version.
+        """
+        return self._run(self._upsert(ids, embeddings, metadatas, partition))
+
+    def _upsert(self, ids: Any, embeddings: Any, metadatas: Any, partition: str) -> Plan[int]:
+        check_name(partition, "partition name")
+        self.space._require("writer", "upsert", partition)
+        id_list = codec.check_ids(ids)
+        mat = codec.check_matrix(embeddings, self.space.dim)
+        if mat.shape[0] != len(id_list):
+            raise InvalidInput(f"got {len(id_list)} ids but {mat.shape[0]} embeddings")
+        meta_texts = codec.check_metadatas(metadatas, len(id_list))
+        if self.space.metric == "cosine":
+            mat = codec.normalise(mat)
+        blobs = codec.encode_vectors(mat, self.space.dtype)
+        hub, store = self.hub, self.hub.store
+        yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
+        pid = self._pid(partition)
+        if pid not in hub._registered:
+            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
+            hub._registered.add(pid)
+            hub._partition_added(self.space.name, self.name, partition)
+        try:
+            pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
+        except VersionSealed:
+            raise self._sealed() from None
+        yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+        if len(id_list) > SESSION_ITEMS:
+            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+        else:
+            stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
+            metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
+            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+        return len(id_list)
+
+    @_guard("delete")
+    def delete(self, ids: Sequence[str], partition: str | None = None) -> int:
+        """Delete items (from ``partition``, or wherever they are); returns how many existed."""
+        return self._run(self._delete(ids, partition))
+
+    def _delete(self, ids: Any, partition: str | None) -> Plan[int]:
+        id_list = list(dict.fromkeys(codec.check_ids(ids, allow_duplicates=True)))
+        self.space._require("writer", "delete", partition)
+        parts = yield from self._partitions_arg(None if partition is None else [partition])
+        rec = yield from self.hub.catalogue.get_version.plan(self.hub.catalogue, self.space.name, self.name)
+        self.state = rec.state
+        if rec.state != "open":
+            raise self._sealed()
+        store, total = self.hub.store, 0
+        for p in parts:
+            try:
+                gone, pos = yield from store.write_deletes.plan(store, self._pk(p), id_list)
+            except VersionSealed:
+                raise self._sealed() from None
+            if pos is not None:
+                yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
+                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+            total += len(gone)
+        return total
+
+    def _sealed(self) -> VersionSealed:
+        self.state = "sealed"
+        return VersionSealed(f"version {self.space.name}/{self.name} is sealed (read-only): write to a new version "
+                             f"(space.create_version()) instead")
+
+    @_guard("seal")
+    def seal(self) -> None:
+        """Make the version read-only (idempotent)."""
+        for p in self.hub.catalogue.seal(self.space.name, self.name):
+            self.hub.store.flag_sealed(self._pk(p))
+        self.state = "sealed"
+
+    @_guard("build")
+    def build(self, wait: bool = True, *, timeout: float | None = 600.0,
+              on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
+        """Ask the workers to (re)index every partition with unindexed changes.
+
+        With ``wait`` (default), block until the snapshots cover everything written before the call
+        (:class:`~embcache.errors.BuildTimeout` after ``timeout`` seconds); otherwise return at once a
+        :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
+        ``on_progress(done, total)`` is called as partitions complete.
+        """
+        store = self.hub.store
+        keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
+        targets = {p: store.position(pk) for p, pk in keys.items()}
+        for p in keys:
+            store.mark_dirty(self.space.name, self.name, p)
+        handle = BuildHandle(store, keys, targets)
+        if wait and not handle.done:
+            self._require_dispatcher(min(5.0, timeout) if timeout is not None else 5.0)
+        return handle.wait(timeout, on_progress) if wait else handle
+
+    def _require_dispatcher(self, grace: float) -> None:
+        """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
+        lock it renews every tick (a principal that may not read it skips this check)."""
+        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
+        deadline = time.monotonic() + grace
+        try:
+            with translate_errors("build"):
+                while not r.exists(key):
+                    if time.monotonic() > deadline:
+                        raise BuildTimeout(
+                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                        )
+                    time.sleep(0.1)
+        except PermissionDenied:
+            return
+
+    @_guard("stats")
+    def stats(self) -> list[PartitionStats]:
+        """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
+        and a corrupt-snapshot report if a reader refused one."""
+        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._run(self._partitions_arg(None))]
+
+    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[None]:
+        # a principal limited to some partitions can only check those (it cannot see the others)
+        store = self.hub.store
+        for p in (yield from self._partitions_arg(None)):
+            if p == partition:
+                continue
+            there = yield from store.existing.plan(store, self._pk(p), ids)
+            found = [i for i, t in zip(ids, there) if t]
+            if found:
+                raise InvalidInput(
+                    f"id {found[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
+                    "an item lives in one partition: delete it there first"
+                )
+
+    # reads ------------------------------------------------------------------------------------------------
+    def partitions(self) -> list[str]:
+        """Names of the partitions that hold (or held) items, sorted."""
+        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
+
+    def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
+        """Validated partition names (all of the version's, limited to the principal's grant, for None).
+        ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
+        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
+        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
+                                                            else partitions or []) <= set(known):
+            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
+        granted = self.space.allowed_partitions()
+        if partitions is None:
+            return known if granted is None else [p for p in known if p in granted]
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        if not isinstance(partitions, (list, tuple)) or not partitions:
+            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
+        for p in partitions:
+            check_name(p, "partition name")
+            if granted is not None and p not in granted:
+                self.space._require("reader", "read", p)
+            if p not in known:
+                raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
+        return list(dict.fromkeys(partitions))
+
+    @_guard("ids")
+    def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
+        """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
+        for p in self._run(self._partitions_arg(None if partition is None else [partition])):
+            yield from self.hub.store.scan_ids(self._pk(p), batch)
+
+    @_guard("count")
+    def count(self, partition: str | None = None) -> int:
+        """Number of items (in one partition, or in all)."""
+        return self._run(self._count(partition))
+
+    def _count(self, partition: str | None) -> Plan[int]:
+        parts = yield from self._partitions_arg(None if partition is None else [partition])
+        with translate_errors("count"):
+            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
+        return sum(int(c) for c in counts)
+
+    @_guard("get")
+    def get(
+        self, ids: Sequence[str], include: Sequence[str] = _INCLUDE_GET, partitions: Sequence[str] | None = None
+    ) -> GetResult:
+        """Stored items by id, in the order asked; ids that do not exist are left out.
+
+        Embeddings of ``cosine`` spaces come back normalised (they are stored that way).
+        """
+        return self._run(self._get(ids, include, partitions))
+
+    def _get(self, ids: Any, include: Any, partitions: Any) -> Plan[GetResult]:
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        include = _check_include(include, _INCLUDE_GET)
+        store = self.hub.store
+        found: dict[str, tuple[bytes, bytes | None, str]] = {}
+        for p in (yield from self._partitions_arg(partitions)):
+            vecs, metas = yield from store.read_items.plan(store, self._pk(p), id_list)
+            for i, v, m in zip(id_list, vecs, metas):
+                if v is not None:
+                    found[i] = (v, m, p)
+        order = [i for i in dict.fromkeys(id_list) if i in found]
+        res = GetResult(ids=order, partitions=[found[i][2] for i in order])
+        if "embeddings" in include:
+            res.embeddings = codec.decode_vectors([found[i][0] for i in order], self.space.dim, self.space.dtype)
+        if "metadatas" in include:
+            res.metadatas = codec.parse_json_objects(found[i][1] for i in order)
+        return res
+
+    @_guard("query")
+    def query(
+        self,
+        query_embeddings: Any,
+        n_results: int = 10,
+        *,
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        include: Sequence[str] = ("distances",),
+    ) -> QueryResult:
+        """Nearest neighbours of each query embedding.
+
+        ``query_embeddings`` is ``(n, dim)`` or one vector ``(dim,)``. ``partitions`` restricts the search;
+        ``where`` filters on metadata (see :mod:`embcache.filters`); ``ef`` overrides the space's search width.
+        ``consistency``: ``eventual`` answers from loaded bases only; ``session`` (default) adds this hub's own
+        writes; ``strong`` adds every write committed before the call (one round trip per partition).
+        """
+        if where is None and partitions is None and include == ("distances",):
+            res = self._fast_query(query_embeddings, n_results, ef, consistency)
+            if res is not None:
+                return res
+        return self._run(self._query(query_embeddings, n_results, partitions, where, ef, consistency, include))
+
+    def _fast_query(self, query_embeddings: Any, n_results: Any, ef: Any, consistency: Any) -> QueryResult | None:
+        """The serving hot path: one partition, its snapshot loaded, nothing of this hub's own to merge, no
+        filter. Answers straight from hnswlib (which normalises cosine queries itself) with no Redis round
+        trip; None when the general path is needed."""
+        t0 = time.perf_counter()
+        hub = self.hub
+        parts = hub._parts.get((self.space.name, self.name))
+        if parts is None or len(parts) != 1 or self.space.grant is not None:
+            return None
+        pid = (self.space.name, self.name, parts[0])
+        base = hub.cache.cached(pid)
+        if type(base) is not HnswBase:
+            return None
+        if consistency == "session" and hub._session_overlay(pid, base.position) != {}:
+            return None
+        if consistency == "strong" and hub.is_cluster:
+            return None
+        queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
+        k = codec.check_n_results(n_results)
+        ef = _check_ef(ef)
+        if consistency not in CONSISTENCY_LEVELS:
+            return None  # the general path raises the error
+        if self.space.metric == "cosine" and not queries.any(axis=1).all():
+            codec.normalise(queries, what="query_embeddings")  # raises the zero-vector error
+        if k > base.count:
+            return None
+        strong = None
+        if consistency == "strong":  # ask Redis first, search while it answers
+            strong = self._strong_probe_send(parts[0])
+        try:
+            labels, dists = base.knn(queries, k, ef)
+        except RuntimeError:  # hnswlib found fewer than k: the general path answers exactly
+            labels = None
+        finally:
+            if strong is not None:  # read the answer whatever happened, so the connection stays in step
+                pos, members = self._strong_probe_read(strong)
+        if strong is not None and (pos != base.position or members != parts):
+            return None  # the log moved past the snapshot, or partitions changed: the general path merges
+        if labels is None:
+            return None
+        hub.cache.touch(pid)
+        id_of = base.id_of
+        res = QueryResult(ids=[id_of[row].tolist() for row in labels], distances=dists)
+        if metrics.ENABLED:
+            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
+        return res
+
+    def _strong_probe_send(self, partition: str) -> Any:
+        """Send (without waiting) the partition's log position and the version's partition list: a strong query
+        whose snapshot covers the log needs nothing more, and the search runs while Redis answers.
+
+        The hub keeps one connection for these probes (taking one from the pool costs more than the probe's
+        own work); a query that finds it busy takes a pooled one."""
+        hub = self.hub
+        pool = hub.store.r.connection_pool
+        packed = self._probes.get(partition)
+        own = hub._probe_lock.acquire(blocking=False)
+        with translate_errors("strong read"):
+            try:
+                conn = hub._probe_conn if own and hub._probe_conn is not None else pool.get_connection()
+                if packed is None:
+                    packed = conn.pack_commands([("HGET", self._pk(partition).state, "pos"),
+                                                 ("SMEMBERS", hub.keys.parts(self.space.name, self.name))])
+                    self._probes[partition] = packed
+                conn.send_packed_command(packed)
+            except BaseException:
+                self._probe_done(own, None, failed=True)
+                raise
+        if own:
+            hub._probe_conn = conn
+        return own, conn
+
+    def _strong_probe_read(self, probe: Any) -> tuple[str, list[str]]:
+        own, conn = probe
+        try:
+            with translate_errors("strong read"):
+                pos, members = conn.read_response(), conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            self._probe_done(own, conn, failed=True)
+            raise
+        self._probe_done(own, conn)
+        return (pos.decode() if pos else "0-0"), sorted(m.decode() for m in members)
+
+    def _probe_done(self, own: bool, conn: Any, failed: bool = False) -> None:
+        hub = self.hub
+        if own:
+            if failed and hub._probe_conn is not None:
+                hub.store.r.connection_pool.release(hub._probe_conn)
+                hub._probe_conn = None
+            hub._probe_lock.release()
+        elif conn is not None:
+            hub.store.r.connection_pool.release(conn)
+
+    def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
+               consistency: Any, include: Any) -> Plan[QueryResult]:
+        queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
+        k = codec.check_n_results(n_results)
+        args = yield from self._query_args(partitions, where, ef, consistency, include)
+        if self.space.metric == "cosine":
+            queries = codec.normalise(queries, what="query_embeddings")
+        return (yield from self._search(queries, k, *args))
+
+    def _query_args(self, partitions: object, where: object, ef: object, consistency: object,
+                    include: object) -> Plan[tuple[Any, ...]]:
+        """The validated (partitions, predicate, ef, consistency, include) of a query."""
+        include = _check_include(include, _INCLUDE_QUERY)
+        predicate = compile_where(where)
+        ef = _check_ef(ef)
+        if consistency not in CONSISTENCY_LEVELS:
+            raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
+        parts = yield from self._partitions_arg(partitions, fresh=False)
+        return parts, predicate, ef, consistency, include, partitions is None
+
+    @_guard("query_by_id")
+    def query_by_id(
+        self,
+        ids: Sequence[str],
+        n_results: int = 10,
+        *,
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        include: Sequence[str] = ("distances",),
+    ) -> QueryResult:
+        """Neighbours of stored items (each item itself excluded), one row per id.
+
+        :class:`~embcache.errors.NotFound` if an id is not stored in this version.
+        """
+        return self._run(self._query_by_id(ids, n_results, partitions, where, ef, consistency, include))
+
+    def _query_by_id(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,
+                     include: Any) -> Plan[QueryResult]:
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        n_results = codec.check_n_results(n_results)
+        args = yield from self._query_args(partitions, where, ef, consistency, include)
+        got = yield from self._get(id_list, ("embeddings",), None)
+        missing = [i for i in id_list if i not in set(got.ids)]
+        if missing:
+            raise NotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
+        row = {i: j for j, i in enumerate(got.ids)}
+        assert got.embeddings is not None
+        queries = got.embeddings[[row[i] for i in id_list]]  # stored vectors: already normalised for cosine
+        res = yield from self._search(queries, n_results + 1, *args)
+        keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
+        res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
+        res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
+        if res.metadatas is not None:
+            res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
+        if res.embeddings is not None:
+            res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
+        return res
+
+    def _search(self, queries: np.ndarray, k: int, parts: list[str], predicate: Any, ef: int | None,
+                consistency: str, include: tuple[str, ...], all_parts: bool) -> Plan[QueryResult]:
+        t0 = time.perf_counter()
+        hub, info, cache, store = self.hub, self.space.info, self.hub.cache, self.hub.store
+        positions: list[str] | None = None
+        if consistency == "strong":
+            # one round trip: every partition's log position, and (querying them all) the partition list, so
+            # a partition another hub created before this query began is not missed
+            calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
+            if all_parts:
+                calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
+            with translate_errors("strong read"):
+                replies = yield Batch(calls)
+            positions = [(x.decode() if x else "0-0") for x in replies[: len(parts)]]
+            if all_parts:
+                fresh = sorted(m.decode() for m in replies[-1])
+                hub._parts[(self.space.name, self.name)] = fresh
+                granted = self.space.allowed_partitions()
+                new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
+                parts = parts + new
+                positions += [None] * len(new)  # type: ignore[list-item]
+        pids = [self._pid(p) for p in parts]
+        bases = []
+        for pid in pids:  # a loaded base costs nothing; a first load is blocking work, off the event loop
+            base = cache.cached(pid)
+            bases.append(base if base is not None else (yield Offload(cache.get, (pid, info))))
+        overlays: list[Overlay | None]
+        if consistency == "eventual":
+            overlays = [{} for _ in pids]
+        elif consistency == "session":
+            overlays = [hub._session_overlay(pid, b.position) for pid, b in zip(pids, bases)]
+        else:  # strong: only partitions whose log moved past their base need the tail
+            overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
+        need_tail = [i for i, ov in enumerate(overlays) if ov is None]
+        if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
+            tails = yield from store.read_tails.plan(store, [(self._pk(parts[i]), bases[i].position) for i in need_tail])
+            for i, tail in zip(need_tail, tails):
+                if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
+                    bases[i] = yield Offload(cache.reload, (pids[i], info))
+                    pk = self._pk(parts[i])
+                    tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
+                    if tail is None:  # the newest snapshot's tail is always readable; answer exactly if not
+                        bases[i] = yield Offload(cache.exact, (pids[i], info))
+                        tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
+                overlays[i] = tail_overlay(tail, info) if tail is not None else {}
+        per_part = [
+            search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
+            for b, ov in zip(bases, overlays)
+        ]
+        if len(per_part) == 1:
+            merged = per_part[0]
+        else:
+            merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
+        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k))
+        if "metadatas" in include or "embeddings" in include:
+            where_is = _locator(bases, overlays)
+            if "metadatas" in include:
+                res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
+            if "embeddings" in include:
+                res.embeddings = [
+                    np.stack([where_is(i, "vector") for i in row]) if row else np.zeros((0, self.space.dim), np.float32)
+                    for row in res.ids
+                ]
+        if metrics.ENABLED:
+            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
+        return res
+
+
+def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+    def find(id_: str, what: str) -> Any:
+        for base, ov in zip(bases, overlays):
+            if id_ in ov:
+                return getattr(ov[id_], what)
+            if id_ in base:
+                return base.metadata(id_) if what == "metadata" else base.vector(id_)
+        return None
+
+    return find
+
+
+def _pad(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Distances as one float32 array ``(len(rows), k)``; a row with fewer than ``k`` matches ends in inf."""
+    if all(len(r) == k for r in rows):
+        return np.array(rows, dtype=np.float32).reshape(len(rows), k)
+    out = np.full((len(rows), k), np.inf, dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r[:k]
+    return out
+
+
+def _check_include(include: object, allowed: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(include, str):
+        include = (include,)
+    if not isinstance(include, (list, tuple)):
+        raise InvalidInput(f"include must be a list drawn from {', '.join(allowed)}")
+    for x in include:
+        if x not in allowed:
+            raise InvalidInput(f"include: unknown field {x!r}; use {', '.join(allowed)}")
+    return tuple(include)
+
+
+def _check_ef(ef: object) -> int | None:
+    if ef is None:
+        return None
+    if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or not 1 <= ef <= 10_000:
+        raise InvalidInput(f"ef must be an integer in [1, 10000], got {ef!r}")
+    return int(ef)

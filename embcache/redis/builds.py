@@ -1,0 +1,101 @@
+"""Asking workers for snapshots and watching them arrive: :meth:`Version.build` and :meth:`Version.stats`.
+
+The client never enqueues RQ jobs: it marks partitions dirty and watches each partition's manifest until its
+change-log position reaches the position the partition had when the build was asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core import snapshot
+from ..core.errors import BuildTimeout
+from ..core.keys import PartitionKeys
+from .store import Store, translate_errors
+from ..core.views import pos_key
+
+__all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
+
+
+@dataclass
+class BuildHandle:
+    """Progress of a requested build. ``targets`` maps partition -> the log position the snapshot must reach."""
+
+    store: Store
+    keys: dict[str, PartitionKeys]
+    targets: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    done_parts: set[str] = field(default_factory=set)
+
+    def progress(self) -> tuple[int, int]:
+        """``(partitions done, partitions asked)``; one round trip per partition not yet done."""
+        with translate_errors("build progress"):
+            for p, target in self.targets.items():
+                if p in self.done_parts:
+                    continue
+                m = snapshot.read_manifest(self.store.r, self.keys[p])
+                if m is not None and pos_key(m.pos) >= pos_key(target):
+                    self.done_parts.add(p)
+        return len(self.done_parts), len(self.targets)
+
+    @property
+    def done(self) -> bool:
+        """True when every partition's snapshot covers its target (asks Redis)."""
+        d, n = self.progress()
+        return d == n
+
+    def wait(self, timeout: float | None = 600.0, on_progress: Callable[[int, int], None] | None = None,
+             poll: float = 0.05) -> "BuildHandle":
+        """Block until every partition's snapshot covers its target; :class:`BuildTimeout` after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = (-1, -1)
+        while True:
+            now = self.progress()
+            if now != last and on_progress is not None:
+                on_progress(*now)
+            last = now
+            if now[0] == now[1]:
+                return self
+            if deadline is not None and time.monotonic() > deadline:
+                pending = sorted(set(self.targets) - self.done_parts)
+                raise BuildTimeout(
+                    f"snapshots of {len(pending)} partition(s) ({', '.join(pending[:5])}) did not catch up within "
+                    f"{timeout}s; is an embcache worker running on this hub?"
+                )
+            time.sleep(poll)
+
+
+@dataclass
+class PartitionStats:
+    """Health of one partition's index."""
+
+    partition: str
+    count: int
+    generation: int | None
+    snapshot_count: int | None
+    tombstones: int
+    snapshot_age_seconds: float | None
+    unindexed_entries: int
+    last_build_seconds: float | None
+    corrupt: str | None
+    snapshot_bytes: int
+
+
+def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> PartitionStats:
+    """One partition's stats (a few round trips)."""
+    r = store.r
+    with translate_errors("stats"):
+        count = int(r.hlen(pk.vec))
+        m = snapshot.read_manifest(r, pk)
+        state = {k.decode(): v.decode() for k, v in r.hgetall(pk.state).items()}
+        since = m.pos if m else "0-0"
+        lag = len(r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=100_000))
+    return PartitionStats(
+        partition=partition, count=count, generation=m.generation if m else None,
+        snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,
+        snapshot_age_seconds=round(time.time() - m.built_at, 3) if m else None, unindexed_entries=lag,
+        last_build_seconds=m.build_seconds if m else None, corrupt=state.get("corrupt"),
+        snapshot_bytes=m.nbytes if m else 0,
+    )

@@ -1,0 +1,203 @@
+"""The dispatcher: turns the partitions writers marked dirty into RQ build jobs, within a bounded delay.
+
+Writers never touch RQ's keys (whoever can write them can make a worker run code); they only add
+``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
+build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
+deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+which covers a writer that died between its write and its mark, and a worker killed mid-build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from typing import Any
+
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from . import metrics
+from ..core import snapshot
+from .catalogue import Catalogue
+from ..core.keys import NAME_PATTERN
+from .store import Store
+from ..core.views import pos_key
+
+__all__ = ["Dispatcher", "job_id", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
+
+log = logging.getLogger("embcache.dispatcher")
+QUEUE_NAME = "embcache"
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+NAME_RE = re.compile(NAME_PATTERN)
+#: How long a build's lease lives without a heartbeat: a killed worker's partition is rebuilt after this.
+LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
+#: The RQ job function, by dotted name: RQ imports it in the worker, so the package never imports ``workers``.
+BUILD_JOB = "workers.jobs.build_partition"
+
+
+def job_id(prefix: str, space: str, version: str, partition: str) -> str:
+    """The one job id a partition's builds use (RQ ids allow only letters, digits, _ and -)."""
+    digest = hashlib.sha1(f"{prefix}\0{space}\0{version}\0{partition}".encode()).hexdigest()[:20]
+    return f"emb-build-{digest}"
+
+
+class Dispatcher:
+    """Polls dirty sets every ``interval`` seconds; reconciles every ``reconcile_every`` seconds."""
+
+    def __init__(self, store: Store, queue: Queue, interval: float = 0.05, reconcile_every: float = 5.0,
+                 job_timeout: int = 3600) -> None:
+        self.store = store
+        self.queue = queue
+        self.interval = interval
+        self.reconcile_every = reconcile_every
+        self.job_timeout = job_timeout
+        self.catalogue = Catalogue(store)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
+        self.token = secrets.token_hex(8)
+
+    def is_leader(self) -> bool:
+        """Take or keep the dispatcher lock: with several workers, one dispatcher acts at a time, so two never
+        race to enqueue the same partition."""
+        r, key = self.store.r, self.store.keys.dispatcher_lock()
+        ttl = int(max(3.0, 20 * self.interval) * 1000)
+        if r.set(key, self.token, nx=True, px=ttl):
+            return True
+        if r.get(key) == self.token.encode():
+            r.pexpire(key, ttl)
+            return True
+        return False
+
+    def tick(self) -> int:
+        """One pass over the dirty sets; returns the number of jobs enqueued."""
+        r, k = self.store.r, self.store.keys
+        enqueued = 0
+        if metrics.ENABLED:
+            metrics.set_queue_depth(self.queue)
+        if not self.is_leader():
+            return 0
+        for space in self.catalogue.list_spaces():
+            for member in r.zrange(k.dirty(space), 0, -1):
+                version, _, partition = member.decode(errors="replace").partition("/")
+                if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)):
+                    log.warning("dropped a malformed dirty mark %r of space %s", member, space)
+                    r.zrem(k.dirty(space), member)  # writers can write this set; one bad entry must not stop builds
+                    continue
+                state = self._state(space, version, partition)
+                if state == "running":
+                    continue  # it may have read the log already: keep the mark for a build after it
+                r.zrem(k.dirty(space), member)
+                if state == "idle":  # a queued job has not read the log yet and will cover the mark
+                    self._enqueue(space, version, partition)
+                    enqueued += 1
+        if time.monotonic() - self._last_reconcile > self.reconcile_every:
+            self._last_reconcile = time.monotonic()
+            self.reconcile()
+        return enqueued
+
+    def _state(self, space: str, version: str, partition: str) -> str:
+        """"queued", "running" or "idle" for the partition's build."""
+        if self.store.r.exists(self.store.keys.partition(space, version, partition).lease):
+            return "running"
+        try:
+            job = Job.fetch(job_id(self.store.keys.prefix, space, version, partition), connection=self.queue.connection)
+        except NoSuchJobError:
+            return "idle"
+        status = job.get_status(refresh=False)
+        if status in _WAITING:
+            return "queued"
+        # started: running if it started too recently to have taken its lease yet; a started job with neither
+        # belongs to a worker that died
+        started = job.started_at.timestamp() if job.started_at else 0.0
+        return "running" if status == JobStatus.STARTED and time.time() - started < LEASE_SECONDS else "idle"
+
+    def _enqueue(self, space: str, version: str, partition: str) -> None:
+        self.queue.enqueue_call(
+            BUILD_JOB, args=(space, version, partition), kwargs={"prefix": self.store.keys.prefix},
+            job_id=job_id(self.store.keys.prefix, space, version, partition), timeout=self.job_timeout,
+            retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=600, failure_ttl=86400,
+            description=f"embcache build {space}/{version}/{partition}",
+        )
+        log.info("enqueued build of %s/%s/%s", space, version, partition)
+
+    def reconcile(self) -> int:
+        """Mark every partition whose log is ahead of its snapshot; returns how many were marked."""
+        marked = 0
+        for space in self.catalogue.list_spaces():
+            for v in self.catalogue.list_versions(space):
+                for p in self.catalogue.partitions(space, v.name):
+                    if not NAME_RE.fullmatch(p):
+                        continue  # a malformed name a writer put in the partition set: nothing to build
+                    pk = self.store.keys.partition(space, v.name, p)
+                    manifest = snapshot.read_manifest(self.store.r, pk)
+                    built = manifest.pos if manifest else "0-0"
+                    corrupt = self.store.r.hexists(pk.state, "corrupt")
+                    behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
+                    if metrics.ENABLED:
+                        metrics.set_index_lag(self.store.r, pk, built, behind)
+                    if behind and self._state(space, v.name, p) == "idle":
+                        self.store.mark_dirty(space, v.name, p)
+                        marked += 1
+        return marked
+
+    # background thread -------------------------------------------------------------------------------------
+    def start(self) -> "Dispatcher":
+        self._thread = threading.Thread(target=self._run, name="embcache-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+                log.exception("dispatcher tick failed")
+                self._stop.wait(1.0)
+
+
+def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
+               dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
+    """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
+    from rq import SimpleWorker, Worker
+
+    from ..core.keys import Keys
+    from .store import open_client
+
+    if url:
+        os.environ["EMBCACHE_URL"] = url
+    data_url = os.environ.get("EMBCACHE_URL")
+    if not data_url:
+        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
+    store = Store(open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
+                              password=os.environ.get("EMBCACHE_PASSWORD")), Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
+    store.ensure_functions()
+    queue_url = queue_url or os.environ.get("EMBCACHE_QUEUE_URL")
+    if not queue_url:
+        if store.is_cluster:
+            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+        queue_url = data_url
+    import redis
+
+    qconn = redis.Redis.from_url(queue_url, username=os.environ.get("EMBCACHE_QUEUE_USERNAME"),
+                                 password=os.environ.get("EMBCACHE_QUEUE_PASSWORD"))
+    queue = Queue(QUEUE_NAME, connection=qconn)
+    dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
+    worker_cls = SimpleWorker if simple else Worker
+    try:
+        worker_cls([queue], connection=qconn, name=name).work(burst=burst, with_scheduler=True)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()

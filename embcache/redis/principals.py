@@ -1,0 +1,165 @@
+"""Principals: creating, updating, listing and removing the Redis ACL users of :mod:`embcache.acl`.
+
+The operator's registry (``emb:{_hub}:principals``) keeps each principal's secret *hash* and grants, so a grant
+on one space can be added without forgetting the others; Redis keeps the same hash, never the secret. On Redis
+Cluster every rule is set on every node (ACL users are per node). ``ACL SAVE`` persists the users where the
+server has an ACL file (the embedded server has one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import redis.cluster
+from redis import exceptions as rexc
+
+from .acl import (
+    Credentials,
+    Grant,
+    check_principal,
+    hash_secret,
+    new_secret,
+    user_rules,
+    worker_rules,
+)
+from ..core.errors import InvalidInput, NotFound
+from .store import Store, translate_errors
+
+__all__ = ["Principals"]
+
+WORKER = "worker"
+
+
+class Principals:
+    """ACL users of one hub. Every method needs the operator's rights."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.r = store.r
+        self.k = store.keys
+
+    def _acl(self, *args: Any) -> Any:
+        if isinstance(self.r, redis.cluster.RedisCluster):
+            return self.r.execute_command("ACL", *args, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
+        return self.r.execute_command("ACL", *args)
+
+    def _save(self) -> bool:
+        try:
+            self._acl("SAVE")
+            return True
+        except rexc.ResponseError:  # no aclfile configured: the users live until the server restarts
+            return False
+
+    def _record(self, name: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.k.principals(), name)
+        return None if raw is None else json.loads(raw)
+
+    def _apply(self, name: str, rec: dict[str, Any]) -> bool:
+        if rec.get("worker"):
+            rules = worker_rules(self.k, rec["hash"])
+        else:
+            grants = [Grant(s, g["role"], tuple(g["partitions"]) if g["partitions"] else None)
+                      for s, g in sorted(rec["grants"].items())]
+            rules = user_rules(self.k, rec["hash"], grants)
+        for _ in range(10):  # drop rules naming commands this server version lacks (CLIENT SETINFO is 7.2+)
+            try:
+                self._acl("SETUSER", name, *rules)
+                break
+            except rexc.ResponseError as exc:
+                m = re.search(r"modifier '(\+[a-z|_-]+)': Unknown command", str(exc))
+                if not m or m.group(1) not in rules:
+                    raise
+                rules.remove(m.group(1))
+        self.r.hset(self.k.principals(), name, json.dumps(rec))
+        return self._save()
+
+    def grant(self, name: str, grant: Grant) -> Credentials:
+        """Add or replace ``name``'s grant on ``grant.space``; the password is returned only for a new principal."""
+        check_principal(name)
+        with translate_errors(f"grant {grant.role} on {grant.space} to {name}"):
+            rec = self._record(name)
+            secret = None
+            if rec is None:
+                secret = new_secret()
+                rec = {"hash": hash_secret(secret), "grants": {}, "created": time.time()}
+            if rec.get("worker"):
+                raise InvalidInput(f"{name!r} is the worker principal; choose another name")
+            rec["grants"][grant.space] = grant.as_dict()
+            persisted = self._apply(name, rec)
+            self.r.hset(self.k.grants(grant.space), name, json.dumps(grant.as_dict()))
+        return Credentials(name, secret, persisted)
+
+    def revoke(self, name: str, space: str | None = None) -> None:
+        """Remove ``name``'s grant on ``space`` (all grants and the user itself when ``space`` is None)."""
+        check_principal(name)
+        with translate_errors(f"revoke {name}"):
+            rec = self._record(name)
+            if rec is None:
+                raise NotFound(f"no principal named {name!r}")
+            spaces = list(rec["grants"]) if space is None else [space]
+            if space is not None and space not in rec["grants"]:
+                raise NotFound(f"principal {name!r} has no grant on space {space!r}")
+            for s in spaces:
+                rec["grants"].pop(s, None)
+                self.r.hdel(self.k.grants(s), name)
+            if rec["grants"] or (rec.get("worker") and space is not None):
+                self._apply(name, rec)
+            else:
+                self._acl("DELUSER", name)  # Redis closes the user's connections itself
+                self.r.hdel(self.k.principals(), name)
+                self._save()
+
+    def rotate(self, name: str) -> Credentials:
+        """A new secret for ``name``; the old one stops working at once."""
+        check_principal(name)
+        with translate_errors(f"rotate {name}"):
+            rec = self._record(name)
+            if rec is None:
+                raise NotFound(f"no principal named {name!r}")
+            secret = new_secret()
+            rec["hash"] = hash_secret(secret)
+            rec["rotated"] = time.time()
+            persisted = self._apply(name, rec)
+            self._disconnect(name)
+        return Credentials(name, secret, persisted)
+
+    def _disconnect(self, name: str) -> None:
+        """Close the connections ``name`` already has open (ACL changes apply to new commands, but a connection
+        authenticated with an old secret would otherwise stay signed in)."""
+        try:
+            if isinstance(self.r, redis.cluster.RedisCluster):
+                self.r.execute_command("CLIENT KILL", "USER", name, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
+            else:
+                self.r.execute_command("CLIENT KILL", "USER", name)
+        except rexc.ResponseError:  # no such connection on a node
+            pass
+
+    def list(self) -> dict[str, dict[str, Any]]:
+        """``{principal: {"grants": {space: {"role", "partitions"}}, "worker": bool}}``."""
+        with translate_errors("list principals"):
+            raw = self.r.hgetall(self.k.principals())
+        out = {}
+        for name, v in raw.items():
+            rec = json.loads(v)
+            out[name.decode()] = {"grants": rec["grants"], "worker": bool(rec.get("worker")), "created": rec.get("created")}
+        return dict(sorted(out.items()))
+
+    def worker(self, name: str = WORKER) -> Credentials:
+        """Create (or re-key) the worker principal: the only one with RQ's keys."""
+        check_principal(name)
+        with translate_errors(f"create worker principal {name}"):
+            rec = self._record(name)
+            if rec is not None and not rec.get("worker"):
+                raise InvalidInput(f"{name!r} is a client principal, not a worker")
+            secret = new_secret()
+            rec = {"hash": hash_secret(secret), "grants": {}, "worker": True, "created": time.time()}
+            persisted = self._apply(name, rec)
+        return Credentials(name, secret, persisted)
+
+    def grant_of(self, space: str, name: str) -> dict[str, Any] | None:
+        """``name``'s grant on ``space`` as the space's principals may read it."""
+        raw = self.r.hget(self.k.grants(space), name)
+        return None if raw is None else json.loads(raw)

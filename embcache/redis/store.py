@@ -1,0 +1,301 @@
+"""The Redis layer: connections, the Functions library, error translation, and a partition's data operations.
+
+Nothing above this module builds Redis commands. Every atomic write is a function of ``functions.lua`` called
+with keys of one hash tag, so it works unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.cluster
+from redis import exceptions as rexc
+
+from ..core.errors import (
+    AlreadyExists,
+    EmbcacheError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    VersionSealed,
+)
+from ..core.keys import Keys, PartitionKeys
+from .plan import Batch, Call, Plan, planned, run
+
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
+
+_LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
+LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
+LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
+
+WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
+WRITE_CHUNK_BYTES = 8 << 20
+READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
+TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
+SCAN_COUNT = 1000
+
+_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str = "") -> Iterator[None]:
+    """Map redis-py exceptions onto embcache's tree (ACL refusals, unreachable servers, function errors)."""
+    try:
+        yield
+    except EmbcacheError:
+        raise
+    except rexc.NoPermissionError as exc:
+        raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
+    except rexc.AuthenticationError as exc:
+        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
+        raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
+    except rexc.ResponseError as exc:
+        text = str(exc)
+        for code, kind in _CODES.items():
+            if text.startswith(code):
+                raise kind(text[len(code) :].strip()) from None
+        if text.startswith("NOPERM"):
+            raise PermissionDenied(f"{operation}: {text}") from None
+        raise
+
+
+def open_client(
+    url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
+) -> redis.Redis | redis.cluster.RedisCluster:
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
+    if username is not None:
+        opts["username"] = username
+    if password is not None:
+        opts["password"] = password
+    with translate_errors("connect"):
+        if cluster is None:
+            probe = redis.Redis.from_url(url, **opts)
+            try:
+                cluster = bool(probe.info("cluster").get("cluster_enabled"))
+            except rexc.NoPermissionError:  # principals may not run INFO; CLUSTER INFO answers them
+                try:
+                    probe.execute_command("CLUSTER INFO")
+                    cluster = True
+                except rexc.ResponseError:  # "cluster support disabled"
+                    cluster = False
+            finally:
+                probe.close()
+        if cluster:
+            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+        client = redis.Redis.from_url(url, **opts)
+        client.ping()
+        return client
+
+
+@dataclass
+class Tail:
+    """The net effect of a partition's change log after a position: ids with their current vector/metadata."""
+
+    pos: str
+    ids: list[str]
+    vectors: list[bytes | None]  # None: deleted
+    metadatas: list[bytes | None]
+
+
+@dataclass
+class PartitionData:
+    """A full, consistent copy of a partition at log position ``pos``."""
+
+    pos: str
+    ids: list[str] = field(default_factory=list)
+    vectors: list[bytes] = field(default_factory=list)
+    metadatas: list[bytes | None] = field(default_factory=list)
+
+
+def _s(x: bytes | str | None) -> str | None:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+class Store:
+    """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    # functions library ------------------------------------------------------------------------------------
+    def ensure_functions(self) -> None:
+        """Load the Functions library when it is missing or older (needs the FUNCTION permission; a restricted
+        principal relies on the operator having loaded it)."""
+        with translate_errors("load functions"):
+            try:
+                loaded = self.r.fcall_ro("emb_libversion", 0)
+                if _s(loaded) == LIB_VERSION:
+                    return
+            except rexc.NoPermissionError:
+                return
+            except rexc.ResponseError:
+                pass  # not loaded yet
+            try:
+                self.r.function_load(LIB_CODE, replace=True)
+            except rexc.NoPermissionError:
+                return
+
+    def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Any:
+        return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
+
+    @staticmethod
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+        with translate_errors(operation):
+            return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
+
+    # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
+    @planned
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
+        """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
+        calls = []
+        start = 0
+        while start < len(ids):
+            end, size = start, 0
+            while end < len(ids) and end - start < WRITE_CHUNK_ITEMS and size < WRITE_CHUNK_BYTES:
+                size += len(blobs[end]) + len(ids[end]) + len(metas[end] or "")
+                end += 1
+            args: list[Any] = [json.dumps(ids[start:end], ensure_ascii=False), end - start]
+            for i in range(start, end):
+                args += [ids[i], blobs[i], metas[i] or ""]
+            calls.append(Call("fcall", "emb_upsert", len(pk.writes), *pk.writes, *args))
+            start = end
+        with translate_errors("upsert"):
+            if len(calls) == 1:
+                return _s((yield calls[0]))  # type: ignore[return-value]
+            results = yield Batch(calls, transaction=True, raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
+        return _s(results[-1])  # type: ignore[return-value]
+
+    @planned
+    def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[str], str | None]]:
+        """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
+        res = yield from self.fcall_plan("emb_delete", pk.writes, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
+        return json.loads(res[0]), _s(res[1]) if res[1] else None
+
+    @planned
+    def existing(self, pk: PartitionKeys, ids: list[str]) -> Plan[list[bool]]:
+        """Which of ``ids`` exist in the partition."""
+        with translate_errors("lookup"):
+            res = yield Batch([Call("hexists", pk.vec, i) for i in ids])
+        return [bool(x) for x in res]
+
+    @planned
+    def read_items(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[bytes | None], list[bytes | None]]]:
+        """Vectors and metadata of ``ids`` (None where missing); each chunk of ids is read atomically."""
+        if len(ids) <= READ_CHUNK_ITEMS:
+            res = yield from self.fcall_plan("emb_get", [pk.vec, pk.meta], ids, "get", ro=True)
+            return list(res[0]), list(res[1])
+        with translate_errors("get"):
+            results = yield Batch([Call("fcall_ro", "emb_get", 2, pk.vec, pk.meta, *ids[i : i + READ_CHUNK_ITEMS])
+                                   for i in range(0, len(ids), READ_CHUNK_ITEMS)])
+        return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
+
+    def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
+        """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
+        with translate_errors("scan"):
+            for k, _ in self.r.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
+
+    @planned
+    def count(self, pk: PartitionKeys) -> Plan[int]:
+        with translate_errors("count"):
+            return int((yield Call("hlen", pk.vec)))
+
+    @planned
+    def position(self, pk: PartitionKeys) -> Plan[str]:
+        """The partition's latest change-log position ('0-0' when it was never written)."""
+        with translate_errors("position"):
+            return _s((yield Call("hget", pk.state, "pos"))) or "0-0"
+
+    @planned
+    def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
+        """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
+        res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
+        return self._parse_tail(res)
+
+    @staticmethod
+    def _parse_tail(res: Any) -> Tail | None:
+        if len(res) == 1:
+            return None
+        return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]),
+                    metadatas=list(res[3]))
+
+    @planned
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
+        """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
+        if len(requests) == 1:  # a plain call costs less than a pipeline of one
+            return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
+        with translate_errors("tail"):
+            results = yield Batch([Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, limit)
+                                   for pk, since in requests])
+        return [self._parse_tail(r) for r in results]
+
+    def read_partition(self, pk: PartitionKeys) -> PartitionData:
+        """A consistent full copy without blocking Redis: note the log position, scan the hashes in pieces,
+        then replay the log tail from the noted position (anything that moved during the scan is in it)."""
+        since = self.position(pk)
+        vectors: dict[str, bytes] = {}
+        metas: dict[str, bytes] = {}
+        with translate_errors("scan"):
+            for k, v in self.r.hscan_iter(pk.vec, count=SCAN_COUNT):
+                vectors[k.decode()] = v
+            for k, v in self.r.hscan_iter(pk.meta, count=SCAN_COUNT):
+                metas[k.decode()] = v
+        tail = self.read_tail(pk, since, limit=1 << 30)
+        assert tail is not None  # the log is trimmed only behind published snapshots' positions
+        for i, id_ in enumerate(tail.ids):
+            if tail.vectors[i] is None:
+                vectors.pop(id_, None)
+                metas.pop(id_, None)
+            else:
+                vectors[id_] = tail.vectors[i]  # type: ignore[assignment]
+                if tail.metadatas[i] is None:
+                    metas.pop(id_, None)
+                else:
+                    metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
+        ids = list(vectors)
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+
+    @planned
+    def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
+        """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
+        with translate_errors("mark dirty"):
+            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+
+    def flag_sealed(self, pk: PartitionKeys) -> None:
+        with translate_errors("seal"):
+            self.r.set(pk.sealed, "1")
+
+    def delete_partition(self, pk: PartitionKeys) -> None:
+        """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
+        with translate_errors("delete partition"):
+            raw = self.r.get(pk.snap)
+            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
+            if raw is not None:
+                manifest = json.loads(raw)
+                keys += [pk.chunk(manifest["sid"], i) for i in range(manifest["chunks"])]
+            self.r.delete(*keys)
+
+    def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
+        """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
+        Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
+        space, version, partition = pk.tag.split("/")
+        try:
+            self.r.hset(pk.state, "corrupt", reason[:200])
+            self.mark_dirty(space, version, partition)
+        except (rexc.RedisError, EmbcacheError):
+            pass

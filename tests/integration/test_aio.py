@@ -1,0 +1,152 @@
+"""The asyncio client against real Redis, and the FastAPI example under concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+import embcache
+import embcache.aio
+from embcache.core.snapshot import HnswBase
+from tests.workers_fixtures import brute_force
+
+DIM = 16
+
+
+def _data(n: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return [f"i{i}" for i in range(n)], x
+
+
+def test_async_api_matches_the_sync_one(redis_url: str) -> None:
+    ids, x = _data()
+
+    async def main() -> None:
+        async with await embcache.aio.connect(redis_url, refresh_interval=0.05) as hub:
+            space = await hub.create_space("a", DIM, "l2")
+            v = await space.create_version()
+            assert await v.upsert(ids, x, metadatas=[{"g": i % 3} for i in range(len(ids))], partition="p1") == 300
+            await v.upsert(["extra"], x[:1] + 0.001, partition="p2")
+            assert await v.count() == 301 and await v.partitions() == ["p1", "p2"]
+            got = await v.get(["i5", "nope", "i7"])
+            assert got.ids == ["i5", "i7"] and np.array_equal(got.embeddings, x[[5, 7]])
+            assert got.metadatas == [{"g": 2}, {"g": 1}]
+            res = await v.query(x[:3], 5, consistency="strong")
+            for q in range(3):
+                want = brute_force(np.vstack([x, x[:1] + 0.001]), x[q : q + 1], 5, "l2")[0]
+                assert res.ids[q] == [([*ids, "extra"])[j] for j in want]
+            res = await v.query(x[0], 4, where={"g": 1}, partitions=["p1"])
+            assert all(int(i[1:]) % 3 == 1 for i in res.ids[0])
+            by_id = await v.query_by_id(["i0"], 2)
+            nearest_other = ids[1 + int(np.argmin(((x[1:] - x[0]) ** 2).sum(1)))]
+            assert by_id.ids == [["extra", nearest_other]]
+            assert await v.delete(["extra", "i1"]) == 2
+            assert "extra" not in (await v.query(x[0], 3)).ids[0]  # session: own delete seen at once
+            assert sorted([i async for i in v.ids(partition="p1")]) == sorted(set(ids) - {"i1"})
+            await space.set_alias("live", v)
+            assert (await space.default_version()).name == v.name
+            assert (await space.query(x[2], 1)).ids == [["i2"]]
+            with pytest.raises(embcache.NotFound):
+                await v.query_by_id(["nope"], 3)
+            with pytest.raises(embcache.DimensionMismatch):
+                await v.upsert(["z"], np.ones((1, DIM + 1)))
+            await v.seal()
+            with pytest.raises(embcache.VersionSealed):
+                await v.upsert(["z"], np.ones((1, DIM)))
+
+    asyncio.run(main())
+
+
+def test_permission_denied_is_named_in_the_async_client(redis_url: str) -> None:
+    async def main() -> None:
+        async with await embcache.aio.connect(redis_url, refresh_interval=0.05) as hub:
+            space = await hub.create_space("a", DIM, "l2")
+            v = await space.create_version()
+            await v.upsert(["x"], np.ones((1, DIM)))
+            creds = await hub.grant("rd", space="a", role="reader")
+        async with await embcache.aio.connect(redis_url, username=creds.username, password=creds.password,
+                                              refresh_interval=0.05) as reader:
+            rv = await (await reader.space("a")).version("v1")
+            assert (await rv.query(np.ones(DIM), 1)).ids == [["x"]]
+            with pytest.raises(embcache.PermissionDenied, match="upsert"):
+                await rv.upsert(["y"], np.ones((1, DIM)))
+
+    asyncio.run(main())
+
+
+def test_snapshot_queries_do_not_block_the_event_loop(redis_url: str, workers) -> None:  # noqa: ANN001
+    """While a first query loads a snapshot (in a thread), other coroutines keep running; once loaded,
+    queries are answered by hnswlib without Redis."""
+    workers.start(redis_url)
+    ids, x = _data(4000, seed=1)
+
+    async def main() -> None:
+        async with await embcache.aio.connect(redis_url, refresh_interval=0.05) as hub:
+            v = await (await hub.create_space("a", DIM, "l2")).create_version()
+            await v.upsert(ids, x)
+            await v.build(timeout=60)
+        async with await embcache.aio.connect(redis_url, refresh_interval=60) as hub:  # a fresh cache
+            v = await (await hub.space("a")).version("v1")
+            ticks: list[float] = []
+
+            async def ticker() -> None:
+                for _ in range(1000):
+                    ticks.append(time.perf_counter())
+                    await asyncio.sleep(0.001)
+
+            t = asyncio.create_task(ticker())
+            await asyncio.sleep(0.01)
+            res = await v.query(x[:1], 10)  # loads the snapshot
+            t.cancel()
+            assert isinstance(hub.sync.cache.cached(("a", "v1", "default")), HnswBase)
+            assert res.ids[0][0] == "i0"
+            gaps = np.diff(ticks)
+            assert len(ticks) > 5 and gaps.max() < 0.2, f"the event loop stalled for {gaps.max():.3f}s"
+            await hub.redis.aclose()  # no Redis from here on: eventual and session answer from the snapshot
+            for level in ("eventual", "session"):
+                assert (await v.query(x[3], 1, consistency=level)).ids == [["i3"]]
+
+    asyncio.run(main())
+
+
+def test_fastapi_example_under_200_concurrent_requests(redis_url: str, workers) -> None:  # noqa: ANN001
+    from examples.fastapi_app import create_app
+
+    workers.start(redis_url)
+    ids, x = _data(2000, seed=2)
+    with embcache.connect(redis_url) as hub:
+        space = hub.create_space("movies", DIM, "cosine")
+        v = space.create_version()
+        v.upsert(ids, x, metadatas=[{"n": i} for i in range(len(ids))])
+        v.build(timeout=60)
+        space.set_alias("live", v)
+        want_similar = {i: v.query_by_id([i], 5, consistency="eventual").ids[0] for i in ids[:20]}
+        want_rec = v.query(x[100], 5 + 2, consistency="eventual").ids[0]
+
+    app = create_app(redis_url, "movies", refresh_interval=0.05)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                exclude = want_rec[:2]
+                requests = [client.get(f"/similar/{ids[i % 20]}", params={"n": 5}) for i in range(150)]
+                requests += [client.post("/recommend", json={"vector": x[100].tolist(), "exclude": exclude, "n": 5})
+                             for _ in range(50)]
+                responses = await asyncio.gather(*requests)
+                assert [r.status_code for r in responses] == [200] * 200, [r.text for r in responses if r.status_code != 200][:2]
+                for i, r in enumerate(responses[:150]):
+                    body = r.json()
+                    assert [row["id"] for row in body["results"]] == want_similar[ids[i % 20]]
+                    assert body["results"][0]["metadata"] == {"n": int(body["results"][0]["id"][1:])}
+                for r in responses[150:]:
+                    assert [row["id"] for row in r.json()["results"]] == [i for i in want_rec if i not in exclude][:5]
+                assert (await client.get("/similar/nope")).status_code == 404
+                bad = await client.post("/recommend", json={"vector": [1.0, 2.0], "n": 5})
+                assert bad.status_code == 422
+
+    asyncio.run(main())
