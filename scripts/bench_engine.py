@@ -177,9 +177,12 @@ class Bench:
         record = self.hub.catalogue.get_space(name)
         for p in v.partitions():
             wbuild.build_snapshot(self.hub.store, record, v.name, p)
-        version_build = getattr(wbuild, "build_version_graph", None)  # the engine's graph of the whole version
-        if version_build is not None:
-            version_build(self.hub.store, record, v.name)
+        try:  # the engine's graph of the whole version (what workers/jobs.py runs after partition builds)
+            from workers.vgraph import build_version_graph
+        except ImportError:  # before the engine
+            build_version_graph = None  # type: ignore[assignment]
+        if build_version_graph is not None:
+            build_version_graph(self.hub.store, record, v.name)
         log(f"layout P={P}: {len(set(parts.tolist()))} partitions, upsert {up:.1f} s, builds "
             f"{time.perf_counter() - t:.1f} s")
         self.hub.cache.refresh()

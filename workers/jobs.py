@@ -18,6 +18,7 @@ from embcache.core.keys import Keys
 from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot
+from .vgraph import update_version_graph
 
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
@@ -78,6 +79,7 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
     pk = store.keys.partition(space, version, partition)
     with Lease(store.r, pk.lease):
         result = build_snapshot(store, record, version, partition, full=full)
+    update_version_graph(store, record, version)  # the graph of all partitions, for all-partition queries
     if metrics.ENABLED:
         metrics.observe_build(space, result.kind, result.seconds)
     return result.as_dict()

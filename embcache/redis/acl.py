@@ -110,6 +110,8 @@ def _selector(keys: Keys, grant: Grant) -> str:
     rules = [f"%R~{keys.space_pattern(s)}"]
     for p in parts:
         rules.append(f"%R~{keys.partition_pattern(s, '*', p)}")
+    if grant.partitions is None:  # the version graph spans every partition: only for principals granted them all
+        rules.append(f"%R~{keys.version_graph_pattern(s)}")
     cmds = list(_READ)
     if grant.role in ("writer", "admin"):
         # FCALL asks read and write access (from one pattern) to every key it is given: the state flags (strings) are among them, and

@@ -362,10 +362,10 @@ def choose(live: int, matches: int, k: int, has_graph: bool) -> tuple[str, int]:
     applied)."""
     if matches <= 0:
         return "empty", 0
+    if has_graph and matches >= live:
+        return "graph", k  # nothing to leave out: what raw hnswlib does
     if not has_graph or matches <= max(EXACT_ROWS, 4 * k):
         return "exact", matches
-    if matches >= live:
-        return "graph", k
     share = matches / live
     fetch = math.ceil(k / share * 1.5) + 8
     if share >= OVERFETCH_SHARE and fetch <= MAX_FETCH:
@@ -409,16 +409,18 @@ def search_base(
     if plan == "empty":
         return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
     if plan == "exact":
-        return _exact(base, queries, kk, allowed)
-    want_ef = max(ef or 0, fetch)
-    step.ef = want_ef if ef or fetch > k else 0
+        return _exact(base, queries, kk, allowed if allowed is not None or not gone else _hide(base, gone))
     try:
         if plan == "graph+filter":
             mask = allowed
-            labels, dists = base.knn(queries, kk, want_ef, lambda label: bool(mask[label]))  # type: ignore[index]
+            step.ef = ef or base.default_ef
+            labels, dists = base.knn(queries, kk, ef, lambda label: bool(mask[label]))  # type: ignore[index]
             return _ranked(base, labels, dists)
         ask = min(fetch + len(gone), base.count)
-        labels, dists = base.knn(queries, ask, max(want_ef, ask) if ask > k else want_ef, None)
+        step.candidates = ask
+        want_ef = max(ef or base.default_ef, ask)  # over-fetching k' results needs ef >= k'
+        step.ef = want_ef
+        labels, dists = base.knn(queries, ask, want_ef, None)
     except RuntimeError:  # hnswlib found fewer than asked: the graph walk starved
         step.fallback = "graph walk returned too few results"
         step.plan, step.candidates = "exact", matches
