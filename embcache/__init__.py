@@ -8,6 +8,7 @@ queries in-process. Start with :func:`connect`.
 import sys as _sys
 
 from .client.hub import GetResult, Hub, QueryResult, Space, Version, connect
+from .core import errors, filters
 from .core.errors import (
     AlreadyExists,
     BuildTimeout,
@@ -22,7 +23,6 @@ from .core.errors import (
     Unavailable,
     VersionSealed,
 )
-from .core import errors, filters
 from .redis import acl, builds, metrics, plan, server, store
 
 __version__ = "0.1.0"

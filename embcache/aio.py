@@ -28,10 +28,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from .client import hub as sync
-from .redis.acl import Credentials
-from .redis.builds import BuildHandle, PartitionStats
 from .client.hub import GetResult, QueryResult, _named
 from .core.errors import EmbcacheError
+from .redis.acl import Credentials
+from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
 from .redis.store import translate_errors
 

@@ -60,8 +60,8 @@ from benchlib import (  # noqa: E402
 
 import embcache  # noqa: E402
 from embcache.core import snapshot  # noqa: E402
-from embcache.redis.server import RedisServer, free_port  # noqa: E402
 from embcache.core.views import pos_key  # noqa: E402
+from embcache.redis.server import RedisServer, free_port  # noqa: E402
 
 SECTION = "## Query benchmark (scripts/bench_query.py)"
 K = 10

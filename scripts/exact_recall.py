@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import embcache  # noqa: E402
-from embcache.redis.server import RedisServer, free_port  # noqa: E402
 from embcache.core.views import ExactBase  # noqa: E402
+from embcache.redis.server import RedisServer, free_port  # noqa: E402
 
 
 def main() -> None:

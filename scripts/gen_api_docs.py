@@ -27,11 +27,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import embcache  # noqa: E402
-import embcache.aio  # noqa: E402
 import embcache.errors  # noqa: E402
 import embcache.filters  # noqa: E402
 import embcache.metrics  # noqa: E402
+
+import embcache  # noqa: E402
+import embcache.aio  # noqa: E402
 from embcache import acl, builds  # noqa: E402
 from embcache.compat import embeddinghub  # noqa: E402
 

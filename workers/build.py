@@ -20,11 +20,11 @@ import hnswlib
 import numpy as np
 
 from embcache.core import codec, snapshot
-from embcache.redis.catalogue import SpaceRecord
 from embcache.core.errors import SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
-from embcache.redis.store import Store
 from embcache.core.views import pos_key
+from embcache.redis.catalogue import SpaceRecord
+from embcache.redis.store import Store
 
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 

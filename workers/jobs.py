@@ -11,10 +11,10 @@ import os
 import threading
 from typing import Any
 
+from embcache.core.keys import Keys
 from embcache.redis import metrics
 from embcache.redis.catalogue import Catalogue
 from embcache.redis.dispatcher import LEASE_SECONDS
-from embcache.core.keys import Keys
 from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot

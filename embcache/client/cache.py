@@ -17,15 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..redis import metrics
 from ..core import snapshot
 from ..core.codec import decode_vectors
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..redis.store import PartitionData, Store, Tail, translate_errors
 from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
 from ..core.vgraph import VersionBase
+from ..redis import metrics
 from ..redis import vgraph as vgraph_io
+from ..redis.store import PartitionData, Store, Tail, translate_errors
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
 

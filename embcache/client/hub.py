@@ -23,20 +23,21 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ..core import codec
-from ..redis import metrics
-from ..redis.acl import Credentials, Grant
-from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from .cache import PartitionCache, SpaceInfo, tail_overlay
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from ..core.errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
 from ..core.engine import Explain, Query, Step, check_ef, check_include
 from ..core.vgraph import VersionBase
 from ..core.keys import Keys, check_name
+from ..core.search import merge_ranked
+from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from ..redis import metrics
+from ..redis.acl import Credentials, Grant
+from ..redis.builds import BuildHandle, PartitionStats, partition_stats
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from ..redis.plan import Batch, Call, Offload, Plan, run
 from ..redis.principals import Principals
-from ..core.search import merge_ranked
+from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
-from ..core.views import Overlay, OverlayItem, pos_key, search_view
+from .cache import PartitionCache, SpaceInfo, tail_overlay
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -137,8 +138,7 @@ class Hub:
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
         self._session_overflow: dict[tuple[str, str, str], str] = {}
-        self._probe_lock = threading.Lock()
-        self._probe_conn: Any = None  # the connection strong probes use (see Version._strong_probe_send)
+        self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
 
     @property
     def is_cluster(self) -> bool:
@@ -234,9 +234,7 @@ class Hub:
     # lifecycle --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the refresher and close the connections."""
-        if self._probe_conn is not None:
-            self.store.r.connection_pool.release(self._probe_conn)
-            self._probe_conn = None
+        self.probes.close()
         self.cache.close()
         self.store.r.close()
 
@@ -488,7 +486,7 @@ class Version:
         self.name = record.name
         self.state = record.state
         self.description = record.description
-        self._probes: dict[str, Any] = {}  # partition -> the packed commands of a strong probe
+        self._probes: dict[tuple[tuple[str, ...], bool], StrongProbe] = {}  # partitions -> their strong probe
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -796,11 +794,11 @@ class Version:
         if parts is None:
             return None
         with_members = q.partitions is None
-        probe = self._strong_probe_send(tuple(parts), with_members)  # ask Redis first, search while it answers
+        pending = self._strong_probe_send(tuple(parts), with_members)  # ask Redis first, search while it answers
         try:
             ans = _without_io(self._search(q, ex, covered=True))
         finally:  # read the answer whatever happened, so the connection stays in step
-            positions, members = self._strong_probe_read(probe, len(parts), with_members)
+            positions, members = pending.read()
         if ans is None or any(ans.positions.get(p) != pos for p, pos in zip(parts, positions)):
             return None  # the log moved past a base: the general path merges its tail
         if members is not None and members != sorted(self.hub._parts.get((self.space.name, self.name)) or []):
@@ -810,60 +808,18 @@ class Version:
             ex.notes.append("strong: the bases cover every partition's log (checked while searching)")
         return ans.result
 
-    def _strong_probe_send(self, partitions: tuple[str, ...], with_members: bool) -> Any:
-        """Send (without waiting) the log position of each partition and, querying them all, the version's
-        partition list: a strong query whose bases cover the log needs nothing more, and the search runs while
-        Redis answers.
-
-        The hub keeps one connection for these probes (taking one from the pool costs more than the probe's
-        own work); a query that finds it busy takes a pooled one."""
-        hub = self.hub
-        pool = hub.store.r.connection_pool
+    def _strong_probe_send(self, partitions: tuple[str, ...], with_members: bool) -> PendingProbe:
+        """Send (without waiting) the partitions' log positions and, querying them all, the version's partition
+        list (see :mod:`embcache.redis.probe`); one prepared probe is kept per set of partitions."""
         key = (partitions, with_members)
-        packed = self._probes.get(key)
-        own = hub._probe_lock.acquire(blocking=False)
-        with translate_errors("strong read"):
-            try:
-                conn = hub._probe_conn if own and hub._probe_conn is not None else pool.get_connection()
-                if packed is None:
-                    cmds = [("HGET", self._pk(p).state, "pos") for p in partitions]
-                    if with_members:
-                        cmds.append(("SMEMBERS", hub.keys.parts(self.space.name, self.name)))
-                    packed = conn.pack_commands(cmds)
-                    if len(self._probes) > 64:
-                        self._probes.clear()
-                    self._probes[key] = packed
-                conn.send_packed_command(packed)
-            except BaseException:
-                self._probe_done(own, None, failed=True)
-                raise
-        if own:
-            hub._probe_conn = conn
-        return own, conn
-
-    def _strong_probe_read(self, probe: Any, n: int, with_members: bool) -> tuple[list[str], list[str] | None]:
-        own, conn = probe
-        try:
-            with translate_errors("strong read"):
-                positions = [conn.read_response() for _ in range(n)]
-                members = conn.read_response() if with_members else None
-        except BaseException:
-            conn.disconnect()
-            self._probe_done(own, conn, failed=True)
-            raise
-        self._probe_done(own, conn)
-        return ([(p.decode() if p else "0-0") for p in positions],
-                None if members is None else sorted(m.decode() for m in members))
-
-    def _probe_done(self, own: bool, conn: Any, failed: bool = False) -> None:
-        hub = self.hub
-        if own:
-            if failed and hub._probe_conn is not None:
-                hub.store.r.connection_pool.release(hub._probe_conn)
-                hub._probe_conn = None
-            hub._probe_lock.release()
-        elif conn is not None:
-            hub.store.r.connection_pool.release(conn)
+        probe = self._probes.get(key)
+        if probe is None:
+            parts_key = self.hub.keys.parts(self.space.name, self.name) if with_members else None
+            probe = self.hub.probes.prepare([self._pk(p).state for p in partitions], parts_key)
+            if len(self._probes) >= 64:  # bounded: the sets of partitions queried are few in practice
+                self._probes.clear()
+            self._probes[key] = probe
+        return probe.send()
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                consistency: Any, include: Any, exclude: Any = None) -> Plan[QueryResult]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from ..core import snapshot
 from ..core.errors import BuildTimeout
 from ..core.keys import PartitionKeys
-from .store import Store, translate_errors
 from ..core.views import pos_key
+from .store import Store, translate_errors
 
 __all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
 

@@ -23,12 +23,12 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from . import metrics
 from ..core import snapshot
-from .catalogue import Catalogue
 from ..core.keys import NAME_PATTERN
-from .store import Store
 from ..core.views import pos_key
+from . import metrics
+from .catalogue import Catalogue
+from .store import Store
 
 __all__ = ["Dispatcher", "job_id", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
 

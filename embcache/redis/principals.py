@@ -16,6 +16,7 @@ from typing import Any
 import redis.cluster
 from redis import exceptions as rexc
 
+from ..core.errors import InvalidInput, NotFound
 from .acl import (
     Credentials,
     Grant,
@@ -25,7 +26,6 @@ from .acl import (
     user_rules,
     worker_rules,
 )
-from ..core.errors import InvalidInput, NotFound
 from .store import Store, translate_errors
 
 __all__ = ["Principals"]

@@ -31,11 +31,11 @@ import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 import embcache
-from embcache.redis.acl import Credentials
 from embcache.core.errors import InvalidName, NotFound, PermissionDenied, VersionSealed
 from embcache.core.keys import Keys
-from embcache.redis.server import RedisServer, free_port
 from embcache.core.snapshot import HnswBase
+from embcache.redis.acl import Credentials
+from embcache.redis.server import RedisServer, free_port
 
 K = Keys()
 DIM = 4

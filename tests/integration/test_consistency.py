@@ -18,11 +18,11 @@ import redis
 from rq.job import Job
 
 import embcache
-from embcache.redis.server import RedisServer, free_port
 from embcache.core.snapshot import HnswBase, read_manifest
+from embcache.redis.dispatcher import job_id
+from embcache.redis.server import RedisServer, free_port
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 from workers.build import COMPACT_RATIO
-from embcache.redis.dispatcher import job_id
 
 DIM = 16
 N = 400

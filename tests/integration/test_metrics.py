@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import redis
 
-from embcache.redis import metrics
 from embcache.core.errors import InvalidInput
 from embcache.core.snapshot import read_manifest
+from embcache.redis import metrics
 from tests.workers_fixtures import REPO_ROOT, random_unit, wait_for
 
 prometheus_client = pytest.importorskip("prometheus_client")
