@@ -137,7 +137,11 @@ class Hub:
         self._registered: set[tuple[str, str, str]] = set()
         self._session: dict[tuple[str, str, str], Overlay] = {}
         self._session_lock = threading.Lock()
-        self._session_overflow: dict[tuple[str, str, str], str] = {}
+        self._session_overflow: dict[tuple[str, str, str], str] = {}  # the floor: see _session_overlay
+        self._session_live: dict[tuple[str, str], set[str]] = {}  # partitions holding own writes, per version
+        self._floor_max: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # the floors, per version
+        self._floor_epoch = 0  # bumped when a floor moves: cached floor checks are then stale
+        self._floor_checks: dict[tuple[Any, ...], list[str]] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
 
     @property
@@ -191,6 +195,9 @@ class Hub:
         with self._session_lock:
             for pid in [p for p in self._session if p[0] == name]:
                 del self._session[pid]
+            for table in (self._session_overflow, self._session_live, self._floor_max):
+                for key in [k for k in table if k[0] == name]:
+                    del table[key]
         self._registered = {p for p in self._registered if p[0] != name}
 
     def _record(self, name: str) -> SpaceRecord:
@@ -288,6 +295,7 @@ class Hub:
         with self._session_lock:
             ov = self._session.setdefault(pid, {})
             ov.update(items)
+            self._session_live.setdefault(pid[:2], set()).add(pid[2])
             if overflow or len(ov) > SESSION_ITEMS:
                 ov.clear()
                 self._raise_floor(pid, pos)
@@ -296,6 +304,28 @@ class Hub:
         floor = self._session_overflow.get(pid)
         if floor is None or pos_key(pos) > pos_key(floor):
             self._session_overflow[pid] = pos
+            self._floor_max.setdefault(pid[:2], {})[pid[2]] = pos_key(pos)
+            self._floor_epoch += 1
+
+    def _session_partitions(self, space: str, version: str, source: Any) -> list[str]:
+        """Which of the source's partitions may have session state to merge: those holding this hub's writes,
+        and those whose floor lies above the position the source's base covers (checked once per base and
+        change of floors, not per query)."""
+        parts = source.parts
+        live = self._session_live.get((space, version))
+        floors = self._floor_max.get((space, version))
+        out = [p for p in parts if p in live] if live and len(parts) <= len(live) else \
+            [p for p in list(live or ()) if p in set(parts)]
+        if floors:
+            key = (id(source.base), getattr(source.base, "generation", None), tuple(parts), self._floor_epoch)
+            above = self._floor_checks.get(key)
+            if above is None:
+                above = [p for p, f in list(floors.items()) if p in set(parts) and f > pos_key(source.position(p))]
+                if len(self._floor_checks) > 256:
+                    self._floor_checks.clear()
+                self._floor_checks[key] = above
+            out += [p for p in above if p not in set(out)]
+        return out
 
     def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
         """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail).
@@ -303,6 +333,8 @@ class Hub:
         Copies that every loaded base of the partition covers are dropped; the *floor* remembers up to where
         copies may be missing (dropped, or never kept for a bulk write), so a base older than it (a version
         graph loaded later, say) reads the tail instead of missing a write."""
+        if pid not in self._session and pid not in self._session_overflow:
+            return {}  # nothing of this hub's own in this partition (the common case, checked without the lock)
         covered = pos_key(base_pos)
         with self._session_lock:
             floor = self._session_overflow.get(pid)
@@ -318,6 +350,9 @@ class Hub:
                 for i in gone:
                     del ov[i]
                 self._raise_floor(pid, f"{prune[0]}-{prune[1]}")
+                if not ov:
+                    del self._session[pid]
+                    self._session_live.get(pid[:2], set()).discard(pid[2])
             return {i: it for i, it in ov.items() if pos_key(it.pos) > covered}
 
 
@@ -930,7 +965,7 @@ class Version:
         if overlays is None:  # a partition's log no longer reaches back to the version graph's position
             return (yield from self._search(q, ex, covered=covered, use_graph=False))
         result = self._search_sources(sources, overlays, q, ex)
-        return _Answer(result, {p: s.position(p) for s in sources for p in s.parts})
+        return _Answer(result, {p: s.position(p) for s in sources for p in s.parts} if covered else {})
 
     def _strong_positions(self, parts: list[str], all_parts: bool) -> Plan[tuple[list[str], dict[str, str | None]]]:
         """One round trip: every partition's log position and (querying them all) the partition list, so a
@@ -982,7 +1017,10 @@ class Version:
             return overlays
         need: list[tuple[int, str, str]] = []
         for si, src in enumerate(sources):
-            for p in src.parts:
+            parts = src.parts
+            if q.consistency == "session":
+                parts = self.hub._session_partitions(self.space.name, self.name, src)
+            for p in parts:
                 pos = src.position(p)
                 if q.consistency == "session":
                     ov = self.hub._session_overlay(self._pid(p), pos)
@@ -1059,6 +1097,12 @@ class _Source:
     def position(self, partition: str) -> str:
         """The change-log position of ``partition`` that the base covers."""
         return self.base.parts[partition] if isinstance(self.base, VersionBase) else self.base.position
+
+    def oldest(self) -> tuple[int, int]:
+        """The oldest position the base covers (of any partition it holds)."""
+        if isinstance(self.base, VersionBase):
+            return self.base.oldest
+        return pos_key(self.base.position)
 
 
 @dataclass

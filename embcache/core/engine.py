@@ -47,6 +47,7 @@ OVERFETCH_SHARE = 0.15  # from this share of matching items up, over-fetch from 
 MAX_FETCH = 1000  # the most results asked from hnswlib for one over-fetched query
 FILTER_CALLBACK_SHARE = 0.5  # below this share a graph+filter walk is tried only when exact would cost more
 MAX_EXCLUDE = 10_000  # ids one query may exclude
+GATHER_BYTES = 32 << 20  # per base: float32 copies of the rows of repeated filters, for exact scans
 
 
 # the query ----------------------------------------------------------------------------------------------------
@@ -286,6 +287,7 @@ class MaskCache:
     def __init__(self, size: int = 32) -> None:
         self.size = size
         self._items: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._gathered: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, int, bool]:
@@ -305,9 +307,25 @@ class MaskCache:
                 self._items.popitem(last=False)
         return entry[0], entry[1], False
 
+    def gathered(self, key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(slots, float32 vectors)`` of a cached mask's rows: an exact scan of a repeated filter then reads one
+        contiguous matrix (a float16 gather and conversion costs ~0.3 us a row). Bounded by ``GATHER_BYTES``;
+        past it the oldest go first, and a set larger than the bound is not kept."""
+        hit = self._gathered.get(key)
+        if hit is not None:
+            return hit
+        slots, vectors = build()
+        if vectors.nbytes <= GATHER_BYTES:
+            with self._lock:
+                self._gathered[key] = (slots, vectors)
+                while sum(v.nbytes for _, v in self._gathered.values()) > GATHER_BYTES:
+                    self._gathered.popitem(last=False)
+        return slots, vectors
+
     @property
     def nbytes(self) -> int:
-        return sum(m.nbytes for m, _ in list(self._items.values()))
+        return sum(m.nbytes for m, _ in list(self._items.values())) + \
+            sum(s.nbytes + v.nbytes for s, v in list(self._gathered.values()))
 
 
 # the planner and explain --------------------------------------------------------------------------------------
@@ -393,13 +411,13 @@ def search_base(
     (replaced or deleted by an overlay, or excluded by the query) never come back."""
     step = step if step is not None else Step("", "", 0, 0, 0)
     step.items = base.count
-    allowed, matches = _allowed(base, where, restrict, step)
+    allowed, matches, key = _allowed(base, where, restrict, step)
     gone = [s for s in (base.slot.get(i) for i in hidden) if s is not None]
     if gone and (allowed is not None or len(gone) > HIDE_BY_OVERFETCH):
         allowed = (base.live if allowed is None else allowed).copy()
         allowed[gone] = False
         matches = int(np.count_nonzero(allowed))
-        gone = []
+        gone, key = [], None
     elif gone:
         matches = base.count - len(gone)
     step.matches = matches
@@ -409,7 +427,8 @@ def search_base(
     if plan == "empty":
         return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
     if plan == "exact":
-        return _exact(base, queries, kk, allowed if allowed is not None or not gone else _hide(base, gone))
+        return _exact(base, queries, kk, allowed if allowed is not None or not gone else _hide(base, gone),
+                      key if not gone else None)
     try:
         if plan == "graph+filter":
             mask = allowed
@@ -440,20 +459,23 @@ def search_base(
     return out
 
 
-def _allowed(base: Any, where: Filter | None, restrict: Sequence[str] | None, step: Step) -> tuple[np.ndarray | None, int]:
-    allowed, matches = None, base.count
+def _allowed(base: Any, where: Filter | None, restrict: Sequence[str] | None,
+             step: Step) -> tuple[np.ndarray | None, int, str | None]:
+    """The mask of what the query may match (None: every live item), its count, and its cache key."""
+    if where is None and restrict is None:
+        return None, base.count, None
+    fkey = where.key if where is not None else ""
+    rkey = "\x00partitions:" + ",".join(sorted(restrict)) if restrict is not None else ""
     if where is not None:
-        allowed, matches, hit = base.masks.get(where.key, lambda: base.fields.mask(where.tree))
+        mask, n, hit = base.masks.get(fkey, lambda: base.fields.mask(where.tree))
         step.filter_cache = "hit" if hit else "miss"
-    if restrict is not None:
-        key = "\x00partitions:" + ",".join(sorted(restrict))
-        pmask, pcount, _ = base.masks.get(key, lambda: base.partition_mask(restrict))
-        if allowed is None:
-            allowed, matches = pmask, pcount
-        else:
-            allowed = allowed & pmask
-            matches = int(np.count_nonzero(allowed))
-    return allowed, matches
+        if restrict is None:
+            return mask, n, fkey
+    pmask, n, _ = base.masks.get(rkey, lambda: base.partition_mask(restrict))
+    if where is None:
+        return pmask, n, rkey
+    both, n, _ = base.masks.get(fkey + rkey, lambda: mask & pmask)
+    return both, n, fkey + rkey
 
 
 def _hide(base: Any, gone: list[int]) -> np.ndarray:
@@ -467,10 +489,14 @@ def _ranked(base: Any, labels: np.ndarray, dists: np.ndarray) -> list[Ranked]:
     return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
 
 
-def _exact(base: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> list[Ranked]:
+def _exact(base: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None, key: str | None = None) -> list[Ranked]:
     slots = base.live_slots if allowed is None else np.flatnonzero(allowed)
     if k <= 0 or not len(slots):
         return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-    rows, dists = exact_search(base.gather(slots), queries, k, base.metric)
+    if key is not None and getattr(base, "vectors", None) is not None:  # a float16 copy: reuse the conversion
+        slots, vectors = base.masks.gathered(key, lambda: (slots, base.gather(slots)))
+    else:
+        vectors = base.gather(slots)
+    rows, dists = exact_search(vectors, queries, k, base.metric)
     id_of = base.id_of
     return [(id_of[slots[r]].tolist(), d) for r, d in zip(rows, dists)]

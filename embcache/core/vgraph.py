@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import SnapshotCorrupt
 from .snapshot import HnswBase, index_bytes, load_index_file
+from .views import pos_key
 
 __all__ = ["VersionManifest", "VersionBase", "pack_version", "unpack_version", "MAX_PARTITIONS"]
 
@@ -97,6 +98,7 @@ class VersionBase(HnswBase):
         self.parts = dict(manifest.parts)  # partition -> position covered
         self.names = manifest.names
         self.position = ""  # no single position: see ``parts``
+        self.oldest = min((pos_key(p) for p in self.parts.values()), default=(0, 0))
         self.part_of = np.full(len(self.id_of), -1, dtype=np.int32)
         self.part_of[self.labels] = part_idx
         self.part_counts = np.bincount(part_idx, minlength=len(self.names)) if len(part_idx) else \

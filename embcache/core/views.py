@@ -8,6 +8,7 @@ new one and swaps the reference, so a query never sees one half-updated.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .search import EMPTY, Ranked, exact_search, merge_ranked
 __all__ = ["Base", "ExactBase", "Overlay", "OverlayItem", "search_view", "pos_key", "predicate_mask"]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # positions repeat (every query compares its bases' positions)
 def pos_key(pos: str | bytes | None) -> tuple[int, int]:
     """A change-log position (Redis stream id ``ms-seq``) as a comparable tuple."""
     if not pos:
