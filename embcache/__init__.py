@@ -12,6 +12,7 @@ from .core import errors, filters
 from .core.errors import (
     AlreadyExists,
     BuildTimeout,
+    CorruptRecord,
     DimensionMismatch,
     EmbcacheError,
     InvalidInput,
@@ -51,6 +52,7 @@ __all__ = [
     "PermissionDenied",
     "Unavailable",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
     "__version__",

@@ -161,6 +161,10 @@ class AsyncSpace:
         """:meth:`embcache.Space.versions`."""
         return [AsyncVersion(self, v) for v in await asyncio.to_thread(self.sync.versions)]
 
+    @_threaded
+    def drop_version(self, name: str) -> None:
+        """:meth:`embcache.Space.drop_version`."""
+
     async def default_version(self, fresh: bool = True) -> "AsyncVersion":
         """:meth:`embcache.Space.default_version` (``fresh=False`` accepts the hub's cached answer)."""
         with _named("default_version", self.name, self.hub.username):
@@ -208,7 +212,7 @@ class AsyncVersion:
 
     @property
     def state(self) -> str:
-        """``open`` or ``sealed``."""
+        """``open``, ``sealed``, or ``sealing`` (a seal under way or cut short: seal again to complete it)."""
         return self.sync.state
 
     def __repr__(self) -> str:

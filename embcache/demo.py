@@ -148,7 +148,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         back = space.rollback("live")
         report.live_after = [back.name]
         after = space.version("live").query_by_id([str(1)], n_results=3, consistency="strong")
-        say(f"  live -> {back.name} again (v2 stays stored: `embcache alias movies live v2` promotes it back); "
+        say(f"  live -> {back.name} again (v2 stays stored: `embcache promote {SPACE} v2` promotes it back); "
             f"Toy Story's neighbours are v1's: {', '.join(_titles(ratings, after.ids[0]))}")
 
         say("\n6. a read-only principal")

@@ -1,6 +1,10 @@
 """A recommendation service on embcache's asyncio client: "similar items" and "recommend" endpoints.
 
-    EMBCACHE_URL=redis://localhost:6379/0 EMBCACHE_SPACE=demo-movies uvicorn examples.fastapi_app:app
+    pip install 'embcache[examples]'        # FastAPI and uvicorn
+    .venv/bin/uvicorn examples.fastapi_app:app     # after ./scripts/demo.sh: its data, on the embedded server
+
+Without ``EMBCACHE_URL`` the app uses the embedded server, where ``./scripts/demo.sh`` left ``demo-movies``; for a
+Redis you run, ``EMBCACHE_URL=redis://host:6379/0 EMBCACHE_SPACE=... uvicorn examples.fastapi_app:app``.
 
 - ``GET /similar/{item_id}?n=10``: the items nearest to a stored item (served from the loaded snapshot).
 - ``POST /recommend`` with ``{"vector": [...], "exclude": ["id", ...], "n": 10}``: the items nearest to a

@@ -86,6 +86,12 @@ ATTRIBUTES: dict[type, dict[str, str]] = {
         "dims": "vector length",
         "space": "the `embcache.Space` behind it",
     },
+    embeddinghub.SpaceSnapshot: {
+        "name": "the name of the space it was downloaded from (None for one made directly)",
+        "dims": "vector length",
+        "metric": "the metric of its exact search",
+        "source": "the facade `Space` it was downloaded from (None for one made directly)",
+    },
 }
 
 
@@ -124,7 +130,8 @@ def _sections() -> list[Section]:
                 functions=(embcache.metrics.enable, embcache.metrics.disable), path="embcache.metrics"),
         Section("`embcache.compat.embeddinghub`", "", module=embeddinghub,
                 functions=(embeddinghub.connect,),
-                classes=(embeddinghub.Config, embeddinghub.EmbeddingHub, embeddinghub.Space),
+                classes=(embeddinghub.Config, embeddinghub.LocalConfig, embeddinghub.EmbeddingHub, embeddinghub.Space,
+                         embeddinghub.SpaceSnapshot, embeddinghub.EmbeddingHubClient),
                 constants=("VERSION", "ALIAS", "PARTITION", "DEFAULT_METRIC"), path="embcache.compat.embeddinghub"),
     ]
 

@@ -7,6 +7,7 @@ expire; the pointer only ever moves to a complete, verified generation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,11 +21,11 @@ import hnswlib
 import numpy as np
 
 from embcache.core import codec, snapshot
-from embcache.core.errors import SnapshotCorrupt
+from embcache.core.errors import CorruptRecord, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
-from embcache.redis.catalogue import SpaceRecord
-from embcache.redis.store import Store
+from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from embcache.redis.store import PartitionData, Store
 
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 
@@ -63,21 +64,31 @@ def _new_index(space: SpaceRecord, capacity: int) -> hnswlib.Index:
 def build_snapshot(
     store: Store, space: SpaceRecord, version: str, partition: str, *, full: bool = False
 ) -> BuildResult:
-    """Bring the partition's snapshot up to its change log and publish it."""
+    """Bring the partition's snapshot up to its change log and publish it.
+
+    ``space`` is the validated record of the job's own space (every key is built from the job's arguments). A
+    partition of a sealed version is published only when its contents still match the digest taken at seal
+    time; otherwise :class:`CorruptRecord` is raised, the refusal is recorded in the partition's state, and the
+    published snapshot stays as it was."""
     t0 = time.perf_counter()
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
+    vrec = Catalogue(store).get_version(space.name, version)
     previous = snapshot.read_manifest(r, pk)
     corrupt = r.hexists(pk.state, "corrupt")  # a reader refused the published snapshot: rebuild it in full
     full = full or bool(corrupt)
     if previous is not None and previous.pos == store.position(pk) and not full:
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
+    data = None
+    if vrec.state == "sealed":  # nothing may have changed since the seal: read it all and compare
+        data = _verified(store, vrec, partition, pk)
+        full = True
     state = None
     if previous is not None and not full and previous.dim == space.dim and previous.M == space.M:
         state = _incremental(store, space, pk, previous)
     kind = "incremental"
     if state is None:
-        state = _full(store, space, pk)
+        state = _full(store, space, pk, data)
         kind = "full"
     index, labels, ids, metas, pos, deleted, max_label, label, meta = state
     generation = (previous.generation if previous else 0) + 1
@@ -100,8 +111,32 @@ def build_snapshot(
 State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, dict[str, int], dict[str, Any]]
 
 
-def _full(store: Store, space: SpaceRecord, pk: PartitionKeys) -> State:
+def _verified(store: Store, vrec: VersionRecord, partition: str, pk: PartitionKeys) -> PartitionData:
+    """The sealed partition's contents, if they match the digest recorded when its version was sealed."""
+    position = store.position(pk)
+    known = store.r.hget(pk.state, "refused")
+    if known is not None:  # refused before at this very position: do not read it all again
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            if json.loads(known)["pos"] == position:
+                raise CorruptRecord(f"{pk.tag}: {json.loads(known)['reason']}")
     data = store.read_partition(pk)
+    sealed = vrec.digests.get(partition)
+    reason = None
+    if sealed is None:
+        reason = "sealed without a recorded digest; refusing to publish it"
+    elif codec.partition_digest(data.ids, data.vectors, data.metadatas) != sealed.sha256:
+        reason = (f"changed since its version was sealed ({len(data.ids)} items, {sealed.count} at seal time); "
+                  "refusing to publish it")
+    if reason is not None:
+        store.r.hset(pk.state, "refused", json.dumps({"pos": data.pos, "reason": reason}))
+        log.error("%s: %s", pk.tag, reason)
+        raise CorruptRecord(f"{pk.tag}: {reason}")
+    return data
+
+
+def _full(store: Store, space: SpaceRecord, pk: PartitionKeys, data: PartitionData | None = None) -> State:
+    if data is None:
+        data = store.read_partition(pk)
     n = len(data.ids)
     mat = codec.decode_vectors(data.vectors, space.dim, space.dtype)
     index = _new_index(space, n + n // 4)

@@ -7,10 +7,12 @@ when ``EMBCACHE_URL`` is unset the data is taken to live on the queue's own Redi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
 
+from embcache.core.errors import CorruptRecord
 from embcache.core.keys import Keys
 from embcache.redis import metrics
 from embcache.redis.catalogue import Catalogue
@@ -22,6 +24,7 @@ from .vgraph import update_version_graph
 
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
+log = logging.getLogger("embcache.workers")
 _stores: dict[tuple[str, str], Store] = {}
 
 
@@ -73,13 +76,21 @@ class Lease:
 
 
 def build_partition(space: str, version: str, partition: str, full: bool = False, prefix: str | None = None) -> dict[str, Any]:
-    """Build or update the snapshot of one partition and publish it. Returns what was done."""
+    """Build or update the snapshot of one partition and publish it. Returns what was done.
+
+    A record that fails validation (:class:`CorruptRecord`: a space record out of bounds or not its key's, a
+    sealed partition changed since its seal) is not retried: the job returns ``kind="refused"`` and logs why,
+    since running it again would find the same data."""
     store = data_store(prefix)
-    record = Catalogue(store).get_space(space)
     pk = store.keys.partition(space, version, partition)
-    with Lease(store.r, pk.lease):
-        result = build_snapshot(store, record, version, partition, full=full)
-    update_version_graph(store, record, version)  # the graph of all partitions, for all-partition queries
+    try:
+        record = Catalogue(store).get_space(space)
+        with Lease(store.r, pk.lease):
+            result = build_snapshot(store, record, version, partition, full=full)
+        update_version_graph(store, record, version)  # the graph of all partitions, for all-partition queries
+    except CorruptRecord as exc:
+        log.error("build of %s refused: %s", pk.tag, exc)
+        return {"partition": partition, "kind": "refused", "reason": str(exc)}
     if metrics.ENABLED:
         metrics.observe_build(space, result.kind, result.seconds)
     return result.as_dict()

@@ -23,7 +23,18 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ..core import codec
-from ..core.errors import BuildTimeout, InvalidInput, NotFound, PermissionDenied, VersionSealed
+from ..core.errors import (
+    AlreadyExists,
+    BuildTimeout,
+    CorruptRecord,
+    InvalidInput,
+    ItemNotFound,
+    NotFound,
+    PartitionNotFound,
+    PermissionDenied,
+    VersionNotFound,
+    VersionSealed,
+)
 from ..core.engine import Explain, Query, Step, check_ef, check_include
 from ..core.vgraph import VersionBase
 from ..core.keys import Keys, check_name
@@ -32,7 +43,7 @@ from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
-from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord
+from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
 from ..redis.plan import Batch, Call, Offload, Plan, run
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -55,14 +66,30 @@ class QueryResult:
     """Column-oriented answer of a query, one row per query embedding.
 
     ``ids[i]`` lists the ids nearest to query ``i``, nearest first. ``distances`` is a float32 array
-    ``(n_queries, n_results)`` in the space's metric; where a query has fewer than ``n_results`` matches its
-    row ends in ``inf``. ``metadatas`` and ``embeddings`` are filled when ``include`` asks for them.
+    ``(n_queries, n_results)`` in the space's metric, smaller is nearer: for ``l2`` the *squared* Euclidean
+    distance ``|q - x|^2``; for ``ip`` ``1 - <q, x>``; for ``cosine`` ``1 - cos(q, x)`` (0 for the same direction,
+    2 for the opposite one). Where a query has fewer than ``n_results`` matches its row ends in ``inf``.
+    :attr:`scores` is the same answer as a similarity, bigger is nearer. ``metadatas`` and ``embeddings`` are
+    filled when ``include`` asks for them.
+
+    >>> res = space.query(q, n_results=3)     # doctest: +SKIP
+    >>> res.distances, res.scores             # cosine: scores are cosine similarities, 1 - distances
     """
 
     ids: list[list[str]]
     distances: np.ndarray
     metadatas: list[list[dict[str, Any] | None]] | None = None
     embeddings: list[np.ndarray] | None = None
+    metric: str | None = None  # the space's: "l2", "ip" or "cosine"
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Similarities, bigger is nearer, in the shape of ``distances``: the cosine similarity ``cos(q, x)`` for
+        ``cosine``, the inner product ``<q, x>`` for ``ip``, the negated squared distance ``-|q - x|^2`` for ``l2``;
+        padding (``inf`` distances) becomes ``-inf``."""
+        if self.metric not in ("l2", "ip", "cosine"):
+            raise InvalidInput("this result does not know its metric, so it has no scores")
+        return -self.distances if self.metric == "l2" else np.float32(1.0) - self.distances
 
 
 @dataclass
@@ -160,12 +187,28 @@ class Hub:
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 64,
+        exist_ok: bool = False,
     ) -> "Space":
-        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken."""
+        """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken.
+
+        With ``exist_ok`` (get-or-create, for apps that create their space at every start) an existing space of
+        that name is returned when its parameters are the ones asked for; one with other parameters is still
+        :class:`~embcache.errors.AlreadyExists`, naming the difference.
+        """
         check_name(name, "space name")
         params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef)
         record = SpaceRecord(name=name, created=time.time(), **params)
-        self.catalogue.create_space(record)
+        try:
+            self.catalogue.create_space(record)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            existing = self.catalogue.get_space(name)
+            differ = {f: (getattr(existing, f), v) for f, v in params.items() if getattr(existing, f) != v}
+            if differ:
+                raise AlreadyExists(f"space {name!r} exists with other parameters: " + ", ".join(
+                    f"{f}={have!r} (asked for {want!r})" for f, (have, want) in differ.items())) from None
+            record = existing
         self._records[name] = record
         return Space(self, record)
 
@@ -178,19 +221,19 @@ class Hub:
         return self.catalogue.list_spaces()
 
     def drop_space(self, name: str) -> None:
-        """Delete a space with all its versions, data and snapshots."""
-        record = self._record(name)
-        cat = self.catalogue
+        """Delete a space with all its versions, data and snapshots, and every principal's grant on it."""
+        check_name(name, "space name")
+        with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
+            self._record(name)
         with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
-            # data first, the record and the listing last: a drop cut short can simply be run again
-            for v in cat.list_versions(name):
-                for p in cat.partitions(name, v.name):
-                    self.store.delete_partition(self.keys.partition(name, v.name, p))
-            for key in cat.space_keys(name):
-                self.store.r.delete(key)
+            # grants first, so nobody writes while the keys go; then every key under the space's tags, also
+            # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
+            # cut short can simply be run again
+            self.principals.revoke_space(name)
+            self.catalogue.delete_space_keys(name)
             self.store.r.srem(self.keys.spaces(), name)
-        self._records.pop(record.name, None)
-        self._defaults.pop(record.name, None)
+        self._records.pop(name, None)
+        self._defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
         with self._session_lock:
             for pid in [p for p in self._session if p[0] == name]:
@@ -199,6 +242,18 @@ class Hub:
                 for key in [k for k in table if k[0] == name]:
                     del table[key]
         self._registered = {p for p in self._registered if p[0] != name}
+
+    def _forget_version(self, space: str, version: str) -> None:
+        """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
+        self._defaults.pop(space, None)
+        self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
+        with self._session_lock:
+            for pid in [p for p in self._session if p[:2] == (space, version)]:
+                del self._session[pid]
+            for table in (self._session_overflow, self._session_live, self._floor_max):
+                for key in [k for k in table if k[:2] == (space, version)]:
+                    del table[key]
+        self._registered = {p for p in self._registered if p[:2] != (space, version)}
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -285,7 +340,7 @@ class Hub:
                 pipe.smembers(self.keys.parts(space, version))
             results = pipe.execute()
         for key, members in zip(keys, results):
-            self._parts[key] = sorted(m.decode() for m in members)
+            self._parts[key] = valid_names(members, "partition name")
 
     # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
     def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
@@ -449,6 +504,22 @@ class Space:
         """All versions, oldest first."""
         return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
 
+    @_guard("drop_version")
+    def drop_version(self, name: str) -> None:
+        """Delete the version ``name`` with its items and snapshots (give its name, not an alias).
+
+        :class:`~embcache.errors.InvalidInput` while an alias points at it (move the alias first: it would point at
+        nothing), :class:`~embcache.errors.NotFound` if there is no such version. Its name is not reused by
+        :meth:`create_version`'s numbering.
+        """
+        self.hub.catalogue.get_version(self.name, name)
+        pointing = sorted(a for a, v in self.aliases().items() if v == name)
+        if pointing:
+            raise InvalidInput(f"alias {', '.join(map(repr, pointing))} of space {self.name!r} points at {name!r}: "
+                               "point it at another version first (set_alias, or `embcache promote`)")
+        self.hub.catalogue.drop_version(self.name, name)
+        self.hub._forget_version(self.name, name)
+
     @_guard("set_alias")
     def set_alias(self, alias: str, version: "Version | str") -> None:
         """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
@@ -494,7 +565,7 @@ class Space:
         else:
             versions = yield from cat.list_versions.plan(cat, self.name)
             if not versions:
-                raise NotFound(f"space {self.name!r} has no versions")
+                raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
         self.hub._defaults[self.name] = version
@@ -614,9 +685,8 @@ class Version:
 
     @_guard("seal")
     def seal(self) -> None:
-        """Make the version read-only (idempotent)."""
-        for p in self.hub.catalogue.seal(self.space.name, self.name):
-            self.hub.store.flag_sealed(self._pk(p))
+        """Make the version read-only (idempotent; a seal that was cut short is completed)."""
+        self.hub.catalogue.seal(self.space.name, self.name)
         self.state = "sealed"
 
     @_guard("build")
@@ -700,7 +770,7 @@ class Version:
             if granted is not None and p not in granted:
                 self.space._require("reader", "read", p)
             if p not in known:
-                raise NotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
+                raise PartitionNotFound(f"version {self.space.name}/{self.name} has no partition {p!r}")
         return list(dict.fromkeys(partitions))
 
     @_guard("ids")
@@ -913,7 +983,7 @@ class Version:
             vectors.update(zip(got.ids, got.embeddings))
         absent = [i for i in id_list if i not in vectors]
         if absent:
-            raise NotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
+            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
         queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)  # stored: normalised for cosine
         res = (yield from self._search(replace(q, vectors=queries, k=q.k + 1))).result
         return _drop_own(res, id_list, q.k)
@@ -978,7 +1048,7 @@ class Version:
             replies = yield Batch(calls)
         positions: dict[str, str | None] = {p: (x.decode() if x else "0-0") for p, x in zip(parts, replies)}
         if all_parts:
-            fresh = sorted(m.decode() for m in replies[-1])
+            fresh = valid_names(replies[-1], "partition name")
             hub._parts[(self.space.name, self.name)] = fresh
             granted = self.space.allowed_partitions()
             new = [p for p in fresh if p not in positions and (granted is None or p in granted)]
@@ -1070,7 +1140,8 @@ class Version:
             merged = per_source[0]
         else:
             merged = [merge_ranked([pp[i] for pp in per_source], k) for i in range(len(q.vectors))]
-        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k))
+        res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
+                          metric=self.space.metric)
         if "metadatas" in q.include or "embeddings" in q.include:
             where_is = _locator([s.base for s in sources], overlays)
             if "metadatas" in q.include:

@@ -6,6 +6,7 @@ call has changed nothing. Vectors are stored as raw little-endian bytes of the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "encode_vectors",
     "decode_vectors",
     "normalise",
+    "partition_digest",
 ]
 
 METRICS = ("cosine", "l2", "ip")
@@ -218,3 +220,16 @@ def parse_json_objects(texts: Iterable[bytes | str | None]) -> list[dict[str, An
 
 def isfinite_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def partition_digest(ids: Sequence[str], vectors: Sequence[bytes], metadatas: Sequence[bytes | str | None]) -> str:
+    """SHA-256 of a partition's items as stored (ids in sorted order, each with its vector bytes and metadata
+    text, every part length-prefixed): equal for equal contents, whatever order they were read in."""
+    h = hashlib.sha256()
+    for i in sorted(range(len(ids)), key=lambda j: ids[j].encode("utf-8", "surrogatepass")):
+        id_ = ids[i].encode("utf-8", "surrogatepass")
+        meta = metadatas[i]
+        meta_b = b"" if meta is None else meta.encode() if isinstance(meta, str) else meta
+        h.update(len(id_).to_bytes(4, "little") + id_ + len(vectors[i]).to_bytes(4, "little") + vectors[i])
+        h.update(b"\xff" * 4 if meta is None else len(meta_b).to_bytes(4, "little") + meta_b)
+    return h.hexdigest()

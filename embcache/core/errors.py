@@ -7,11 +7,19 @@
     │   ├── DimensionMismatch   a vector's length is not the space's dim
     │   └── InvalidName         a space/version/alias/partition name outside the safe character set
     ├── NotFound                unknown space, version, alias, partition
+    │   ├── SpaceNotFound       no space of that name
+    │   ├── VersionNotFound     no version or alias of that name (or no version at all, or nothing to roll back to)
+    │   ├── PartitionNotFound   no partition of that name in the version
+    │   ├── ItemNotFound        no item of that id
+    │   └── PrincipalNotFound   no principal (or grant) of that name
     ├── AlreadyExists           create_space/create_version on a taken name
     ├── VersionSealed           a write to a sealed version
+    │   └── SpaceFrozen         a write to a frozen Embeddinghub-facade space (also a TypeError, as there)
     ├── PermissionDenied        Redis refused the operation for this principal (ACL)
+    │   └── AuthenticationFailed  Redis did not accept the username/password
     ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
+    ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
     └── ServerError             the embedded redis-server could not be found or started
 
@@ -28,11 +36,19 @@ __all__ = [
     "DimensionMismatch",
     "InvalidName",
     "NotFound",
+    "SpaceNotFound",
+    "VersionNotFound",
+    "PartitionNotFound",
+    "ItemNotFound",
+    "PrincipalNotFound",
     "AlreadyExists",
     "VersionSealed",
+    "SpaceFrozen",
     "PermissionDenied",
+    "AuthenticationFailed",
     "Unavailable",
     "SnapshotCorrupt",
+    "CorruptRecord",
     "BuildTimeout",
     "ServerError",
 ]
@@ -61,6 +77,26 @@ class NotFound(EmbcacheError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SpaceNotFound(NotFound):
+    """No space of that name."""
+
+
+class VersionNotFound(NotFound):
+    """No version or alias of that name in the space (or the space has no version, or nothing to roll back to)."""
+
+
+class PartitionNotFound(NotFound):
+    """No partition of that name in the version."""
+
+
+class ItemNotFound(NotFound):
+    """No item of that id."""
+
+
+class PrincipalNotFound(NotFound):
+    """No principal of that name, or it has no grant on the space."""
+
+
 class AlreadyExists(EmbcacheError):
     """The name is taken."""
 
@@ -69,8 +105,16 @@ class VersionSealed(EmbcacheError):
     """The version is sealed (read-only)."""
 
 
+class SpaceFrozen(VersionSealed, TypeError):
+    """A write to a space frozen through :mod:`embcache.compat.embeddinghub` (Embeddinghub raised ``TypeError``)."""
+
+
 class PermissionDenied(EmbcacheError, PermissionError):
     """Redis refused the command for the connected principal (ACL)."""
+
+
+class AuthenticationFailed(PermissionDenied):
+    """Redis did not accept the username and password (or needs one and none was given)."""
 
 
 class Unavailable(EmbcacheError, ConnectionError):
@@ -79,6 +123,13 @@ class Unavailable(EmbcacheError, ConnectionError):
 
 class SnapshotCorrupt(EmbcacheError):
     """A snapshot failed verification; it is not used."""
+
+
+class CorruptRecord(EmbcacheError):
+    """A record read back from Redis is not one embcache could have written (a principal with raw access may
+    write its own keys): a space record whose name is not its key or whose parameters are out of bounds, a
+    malformed version record, a sealed partition that no longer matches the digest taken when it was sealed.
+    Nothing is built or served from it."""
 
 
 class BuildTimeout(EmbcacheError, TimeoutError):

@@ -10,6 +10,10 @@ Several keys in one object are combined with AND. Semantics follow MongoDB where
 a field that holds a list matches ``$eq``/``$in`` when any element does; a missing field matches only
 ``$ne``/``$nin``; comparisons between different types (a string and a number) are false, not errors;
 ``True`` is not equal to ``1``.
+
+Bounds, each refused with :class:`InvalidInput`: a filter nests at most ``MAX_DEPTH`` (32) levels of
+``$and``/``$or``, a ``$in``/``$nin`` list holds at most ``MAX_IN_VALUES`` (1,000) values, and a filter has at
+most ``MAX_CLAUSES`` (10,000) conditions in all.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from typing import Any
 
 from .errors import InvalidInput
 
-__all__ = ["compile_where", "Predicate"]
+__all__ = ["compile_where", "Predicate", "MAX_DEPTH", "MAX_IN_VALUES", "MAX_CLAUSES"]
+
+MAX_DEPTH = 32
+MAX_IN_VALUES = 1000
+MAX_CLAUSES = 10_000
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 _MISSING = object()
@@ -41,12 +49,17 @@ def compile_where(where: object) -> Predicate | None:
         raise InvalidInput(f"where must be a dict, got {type(where).__name__}")
     if not where:
         return None
-    return _compile(where, "where")
+    return _compile(where, "where", 0, [0])
 
 
-def _compile(where: object, path: str) -> Predicate:
+def _compile(where: object, path: str, depth: int, clauses: list[int]) -> Predicate:
     if not isinstance(where, dict) or not where:
         raise InvalidInput(f"{path} must be a non-empty dict")
+    if depth > MAX_DEPTH:  # a deeper filter would exhaust Python's stack when compiled or evaluated
+        raise InvalidInput(f"where nests more than {MAX_DEPTH} levels of $and/$or")
+    clauses[0] += len(where)
+    if clauses[0] > MAX_CLAUSES:
+        raise InvalidInput(f"where has more than {MAX_CLAUSES} conditions")
     parts: list[Predicate] = []
     for key, value in where.items():
         if not isinstance(key, str):
@@ -54,13 +67,16 @@ def _compile(where: object, path: str) -> Predicate:
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise InvalidInput(f"{path}.{key} must be a non-empty list of filters")
-            subs = [_compile(v, f"{path}.{key}[{i}]") for i, v in enumerate(value)]
+            subs = [_compile(v, f"{path}.{key}[{i}]", depth + 1, clauses) for i, v in enumerate(value)]
             parts.append(_all(subs) if key == "$and" else _any(subs))
         elif key.startswith("$"):
             raise InvalidInput(f"{path}: unknown operator {key!r} at the top level (use $and/$or, or a field name)")
         elif isinstance(value, dict):
             if not value:
                 raise InvalidInput(f"{path}.{key} has an empty operator object")
+            clauses[0] += len(value)
+            if clauses[0] > MAX_CLAUSES:
+                raise InvalidInput(f"where has more than {MAX_CLAUSES} conditions")
             for op, operand in value.items():
                 parts.append(_field(key, op, operand, f"{path}.{key}"))
         else:
@@ -86,6 +102,8 @@ def _field(field: str, op: object, operand: object, path: str) -> Predicate:
     if op in ("$in", "$nin"):
         if not isinstance(operand, list) or not operand:
             raise InvalidInput(f"{path}.{op} needs a non-empty list")
+        if len(operand) > MAX_IN_VALUES:
+            raise InvalidInput(f"{path}.{op} has {len(operand)} values; the limit is {MAX_IN_VALUES}")
         for i, v in enumerate(operand):
             _check_scalar(v, f"{path}.{op}[{i}]")
         options = list(operand)

@@ -162,6 +162,12 @@ class Keys:
         """Glob that matches every space-level key of ``space`` (for SCAN and ACL)."""
         return self._space(space, "*")
 
+    def space_scan_patterns(self, space: str) -> list[str]:
+        """Globs that together match every key under the space's hash tags, whatever follows the tag: the
+        space-level ``{space}`` and every ``{space/...}`` (for dropping a space, keys planted by writers too)."""
+        check_name(space, "space name")
+        return [f"{self.prefix}:{{{space}}}:*", f"{self.prefix}:{{{space}/*"]
+
     # partition level
     def partition_tag(self, space: str, version: str, partition: str) -> str:
         check_name(space, "space name")

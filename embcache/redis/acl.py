@@ -17,8 +17,9 @@ operator  the deployment's administrator (``default`` user): creates spaces, gra
 
 Nobody but the worker principal may touch ``rq:*``: whoever can write RQ's keys can make a worker run code.
 Snapshot keys are written by workers only, so a writer cannot plant a crafted index in every reader. Nobody
-but the operator gets ``KEYS``, ``FLUSHALL``, ``CONFIG``, ``ACL``, ``DEBUG``, ``MODULE``, ``FUNCTION``,
-``SCRIPT`` or ``EVAL``.
+but the operator gets ``KEYS``, ``SCAN``, ``FLUSHALL``, ``CONFIG``, ``ACL``, ``DEBUG``, ``MODULE``,
+``FUNCTION``, ``SCRIPT`` or ``EVAL``, nor ``SELECT`` of a database other than the hub's. The threat model (who
+can do what, what the operator must configure) is in ``docs/access-control.md``.
 
 An admin cannot grant within its space: Redis has no ACL permission that lets a user create users with
 narrower rights only (``ACL SETUSER`` is all or nothing), so granting stays with the operator.
@@ -38,8 +39,9 @@ __all__ = ["ROLES", "Credentials", "Grant", "hash_secret", "new_secret", "user_r
 
 ROLES = ("reader", "writer", "admin")
 
-# Commands allowed with no key restriction: connection handling, topology discovery, notifications.
-_ROOT = ["+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+client|id", "+select", "+readonly",
+# Commands allowed with no key restriction: connection handling, topology discovery, notifications. SELECT is
+# not among them: each user may select the hub's own database only (ACL key patterns hold in every database).
+_ROOT = ["+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+client|id", "+readonly",
          "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|myid",
          "+subscribe", "+unsubscribe", "+reset", "+quit",
          "+command",  # redis-py's Cluster client reads the command table at start-up
@@ -47,9 +49,6 @@ _ROOT = ["+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+cli
 _READ = ["+get", "+mget", "+exists", "+type", "+ttl", "+pttl", "+hget", "+hmget", "+hgetall", "+hkeys", "+hlen",
          "+hexists", "+hscan", "+smembers", "+sismember", "+scard", "+xrange", "+xrevrange", "+xlen", "+lrange",
          "+llen", "+zrange", "+zscore", "+zcard", "+fcall_ro"]
-# what the write functions run (each redis.call inside FCALL is checked against these rules too)
-_WRITE = ["+fcall", "+hset", "+hdel", "+xadd", "+sadd", "+zadd"]
-_ADMIN = ["+set", "+incr", "+lpush", "+ltrim", "+lpop", "+del"]
 
 
 @dataclass(frozen=True)
@@ -104,49 +103,76 @@ def check_principal(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
-def _selector(keys: Keys, grant: Grant) -> str:
+def _selectors(keys: Keys, grant: Grant) -> list[str]:
+    """The ACL selectors of one grant.
+
+    Each write command is allowed only on the key kinds it is meant for (``HSET`` on hashes, ``XADD`` on the
+    log, ``SADD`` on the partition lists, ``ZADD`` on the dirty set), so a principal cannot create one of its
+    keys with the wrong type (a hash where the dispatcher expects a sorted set). ``FCALL`` asks read and write
+    access to every key it is given, so one selector gives it (and nothing else) all the keys the role's
+    functions take; each ``redis.call`` inside is then checked against the selectors of its own command.
+    Admins get ``SETNX`` and ``APPEND`` on the state strings and never ``SET`` or ``DEL``: sealing cannot be
+    undone. The space record and its grants stay read-only (operator only).
+    """
     s = grant.space
-    parts: Sequence[str] = grant.partitions or ["*"]
-    rules = [f"%R~{keys.space_pattern(s)}"]
-    for p in parts:
-        rules.append(f"%R~{keys.partition_pattern(s, '*', p)}")
-    if grant.partitions is None:  # the version graph spans every partition: only for principals granted them all
-        rules.append(f"%R~{keys.version_graph_pattern(s)}")
-    cmds = list(_READ)
-    if grant.role in ("writer", "admin"):
-        # FCALL asks read and write access (from one pattern) to every key it is given: the state flags (strings) are among them, and
-        # a writer holds no command that changes a string
-        space_base = keys.space_pattern(s)[:-1]
-        rules += [f"%RW~{keys.dirty(s)}", f"%RW~{space_base}parts:*", f"%RW~{space_base}vstate:*"]
-        for p in parts:
-            base = keys.partition_pattern(s, "*", p)[:-1]  # "...}:" then the key kind
-            rules += [f"%RW~{base}{kind}" for kind in ("vec", "meta", "log", "state", "sealed")]
-        cmds += _WRITE
+    space = keys.space_pattern(s)[:-1]  # "emb:{s}:" then the key kind
+    bases = [keys.partition_pattern(s, "*", p)[:-1] for p in (grant.partitions or ["*"])]  # "emb:{s/*/p}:"
+
+    def sel(patterns: list[str], commands: list[str]) -> str:
+        return "(" + " ".join([f"%RW~{k}" for k in patterns] + commands) + ")"
+
+    # the version graph spans every partition: readable only by principals granted them all
+    graphs = [f"%R~{keys.version_graph_pattern(s)}"] if grant.partitions is None else []
+    read = "(" + " ".join([f"%R~{space}*"] + [f"%R~{b}*" for b in bases] + graphs + _READ) + ")"
+    if grant.role == "reader":
+        return [read]
+
+    def part(*kinds: str) -> list[str]:
+        return [f"{b}{kind}" for b in bases for kind in kinds]
+
+    fcall = part("vec", "meta", "log", "state", "sealed") + [f"{space}vstate:*", f"{space}parts:*"]
+    hset = part("state")
+    stamp = []  # SETNX / APPEND: create or extend, never overwrite
+    selectors = [read, sel(part("vec", "meta"), ["+hset", "+hdel"]), sel(part("log"), ["+xadd"]),
+                 sel([f"{space}parts:*"], ["+sadd"]), sel([keys.dirty(s)], ["+zadd"])]
     if grant.role == "admin":
-        rules.append(f"%RW~{keys.space_pattern(s)}")
-        cmds += _ADMIN
-    return "(" + " ".join(rules + cmds) + ")"
+        fcall += [keys.versions(s), keys.seq(s), keys.aliases(s), f"{space}alias:*"]
+        hset += [keys.versions(s), keys.aliases(s)]
+        stamp = [f"{space}vstate:*", *part("sealed")]
+        selectors += [sel([keys.seq(s)], ["+incr"]), sel(stamp, ["+setnx", "+append"]),
+                      sel([f"{space}alias:*"], ["+lpush", "+ltrim", "+lpop"])]
+    return selectors + [sel(hset, ["+hset"]), sel(fcall, ["+fcall"])]
 
 
-def user_rules(keys: Keys, secret_hash: str, grants: Sequence[Grant]) -> list[str]:
-    """The full ``ACL SETUSER`` rule list of a principal with these grants (starts with ``reset``)."""
-    rules = ["reset", "on", f"#{secret_hash}", "resetchannels", *_ROOT]
+def user_rules(keys: Keys, secret_hash: str, grants: Sequence[Grant], db: int = 0) -> list[str]:
+    """The full ``ACL SETUSER`` rule list of a principal with these grants (starts with ``reset``); ``db`` is the
+    hub's database, the only one the principal may ``SELECT``."""
+    rules = ["reset", "on", f"#{secret_hash}", "resetchannels", *_ROOT, f"+select|{int(db)}"]
     for g in grants:
         rules.append(f"&{keys.events(g.space)}")
-    rules += [_selector(keys, g) for g in grants]
+    for g in grants:
+        rules += _selectors(keys, g)
     return rules
 
 
-def worker_rules(keys: Keys, secret_hash: str) -> list[str]:
-    """ACL rules of the worker principal: all embcache keys, RQ's keys and channels; no admin commands."""
+def worker_rules(keys: Keys, secret_hash: str, db: int = 0) -> list[str]:
+    """ACL rules of the worker principal: all space and partition keys, two hub keys, RQ's keys and channels.
+
+    It may run every command of Redis's ``@read``/``@write``/``@pubsub``/... categories on those keys, less
+    ``@dangerous`` (server administration, KEYS, FLUSH*, SORT, MIGRATE, RESTORE, ...) and less what neither RQ
+    nor embcache's jobs use: SCAN and RANDOMKEY (nothing is found by listing), MOVE/COPY/SELECT of another
+    database, RENAME, EVAL (RQ's Lua scripts run by EVALSHA), CLIENT beyond naming its own connection (no
+    TRACKING, LIST, KILL), PUBSUB introspection, and FUNCTION LOAD/DELETE/... (it must not replace embcache's
+    functions). INFO stays: RQ reads the server version from it.
+    """
     p = keys.prefix
     return ["reset", "on", f"#{secret_hash}",
             # every space and partition key (their tags start with a letter or digit), but of the hub keys only
             # the listing and the dispatcher lock: the principal registry stays the operator's
             f"~{p}:{{[A-Za-z0-9]*}}:*", f"~{keys.spaces()}", f"~{keys.dispatcher_lock()}", "~rq:*",
             f"&{p}:*", "&rq:*",
-            "+@all", "-@dangerous", "+info", "+client|setname", "+client|setinfo", "+client|id",
-            "+client|list", "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes",
-            # RQ runs its Lua scripts (SCRIPT LOAD, EVALSHA) but has no business replacing embcache's functions
-            "-function|load", "-function|delete", "-function|flush", "-function|restore", "-function|kill",
-            "-script|flush", "-script|kill"]
+            "+@all", "-@dangerous", "+info",
+            "-scan", "-randomkey", "-move", "-copy", "-select", f"+select|{int(db)}", "-rename", "-renamenx",
+            "-eval", "-eval_ro", "-pubsub", "-function", "-script|flush", "-script|kill",
+            "-client", "+client|setname", "+client|getname", "+client|setinfo", "+client|id", "+client|info",
+            "+cluster|info", "+cluster|slots", "+cluster|shards", "+cluster|nodes"]

@@ -8,46 +8,142 @@ of the Functions library, so they are atomic.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from typing import Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import ResponseError
 
-from ..core.errors import AlreadyExists, NotFound
-from ..core.keys import check_name
+from ..core import codec
+from ..core.errors import AlreadyExists, CorruptRecord, InvalidInput, SpaceNotFound, VersionNotFound
+from ..core.keys import NAME_PATTERN, check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
 
-__all__ = ["SpaceRecord", "VersionRecord", "Catalogue"]
+__all__ = ["SpaceRecord", "VersionRecord", "PartitionDigest", "Catalogue", "valid_names", "check_description",
+           "MAX_DESCRIPTION_BYTES"]
+
+log = logging.getLogger("embcache.catalogue")
+MAX_DESCRIPTION_BYTES = 1024  # a version's description, in UTF-8 bytes (functions.lua checks the same)
+MAX_RECORD_BYTES = 4 << 20  # a record read back larger than this is refused before it is parsed
+
+
+def vstate_name(vstate: str) -> str:
+    """The state a version's state string stands for. The string only grows (functions.lua): ``open``, then
+    ``open:sealing``, then ``open:sealing:sealed``; whatever an admin appends after that cannot make it open
+    again, and a string that is neither open nor sealed is a seal under way (``sealing``)."""
+    if vstate == "open":
+        return "open"
+    if vstate == "sealed" or vstate.startswith("open:sealing:sealed"):  # "sealed": written by older releases
+        return "sealed"
+    return "sealing"
+
+
+Name = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
 
 
 class SpaceRecord(BaseModel):
-    """A space's parameters; fixed at creation."""
+    """A space's parameters; fixed at creation. Every field is bounded as :func:`codec.check_space_params`
+    bounds it, and checked wherever a record is read (a worker must never hand hnswlib ``M=0``)."""
 
-    model_config = ConfigDict(frozen=True)
-    name: str
-    dim: int
+    model_config = ConfigDict(frozen=True, strict=True)
+    name: Name
+    dim: int = Field(ge=1, le=codec.MAX_DIM)
     metric: Literal["cosine", "l2", "ip"]
     dtype: Literal["float32", "float16"] = "float32"
-    M: int = 16
-    ef_construction: int = 200
-    ef: int = 64
+    M: int = Field(16, ge=2, le=128)
+    ef_construction: int = Field(200, ge=1, le=10_000)
+    ef: int = Field(64, ge=1, le=10_000)
     created: float = 0.0
+
+
+class PartitionDigest(BaseModel):
+    """What a partition held when its version was sealed (see :func:`codec.partition_digest`)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    count: int = Field(ge=0)
+    pos: str = Field(pattern=r"^\d+-\d+$", max_length=41)
 
 
 class VersionRecord(BaseModel):
-    """One generation of a space's embeddings."""
+    """One generation of a space's embeddings. ``state`` is ``sealing`` while a seal is under way (or was cut
+    short: run ``seal()`` again); ``digests`` are the sealed partitions' contents."""
 
-    model_config = ConfigDict(frozen=True)
-    name: str
-    state: Literal["open", "sealed"] = "open"
+    model_config = ConfigDict(frozen=True, strict=True)
+    name: Name
+    state: Literal["open", "sealing", "sealed"] = "open"
     created: float = 0.0
-    description: str = ""
+    description: str = Field("", max_length=MAX_DESCRIPTION_BYTES)
+    digests: dict[Name, PartitionDigest] = Field(default_factory=dict)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _d(x: bytes | str | None) -> str | None:
     return x.decode() if isinstance(x, bytes) else x
+
+
+def _load(model: type[M], raw: bytes | str, what: str, **expect: Any) -> M:
+    """Parse and validate a record read back from Redis: :class:`CorruptRecord` when it is not one embcache
+    wrote (too large, malformed, out of bounds, or not the record of the key it was read from)."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise CorruptRecord(f"{what}: the record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
+    try:
+        rec = model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "record"
+        raise CorruptRecord(f"{what}: the stored record is invalid ({where}: {first.get('msg')})") from None
+    for field, value in expect.items():
+        if getattr(rec, field) != value:
+            raise CorruptRecord(f"{what}: the stored record names {field} {getattr(rec, field)!r}, not {value!r}")
+    return rec
+
+
+_reported: set[tuple[str, str]] = set()
+
+
+def valid_names(members: Iterable[bytes | str], what: str) -> list[str]:
+    """The valid names among ``members`` (a catalogue set read back from Redis), sorted. A name that a
+    principal with raw access planted (``SADD parts "!bad name"``) is skipped and logged once, so one bad
+    entry never breaks the space for everybody."""
+    out = []
+    for m in members:
+        name = m.decode(errors="replace") if isinstance(m, bytes) else m
+        try:
+            out.append(check_name(name, what))
+        except InvalidInput:
+            if (what, name) not in _reported and len(_reported) < 10_000:
+                _reported.add((what, name))
+                log.warning("skipped an invalid %s %r: not a name embcache writes", what, name)
+    return sorted(set(out))
+
+
+def check_description(description: object) -> str:
+    """A version description: a str of at most :data:`MAX_DESCRIPTION_BYTES` UTF-8 bytes."""
+    if not isinstance(description, str):
+        raise InvalidInput("description must be a str")
+    try:
+        size = len(description.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"description is not valid Unicode: {exc}") from None
+    if size > MAX_DESCRIPTION_BYTES:
+        raise InvalidInput(f"description is {size} bytes long as UTF-8; the limit is {MAX_DESCRIPTION_BYTES}")
+    return description
+
+
+def _version(raw: bytes | str, vstate: bytes | str | None, space: str, name: str) -> VersionRecord:
+    """A version record with its state taken from the state string, which no principal can move backwards
+    (an admin may rewrite the record's JSON, not unseal the version)."""
+    rec = _load(VersionRecord, raw, f"version {space}/{name}", name=name)
+    state = _d(vstate)
+    if state is None:  # written before the state string existed
+        return rec
+    return rec.model_copy(update={"state": vstate_name(state)})
 
 
 class Catalogue:
@@ -70,28 +166,35 @@ class Catalogue:
         with translate_errors(f"read space {name}"):
             raw = self.r.get(self.k.space(name))
         if raw is None:
-            raise NotFound(f"no space named {name!r}")
-        return SpaceRecord.model_validate_json(raw)
+            raise SpaceNotFound(f"no space named {name!r}")
+        return _load(SpaceRecord, raw, f"space {name}", name=name)
 
     def list_spaces(self) -> list[str]:
         with translate_errors("list spaces"):
-            return sorted(x.decode() for x in self.r.smembers(self.k.spaces()))
+            return valid_names(self.r.smembers(self.k.spaces()), "space name")
 
-    def space_keys(self, name: str) -> list[str]:
-        """Every space-level key of ``name`` (they are all known, so no SCAN is needed)."""
-        keys = [self.k.space(name), self.k.versions(name), self.k.seq(name), self.k.aliases(name), self.k.dirty(name),
-                self.k.grants(name)]
-        with translate_errors(f"read space {name}"):
-            keys += [self.k.alias_history(name, a.decode()) for a in self.r.hkeys(self.k.aliases(name))]
-            for v in self.r.hkeys(self.k.versions(name)):
-                keys += [self.k.parts(name, v.decode()), self.k.vstate(name, v.decode())]
-        return keys
+    def delete_space_keys(self, name: str) -> int:
+        """Delete every key under the space's hash tags (``{name}`` and ``{name/...}``), found by SCAN: also the
+        keys a principal planted for versions or partitions the catalogue does not list. Returns how many."""
+        check_name(name, "space name")
+        gone = 0
+        with translate_errors(f"drop space {name}"):
+            for pattern in self.k.space_scan_patterns(name):
+                batch: list[bytes] = []
+                for key in self.r.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        gone += self.r.delete(*batch)
+                        batch = []
+                if batch:
+                    gone += self.r.delete(*batch)
+        return gone
 
     # versions
     def create_version(self, space: str, name: str | None, description: str = "") -> VersionRecord:
         if name is not None:
             check_name(name, "version name")
-        rec = {"state": "open", "created": time.time(), "description": description}
+        rec = {"state": "open", "created": time.time(), "description": check_description(description)}
         k = self.k
         for _ in range(100):
             expected = ""
@@ -102,7 +205,7 @@ class Catalogue:
                 chosen = f"v{int(expected) + 1}"
             try:
                 created = self.store.fcall(
-                    "emb_create_version", [k.space(space), k.versions(space), k.seq(space), k.vstate(space, chosen)],
+                    "emb_create_version", [k.versions(space), k.seq(space), k.vstate(space, chosen)],
                     [chosen, json.dumps(rec), expected], f"create version in {space}",
                 )
             except ResponseError as exc:
@@ -112,28 +215,72 @@ class Catalogue:
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
+    def drop_version(self, space: str, version: str) -> None:
+        """Delete a version: its partitions' data and snapshots first, then its dirty marks, its place in the
+        alias histories, its keys, and its record last, so that a drop cut short can simply be run again."""
+        check_name(version, "version name")
+        k = self.k
+        for p in self.partitions(space, version):
+            self.store.delete_partition(k.partition(space, version, p))
+        with translate_errors(f"drop version {space}/{version}"):
+            # the dirty set holds one "version/partition" member per partition waiting for a build: a few
+            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1) if _d(m).split("/", 1)[0] == version]
+            if marks:
+                self.r.zrem(k.dirty(space), *marks)
+            for alias in self.r.hkeys(k.aliases(space)):
+                self.r.lrem(k.alias_history(space, _d(alias)), 0, version)
+            self.r.delete(k.parts(space, version), k.vstate(space, version))
+            self.r.hdel(k.versions(space), version)
+
     @planned
     def get_version(self, space: str, name: str) -> Plan[VersionRecord]:
         check_name(name, "version name")
         with translate_errors(f"read version {space}/{name}"):
-            raw = yield Call("hget", self.k.versions(space), name)
+            raw, vstate = yield Batch([Call("hget", self.k.versions(space), name),
+                                       Call("get", self.k.vstate(space, name))])
         if raw is None:
-            raise NotFound(f"space {space!r} has no version {name!r}")
-        return VersionRecord.model_validate_json(raw)
+            raise VersionNotFound(f"space {space!r} has no version {name!r}")
+        return _version(raw, vstate, space, name)
 
     @planned
     def list_versions(self, space: str) -> Plan[list[VersionRecord]]:
+        """Every valid version, oldest first; a record that is not one embcache wrote is skipped and logged."""
         with translate_errors(f"list versions of {space}"):
             raw = yield Call("hgetall", self.k.versions(space))
-        recs = [VersionRecord.model_validate_json(v) for v in raw.values()]
+            names = valid_names(raw, "version name")
+            states = (yield Batch([Call("get", self.k.vstate(space, n)) for n in names])) if names else []
+        recs = []
+        for n, vstate in zip(names, states):
+            try:
+                recs.append(_version(raw[n.encode()], vstate, space, n))
+            except CorruptRecord as exc:
+                log.warning("skipped %s", exc)
         return sorted(recs, key=lambda r: (r.created, r.name))
 
     def seal(self, space: str, version: str) -> list[str]:
-        """Seal the version; returns its partitions, which the caller then flags one by one."""
+        """Seal the version and return its partitions.
+
+        Three steps, each safe to repeat: close the version to new partitions (state ``sealing``); flag every
+        partition, after which its write functions refuse; record each partition's digest and mark the version
+        ``sealed``. A seal cut short leaves ``sealing`` (never ``sealed`` with partitions that take writes);
+        calling it again completes it. The digests let workers refuse to publish sealed data that a writer with
+        raw Redis access changed afterwards."""
         k = self.k
-        res = self.store.fcall("emb_seal", [k.versions(space), k.parts(space, version), k.vstate(space, version)],
-                               [version], "seal")
-        return sorted(_d(p) for p in res)  # type: ignore[misc]
+        state, members = self.store.fcall(
+            "emb_seal", [k.versions(space), k.parts(space, version), k.vstate(space, version)], [version], "seal")
+        parts = valid_names(members, "partition name")
+        for p in parts:
+            self.store.flag_sealed(k.partition(space, version, p))
+        if vstate_name(_d(state) or "") == "sealed":
+            return parts  # sealed before: its digests stay the ones taken then
+        digests = {}
+        for p in parts:  # flagged: nothing more can be written through the functions
+            data = self.store.read_partition(k.partition(space, version, p))
+            digests[p] = {"sha256": codec.partition_digest(data.ids, data.vectors, data.metadatas),
+                          "count": len(data.ids), "pos": data.pos}
+        self.store.fcall("emb_sealed", [k.versions(space), k.vstate(space, version)], [version, json.dumps(digests)],
+                         "seal")
+        return parts
 
     @planned
     def register_partition(self, space: str, version: str, partition: str) -> Plan[None]:
@@ -145,7 +292,7 @@ class Catalogue:
     @planned
     def partitions(self, space: str, version: str) -> Plan[list[str]]:
         with translate_errors(f"list partitions of {space}/{version}"):
-            return sorted(p.decode() for p in (yield Call("smembers", self.k.parts(space, version))))
+            return valid_names((yield Call("smembers", self.k.parts(space, version))), "partition name")
 
     # aliases
     def set_alias(self, space: str, alias: str, version: str) -> str | None:
@@ -163,10 +310,11 @@ class Catalogue:
         check_name(alias, "alias")
         k = self.k
         try:
-            prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias)], [alias], "rollback")
+            prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias), k.versions(space)],
+                                    [alias], "rollback")
         except ResponseError as exc:
             if str(exc).startswith("EMBNOHISTORY"):
-                raise NotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
+                raise VersionNotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]
 
@@ -190,4 +338,4 @@ class Catalogue:
                 return target.decode()
             if exists:
                 return name
-        raise NotFound(f"space {space!r} has no version or alias {name!r}")
+        raise VersionNotFound(f"space {space!r} has no version or alias {name!r}")

@@ -169,30 +169,43 @@ class Dispatcher:
 
 
 def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
-               dispatch: bool = True, name: str | None = None, **kw: Any) -> None:
-    """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it."""
+               dispatch: bool = True, name: str | None = None, username: str | None = None,
+               password: str | None = None, **kw: Any) -> None:
+    """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it.
+
+    ``username``/``password`` (default: ``EMBCACHE_USERNAME``/``EMBCACHE_PASSWORD``) are the data Redis's; the
+    queue's are ``EMBCACHE_QUEUE_USERNAME``/``EMBCACHE_QUEUE_PASSWORD``, and when the queue is the data Redis
+    (no ``queue_url``) and those are not set, the data Redis's credentials are used for it too.
+    """
     from rq import SimpleWorker, Worker
 
     from ..core.keys import Keys
-    from .store import open_client
+    from .store import open_client, translate_errors
 
     if url:
         os.environ["EMBCACHE_URL"] = url
     data_url = os.environ.get("EMBCACHE_URL")
     if not data_url:
         raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
-    store = Store(open_client(data_url, username=os.environ.get("EMBCACHE_USERNAME"),
-                              password=os.environ.get("EMBCACHE_PASSWORD")), Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
+    username = username if username is not None else os.environ.get("EMBCACHE_USERNAME")
+    password = password if password is not None else os.environ.get("EMBCACHE_PASSWORD")
+    store = Store(open_client(data_url, username=username, password=password),
+                  Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
     queue_url = queue_url or os.environ.get("EMBCACHE_QUEUE_URL")
+    queue_username = os.environ.get("EMBCACHE_QUEUE_USERNAME")
+    queue_password = os.environ.get("EMBCACHE_QUEUE_PASSWORD")
     if not queue_url:
         if store.is_cluster:
             raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
         queue_url = data_url
+        if queue_username is None and queue_password is None:  # the same server: the same principal
+            queue_username, queue_password = username, password
     import redis
 
-    qconn = redis.Redis.from_url(queue_url, username=os.environ.get("EMBCACHE_QUEUE_USERNAME"),
-                                 password=os.environ.get("EMBCACHE_QUEUE_PASSWORD"))
+    qconn = redis.Redis.from_url(queue_url, username=queue_username, password=queue_password)
+    with translate_errors("connect to the queue's Redis"):
+        qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker

@@ -16,7 +16,7 @@ from typing import Any
 import redis.cluster
 from redis import exceptions as rexc
 
-from ..core.errors import InvalidInput, NotFound
+from ..core.errors import InvalidInput, PrincipalNotFound
 from .acl import (
     Credentials,
     Grant,
@@ -57,13 +57,19 @@ class Principals:
         raw = self.r.hget(self.k.principals(), name)
         return None if raw is None else json.loads(raw)
 
+    def _db(self) -> int:
+        """The hub's database: the one database its principals may SELECT (always 0 on a Cluster)."""
+        if isinstance(self.r, redis.cluster.RedisCluster):
+            return 0
+        return int(self.r.connection_pool.connection_kwargs.get("db") or 0)
+
     def _apply(self, name: str, rec: dict[str, Any]) -> bool:
         if rec.get("worker"):
-            rules = worker_rules(self.k, rec["hash"])
+            rules = worker_rules(self.k, rec["hash"], self._db())
         else:
             grants = [Grant(s, g["role"], tuple(g["partitions"]) if g["partitions"] else None)
                       for s, g in sorted(rec["grants"].items())]
-            rules = user_rules(self.k, rec["hash"], grants)
+            rules = user_rules(self.k, rec["hash"], grants, self._db())
         for _ in range(10):  # drop rules naming commands this server version lacks (CLIENT SETINFO is 7.2+)
             try:
                 self._acl("SETUSER", name, *rules)
@@ -98,10 +104,10 @@ class Principals:
         with translate_errors(f"revoke {name}"):
             rec = self._record(name)
             if rec is None:
-                raise NotFound(f"no principal named {name!r}")
+                raise PrincipalNotFound(f"no principal named {name!r}")
             spaces = list(rec["grants"]) if space is None else [space]
             if space is not None and space not in rec["grants"]:
-                raise NotFound(f"principal {name!r} has no grant on space {space!r}")
+                raise PrincipalNotFound(f"principal {name!r} has no grant on space {space!r}")
             for s in spaces:
                 rec["grants"].pop(s, None)
                 self.r.hdel(self.k.grants(s), name)
@@ -112,13 +118,23 @@ class Principals:
                 self.r.hdel(self.k.principals(), name)
                 self._save()
 
+    def revoke_space(self, space: str) -> list[str]:
+        """Remove every principal's grant on ``space`` (for dropping it: a space created later under the same
+        name must not be readable with the old credentials). Returns the principals changed."""
+        with translate_errors(f"revoke grants on {space}"):
+            names = [n.decode() for n, v in self.r.hgetall(self.k.principals()).items()
+                     if space in json.loads(v).get("grants", {})]
+        for name in names:
+            self.revoke(name, space)
+        return names
+
     def rotate(self, name: str) -> Credentials:
         """A new secret for ``name``; the old one stops working at once."""
         check_principal(name)
         with translate_errors(f"rotate {name}"):
             rec = self._record(name)
             if rec is None:
-                raise NotFound(f"no principal named {name!r}")
+                raise PrincipalNotFound(f"no principal named {name!r}")
             secret = new_secret()
             rec["hash"] = hash_secret(secret)
             rec["rotated"] = time.time()

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .catalogue import valid_names
 from .store import translate_errors
 
 __all__ = ["StrongProbes", "StrongProbe", "PendingProbe"]
@@ -113,4 +114,4 @@ class PendingProbe:
             raise
         probes._done(own, conn)
         return ([(p.decode() if p else "0-0") for p in positions],
-                None if members is None else sorted(m.decode() for m in members))
+                None if members is None else valid_names(members, "partition name"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from redis import exceptions as rexc
 
 from ..core.errors import (
     AlreadyExists,
+    AuthenticationFailed,
     EmbcacheError,
+    InvalidInput,
     NotFound,
     PermissionDenied,
     Unavailable,
@@ -35,14 +38,16 @@ __all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", 
 _LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
 LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
+log = logging.getLogger("embcache.store")
 
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
 READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
-TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full
+TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller reloads in full (emb_tail's maximum)
+TAIL_PAGES = 100_000  # pages a full tail read takes at most (each page advances by at least one entry)
 SCAN_COUNT = 1000
 
-_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists}
+_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists, "EMBARGS": InvalidInput}
 
 
 @contextlib.contextmanager
@@ -55,7 +60,7 @@ def translate_errors(operation: str = "") -> Iterator[None]:
     except rexc.NoPermissionError as exc:
         raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
     except rexc.AuthenticationError as exc:
-        raise PermissionDenied(f"{operation}: authentication failed: {exc}") from None
+        raise AuthenticationFailed(f"{operation}: authentication failed: {exc}") from None
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
     except rexc.ResponseError as exc:
@@ -166,7 +171,7 @@ class Store:
             while end < len(ids) and end - start < WRITE_CHUNK_ITEMS and size < WRITE_CHUNK_BYTES:
                 size += len(blobs[end]) + len(ids[end]) + len(metas[end] or "")
                 end += 1
-            args: list[Any] = [json.dumps(ids[start:end], ensure_ascii=False), end - start]
+            args: list[Any] = [end - start]
             for i in range(start, end):
                 args += [ids[i], blobs[i], metas[i] or ""]
             calls.append(Call("fcall", "emb_upsert", len(pk.writes), *pk.writes, *args))
@@ -182,9 +187,21 @@ class Store:
 
     @planned
     def write_deletes(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[str], str | None]]:
-        """Delete ids from one partition atomically; returns (ids that existed, log position or None)."""
-        res = yield from self.fcall_plan("emb_delete", pk.writes, [json.dumps(ids, ensure_ascii=False), *ids], "delete")
-        return json.loads(res[0]), _s(res[1]) if res[1] else None
+        """Delete ids from one partition atomically (chunks in one MULTI/EXEC); returns (ids that existed, log
+        position or None)."""
+        calls = [Call("fcall", "emb_delete", len(pk.writes), *pk.writes, *ids[i : i + WRITE_CHUNK_ITEMS])
+                 for i in range(0, len(ids), WRITE_CHUNK_ITEMS)]
+        with translate_errors("delete"):
+            if len(calls) == 1:
+                results = [(yield calls[0])]
+            else:
+                results = yield Batch(calls, transaction=True, raise_on_error=False)
+                errors = [r for r in results if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
+        gone = [i for r in results for i in json.loads(r[0])]
+        positions = [_s(r[1]) for r in results if r[1]]
+        return gone, positions[-1] if positions else None
 
     @planned
     def existing(self, pk: PartitionKeys, ids: list[str]) -> Plan[list[bool]]:
@@ -223,14 +240,40 @@ class Store:
 
     @planned
     def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
-        """Net changes after ``since``; None when the log cannot answer (trimmed or too long): reload in full."""
-        res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail", ro=True)
-        return self._parse_tail(res)
+        """Net changes after ``since``; None when the log cannot answer (trimmed, or more than ``limit``
+        entries, or more than one call may return): reload in full.
+
+        A ``limit`` above :data:`TAIL_LIMIT` means "all of it": the tail is then read in pages, each one bounded
+        call of ``emb_tail``, and merged (a later page's values are the newer ones)."""
+        if limit <= TAIL_LIMIT:
+            res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state], [since, limit], "tail",
+                                             ro=True)
+            return self._parse_tail(res, pk)
+        merged: dict[str, tuple[bytes | None, bytes | None]] = {}
+        pos = since
+        for _ in range(TAIL_PAGES):
+            res = yield from self.fcall_plan("emb_tail", [pk.vec, pk.meta, pk.log, pk.state],
+                                             [pos, TAIL_LIMIT, "PAGE"], "tail", ro=True)
+            page = self._parse_tail(res, pk)
+            if page is None:
+                return None
+            for id_, v, m in zip(page.ids, page.vectors, page.metadatas):
+                merged.pop(id_, None)  # keep the order of the latest change
+                merged[id_] = (v, m)
+            pos = page.pos
+            if not (len(res) > 5 and res[5]):
+                break
+        else:  # a log growing faster than it can be read: what was read is consistent up to ``pos``
+            log.warning("%s: the change log kept growing while it was read; stopped at %s", pk.tag, pos)
+        return Tail(pos=pos, ids=list(merged), vectors=[v for v, _ in merged.values()],
+                    metadatas=[m for _, m in merged.values()])
 
     @staticmethod
-    def _parse_tail(res: Any) -> Tail | None:
+    def _parse_tail(res: Any, pk: PartitionKeys | None = None) -> Tail | None:
         if len(res) == 1:
             return None
+        if len(res) > 4 and res[4] and pk is not None:  # entries a raw XADD appended that no function wrote
+            log.warning("%s: %d malformed change-log entries skipped", pk.tag, res[4])
         return Tail(pos=_s(res[0]) or "0-0", ids=[x.decode() for x in res[1]], vectors=list(res[2]),
                     metadatas=list(res[3]))
 
@@ -242,7 +285,7 @@ class Store:
         with translate_errors("tail"):
             results = yield Batch([Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, limit)
                                    for pk, since in requests])
-        return [self._parse_tail(r) for r in results]
+        return [self._parse_tail(r, pk) for r, (pk, _) in zip(results, requests)]
 
     def read_partition(self, pk: PartitionKeys) -> PartitionData:
         """A consistent full copy without blocking Redis: note the log position, scan the hashes in pieces,
@@ -277,8 +320,10 @@ class Store:
             yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
+        """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
+        never overwritten, and no principal may delete it)."""
         with translate_errors("seal"):
-            self.r.set(pk.sealed, "1")
+            self.r.setnx(pk.sealed, "1")
 
     def delete_partition(self, pk: PartitionKeys) -> None:
         """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""

@@ -46,6 +46,9 @@ PRINCIPAL = {"reader": "rd", "writer": "wr", "admin": "ad", "writer_p1": "wp"}
 # The test asserts the count, so a change to the attack list shows up here.
 FORBIDDEN_ATTEMPTS = {"reader": 197, "writer": 188, "admin": 162, "writer_p1": 227}
 _counted: dict[str, int] = {}
+# every Attacker of the session adds here: (principal, channel) -> [attempts, succeeded]; channel is "embcache"
+# (the library's API) or "raw" (redis-py with the principal's credentials). tests/test_security.py prints it.
+TALLY: dict[tuple[str, str], list[int]] = {}
 
 
 @pytest.fixture
@@ -177,6 +180,8 @@ class Attacker:
         """``expect``: "NOPERM" (Redis ACL refusal), an error-text prefix (e.g. "EMBSEALED"), or an exception
         class (embcache's PermissionDenied, VersionSealed)."""
         self.attempts += 1
+        tally = TALLY.setdefault((self.who, "embcache" if label.startswith("embcache") else "raw"), [0, 0])
+        tally[0] += 1
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - every outcome is judged below
@@ -189,6 +194,7 @@ class Attacker:
             if not ok:
                 self.problems.append(f"{label}: failed the wrong way: {type(exc).__name__}: {str(exc)[:160]}")
             return
+        tally[1] += 1
         self.problems.append(f"{label}: SUCCEEDED ({str(result)[:80]!r})")
 
     def raw(self, r: redis.Redis, *cmd: Any, expect: str = "NOPERM") -> None:
@@ -241,7 +247,7 @@ def writes_of(space: str, version: str, partition: str) -> list[str]:
 
 
 def upsert_args(item: str) -> list[Any]:
-    return [json.dumps([item]), 1, item, vec(1).tobytes(), ""]
+    return [1, item, vec(1).tobytes(), ""]
 
 
 def common_raw_attacks(att: Attacker, r: redis.Redis, w: World, role: str) -> None:
@@ -264,7 +270,7 @@ def common_raw_attacks(att: Attacker, r: redis.Redis, w: World, role: str) -> No
                 ("HSET", K.versions("bravo"), "v1", '{"state": "open"}'), ("HSET", K.aliases("bravo"), "live", "v9"),
                 ("SET", b1.sealed, "1"), ("SET", b1.snap, "{}"),
                 ("FCALL", "emb_upsert", 5, *b1.writes, *upsert_args("evil")),
-                ("FCALL", "emb_delete", 5, *b1.writes, '["q1"]', "q1"),
+                ("FCALL", "emb_delete", 5, *b1.writes, "q1"),
                 ("FCALL", "emb_register", 2, K.vstate("bravo", "v1"), K.parts("bravo", "v1"), "evil"),
                 ("FCALL", "emb_set_alias", 3, K.versions("bravo"), K.aliases("bravo"), K.alias_history("bravo", "live"),
                  "live", "v1"),
@@ -362,7 +368,7 @@ def state_raw_attacks(att: Attacker, r: redis.Redis, role: str) -> None:
                 ("HSET", K.aliases("alpha"), "live", "v2"), ("LPUSH", K.alias_history("alpha", "live"), "v9"),
                 ("SET", K.space("alpha"), "pwned"), ("DEL", K.space("alpha")), ("INCR", K.seq("alpha")),
                 ("HSET", K.grants("alpha"), PRINCIPAL[role], '{"role": "admin", "partitions": null}'),
-                ("FCALL", "emb_create_version", 4, K.space("alpha"), K.versions("alpha"), K.seq("alpha"),
+                ("FCALL", "emb_create_version", 3, K.versions("alpha"), K.seq("alpha"),
                  K.vstate("alpha", "v9"), "v9", "{}", ""),
                 ("FCALL", "emb_seal", 3, K.versions("alpha"), K.parts("alpha", "v1"), K.vstate("alpha", "v1"), "v1"),
                 ("FCALL", "emb_set_alias", 3, K.versions("alpha"), K.aliases("alpha"), K.alias_history("alpha", "live"),
@@ -370,10 +376,10 @@ def state_raw_attacks(att: Attacker, r: redis.Redis, role: str) -> None:
                 ("FCALL", "emb_rollback", 2, K.aliases("alpha"), K.alias_history("alpha", "live"), "live"),
                 ("DEL", p1.vec), ("DEL", p1.log), ("EXPIRE", p1.vec, 1), ("UNLINK", p1.meta)]:
         att.raw(r, *cmd)
-    if role != "reader":  # writers hold HSET, so a string flag answers WRONGTYPE; the functions check the seal
-        att.raw(r, "HSET", s1.sealed, "x", "0", expect="WRONGTYPE")
+    if role != "reader":  # writers hold HSET on their hashes only; the functions check the seal
+        att.raw(r, "HSET", s1.sealed, "x", "0")  # HSET is for the item hashes and the state only
         att.raw(r, "FCALL", "emb_upsert", 5, *s1.writes, *upsert_args("evil"), expect="EMBSEALED")
-        att.raw(r, "FCALL", "emb_delete", 5, *s1.writes, '["s1"]', "s1", expect="EMBSEALED")
+        att.raw(r, "FCALL", "emb_delete", 5, *s1.writes, "s1", expect="EMBSEALED")
         att.raw(r, "FCALL", "emb_register", 2, K.vstate("alpha", "v2"), K.parts("alpha", "v2"), "p9",
                 expect="EMBSEALED")
 
@@ -394,7 +400,7 @@ def reader_write_raw_attacks(att: Attacker, r: redis.Redis) -> None:
                 ("XADD", p1.log, "*", "op", "u", "ids", "[]"), ("HSET", p1.state, "pos", "9-9"),
                 ("ZADD", K.dirty("alpha"), 1, "v1/p1"), ("SADD", K.parts("alpha", "v1"), "p9"),
                 ("FCALL", "emb_upsert", 5, *p1.writes, *upsert_args("evil")),
-                ("FCALL", "emb_delete", 5, *p1.writes, '["x1"]', "x1"),
+                ("FCALL", "emb_delete", 5, *p1.writes, "x1"),
                 ("FCALL", "emb_register", 2, K.vstate("alpha", "v1"), K.parts("alpha", "v1"), "p9")]:
         att.raw(r, *cmd)
 
@@ -410,7 +416,7 @@ def other_partition_raw_attacks(att: Attacker, r: redis.Redis) -> None:
                     ("HSET", p2.vec, "evil", vec(0).tobytes()), ("HDEL", p2.vec, "y1"),
                     ("XADD", p2.log, "*", "op", "u", "ids", "[]"), ("HSET", p2.state, "pos", "9-9"),
                     ("FCALL", "emb_upsert", 5, *p2.writes, *upsert_args("evil")),
-                    ("FCALL", "emb_delete", 5, *p2.writes, '["y1"]', "y1")]:
+                    ("FCALL", "emb_delete", 5, *p2.writes, "y1")]:
             att.raw(r, *cmd)
     # a write function given p1's keys but p2's state: every key of an FCALL is checked
     p1, p2 = K.partition("alpha", "v1", "p1"), K.partition("alpha", "v1", "p2")
@@ -567,7 +573,7 @@ def test_allowed_operations_through_raw_redis(world: World, role: str) -> None:
     assert r.hgetall(K.aliases("alpha")) == {b"live": b"v1"}
     assert r.lrange(K.alias_history("alpha", "live"), 0, -1) == [b"v2"]
     assert r.smembers(K.parts("alpha", "v1")) == {b"p1", b"p2"}
-    assert r.get(K.vstate("alpha", "v2")) == b"sealed"
+    assert r.get(K.vstate("alpha", "v2")) == b"open:sealing:sealed"
     assert r.hget(K.grants("alpha"), PRINCIPAL[role]) is not None
     for pk in parts:
         assert r.hlen(pk.vec) >= 1
@@ -587,16 +593,19 @@ def test_allowed_operations_through_raw_redis(world: World, role: str) -> None:
     for pk in parts:
         pos = r.fcall("emb_upsert", 5, *pk.writes, *upsert_args("r1"))
         assert world.raw.hget(pk.vec, "r1") == vec(1).tobytes() and world.raw.hget(pk.state, "pos") == pos
-        assert json.loads(r.fcall("emb_delete", 5, *pk.writes, '["r1"]', "r1")[0]) == ["r1"]
+        assert json.loads(r.fcall("emb_delete", 5, *pk.writes, "r1")[0]) == ["r1"]
         assert r.zadd(K.dirty("alpha"), {f"v1/{pk.tag.rsplit('/', 1)[1]}": time.time()}, nx=True) in (0, 1)
     assert r.fcall("emb_register", 2, K.vstate("alpha", "v1"), K.parts("alpha", "v1"), "p1") == 0
     if role != "admin":
         return
-    assert r.fcall("emb_create_version", 4, K.space("alpha"), K.versions("alpha"), K.seq("alpha"),
+    assert r.fcall("emb_create_version", 3, K.versions("alpha"), K.seq("alpha"),
                    K.vstate("alpha", "v9"), "v9", '{"state": "open", "created": 0, "description": ""}', "") == b"v9"
     assert r.fcall("emb_set_alias", 3, K.versions("alpha"), K.aliases("alpha"), K.alias_history("alpha", "beta"),
                    "beta", "v9") is None
-    assert r.fcall("emb_seal", 3, K.versions("alpha"), K.parts("alpha", "v9"), K.vstate("alpha", "v9"), "v9") == []
+    assert r.fcall("emb_seal", 3, K.versions("alpha"), K.parts("alpha", "v9"), K.vstate("alpha", "v9"), "v9") == \
+        [b"open:sealing", []]
+    assert world.op.space("alpha").version("v9").state == "sealing"
+    assert r.fcall("emb_sealed", 2, K.versions("alpha"), K.vstate("alpha", "v9"), "v9", "{}") == 1
     assert world.op.space("alpha").version("v9").state == "sealed"
     assert world.op.space("alpha").aliases()["beta"] == "v9"
 

@@ -4,6 +4,7 @@ that the demo starts itself (``python -m workers``), on the shipped ml-latest-sm
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -50,3 +51,10 @@ def test_the_demo_end_to_end(redis_url: str, capsys: pytest.CaptureFixture[str])
     assert main(["--url", redis_url, "--json", "query", SPACE, "--id", "1", "-n", "5"]) == 0
     (answer,) = json.loads(capsys.readouterr().out)
     assert len(answer["results"]) == 5 and all(r["metadata"] for r in answer["results"])
+
+    # the command the rollback step suggests names the demo's own space, and promotes v2 back
+    suggested = re.search(r"`embcache (promote [^`]+)`", text)
+    assert suggested is not None and SPACE in suggested.group(1)
+    assert main(["--url", redis_url, *suggested.group(1).split()]) == 0
+    with embcache.connect(redis_url) as hub:
+        assert hub.space(SPACE).aliases() == {"live": "v2"}

@@ -27,6 +27,7 @@ from embcache import (
     Unavailable,
     VersionSealed,
 )
+from embcache.core.errors import ItemNotFound, PartitionNotFound, SpaceNotFound, VersionNotFound
 from embcache.redis.server import RedisServer, ensure_embedded, find_redis_server, free_port
 from tests.storecheck import assert_db_unchanged, assert_knn, brute_distances, db_snapshot, raw_client
 
@@ -364,19 +365,19 @@ def test_rejected_calls_change_nothing_byte_for_byte(hub: embcache.Hub, any_redi
         ("version exists", AlreadyExists, lambda: space.create_version("v1")),
         ("description not a str", I, lambda: space.create_version(description=3)),
         # unknown things
-        ("unknown space", F, lambda: hub.space("nope")),
-        ("drop unknown space", F, lambda: hub.drop_space("nope")),
+        ("unknown space", SpaceNotFound, lambda: hub.space("nope")),
+        ("drop unknown space", SpaceNotFound, lambda: hub.drop_space("nope")),
         ("create version in a dropped space", F, lambda: gone.create_version()),
-        ("unknown version", F, lambda: space.version("v9")),
+        ("unknown version", VersionNotFound, lambda: space.version("v9")),
         ("alias to unknown version", F, lambda: space.set_alias("live", "v9")),
         ("rollback unknown alias", F, lambda: space.rollback("canary")),
-        ("rollback without history", F, lambda: space.rollback("live")),
+        ("rollback without history", VersionNotFound, lambda: space.rollback("live")),
         ("alias to another space's version", I, lambda: space.set_alias("live", half)),
-        ("count unknown partition", F, lambda: v1.count("p9")),
-        ("get unknown partition", F, lambda: v1.get(["i0"], partitions=["p9"])),
-        ("delete in unknown partition", F, lambda: v1.delete(["i0"], partition="p9")),
-        ("query unknown partition", F, lambda: v1.query(q, partitions=["p1", "p9"])),
-        ("query_by_id unknown id", F, lambda: v1.query_by_id(["i0", "nope"])),
+        ("count unknown partition", PartitionNotFound, lambda: v1.count("p9")),
+        ("get unknown partition", PartitionNotFound, lambda: v1.get(["i0"], partitions=["p9"])),
+        ("delete in unknown partition", PartitionNotFound, lambda: v1.delete(["i0"], partition="p9")),
+        ("query unknown partition", PartitionNotFound, lambda: v1.query(q, partitions=["p1", "p9"])),
+        ("query_by_id unknown id", ItemNotFound, lambda: v1.query_by_id(["i0", "nope"])),
         # writes to a sealed version
         ("upsert sealed", S, lambda: sealed.upsert(["s1"], good[:1], partition="p1")),
         ("upsert sealed, new partition", S, lambda: sealed.upsert(["s1"], good[:1], partition="p7")),

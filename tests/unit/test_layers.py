@@ -36,7 +36,7 @@ def floor(module: str) -> str | None:
     if len(parts) == 1:
         return "public"
     return {"core": "core", "redis": "redis", "client": "client", "aio": "client", "compat": "client",
-            "cli": "app", "demo": "app", "movielens": "app"}.get(parts[1])
+            "cli": "app", "demo": "app", "movielens": "app", "__main__": "app"}.get(parts[1])
 
 
 def module_name(path: Path) -> str:

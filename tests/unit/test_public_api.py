@@ -16,6 +16,7 @@ from embcache.compat import embeddinghub
 PUBLIC = [
     "AlreadyExists",
     "BuildTimeout",
+    "CorruptRecord",
     "DimensionMismatch",
     "EmbcacheError",
     "GetResult",
@@ -36,7 +37,7 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
     "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
 ]
 
@@ -116,11 +117,13 @@ def test_builtin_families() -> None:
 
 def test_compat_embeddinghub_surface() -> None:
     assert sorted(embeddinghub.__all__) == sorted(
-        ["ALIAS", "Config", "DEFAULT_METRIC", "EmbeddingHub", "PARTITION", "Space", "VERSION", "connect"]
+        ["ALIAS", "Config", "DEFAULT_METRIC", "EmbeddingHub", "EmbeddingHubClient", "LocalConfig", "PARTITION",
+         "Space", "SpaceSnapshot", "VERSION", "connect"]
     )
-    for name in ("Config", "EmbeddingHub", "Space", "connect"):
+    for name in ("Config", "LocalConfig", "EmbeddingHub", "EmbeddingHubClient", "Space", "SpaceSnapshot", "connect"):
         assert own_doc(getattr(embeddinghub, name)), name
-    for cls in (embeddinghub.EmbeddingHub, embeddinghub.Space, embeddinghub.Config):
+    for cls in (embeddinghub.EmbeddingHub, embeddinghub.Space, embeddinghub.Config, embeddinghub.LocalConfig,
+                embeddinghub.SpaceSnapshot, embeddinghub.EmbeddingHubClient):
         missing = [name for name, member in public_methods(cls) if not own_doc(member)]
         assert not missing, f"{cls.__name__} methods without a docstring: {missing}"
     # Embeddinghub's client API is all there

@@ -1,0 +1,46 @@
+"""What the user can do about an error: one table from exception type to advice, most specific type first.
+
+An error's hint is the first entry whose type the error is an instance of, so a subclass must come before its
+base (``tests/unit/test_cli_hints.py`` checks the order). ``{space}`` is replaced by the command's space.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import (
+    AuthenticationFailed,
+    BuildTimeout,
+    EmbcacheError,
+    NotFound,
+    PartitionNotFound,
+    PermissionDenied,
+    PrincipalNotFound,
+    SpaceNotFound,
+    Unavailable,
+    VersionNotFound,
+    VersionSealed,
+)
+
+__all__ = ["HINTS", "hint"]
+
+HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
+    (SpaceNotFound, "list the spaces with `embcache spaces`; create one with `embcache create-space NAME --dim N`"),
+    (VersionNotFound, "list the versions and aliases with `embcache versions {space}`"),
+    (PartitionNotFound, "see the partitions with `embcache stats {space} VERSION`"),
+    (PrincipalNotFound, "list the principals with `embcache principals`"),
+    (NotFound, "see what there is with `embcache spaces` and `embcache versions {space}`"),
+    (BuildTimeout, "are workers running? start one with `embcache worker` (same --url)"),
+    (AuthenticationFailed, "Redis did not accept these credentials: check --username and --password (or "
+                           "--password-file; EMBCACHE_USERNAME, EMBCACHE_PASSWORD, EMBCACHE_PASSWORD_FILE)"),
+    (PermissionDenied, "connect as a principal with that role (--username/--password); an operator grants it with "
+                       "`embcache grant`"),
+    (Unavailable, "is Redis running there? give its address with --url or EMBCACHE_URL"),
+    (VersionSealed, "sealed versions are read-only: write to a new version (`embcache create-version {space}`)"),
+)
+
+
+def hint(exc: EmbcacheError, space: str | None = None) -> str:
+    """The advice for ``exc`` ("" when the message says it all)."""
+    for kind, text in HINTS:
+        if isinstance(exc, kind):
+            return text.format(space=space or "SPACE")
+    return ""

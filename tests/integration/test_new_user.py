@@ -1,0 +1,353 @@
+"""What a new user trips on (issue 13), against real Redis servers: options where users put them, ``--version`` and
+``python -m embcache``, a worker on a password-protected Redis, an import cut off by a timeout and resumed,
+re-runnable set-up calls (``create_space(exist_ok=True)``, ``drop_version``) in the library, asyncio and the CLI,
+scores beside distances, gzipped ``--items``, and the README's quick start run twice in a row."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+import embcache
+import embcache.aio
+from embcache.cli import main
+from embcache.core.errors import AlreadyExists, InvalidInput, NotFound
+from tests.conftest import REPO_ROOT
+from tests.servers import start_standalone
+from tests.workers_fixtures import WorkerPool
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def seed(url: str, name: str = "s", n: int = 3, dim: int = 2) -> None:
+    with embcache.connect(url) as hub:
+        v = hub.create_space(name, dim=dim, metric="l2").create_version()
+        v.upsert([f"k{i}" for i in range(n)], np.arange(n * dim, dtype=np.float32).reshape(n, dim))
+
+
+# --- 1. options where users put them --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_connection_options_work_before_and_after_the_command(where: str, redis_url: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    seed(redis_url)
+    opts = ["--url", redis_url, "--json"]
+    argv = [*opts, "stats", "s"] if where == "before" else ["stats", "s", *opts]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["count"] == 3
+    argv = [*opts, "query", "s", "--id", "k0", "-n", "1"] if where == "before" else \
+        ["query", "s", "--id", "k0", "-n", "1", *opts]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(out)[0]["results"][0]["id"] == "k1"
+
+
+def test_the_command_line_beats_the_environment_and_the_group(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    seed(redis_url)
+    monkeypatch.setenv("EMBCACHE_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    code, out, _ = run(capsys, "spaces", "--url", redis_url, "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["s"]
+    code, out, _ = run(capsys, "--url", "redis://127.0.0.1:1/0", "spaces", "--url", redis_url)
+    assert code == 0 and "s" in out.split()
+    code, _, err = run(capsys, "spaces")  # the environment's URL is used: it answers nothing
+    assert code == 1 and "Unavailable" in err and "--url or EMBCACHE_URL" in err
+
+
+def test_version_and_python_dash_m(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"embcache {embcache.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "embcache", "--version"], capture_output=True, text=True,
+                          timeout=60, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"embcache {embcache.__version__}", proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "embcache", "stats"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Missing argument 'SPACE'" in proc.stderr
+
+
+def test_unknown_options_are_usage_errors(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", "s", "--url", redis_url, "--no-such-option"])
+    assert exc.value.code == 2 and "No such option '--no-such-option'" in capsys.readouterr().err
+
+
+# --- 2. a worker against a password-protected Redis -----------------------------------------------------------
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Any:
+    """A Redis with ``requirepass s3cret`` (set after start: the start-up ping has no password)."""
+    server = start_standalone(tmp_path / "locked")
+    try:
+        with redis.Redis.from_url(server.url) as r:
+            r.config_set("requirepass", "s3cret")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_worker_on_a_password_protected_redis(where: str, locked_redis: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("EMBCACHE_URL", "EMBCACHE_QUEUE_URL", "EMBCACHE_USERNAME", "EMBCACHE_PASSWORD",
+                 "EMBCACHE_QUEUE_USERNAME", "EMBCACHE_QUEUE_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # run_worker writes EMBCACHE_URL: restored after the test
+    url = locked_redis.url
+    (tmp_path / "pw").write_text("s3cret\n")
+    with embcache.connect(url, password="s3cret") as hub:  # a dirty partition: the worker has a build to run
+        hub.create_space("w", dim=2, metric="l2").create_version().upsert(["a", "b"], [[0.0, 1.0], [1.0, 0.0]])
+    conn = ["--url", url, "--password-file", tmp_path / "pw"]
+    argv = [*conn, "worker", "--burst"] if where == "before" else ["worker", "--burst", *conn]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    with redis.Redis.from_url(url, password="s3cret") as r:  # RQ's keys went to the data Redis, with its password
+        assert r.exists("rq:queues") or r.keys("rq:*"), "the worker never reached its queue"
+
+    code, _, err = run(capsys, "worker", "--burst", "--url", url, "--password", "wrong")
+    assert code == 1 and "AuthenticationFailed" in err
+    assert "check --username and --password" in err and "embcache grant" not in err
+    code, _, err = run(capsys, "worker", "--burst", "--url", url)  # no password at all
+    assert code == 1 and "AuthenticationFailed" in err and "embcache grant" not in err
+
+
+def test_a_refused_command_still_gets_the_grants_hint(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(redis_url)
+    with embcache.connect(redis_url) as hub:
+        creds = hub.grant("reader1", space="s", role="reader")
+    code, _, err = run(capsys, "create-version", "s", "--url", redis_url, "--username", creds.username,
+                       "--password", creds.password)
+    assert code == 1 and "PermissionDenied" in err and "embcache grant" in err
+
+
+# --- 3. an import cut off by a timeout resumes where it stopped -----------------------------------------------
+
+
+def test_an_import_stopped_by_a_timeout_resumes_where_it_stopped(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    server = start_standalone(tmp_path / "slow")
+    try:
+        url = server.url + "?socket_timeout=0.5&socket_connect_timeout=0.5"
+        n, dim = 30_000, 4
+        rng = np.random.default_rng(7)
+        vectors = rng.normal(size=(n, dim)).astype(np.float32)
+        src = tmp_path / "rows.jsonl"
+        src.write_text("".join(json.dumps({"id": f"r{i}", "embedding": vectors[i].tolist(), "n": i}) + "\n"
+                               for i in range(n)))
+        with embcache.connect(server.url) as hub:
+            hub.create_space("imp", dim=dim, metric="l2").create_version()
+
+        result: dict[str, int] = {}
+        argv = ["import", "imp", str(src), "--url", url, "--batch", "20"]
+        capsys.readouterr()
+        worker = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+        worker.start()
+        with redis.Redis.from_url(server.url) as r:
+            deadline = time.monotonic() + 120
+            while sum(1 for _ in r.scan_iter("emb:{imp/v1/default}:vec", count=10)) == 0 or \
+                    r.hlen("emb:{imp/v1/default}:vec") < 2_000:
+                assert time.monotonic() < deadline and worker.is_alive(), "the import ended before it could be cut"
+                time.sleep(0.005)
+        os.kill(server.process.pid, signal.SIGSTOP)  # Redis stops answering: the next write times out
+        try:
+            worker.join(120)
+            assert not worker.is_alive()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        err = capsys.readouterr().err
+        assert result["code"] == 1, err
+        resume = re.search(r"--version (\S+) --resume-from (\d+)", err)
+        assert resume is not None, err
+        version, row = resume.group(1), int(resume.group(2))
+        assert version == "v1" and 2_000 <= row < n
+        with embcache.connect(server.url) as hub:
+            v = hub.space("imp").version("v1")
+            got = v.get([f"r{i}" for i in range(row)], include=())
+            assert len(got.ids) == row  # every row before the one named is there
+
+        code, out, err = run(capsys, *argv, "--version", version, "--resume-from", row, "--json")
+        assert code == 0, err
+        summary = json.loads(out)
+        assert summary["resumed_from"] == row and summary["rows_read"] == n and summary["rejected"] == 0
+        assert summary["imported"] == n - row
+        with embcache.connect(server.url) as hub:
+            v = hub.space("imp").version("v1")
+            assert v.count() == n
+            got = v.get([f"r{i}" for i in range(n)], include=("embeddings", "metadatas"))
+            order = np.argsort([int(i[1:]) for i in got.ids])
+            np.testing.assert_array_equal(got.embeddings[order], vectors)
+            assert [got.metadatas[j]["n"] for j in order] == list(range(n))
+    finally:
+        server.stop()
+
+
+def test_resume_refuses_a_new_version(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(redis_url)
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"id": "x", "embedding": [1.0, 2.0]}) + "\n")
+    code, _, err = run(capsys, "import", "s", src, "--url", redis_url, "--new-version", "--resume-from", 1)
+    assert code == 1 and "instead of --new-version" in err
+
+
+# --- 4. re-runnable set-up: create_space(exist_ok=True), drop_version -----------------------------------------
+
+
+def test_create_space_exist_ok_and_drop_version(redis_url: str) -> None:
+    with embcache.connect(redis_url) as hub:
+        a = hub.create_space("re", dim=2, metric="l2")
+        b = hub.create_space("re", dim=2, metric="l2", exist_ok=True)
+        assert b.record == a.record
+        with pytest.raises(AlreadyExists):
+            hub.create_space("re", dim=2, metric="l2")
+        with pytest.raises(AlreadyExists, match="dim=2 .asked for 3"):
+            hub.create_space("re", dim=3, metric="l2", exist_ok=True)
+        v1, v2 = a.create_version(), a.create_version()
+        v1.upsert(["a", "b"], [[0.0, 1.0], [1.0, 0.0]], partition="p1")
+        v1.upsert(["c"], [[1.0, 1.0]], partition="p2")
+        v2.upsert(["a"], [[5.0, 5.0]])
+        a.set_alias("live", v1)
+        a.set_alias("live", v2)
+        with pytest.raises(InvalidInput, match="'live'"):
+            a.drop_version("v2")  # live points at it
+        a.drop_version("v1")
+        assert [v.name for v in a.versions()] == ["v2"]
+        with pytest.raises(NotFound):
+            a.version("v1")
+        with pytest.raises(NotFound):
+            a.drop_version("v1")
+        assert a.alias_history("live") == [] or "v1" not in a.alias_history("live")
+        r = hub.store.r
+        assert not [k for k in r.scan_iter("emb:{re/v1/*") if k], "v1's partition keys are left"
+        assert not [k for k in r.scan_iter("emb:{re}:*v1*")]
+        assert a.version("live").get(["a"]).embeddings.tolist() == [[5.0, 5.0]]  # v2 untouched
+        assert a.create_version().name == "v3"  # numbering goes on
+
+
+def test_asyncio_twins(redis_url: str) -> None:
+    async def go() -> None:
+        hub = await embcache.aio.connect(redis_url)
+        try:
+            sp = await hub.create_space("ax", 2, "l2")
+            again = await hub.create_space("ax", 2, "l2", exist_ok=True)
+            assert again.name == sp.name
+            await sp.create_version()
+            await sp.create_version()
+            await sp.drop_version("v1")
+            assert [v.name for v in await sp.versions()] == ["v2"]
+        finally:
+            await hub.close()
+
+    asyncio.run(go())
+
+
+def test_cli_exist_ok_and_drop_version(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for _ in range(2):  # a set-up script run twice
+        code, _, err = run(capsys, "create-space", "c", "--dim", 2, "--metric", "l2", "--exist-ok", "--url", redis_url)
+        assert code == 0, err
+    code, _, err = run(capsys, "create-space", "c", "--dim", 2, "--url", redis_url)
+    assert code == 1 and "AlreadyExists" in err
+    run(capsys, "create-version", "c", "--url", redis_url)
+    run(capsys, "create-version", "c", "--url", redis_url)
+    code, _, err = run(capsys, "drop-version", "c", "v1", "--url", redis_url)
+    assert code == 1 and "--yes" in err
+    code, out, err = run(capsys, "drop-version", "c", "v1", "--yes", "--url", redis_url, "--json")
+    assert code == 0 and json.loads(out) == {"dropped": "c/v1"}, err
+    code, out, _ = run(capsys, "versions", "c", "--url", redis_url, "--json")
+    assert [v["name"] for v in json.loads(out)] == ["v2"]
+    code, _, err = run(capsys, "drop-version", "c", "v9", "--yes", "--url", redis_url)
+    assert code == 1 and "embcache versions c" in err
+
+
+# --- 5. distances and scores ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_scores_are_similarities(metric: str, redis_url: str) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    q = rng.normal(size=(2, 8)).astype(np.float32)
+    with embcache.connect(redis_url) as hub:
+        v = hub.create_space(f"m-{metric}", dim=8, metric=metric).create_version()
+        v.upsert([str(i) for i in range(50)], base)
+        res = v.query(q, n_results=5, consistency="strong")
+    b64, q64 = base.astype(np.float64), q.astype(np.float64)
+    if metric == "cosine":
+        b64 /= np.linalg.norm(b64, axis=1, keepdims=True)
+        q64 /= np.linalg.norm(q64, axis=1, keepdims=True)
+    for i in range(2):
+        rows = [int(x) for x in res.ids[i]]
+        if metric == "l2":
+            want_d = ((b64[rows] - q64[i]) ** 2).sum(1)
+            want_s = -want_d
+        else:
+            want_s = b64[rows] @ q64[i]
+            want_d = 1 - want_s
+        np.testing.assert_allclose(res.distances[i], want_d, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(res.scores[i], want_s, rtol=1e-4, atol=1e-4)
+        assert list(res.scores[i]) == sorted(res.scores[i], reverse=True)  # bigger is nearer
+
+
+# --- 11. gzipped --items ---------------------------------------------------------------------------------------
+
+
+def test_items_may_be_gzipped(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "create-space", "g", "--dim", 2, "--url", redis_url)
+    np.save(tmp_path / "v.npy", np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32))
+    with gzip.open(tmp_path / "items.jsonl.gz", "wt", encoding="utf-8") as f:
+        for i, genre in enumerate(["a", "b", "a"]):
+            f.write(json.dumps({"id": f"m{i}", "genre": genre}) + "\n")
+    code, out, err = run(capsys, "import", "g", "--vectors", tmp_path / "v.npy", "--items", tmp_path / "items.jsonl.gz",
+                         "--url", redis_url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["imported"] == 3
+    with embcache.connect(redis_url) as hub:
+        got = hub.space("g").version("v1").get(["m2"], include=("metadatas",))
+        assert got.metadatas == [{"genre": "a"}]
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    np.save(tmp_path / "one.npy", np.ones((1, 2), dtype=np.float32))
+    code, _, err = run(capsys, "import", "g", "--vectors", tmp_path / "one.npy", "--items", tmp_path / "bad.jsonl.gz",
+                       "--url", redis_url)
+    assert code == 1 and "bad.jsonl.gz: cannot be read" in err
+
+
+# --- the README's quick start, twice ---------------------------------------------------------------------------
+
+
+def test_the_readme_quick_start_runs_twice_in_a_row(redis_url: str, workers: WorkerPool,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quick start"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    monkeypatch.setenv("EMBCACHE_URL", redis_url)  # embcache.connect() without a URL: here, the test Redis
+    workers.start(redis_url)
+    for run_no in range(2):
+        ns: dict[str, Any] = {}
+        exec(compile(code, f"README quick start, run {run_no + 1}", "exec"), ns)  # noqa: S102
+        ns["hub"].close()
+    with embcache.connect(redis_url) as hub:
+        space = hub.space("quickstart")
+        assert [v.name for v in space.versions()] == ["v2"]  # the re-run dropped the first run's version
+        assert space.aliases() == {"live": "v2"}
+    printed = capsys.readouterr().out
+    assert printed.count("analytics") >= 1 and "Traceback" not in printed
