@@ -872,7 +872,7 @@ class Version:
         q = Query.build(queries, k, partitions=partitions, where=where, ef=ef, consistency=consistency,
                         include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
         if self.space.metric == "cosine":
-            q = replace(q, vectors=codec.normalise(queries, what="query_embeddings"))
+            q = replace(q, vectors=_unit_rows(queries))
         return q
 
     def _answer(self, q: Query, ex: Explain | None = None) -> QueryResult:
@@ -1180,6 +1180,15 @@ class _Source:
 class _Answer:
     result: QueryResult
     positions: dict[str, str]  # partition -> the position of the base that answered for it
+
+
+def _unit_rows(queries: np.ndarray) -> np.ndarray:
+    """Query rows scaled to unit length: in float32 when their values are moderate (a few microseconds for a
+    single query), else through codec.normalise's overflow-safe float64 sums (which also names a zero row)."""
+    top = np.abs(queries).max(axis=1)
+    if len(queries) <= 64 and bool((top < 1e15).all() and (top > 1e-15).all()):
+        return queries / np.sqrt(np.einsum("ij,ij->i", queries, queries))[:, None]
+    return codec.normalise(queries, what="query_embeddings")
 
 
 def _without_io(plan: Plan[T]) -> T | None:

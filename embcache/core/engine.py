@@ -42,8 +42,8 @@ __all__ = [
 ]
 
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
-EXACT_ROWS = 2048  # up to this many matches a brute force beats a graph walk that must skip the rest
-OVERFETCH_SHARE = 0.15  # from this share of matching items up, over-fetch from the graph and drop the rest
+EXACT_ROWS = 4096  # up to this many matches a brute force beats a graph walk that must skip the rest
+OVERFETCH_SHARE = 0.08  # from this share of matching items up, over-fetch from the graph and drop the rest
 MAX_FETCH = 1000  # the most results asked from hnswlib for one over-fetched query
 FILTER_CALLBACK_SHARE = 0.5  # below this share a graph+filter walk is tried only when exact would cost more
 MAX_EXCLUDE = 10_000  # ids one query may exclude
@@ -287,7 +287,7 @@ class MaskCache:
     def __init__(self, size: int = 32) -> None:
         self.size = size
         self._items: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
-        self._gathered: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._gathered: OrderedDict[str, tuple[np.ndarray, Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, int, bool]:
@@ -307,25 +307,25 @@ class MaskCache:
                 self._items.popitem(last=False)
         return entry[0], entry[1], False
 
-    def gathered(self, key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(slots, float32 vectors)`` of a cached mask's rows: an exact scan of a repeated filter then reads one
-        contiguous matrix (a float16 gather and conversion costs ~0.3 us a row). Bounded by ``GATHER_BYTES``;
-        past it the oldest go first, and a set larger than the bound is not kept."""
+    def gathered(self, key: str, build: Callable[[], tuple[np.ndarray, Any, int]]) -> tuple[np.ndarray, Any, int]:
+        """``(slots, brute-force index, bytes)`` of a cached mask's rows: hnswlib's ``BFIndex`` over their float32
+        vectors, so an exact scan of a repeated filter is one SIMD pass on one thread (a float16 gather and
+        conversion costs ~0.3 us a row, and numpy's BLAS spreads a small product over every core). Bounded by
+        ``GATHER_BYTES``; past it the oldest go first, and a set larger than the bound is not kept."""
         hit = self._gathered.get(key)
         if hit is not None:
             return hit
-        slots, vectors = build()
-        if vectors.nbytes <= GATHER_BYTES:
+        entry = build()
+        if entry[2] <= GATHER_BYTES:
             with self._lock:
-                self._gathered[key] = (slots, vectors)
-                while sum(v.nbytes for _, v in self._gathered.values()) > GATHER_BYTES:
+                self._gathered[key] = entry
+                while sum(e[2] for e in self._gathered.values()) > GATHER_BYTES:
                     self._gathered.popitem(last=False)
-        return slots, vectors
+        return entry
 
     @property
     def nbytes(self) -> int:
-        return sum(m.nbytes for m, _ in list(self._items.values())) + \
-            sum(s.nbytes + v.nbytes for s, v in list(self._gathered.values()))
+        return sum(m.nbytes for m, _ in list(self._items.values())) + sum(e[2] for e in list(self._gathered.values()))
 
 
 # the planner and explain --------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def search_base(
     except RuntimeError:  # hnswlib found fewer than asked: the graph walk starved
         step.fallback = "graph walk returned too few results"
         step.plan, step.candidates = "exact", matches
-        return _exact(base, queries, kk, allowed if allowed is not None else _hide(base, gone))
+        return _exact(base, queries, kk, allowed if allowed is not None else _hide(base, gone), key if not gone else None)
     keep = allowed if allowed is not None else (_hide(base, gone) if gone else None)
     if keep is None:
         return _ranked(base, labels, dists)
@@ -451,7 +451,7 @@ def search_base(
     if (ok.sum(axis=1) < kk).any():  # a correlated filter left too few in the over-fetch: answer exactly
         step.fallback = f"over-fetch of {ask} kept fewer than {kk}"
         step.plan, step.candidates = "exact", matches
-        return _exact(base, queries, kk, keep)
+        return _exact(base, queries, kk, keep, key if not gone else None)
     out = []
     for row, d, m in zip(labels, dists, ok):
         sel = np.flatnonzero(m)[:kk]
@@ -493,10 +493,20 @@ def _exact(base: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None, k
     slots = base.live_slots if allowed is None else np.flatnonzero(allowed)
     if k <= 0 or not len(slots):
         return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-    if key is not None and getattr(base, "vectors", None) is not None:  # a float16 copy: reuse the conversion
-        slots, vectors = base.masks.gathered(key, lambda: (slots, base.gather(slots)))
-    else:
-        vectors = base.gather(slots)
-    rows, dists = exact_search(vectors, queries, k, base.metric)
     id_of = base.id_of
+    if key is not None and getattr(base, "vectors", None) is not None:  # a snapshot's float16 copy: keep the scan
+        slots, bf, _ = base.masks.gathered(key, lambda: _brute_force_index(base, slots))
+        rows, dists = bf.knn_query(queries, k=k, num_threads=1 if len(queries) == 1 else -1)
+        return [(id_of[slots[r]].tolist(), d) for r, d in zip(rows.astype(np.int64), dists)]
+    rows, dists = exact_search(base.gather(slots), queries, k, base.metric)
     return [(id_of[slots[r]].tolist(), d) for r, d in zip(rows, dists)]
+
+
+def _brute_force_index(base: Any, slots: np.ndarray) -> tuple[np.ndarray, Any, int]:
+    import hnswlib
+
+    vectors = base.gather(slots)
+    bf = hnswlib.BFIndex(space=base.metric, dim=vectors.shape[1])
+    bf.init_index(max_elements=len(slots))
+    bf.add_items(vectors, np.arange(len(slots)))
+    return slots, bf, vectors.nbytes + 16 * len(slots)

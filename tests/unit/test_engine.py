@@ -165,7 +165,7 @@ def test_every_plan_reaches_the_recall_target(minilm_subset: MiniLMSubset, snap:
 
 
 @pytest.mark.parametrize("where, plan", [(None, "graph"), ({"section": {"$ne": "libs"}}, "graph+overfetch"),
-                                         ({"section": "libdevel"}, "graph+filter"), ({"section": "sound"}, "exact")])
+                                         ({"section": "utils"}, "graph+filter"), ({"section": "sound"}, "exact")])
 def test_each_plan_is_taken_and_complete(minilm_subset: MiniLMSubset, snap: snapshot.HnswBase, metas: list,
                                          where: dict | None, plan: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from embcache.core import engine
