@@ -145,10 +145,13 @@ class Bench:
         self.hub = embcache.connect(self.server.url, refresh_interval=3600)
 
     def stop(self) -> None:
+        import shutil
+
         try:
             self.hub.close()
         finally:
             self.server.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def layout(self, P: int | str) -> np.ndarray:
         if P == "section":
