@@ -18,10 +18,12 @@ from .core.errors import (
     InvalidInput,
     InvalidName,
     NotFound,
+    OpenDefaultUserWarning,
     PermissionDenied,
     ServerError,
     SnapshotCorrupt,
     Unavailable,
+    UntrustedHome,
     VersionSealed,
 )
 from .redis import acl, builds, metrics, plan, server, store
@@ -55,5 +57,7 @@ __all__ = [
     "CorruptRecord",
     "BuildTimeout",
     "ServerError",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
     "__version__",
 ]

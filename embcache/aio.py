@@ -33,7 +33,7 @@ from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
-from .redis.store import translate_errors
+from .redis.store import Store
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -172,7 +172,8 @@ class AsyncSpace:
 
     async def set_alias(self, alias: str, version: "AsyncVersion | str") -> None:
         """:meth:`embcache.Space.set_alias`."""
-        await asyncio.to_thread(self.sync.set_alias, alias, version.name if isinstance(version, AsyncVersion) else version)
+        name = version.name if isinstance(version, AsyncVersion) else version
+        await asyncio.to_thread(self.sync.set_alias, alias, name)
 
     async def promote(self, version: "AsyncVersion | str", alias: str = "live") -> None:
         """:meth:`embcache.Space.promote`."""
@@ -222,7 +223,8 @@ class AsyncVersion:
         with _named(operation, self.space.name, self.hub.username):
             return await self.hub._run(plan)
 
-    async def upsert(self, ids: Sequence[str], embeddings: Any, metadatas: Sequence[dict[str, Any] | None] | None = None,
+    async def upsert(self, ids: Sequence[str], embeddings: Any,
+                     metadatas: Sequence[dict[str, Any] | None] | None = None,
                      partition: str = "default") -> int:
         """:meth:`embcache.Version.upsert`."""
         return await self._run("upsert", self.sync._upsert(ids, embeddings, metadatas, partition))
@@ -243,15 +245,15 @@ class AsyncVersion:
     async def partitions(self) -> list[str]:
         """:meth:`embcache.Version.partitions`."""
         hub = self.hub.sync
-        return await self._run("partitions", hub._known_partitions(self.space.name, self.name, True))
+        return await self._run("partitions", hub.partitions.get(self.space.name, self.name, True))
 
     async def ids(self, partition: str | None = None, *, batch: int = 1000) -> AsyncIterator[str]:
         """:meth:`embcache.Version.ids`, as an async iterator."""
         parts = await self._run("ids", self.sync._partitions_arg(None if partition is None else [partition]))
         for p in parts:
-            with _named("ids", self.space.name, self.hub.username), translate_errors("scan"):
-                async for key, _ in self.hub.redis.hscan_iter(self.sync._pk(p).vec, count=batch):
-                    yield key.decode()
+            with _named("ids", self.space.name, self.hub.username):
+                async for key in Store.ascan_ids(self.hub.redis, self.sync._pk(p), batch):
+                    yield key
 
     async def query(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
                     where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",

@@ -10,12 +10,14 @@ back, and show what a read-only principal may and may not do. The data stays in 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,19 +30,23 @@ from .movielens import Ratings, item_embeddings, load_ratings
 
 __all__ = ["run", "find_movielens", "Report"]
 
-REPO = Path(__file__).resolve().parent.parent
-FAMOUS = ["Toy Story (1995)", "Matrix, The (1999)", "Godfather, The (1972)", "Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
+FAMOUS = ["Toy Story (1995)", "Matrix, The (1999)", "Godfather, The (1972)",
+          "Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
           "Shining, The (1980)"]
 SPACE = "demo-movies"  # names of its own: a rerun drops and recreates them, and nothing else
 REC_SPACE = "demo-movies-ip"
 
 
-def find_movielens() -> Path:
-    """The shipped copy of ml-latest-small, else ``../shared/data``'s."""
-    for p in (REPO / "data" / "movielens" / "ml-latest-small", REPO.parent / "shared" / "data" / "movielens" / "ml-latest-small"):
-        if (p / "ratings.csv").exists():
-            return p
-    raise FileNotFoundError("MovieLens ml-latest-small not found under data/movielens or ../shared/data/movielens")
+def find_movielens(path: str | Path | None = None) -> Path:
+    """The MovieLens ml-latest-small directory: ``path`` when given, else the copy shipped inside the package
+    (``embcache/data/movielens``, so the demo runs from an installed wheel as from a checkout)."""
+    if path is not None:
+        p = Path(path)
+    else:
+        p = Path(str(resources.files("embcache").joinpath("data", "movielens", "ml-latest-small")))
+    if not (p / "ratings.csv").is_file():
+        raise NotFound(f"MovieLens ml-latest-small not found in {p} (expected ratings.csv and movies.csv there)")
+    return p
 
 
 @dataclass
@@ -60,7 +66,7 @@ class Report:
 def workers(url: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``n`` embcache worker processes on ``url``, stopped on exit."""
     env = dict(os.environ, EMBCACHE_URL=url)
-    procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
     try:
         yield procs
@@ -103,10 +109,11 @@ def _build(v: Version, say: Callable[[str], None], report: Report) -> None:
 
 
 def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, user: int = 1,
-        say: Callable[[str], None] = print) -> Report:
-    """Run the demo and return its measurements."""
+        say: Callable[[str], None] = print, data: str | Path | None = None) -> Report:
+    """Run the demo and return its measurements; ``data`` is a MovieLens ml-latest-small directory (default: the
+    copy shipped in the package)."""
     report = Report()
-    data = find_movielens()
+    data = find_movielens(data)
     say(f"embcache demo: MovieLens ml-latest-small from {data} (licence: {data / 'README.txt'})")
     ratings = load_ratings(data)
     hub = connect(url)
@@ -142,7 +149,8 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         report.similar["v2"] = _similar(space, ratings, say, report, quiet=True)
         for title in report.similar["v1"]:
             a, b = report.similar["v1"][title], report.similar["v2"][title]
-            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept by v2; v2 adds {_cut(', '.join(x for x in b if x not in a), 90)}")
+            added = _cut(", ".join(x for x in b if x not in a), 90)
+            say(f"  {title}: {len(set(a) & set(b))}/10 of v1's neighbours kept by v2; v2 adds {added}")
 
         say("\n5. roll back")
         back = space.rollback("live")
@@ -154,13 +162,16 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
         say("\n6. a read-only principal")
         report.reader = _reader_demo(hub, space, say)
     where = "in $EMBCACHE_HOME (the embedded server's data directory)" if url is None else f"on {url}"
-    cli = ".venv/bin/embcache" if (REPO / ".venv" / "bin" / "embcache").exists() else "embcache"
+    # the console script of the interpreter running the demo (a venv's bin/ need not be on PATH)
+    script = Path(sys.executable).with_name("embcache")
+    cli = str(script) if script.exists() and shutil.which("embcache") != str(script) else "embcache"
     say(f"\nThe data stays {where}: try `{cli} describe {SPACE}`, `{cli} query {SPACE} --id 1 -n 5`, "
         f"`{cli} stats {SPACE}`.")
     return report
 
 
-def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report: Report, quiet: bool = False) -> dict[str, list[str]]:
+def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report: Report,
+             quiet: bool = False) -> dict[str, list[str]]:
     by_title = {t: m for m, t in ratings.titles.items()}
     v = space.version("live")
     out: dict[str, list[str]] = {}
@@ -189,7 +200,8 @@ def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report:
     return out
 
 
-def _recommend(v: Version, ratings: Ratings, f: Any, user: int, say: Callable[[str], None], report: Report) -> list[str]:
+def _recommend(v: Version, ratings: Ratings, f: Any, user: int, say: Callable[[str], None],
+               report: Report) -> list[str]:
     seen = {str(m) for m in ratings.movie_ids[ratings.user_ids == user]}
     uvec = f.user_vectors[list(f.user_ids).index(user)]
     v.query(uvec, n_results=10 + len(seen), consistency="eventual")  # the first query loads the snapshot

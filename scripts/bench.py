@@ -393,7 +393,7 @@ def child_core(spec: dict[str, Any]) -> None:
     import redis as redis_py
 
     import embcache
-    from embcache.core import snapshot
+    from embcache.redis import snapshots
     from embcache.redis.server import RedisServer, free_port
 
     tmp = Path(spec["tmp"])
@@ -453,7 +453,7 @@ def child_core(spec: dict[str, Any]) -> None:
         t2 = time.perf_counter()
         mem2 = settled_used_memory(r)
         pk = hub.keys.partition(SPACE, version.name, PARTITION)
-        m = snapshot.read_manifest(hub.store.r, pk)
+        m = snapshots.read_manifest(hub.store.r, pk)
         by_kind: dict[str, int] = {}  # where Redis's memory is: MEMORY USAGE per key kind
         for key in r.scan_iter(match=hub.keys.partition_pattern(SPACE), count=1000):
             kind = _s(key).split("}:", 1)[-1]

@@ -61,6 +61,7 @@ from benchlib import (  # noqa: E402
 import embcache  # noqa: E402
 from embcache.core import snapshot  # noqa: E402
 from embcache.core.views import pos_key  # noqa: E402
+from embcache.redis import snapshots  # noqa: E402
 from embcache.redis.server import RedisServer, free_port  # noqa: E402
 
 SECTION = "## Query benchmark (scripts/bench_query.py)"
@@ -75,6 +76,7 @@ import json, os, pickle, sys, time
 t_imp = time.perf_counter()
 import numpy as np, hnswlib, embcache
 from embcache.core import snapshot
+from embcache.redis import snapshots
 imports = time.perf_counter() - t_imp
 args = json.loads(sys.argv[1])
 q = np.load(args["query"])
@@ -93,7 +95,7 @@ out["base_kind"] = type(hub.cache.cached((args["space"], args["version"], "defau
 # the snapshot load alone (again, into a second copy): manifest + chunks + sha256 + hnswlib load + tables
 pk = hub.keys.partition(args["space"], args["version"], "default")
 t3 = time.perf_counter()
-m = snapshot.read_manifest(hub.store.r, pk)
+m = snapshots.read_manifest(hub.store.r, pk)
 chunks = hub.store.r.mget([pk.chunk(m.sid, i) for i in range(m.chunks)])
 t4 = time.perf_counter()
 base = snapshot.unpack(chunks, m, ef=args["ef"])
@@ -235,7 +237,7 @@ class Bench:
                           "after it")
         pk = self.hub.keys.partition(SPACE, self.version.name, PARTITION)
         self.pk = pk
-        m = snapshot.read_manifest(self.hub.store.r, pk)
+        m = snapshots.read_manifest(self.hub.store.r, pk)
         self.r["worker_build_s"] = m.build_seconds
         self.r["snapshot_bytes"] = m.nbytes
         self.r["snapshot_generation"] = m.generation
@@ -353,13 +355,13 @@ class Bench:
         writes: list[tuple[float, float, tuple[int, int]]] = []  # (upsert start, upsert return, pos)
         stop_poll = threading.Event()
         info_before = self.redis_info()
-        last = snapshot.read_manifest(r, pk)
+        last = snapshots.read_manifest(r, pk)
         start_gen = last.generation if last else 0
 
         def poll() -> None:
             gen = start_gen
             while not stop_poll.is_set():
-                m = snapshot.read_manifest(r, pk)
+                m = snapshots.read_manifest(r, pk)
                 now = time.time()
                 if m is not None and m.generation != gen:
                     gen = m.generation

@@ -21,6 +21,9 @@ if __name__ == "__main__":
     p.add_argument("--url", default=os.environ.get("EMBCACHE_URL"))
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
+    # the embedded server stays up 10 minutes after the demo, like after any CLI command, so that the `embcache`
+    # commands it suggests reuse it instead of starting it again (docs/operations.md, the embedded server)
+    os.environ.setdefault("EMBCACHE_LINGER", "600")
     t0 = time.perf_counter()
     run(a.url, n_workers=a.workers)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")

@@ -72,7 +72,8 @@ def main() -> None:
     for qi, (r, g) in enumerate(zip(found, gt)):
         for mine, theirs in zip(sorted(set(r) - set(g.tolist())), sorted(set(g.tolist()) - set(r))):
             print(f"  query {qi}: row {mine} (float64 distance {dist[qi, mine]:.7f}) instead of gt's row {theirs} "
-                  f"({dist[qi, theirs]:.7f}): {'ours is nearer in float64' if dist[qi, mine] < dist[qi, theirs] else 'MISS'}")
+                  f"({dist[qi, theirs]:.7f}): "
+                  f"{'ours is nearer in float64' if dist[qi, mine] < dist[qi, theirs] else 'MISS'}")
     ms = np.array(single) * 1000
     print(f"single exact query: p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms")
     print(f"batched: {len(queries)} queries in {batch_s:.2f} s ({len(queries) / batch_s:.0f} q/s)")

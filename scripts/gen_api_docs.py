@@ -30,11 +30,13 @@ sys.path.insert(0, str(ROOT))
 import embcache.errors  # noqa: E402
 import embcache.filters  # noqa: E402
 import embcache.metrics  # noqa: E402
+import embcache.server  # noqa: E402
 
 import embcache  # noqa: E402
 import embcache.aio  # noqa: E402
 from embcache import acl, builds  # noqa: E402
 from embcache.compat import embeddinghub  # noqa: E402
+from embcache.redis import connection  # noqa: E402
 
 OUT = ROOT / "docs" / "api.md"
 MISSING = "*(no docstring)*"
@@ -125,6 +127,14 @@ def _sections() -> list[Section]:
                 module=embcache.errors, classes=errors, path="embcache"),
         Section("`where` filters (`embcache.filters`)", "", module=embcache.filters,
                 functions=(embcache.filters.compile_where,), path="embcache.filters"),
+        Section("The embedded server (`embcache.server`)",
+                "What `connect()` without a URL uses; lifetime and security: [operations.md](operations.md).",
+                functions=(embcache.server.attach, embcache.server.ensure_embedded, embcache.server.stop_embedded,
+                           embcache.server.serve, embcache.server.embedded_password),
+                classes=(embcache.server.Embedded,), path="embcache.server"),
+        Section("Connection settings (`embcache.redis.connection`)", "",
+                functions=(connection.normalize_url, connection.redact_url, connection.read_password_file,
+                           connection.env_credentials), path="embcache.redis.connection"),
         Section("Metrics (`embcache.metrics`)",
                 "Names, labels and costs: [metrics.md](metrics.md).",
                 functions=(embcache.metrics.enable, embcache.metrics.disable), path="embcache.metrics"),

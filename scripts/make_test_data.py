@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     with gzip.open(src / "queries.jsonl.gz", "rt", encoding="utf-8") as f:
         qlines = [json.dumps(json.loads(line), ensure_ascii=False) for _, line in zip(range(N_QUERIES), f)]
     assert len(qlines) == N_QUERIES
-    (out / "queries.jsonl").write_text("".join(l + "\n" for l in qlines), encoding="utf-8")
+    (out / "queries.jsonl").write_text("".join(q + "\n" for q in qlines), encoding="utf-8")
 
     (out / "README.md").write_text(
         README.format(n_base=N_BASE, n_full=n_full, seed=SEED, n_queries=N_QUERIES), encoding="utf-8"

@@ -24,6 +24,7 @@ from embcache.core import codec, snapshot
 from embcache.core.errors import CorruptRecord, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
+from embcache.redis import snapshots
 from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from embcache.redis.store import PartitionData, Store
 
@@ -74,7 +75,7 @@ def build_snapshot(
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
     vrec = Catalogue(store).get_version(space.name, version)
-    previous = snapshot.read_manifest(r, pk)
+    previous = snapshots.read_manifest(r, pk)
     corrupt = r.hexists(pk.state, "corrupt")  # a reader refused the published snapshot: rebuild it in full
     full = full or bool(corrupt)
     if previous is not None and previous.pos == store.position(pk) and not full:
@@ -98,7 +99,7 @@ def build_snapshot(
         deleted=deleted, max_label=max_label,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
-    snapshot.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
+    snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
     _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
@@ -178,7 +179,7 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
         index, label, meta = kept.index, kept.label, kept.meta
     else:
         try:
-            base = snapshot.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
+            base = snapshots.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
         except SnapshotCorrupt as exc:
             log.warning("%s: %s; rebuilding in full", pk.tag, exc)
             return None

@@ -1,8 +1,9 @@
 """RQ job functions. Plain arguments only; a stock ``rq worker embcache`` runs them, so does ``embcache worker``.
 
-The data Redis comes from the worker's environment (``EMBCACHE_URL``, ``EMBCACHE_USERNAME``,
+The data Redis comes from the settings ``embcache worker`` installed in the process
+(:mod:`embcache.redis.settings`), else from the worker's environment (``EMBCACHE_URL``, ``EMBCACHE_USERNAME``,
 ``EMBCACHE_PASSWORD``, ``EMBCACHE_PREFIX``), never from the job's arguments: a job hash holds no secret, and
-when ``EMBCACHE_URL`` is unset the data is taken to live on the queue's own Redis.
+when no URL is set the data is taken to live on the queue's own Redis.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from embcache.core.errors import CorruptRecord
 from embcache.core.keys import Keys
-from embcache.redis import metrics
+from embcache.redis import metrics, settings
 from embcache.redis.catalogue import Catalogue
 from embcache.redis.dispatcher import LEASE_SECONDS
 from embcache.redis.store import Store, open_client
@@ -31,13 +32,13 @@ _stores: dict[tuple[str, str], Store] = {}
 def data_store(prefix: str | None = None) -> Store:
     """The worker's connection to the data Redis (cached per process)."""
     prefix = prefix or os.environ.get("EMBCACHE_PREFIX", "emb")
-    url = os.environ.get("EMBCACHE_URL")
+    conf = settings.current()
+    url = conf.url
     key = (url or "", prefix)
     store = _stores.get(key)
     if store is None:
         if url:
-            client = open_client(url, username=os.environ.get("EMBCACHE_USERNAME"),
-                                 password=os.environ.get("EMBCACHE_PASSWORD"))
+            client = open_client(url, username=conf.username, password=conf.password)
         else:
             from rq import get_current_job
 
@@ -75,7 +76,8 @@ class Lease:
         self.r.delete(self.key)
 
 
-def build_partition(space: str, version: str, partition: str, full: bool = False, prefix: str | None = None) -> dict[str, Any]:
+def build_partition(space: str, version: str, partition: str, full: bool = False,
+                    prefix: str | None = None) -> dict[str, Any]:
     """Build or update the snapshot of one partition and publish it. Returns what was done.
 
     A record that fails validation (:class:`CorruptRecord`: a space record out of bounds or not its key's, a

@@ -2,12 +2,13 @@
 
 | module | commands |
 |---|---|
-| :mod:`~embcache.cli.app` | the group and its options, ``--version``, :func:`main` (errors to messages and exit codes) |
-| :mod:`~embcache.cli.common` | the connection options every command takes (before or after its name), output, progress |
+| :mod:`~embcache.cli.app` | the group, its options, ``--version``, :func:`main` (errors to messages, exit codes) |
+| :mod:`~embcache.cli.common` | the connection options of every command (before or after its name), output |
 | :mod:`~embcache.cli.hints` | the table from error type to advice |
 | :mod:`~embcache.cli.server` | ``redis``, ``worker`` |
 | :mod:`~embcache.cli.spaces` | ``spaces``, ``create-space``, ``describe``, ``drop-space`` |
-| :mod:`~embcache.cli.versions` | ``versions``, ``create-version``, ``drop-version``, ``alias``, ``promote``, ``rollback``, ``seal`` |
+| :mod:`~embcache.cli.versions` | ``versions``, ``create-version``, ``drop-version``, ``alias``, ``promote``, |
+| | ``rollback``, ``seal`` |
 | :mod:`~embcache.cli.query` | ``build``, ``stats``, ``query`` |
 | :mod:`~embcache.cli.access` | ``grant``, ``revoke``, ``principals``, ``rotate``, ``worker-principal`` |
 | :mod:`~embcache.cli.transfer` | ``import`` (its files are read by :mod:`~embcache.cli.sources`), ``export`` |

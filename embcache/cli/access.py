@@ -41,7 +41,8 @@ def grant(settings: Settings, principal: str, space: str, role: str, partitions:
     data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted,
             "space": space, "role": role, "partitions": parts}
     scope = f" (partitions {', '.join(parts)})" if parts else ""
-    out(settings, data, lambda d: _creds_text(f"granted {d['role']} on space {d['space']}{scope} to {d['username']}", d))
+    action = f"granted {role} on space {space}{scope} to {creds.username}"
+    out(settings, data, lambda d: _creds_text(action, d))
     _warn_not_persisted(creds)
 
 
@@ -87,7 +88,8 @@ def principals(settings: Settings) -> None:
 @click.argument("principal")
 @connection_options
 def rotate(settings: Settings, principal: str) -> None:
-    """Give a principal a new password (the old one stops working at once, open connections included); prints it once."""
+    """Give a principal a new password (the old one stops working at once, open connections included); prints it
+    once."""
     with hub(settings) as h:
         creds = h.rotate(principal)
     data = {"username": creds.username, "password": creds.password, "persisted": creds.persisted}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,8 @@ def _from_env(ctx: click.Context, name: str) -> bool:
 @click.version_option(__version__, "--version", "-V", prog_name="embcache", message="%(prog)s %(version)s")
 @click.option("--url", envvar="EMBCACHE_URL", default=None, metavar="URL",
               help="Redis URL: redis://, rediss://, unix:// (default: EMBCACHE_URL, else the embedded server)")
-@click.option("--username", envvar="EMBCACHE_USERNAME", default=None, help="Redis ACL user (default: EMBCACHE_USERNAME)")
+@click.option("--username", envvar="EMBCACHE_USERNAME", default=None,
+              help="Redis ACL user (default: EMBCACHE_USERNAME)")
 @click.option("--password", envvar="EMBCACHE_PASSWORD", default=None, help="its password (default: EMBCACHE_PASSWORD)")
 @click.option("--password-file", envvar="EMBCACHE_PASSWORD_FILE", default=None, metavar="PATH",
               help="read the password from the first line of PATH (default: EMBCACHE_PASSWORD_FILE)")
@@ -65,6 +67,9 @@ for _command in (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embcache`` command: the exit code (bad usage raises ``SystemExit(2)``)."""
+    # the embedded server stays up 10 minutes after the last command that used it, so that a sequence of
+    # commands shares one (issue 13.10); a library connect() keeps the default of 0
+    os.environ.setdefault("EMBCACHE_LINGER", "600")
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         rc: Any = cli.main(args=args, prog_name="embcache", standalone_mode=False)
@@ -76,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.Abort:
         return 130
     except CommandFailed as failed:
-        exc = failed.error
-        advice = hint(exc, failed.space)
-        print(f"embcache: {type(exc).__name__}: {exc}" + (f"\n  ({advice})" if advice else ""), file=sys.stderr)
+        err = failed.error
+        advice = hint(err, failed.space)
+        print(f"embcache: {type(err).__name__}: {err}" + (f"\n  ({advice})" if advice else ""), file=sys.stderr)
         return EXIT_ERROR
     except (EmbcacheError, CliError, OSError) as exc:  # OSError: a file that cannot be read or written
         print(f"embcache: {exc}", file=sys.stderr)

@@ -47,7 +47,7 @@ class CliError(Exception):
 class CommandFailed(Exception):
     """An embcache error in a command, with the space the command was about (for the hint)."""
 
-    def __init__(self, error: Exception, space: str | None) -> None:
+    def __init__(self, error: EmbcacheError, space: str | None) -> None:
         super().__init__(str(error))
         self.error = error
         self.space = space
@@ -132,7 +132,7 @@ def connection_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def hub(settings: Settings):  # noqa: ANN201 - embcache.Hub, imported late: `embcache --help` stays fast
+def hub(settings: Settings) -> Any:  # an embcache.Hub, imported late: `embcache --help` stays fast
     """Connect to the hub the settings name."""
     from ..client.hub import connect
 

@@ -86,6 +86,7 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
             res = v.query_by_id(list(ids), **kw)
             labels = list(ids)
         else:
+            assert vectors is not None  # one of the two, checked above
             res = v.query(np.load(vectors), **kw)
             labels = [f"row {i}" for i in range(len(res.ids))]
         ms = (time.perf_counter() - t0) * 1000

@@ -3,7 +3,6 @@ dispatcher)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -14,16 +13,20 @@ __all__ = ["redis_command", "worker_command"]
 
 
 @click.command("redis")
+@click.argument("action", type=click.Choice(["run", "stop"]), default="run")
 @click.option("--home", default=None, help="data directory (default: EMBCACHE_HOME or ~/.local/share/embcache)")
 @click.option("--port", type=int, default=None, help="listen on this loopback TCP port instead of a Unix socket")
-def redis_command(home: str | None, port: int | None) -> None:
-    """Run the embedded redis-server in the foreground."""
-    from ..redis.server import RedisServer, embedded_home
+def redis_command(action: str, home: str | None, port: int | None) -> None:
+    """Run the embedded redis-server in the foreground until Ctrl-C; `embcache redis stop` stops it."""
+    from ..redis.server import embedded_home, serve, stop_embedded
 
-    server = RedisServer(home or embedded_home(), port=port)
-    print(f"embcache: redis-server for {server.directory} at {server.url} (Ctrl-C stops it)", file=sys.stderr)
-    (server.directory / "url").write_text(server.url + "\n")
-    os.execv(server.argv()[0], server.argv())
+    where = home or embedded_home()
+    if action == "stop":
+        print("stopped" if stop_embedded(where) else f"no embedded server runs for {where}")
+        return
+    serve(where, port=port, announce=lambda url: print(
+        f"embcache: redis-server for {where} at {url} (operator password in {where}/operator.password; "
+        "Ctrl-C stops it)", file=sys.stderr, flush=True))
 
 
 @click.command("worker")

@@ -77,7 +77,7 @@ def _text(path: str, newline: str | None = None) -> IO[str]:
     # surrogateescape: bytes that are not UTF-8 reach the checks (and are rejected there), row by row
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline=newline)
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)  # noqa: SIM115
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)  # the caller closes it
 
 
 def _check_readable(path: str, fmt: str) -> None:
@@ -114,7 +114,7 @@ def _count_records(path: str, fmt: str) -> int:
     return _parquet(path).metadata.num_rows
 
 
-def _parquet(path: str):  # noqa: ANN202
+def _parquet(path: str) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:

@@ -42,7 +42,7 @@ class _Validator:
         self.examples: list[dict[str, Any]] = []
         # a resumed import adds to the rejects of the run it continues
         mode = "a" if opts.resume_from else "w"
-        self.rejects_file = open(opts.rejects, mode, encoding="utf-8") if opts.rejects else None  # noqa: SIM115
+        self.rejects_file = open(opts.rejects, mode, encoding="utf-8") if opts.rejects else None
 
     def skip(self, rows: list[Row]) -> None:
         """Rows an earlier run wrote (``--resume-from``): only their ids are noted, for the duplicate check."""
@@ -66,10 +66,10 @@ class _Validator:
         if self.rejects_file is not None:
             self.rejects_file.close()
 
-    def check(self, rows: list[Row]) -> list[tuple[int, str, np.ndarray, dict | None, str]]:
+    def check(self, rows: list[Row]) -> list[tuple[int, str, np.ndarray, dict[str, Any] | None, str]]:
         """The valid rows as ``(row, id, vector, metadata, partition)``; the others are rejected."""
         vectors = self._vectors(rows)
-        good = []
+        good: list[Any] = []  # (row, id, vector, metadata, partition) of the rows without problems
         for r, (vec, vec_problem) in zip(rows, vectors):
             if r.error and r.error[0] == "unreadable row":
                 self.reject(r.row, MISSING, [r.error])
@@ -467,16 +467,16 @@ def export(settings: Settings, space: str, version: str | None, partition: str |
                      partitions=np.array(pnames, dtype=str))
         again = f"embcache import SPACE {files[0]}"
     else:
-        for i, m in zip(ids, metas):
+        for item, m in zip(ids, metas):
             clash = [k for k in (id_field, partition_field) if m and k in m]
             if clash:
-                raise CliError(f"item {i!r} has a metadata field {clash[0]!r}, the name of the exported id or "
+                raise CliError(f"item {item!r} has a metadata field {clash[0]!r}, the name of the exported id or "
                                "partition column: choose other names with --id-field / --partition-field")
         files = [prefix + ".npy", prefix + ".jsonl"]
         np.save(files[0], mat)
         with open(files[1], "w", encoding="utf-8") as f:
-            for i, m, p in zip(ids, metas, pnames):
-                f.write(json.dumps({id_field: i, **(m or {}), partition_field: p}, ensure_ascii=False) + "\n")
+            for item, m, p in zip(ids, metas, pnames):
+                f.write(json.dumps({id_field: item, **(m or {}), partition_field: p}, ensure_ascii=False) + "\n")
         again = (f"embcache import SPACE --vectors {files[0]} --items {files[1]}"
                  + ("" if id_field == "id" else f" --id-field {id_field}")
                  + f" --partition-field {partition_field}")

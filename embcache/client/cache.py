@@ -23,7 +23,7 @@ from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
 from ..core.vgraph import VersionBase
-from ..redis import metrics
+from ..redis import metrics, snapshots
 from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
 
@@ -109,11 +109,6 @@ class PartitionCache:
             self._ensure_thread()
             return base
 
-    def loading(self, pid: PartitionId) -> bool:
-        """True while a load of ``pid`` is in progress."""
-        lock = self._load_locks.get(pid)
-        return lock is not None and lock.locked()
-
     def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """A fresh exact base of ``pid`` (all its vectors), not cached: the fallback of last resort."""
         return exact_base(self.store.read_partition(self.keys(pid)), info)
@@ -179,16 +174,17 @@ class PartitionCache:
         base = self._load_snapshot(pk, info)
         return base if base is not None else exact_base(self.store.read_partition(pk), info)
 
-    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo, manifest: snapshot.Manifest | None = None) -> Base | None:
+    def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo,
+                       manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
         with translate_errors("load snapshot"):
-            manifest = manifest or snapshot.read_manifest(self.store.r, pk)
+            manifest = manifest or snapshots.read_manifest(self.store.r, pk)
         if manifest is None or self._refused.get(pk.tag) == manifest.sid:
             return None  # none published, or this one was refused already: do not fetch it again
         t0 = time.perf_counter()
         try:
             with translate_errors("load snapshot"):
-                base = snapshot.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+                base = snapshots.load(self.store.r, pk, ef=info.ef, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             return base
@@ -244,7 +240,7 @@ class PartitionCache:
             try:  # a snapshot notification wakes us early; otherwise poll every refresh_interval
                 channels = {self.store.keys.events(pid[0]) for pid in list(self._bases)}
                 if pubsub is None:
-                    pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+                    pubsub = self.store.pubsub()
                     subscribed = set()
                 if channels - subscribed:
                     pubsub.subscribe(*(channels - subscribed))
@@ -267,7 +263,7 @@ class PartitionCache:
                 self.refresh()
             except EmbcacheError as exc:  # Redis away: keep serving what is loaded
                 log.debug("refresh skipped: %s", exc)
-            except Exception:  # noqa: BLE001 - the refresher must outlive any one bad partition
+            except Exception:  # the refresher must outlive any one bad partition
                 log.exception("refresh failed")
         if pubsub is not None:
             try:
@@ -302,7 +298,7 @@ class PartitionCache:
             return self._load_graph(pid[0], pid[1], info, manifest)
         pk = self.keys(pid)
         with translate_errors("refresh"):
-            manifest = snapshot.read_manifest(self.store.r, pk)
+            manifest = snapshots.read_manifest(self.store.r, pk)
         if manifest is not None and manifest.generation != getattr(base, "generation", None) \
                 and self._refused.get(pk.tag) != manifest.sid:
             new = self._load_snapshot(pk, info, manifest)

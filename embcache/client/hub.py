@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
-import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
+from redis import exceptions as redis_exceptions
 
 from ..core import codec
 from ..core.errors import (
@@ -30,6 +32,7 @@ from ..core.errors import (
     InvalidInput,
     ItemNotFound,
     NotFound,
+    OpenDefaultUserWarning,
     PartitionNotFound,
     PermissionDenied,
     VersionNotFound,
@@ -37,26 +40,28 @@ from ..core.errors import (
 )
 from ..core.engine import Explain, Query, Step, check_ef, check_include
 from ..core.vgraph import VersionBase
-from ..core.keys import Keys, check_name
+from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
-from ..redis.plan import Batch, Call, Offload, Plan, run
+from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
+from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
 from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .state import SESSION_ITEMS, KnownPartitions, SessionWrites
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
 T = TypeVar("T")
+_log = logging.getLogger("embcache")
 Consistency = Literal["eventual", "session", "strong"]
 CONSISTENCY_LEVELS = ("eventual", "session", "strong")
 DEFAULT_CACHE_BYTES = 2 << 30
-SESSION_ITEMS = 10_000  # own writes per partition kept in memory for session reads
 _INCLUDE_GET = ("embeddings", "metadatas")
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
@@ -107,6 +112,7 @@ def connect(
     *,
     username: str | None = None,
     password: str | None = None,
+    password_file: str | os.PathLike[str] | None = None,
     cluster: bool | None = None,
     prefix: str = "emb",
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -114,24 +120,49 @@ def connect(
 ) -> "Hub":
     """Connect to a hub.
 
-    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; without it ``EMBCACHE_URL`` is used, and without that
-    the embedded server (see :mod:`embcache.server`) is started or reused. Redis Cluster is detected unless
-    ``cluster`` says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often
-    (seconds) loaded partitions are checked for new data.
+    ``url`` is ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or ``valkeys://``; without it
+    ``EMBCACHE_URL`` is used, and without that the embedded server (see :mod:`embcache.server`) is started or
+    reused, with its operator password. Credentials: ``username``/``password`` (or ``password_file``, whose
+    first line is the password), else ``EMBCACHE_USERNAME`` and ``EMBCACHE_PASSWORD`` / ``EMBCACHE_PASSWORD_FILE``
+    (which, unlike command-line arguments, ``ps`` does not show). Redis Cluster is detected unless ``cluster``
+    says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often (seconds)
+    loaded partitions are checked for new data.
     """
+    if password_file is not None:
+        if password is not None:
+            raise InvalidInput("give password or password_file, not both")
+        password = read_password_file(password_file)
+    if username is None and password is None:
+        username, password = env_credentials()
     if url is None:
         url = os.environ.get("EMBCACHE_URL") or None
+    embedded = None
     if url is None:
-        from ..redis.server import ensure_embedded
+        from ..redis.server import attach
 
-        url = ensure_embedded()
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise InvalidInput(f"url must start with redis://, rediss:// or unix://, got {url!r}")
+        embedded = attach()
+        url = embedded.url
+        if username is None and password is None:
+            password = embedded.password  # the owner's own connection: the home's operator
+    url = normalize_url(url)
     if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+        if embedded is not None:
+            embedded.close()
         raise InvalidInput("cache_bytes must be a positive integer")
-    client = open_client(url, username=username, password=password, cluster=cluster)
-    return Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
-               username=username, password=password)
+    if embedded is None and username is None and password is None:
+        from ..redis.server import embedded_password
+
+        password = embedded_password(url)  # the URL of this user's embedded server, given explicitly
+    try:
+        client = open_client(url, username=username, password=password, cluster=cluster)
+        hub = Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
+                  username=username, password=password)
+    except BaseException:
+        if embedded is not None:
+            embedded.close()
+        raise
+    hub._embedded = embedded
+    return hub
 
 
 class Hub:
@@ -157,19 +188,13 @@ class Hub:
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
         self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
-        self._parts: dict[tuple[str, str], list[str]] = {}
-        self._defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
-        self.cache.on_refresh += [self._refresh_partitions, self._refresh_defaults]
+        self.partitions = KnownPartitions(self.catalogue)  # partition lists of the versions this hub uses
+        self.session = SessionWrites()  # this hub's own writes not yet in a loaded base (session reads)
+        self.defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
+        self.cache.on_refresh += [self.partitions.refresh, self._refresh_defaults]
         self._records: dict[str, SpaceRecord] = {}
-        self._registered: set[tuple[str, str, str]] = set()
-        self._session: dict[tuple[str, str, str], Overlay] = {}
-        self._session_lock = threading.Lock()
-        self._session_overflow: dict[tuple[str, str, str], str] = {}  # the floor: see _session_overlay
-        self._session_live: dict[tuple[str, str], set[str]] = {}  # partitions holding own writes, per version
-        self._floor_max: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # the floors, per version
-        self._floor_epoch = 0  # bumped when a floor moves: cached floor checks are then stale
-        self._floor_checks: dict[tuple[Any, ...], list[str]] = {}
         self.probes = StrongProbes(client)  # the connection strong probes use (see Version._strong_probe_send)
+        self._embedded: Any = None  # this hub's share of the embedded server (embcache.server.Embedded), if any
 
     @property
     def is_cluster(self) -> bool:
@@ -231,29 +256,19 @@ class Hub:
             # cut short can simply be run again
             self.principals.revoke_space(name)
             self.catalogue.delete_space_keys(name)
-            self.store.r.srem(self.keys.spaces(), name)
+            self.catalogue.unlist_space(name)
         self._records.pop(name, None)
-        self._defaults.pop(name, None)
+        self.defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[0] == name]:
-                del self._session[pid]
-            for table in (self._session_overflow, self._session_live, self._floor_max):
-                for key in [k for k in table if k[0] == name]:
-                    del table[key]
-        self._registered = {p for p in self._registered if p[0] != name}
+        self.session.drop(lambda pid: pid[0] == name)
+        self.partitions.drop(lambda pid: pid[0] == name)
 
     def _forget_version(self, space: str, version: str) -> None:
         """Drop what this hub keeps about a deleted version: loaded partitions, session writes, defaults."""
-        self._defaults.pop(space, None)
+        self.defaults.pop(space, None)
         self.cache.drop(lambda pid: pid[0] == space and pid[1] == version)
-        with self._session_lock:
-            for pid in [p for p in self._session if p[:2] == (space, version)]:
-                del self._session[pid]
-            for table in (self._session_overflow, self._session_live, self._floor_max):
-                for key in [k for k in table if k[:2] == (space, version)]:
-                    del table[key]
-        self._registered = {p for p in self._registered if p[:2] != (space, version)}
+        self.session.drop(lambda pid: pid[:2] == (space, version))
+        self.partitions.drop(lambda pid: pid[:2] == (space, version))
 
     def _record(self, name: str) -> SpaceRecord:
         rec = self._records.get(name)
@@ -275,7 +290,25 @@ class Hub:
             partitions = [partitions]
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
         self._record(space)  # the space must exist
+        self._warn_if_default_user_open()
         return self.principals.grant(principal, grant)
+
+    def _warn_if_default_user_open(self) -> None:
+        """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
+        nothing, since every principal can ``AUTH default x`` and become the operator."""
+        with translate_errors("check the default user"):
+            try:
+                info = self.store.r.acl_getuser("default")
+            except redis_exceptions.ResponseError:  # a server without ACLs, or not allowed: nothing to check
+                return
+        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
+        if "on" in flags and "nopass" in flags:
+            msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
+                   "become the operator, so this grant protects nothing. Give the default user a password "
+                   "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
+                   "docs/access-control.md. (The embedded server does this itself.)")
+            _log.warning(msg)
+            warnings.warn(OpenDefaultUserWarning(msg), stacklevel=3)
 
     def revoke(self, principal: str, *, space: str | None = None) -> None:
         """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
@@ -298,7 +331,10 @@ class Hub:
         """Stop the refresher and close the connections."""
         self.probes.close()
         self.cache.close()
-        self.store.r.close()
+        self.store.close()
+        if self._embedded is not None:
+            self._embedded.close()
+            self._embedded = None
 
     def __enter__(self) -> "Hub":
         return self
@@ -307,108 +343,14 @@ class Hub:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Hub({self.url!r})"
-
-    # the partitions of versions this hub queries, kept current by the refresher thread -------------------
-    def _known_partitions(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
-        key = (space, version)
-        parts = None if fresh else self._parts.get(key)
-        if parts is None:
-            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
-            self._parts[key] = parts
-        return parts
-
-    def _partition_added(self, space: str, version: str, partition: str) -> None:
-        parts = self._parts.get((space, version))
-        if parts is not None and partition not in parts:
-            self._parts[(space, version)] = sorted([*parts, partition])
+        return f"Hub({redact_url(self.url)!r})"
 
     def _refresh_defaults(self) -> None:
-        for name in list(self._defaults):
+        for name in list(self.defaults):
             try:
                 self.space(name).default_version()
             except NotFound:  # dropped, or no versions any more
-                self._defaults.pop(name, None)
-
-    def _refresh_partitions(self) -> None:
-        keys = list(self._parts)
-        if not keys:
-            return
-        with translate_errors("refresh partitions"):
-            pipe = self.store.r.pipeline(transaction=False)
-            for space, version in keys:
-                pipe.smembers(self.keys.parts(space, version))
-            results = pipe.execute()
-        for key, members in zip(keys, results):
-            self._parts[key] = valid_names(members, "partition name")
-
-    # session overlay: this hub's own writes that the loaded bases do not cover yet ------------------------
-    def _remember(self, pid: tuple[str, str, str], items: Overlay, pos: str, overflow: bool = False) -> None:
-        """Keep this hub's own write until the loaded bases cover it (for ``session``). Past ``SESSION_ITEMS``
-        items per partition the copies are dropped and ``session`` reads the log tail instead, until a base
-        catches up."""
-        with self._session_lock:
-            ov = self._session.setdefault(pid, {})
-            ov.update(items)
-            self._session_live.setdefault(pid[:2], set()).add(pid[2])
-            if overflow or len(ov) > SESSION_ITEMS:
-                ov.clear()
-                self._raise_floor(pid, pos)
-
-    def _raise_floor(self, pid: tuple[str, str, str], pos: str) -> None:
-        floor = self._session_overflow.get(pid)
-        if floor is None or pos_key(pos) > pos_key(floor):
-            self._session_overflow[pid] = pos
-            self._floor_max.setdefault(pid[:2], {})[pid[2]] = pos_key(pos)
-            self._floor_epoch += 1
-
-    def _session_partitions(self, space: str, version: str, source: Any) -> list[str]:
-        """Which of the source's partitions may have session state to merge: those holding this hub's writes,
-        and those whose floor lies above the position the source's base covers (checked once per base and
-        change of floors, not per query)."""
-        parts = source.parts
-        live = self._session_live.get((space, version))
-        floors = self._floor_max.get((space, version))
-        out = [p for p in parts if p in live] if live and len(parts) <= len(live) else \
-            [p for p in list(live or ()) if p in set(parts)]
-        if floors:
-            key = (id(source.base), getattr(source.base, "generation", None), tuple(parts), self._floor_epoch)
-            above = self._floor_checks.get(key)
-            if above is None:
-                above = [p for p, f in list(floors.items()) if p in set(parts) and f > pos_key(source.position(p))]
-                if len(self._floor_checks) > 256:
-                    self._floor_checks.clear()
-                self._floor_checks[key] = above
-            out += [p for p in above if p not in set(out)]
-        return out
-
-    def _session_overlay(self, pid: tuple[str, str, str], base_pos: str) -> Overlay | None:
-        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail).
-
-        Copies that every loaded base of the partition covers are dropped; the *floor* remembers up to where
-        copies may be missing (dropped, or never kept for a bulk write), so a base older than it (a version
-        graph loaded later, say) reads the tail instead of missing a write."""
-        if pid not in self._session and pid not in self._session_overflow:
-            return {}  # nothing of this hub's own in this partition (the common case, checked without the lock)
-        covered = pos_key(base_pos)
-        with self._session_lock:
-            floor = self._session_overflow.get(pid)
-            if floor is not None and pos_key(floor) > covered:
-                return None
-            ov = self._session.get(pid)
-            if not ov:
-                return {}
-            oldest = self.cache.covered(pid)
-            prune = min(covered, pos_key(oldest)) if oldest is not None else covered
-            gone = [i for i, it in ov.items() if pos_key(it.pos) <= prune]
-            if gone:
-                for i in gone:
-                    del ov[i]
-                self._raise_floor(pid, f"{prune[0]}-{prune[1]}")
-                if not ov:
-                    del self._session[pid]
-                    self._session_live.get(pid[:2], set()).discard(pid[2])
-            return {i: it for i, it in ov.items() if pos_key(it.pos) > covered}
+                self.defaults.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -419,7 +361,8 @@ def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
     except PermissionDenied as exc:
         if getattr(exc, "named", False):
             raise
-        err = PermissionDenied(f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
+        err = PermissionDenied(
+            f"{operation} on space {space!r} is not allowed for principal {who or 'default'!r} ({exc})")
         err.named = True  # type: ignore[attr-defined]
         raise err from None
 
@@ -492,7 +435,7 @@ class Space:
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
         rec = self.hub.catalogue.create_version(self.name, name, description)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
@@ -527,7 +470,7 @@ class Space:
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
         self.hub.catalogue.set_alias(self.name, alias, name)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live") -> None:
         """Same as ``set_alias(alias, version)``."""
@@ -545,17 +488,17 @@ class Space:
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
         target = self.hub.catalogue.rollback(self.name, alias)
-        self.hub._defaults.pop(self.name, None)
+        self.hub.defaults.pop(self.name, None)
         return self.version(target)
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
-        return run(self._default_version(True), self.hub.store.r)
+        return self.hub.store.run(self._default_version(True))
 
     def _default_version(self, fresh: bool) -> Plan["Version"]:
         """The default version; ``fresh=False`` accepts the hub's cached answer (the refresher keeps it current,
         and this hub's own alias moves and new versions update it at once)."""
-        cached = None if fresh else self.hub._defaults.get(self.name)
+        cached = None if fresh else self.hub.defaults.get(self.name)
         if cached is not None:
             return cached
         cat = self.hub.catalogue
@@ -568,18 +511,18 @@ class Space:
                 raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
         version = Version(self, rec)
-        self.hub._defaults[self.name] = version
+        self.hub.defaults[self.name] = version
         return version
 
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = run(self._default_version(kwargs.get("consistency") == "strong"), self.hub.store.r)
+        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
         return version.query_by_id(ids, n_results, **kwargs)
 
 
@@ -600,13 +543,13 @@ class Version:
     def _pid(self, partition: str) -> tuple[str, str, str]:
         return (self.space.name, self.name, partition)
 
-    def _pk(self, partition: str):  # noqa: ANN202
+    def _pk(self, partition: str) -> PartitionKeys:
         return self.hub.keys.partition(self.space.name, self.name, partition)
 
     # Each operation that talks to Redis is a plan (embcache.plan): the public method runs it with the sync
     # client; embcache.aio runs the very same plan with redis.asyncio.
     def _run(self, plan: Plan[T]) -> T:
-        return run(plan, self.hub.store.r)
+        return self.hub.store.run(plan)
 
     # writes -----------------------------------------------------------------------------------------------
     @_guard("upsert")
@@ -636,21 +579,18 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        if pid not in hub._registered:
-            yield from hub.catalogue.register_partition.plan(hub.catalogue, self.space.name, self.name, partition)
-            hub._registered.add(pid)
-            hub._partition_added(self.space.name, self.name, partition)
+        yield from hub.partitions.register(pid)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
         yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
         if len(id_list) > SESSION_ITEMS:
-            hub._remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
+            hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
             stored = codec.decode_vectors(blobs, self.space.dim, self.space.dtype)
             metas = codec.parse_json_objects(meta_texts)  # copies: the caller may change its dicts afterwards
-            hub._remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
+            hub.session.remember(pid, {i: OverlayItem(pos, stored[j], metas[j]) for j, i in enumerate(id_list)}, pos)
         return len(id_list)
 
     @_guard("delete")
@@ -674,7 +614,7 @@ class Version:
                 raise self._sealed() from None
             if pos is not None:
                 yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
-                self.hub._remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
 
@@ -712,17 +652,15 @@ class Version:
     def _require_dispatcher(self, grace: float) -> None:
         """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
         lock it renews every tick (a principal that may not read it skips this check)."""
-        r, key = self.hub.store.r, self.hub.keys.dispatcher_lock()
         deadline = time.monotonic() + grace
         try:
-            with translate_errors("build"):
-                while not r.exists(key):
-                    if time.monotonic() > deadline:
-                        raise BuildTimeout(
-                            f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
-                            "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
-                        )
-                    time.sleep(0.1)
+            while not self.hub.store.dispatcher_seen():
+                if time.monotonic() > deadline:
+                    raise BuildTimeout(
+                        f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
+                        "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
+                    )
+                time.sleep(0.1)
         except PermissionDenied:
             return
 
@@ -749,15 +687,15 @@ class Version:
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
         """Names of the partitions that hold (or held) items, sorted."""
-        return self._run(self.hub._known_partitions(self.space.name, self.name, True))
+        return self._run(self.hub.partitions.get(self.space.name, self.name, True))
 
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
-        known = yield from self.hub._known_partitions(self.space.name, self.name, fresh)
-        if not fresh and partitions is not None and not set([partitions] if isinstance(partitions, str)
-                                                            else partitions or []) <= set(known):
-            known = yield from self.hub._known_partitions(self.space.name, self.name, True)  # new since cached?
+        known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
+        asked = [partitions] if isinstance(partitions, str) else cast("Sequence[str]", partitions or [])
+        if not fresh and partitions is not None and not set(asked) <= set(known):
+            known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
@@ -786,9 +724,8 @@ class Version:
 
     def _count(self, partition: str | None) -> Plan[int]:
         parts = yield from self._partitions_arg(None if partition is None else [partition])
-        with translate_errors("count"):
-            counts = yield Batch([Call("hlen", self._pk(p).vec) for p in parts])
-        return sum(int(c) for c in counts)
+        store = self.hub.store
+        return sum((yield from store.counts.plan(store, [self._pk(p) for p in parts])))
 
     @_guard("get")
     def get(
@@ -906,7 +843,7 @@ class Version:
             positions, members = pending.read()
         if ans is None or any(ans.positions.get(p) != pos for p, pos in zip(parts, positions)):
             return None  # the log moved past a base: the general path merges its tail
-        if members is not None and members != sorted(self.hub._parts.get((self.space.name, self.name)) or []):
+        if members is not None and members != sorted(self.hub.partitions.cached(self.space.name, self.name) or []):
             return None  # partitions were added: the general path searches them too
         if ex is not None:
             ex.redis_round_trips = 1
@@ -992,21 +929,16 @@ class Version:
         """Vectors of ``ids`` from the loaded bases (and, at ``session``, this hub's own writes); ids not found
         there, or deleted by this hub, are left out (Redis answers for them)."""
         hub, cache = self.hub, self.hub.cache
-        parts = hub._parts.get((self.space.name, self.name))
+        parts = hub.partitions.cached(self.space.name, self.name)
         if parts is None:
             return {}
         found: dict[str, np.ndarray] = {}
         skip: set[str] = set()
         if session:
-            with hub._session_lock:
-                for p in parts:
-                    pid = self._pid(p)
-                    if pid in hub._session_overflow:
-                        return {}  # this hub's writes are not all in memory: Redis knows best
-                    for i in ids:
-                        it = hub._session.get(pid, {}).get(i)
-                        if it is not None:
-                            (skip.add(i) if it.vector is None else found.__setitem__(i, it.vector))
+            own = hub.session.lookup([self._pid(p) for p in parts], ids)
+            if own is None:
+                return {}  # this hub's writes are not all in memory: Redis knows best
+            found, skip = own
         granted = self.space.allowed_partitions()
         graph = cache.cached_graph(self.space.name, self.name) if granted is None else None
         bases = [graph] if graph is not None else []
@@ -1040,16 +972,13 @@ class Version:
     def _strong_positions(self, parts: list[str], all_parts: bool) -> Plan[tuple[list[str], dict[str, str | None]]]:
         """One round trip: every partition's log position and (querying them all) the partition list, so a
         partition another hub created before this query began is not missed."""
-        hub = self.hub
-        calls = [Call("hget", self._pk(p).state, "pos") for p in parts]
-        if all_parts:
-            calls.append(Call("smembers", hub.keys.parts(self.space.name, self.name)))
-        with translate_errors("strong read"):
-            replies = yield Batch(calls)
-        positions: dict[str, str | None] = {p: (x.decode() if x else "0-0") for p, x in zip(parts, replies)}
-        if all_parts:
-            fresh = valid_names(replies[-1], "partition name")
-            hub._parts[(self.space.name, self.name)] = fresh
+        hub, store = self.hub, self.hub.store
+        read, members = yield from store.strong_positions.plan(
+            store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+        positions: dict[str, str | None] = dict(zip(parts, read))
+        if members is not None:
+            fresh = valid_names(members, "partition name")
+            hub.partitions.set(self.space.name, self.name, fresh)
             granted = self.space.allowed_partitions()
             new = [p for p in fresh if p not in positions and (granted is None or p in granted)]
             parts = parts + new
@@ -1089,11 +1018,12 @@ class Version:
         for si, src in enumerate(sources):
             parts = src.parts
             if q.consistency == "session":
-                parts = self.hub._session_partitions(self.space.name, self.name, src)
+                parts = self.hub.session.candidates(self.space.name, self.name, parts, src.position, src.base)
             for p in parts:
                 pos = src.position(p)
                 if q.consistency == "session":
-                    ov = self.hub._session_overlay(self._pid(p), pos)
+                    pid = self._pid(p)
+                    ov = self.hub.session.overlay(pid, pos, self.hub.cache.covered(pid))
                 else:
                     ov = {} if positions.get(p) is not None and positions[p] == pos else None
                 if ov is None:

@@ -398,7 +398,10 @@ class Space:
     def delete_all(self) -> None:
         """Delete every key of the space (the space itself stays)."""
         for version, keys in list(self._key_batches()):
-            self._write(lambda v, keys=keys: v.delete(keys), version)
+            def drop(v: Any, keys: list[str] = keys) -> Any:
+                return v.delete(keys)
+
+            self._write(drop, version)
 
     def iterator(self) -> Iterator[tuple[str, list[float]]]:
         """Every ``(key, embedding)`` of the space, read in pieces."""
@@ -448,8 +451,8 @@ class Space:
             wanted = _keys(keys)
             if not wanted:
                 return []
-            version = self._written(wanted[0])
-            res = version.query_by_id(wanted, n, consistency=consistency)  # type: ignore[arg-type]
+            written = self._written(wanted[0])
+            res = written.query_by_id(wanted, n, consistency=consistency)
             return res.ids
         assert vectors is not None
         if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Iterable):
@@ -463,7 +466,7 @@ class Space:
             if not np.issubdtype(queries.dtype, np.number) or not np.isfinite(queries.astype(np.float64)).all():
                 raise InvalidInput("vectors must be finite numbers")
             return [[] for _ in arrays]
-        res = version.query(queries, n, consistency=consistency)  # type: ignore[arg-type]
+        res = version.query(queries, n, consistency=consistency)
         return res.ids
 
     nearest_neighbor = nearest_neighbors
@@ -611,7 +614,8 @@ class SpaceSnapshot:
             else:
                 if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Iterable):
                     raise InvalidInput(f"vectors must be a list of vectors, got {type(vectors).__name__}")
-                arrays = [_vector(v, self.dims, f"vectors[{i}]", self.name or "snapshot") for i, v in enumerate(vectors)]
+                name = self.name or "snapshot"
+                arrays = [_vector(v, self.dims, f"vectors[{i}]", name) for i, v in enumerate(vectors)]
                 if not arrays:
                     return []
                 queries = self._checked(dict(enumerate(arrays)))  # type: ignore[arg-type]
@@ -745,7 +749,8 @@ class EmbeddingHubClient:
         """Delete ``key`` from ``space``."""
         return _run(lambda: self._space(space).delete(key), wait)
 
-    def multiset(self, space: object, embedding_tuples: Mapping[str, Embedding] | Iterable[tuple[str, Embedding]]) -> None:
+    def multiset(self, space: object,
+                 embedding_tuples: Mapping[str, Embedding] | Iterable[tuple[str, Embedding]]) -> None:
         """Store a mapping or ``(key, embedding)`` pairs in ``space``, atomically."""
         self._space(space).multiset(embedding_tuples)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ __all__ = [
 ]
 
 METRICS = ("cosine", "l2", "ip")
-DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536
@@ -216,10 +215,6 @@ def check_space_params(
 def parse_json_objects(texts: Iterable[bytes | str | None]) -> list[dict[str, Any] | None]:
     """Metadata JSON texts (None for absent) back into dicts."""
     return [None if t is None else json.loads(t) for t in texts]
-
-
-def isfinite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def partition_digest(ids: Sequence[str], vectors: Sequence[bytes], metadatas: Sequence[bytes | str | None]) -> str:

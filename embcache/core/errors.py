@@ -21,7 +21,9 @@
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
-    └── ServerError             the embedded redis-server could not be found or started
+    ├── ServerError             the embedded redis-server could not be found or started
+    └── Conflict                a concurrent writer won a race (retried inside embcache, never raised to users)
+        └── PublishConflict     another build published first: the worker drops its result
 
 Every public call validates its arguments before it touches Redis, so an ``InvalidInput`` (or any subclass)
 means nothing was written. ``InvalidInput`` also derives from ``ValueError``, ``NotFound`` from ``KeyError``
@@ -51,6 +53,10 @@ __all__ = [
     "CorruptRecord",
     "BuildTimeout",
     "ServerError",
+    "Conflict",
+    "PublishConflict",
+    "UntrustedHome",
+    "OpenDefaultUserWarning",
 ]
 
 
@@ -138,3 +144,19 @@ class BuildTimeout(EmbcacheError, TimeoutError):
 
 class ServerError(EmbcacheError):
     """The embedded redis-server is missing or failed to start."""
+
+
+class Conflict(EmbcacheError):
+    """A concurrent writer won a race (a version number taken meanwhile); the operation retries."""
+
+
+class PublishConflict(Conflict):
+    """Another build published first (or the new chunks expired): this build's result is dropped."""
+
+
+class UntrustedHome(ServerError):
+    """``EMBCACHE_HOME`` (or a file in it) could be written or replaced by another local user: not used."""
+
+
+class OpenDefaultUserWarning(UserWarning):
+    """The server's ``default`` user has no password: anyone who can connect is the operator, grants or not."""

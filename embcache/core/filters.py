@@ -32,7 +32,9 @@ MAX_CLAUSES = 10_000
 
 Predicate = Callable[[dict[str, Any] | None], bool]
 _MISSING = object()
-_COMPARE = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
+}
 _OPS = {"$eq", "$ne", "$in", "$nin", *_COMPARE}
 
 
@@ -122,7 +124,7 @@ def _field(field: str, op: object, operand: object, path: str) -> Predicate:
         return lambda m: not _contains_or_equals(_get(m, field), operand)
     if operand is None or isinstance(operand, bool):
         raise InvalidInput(f"{path}.{op} needs a number or a string")
-    compare = _COMPARE[op]  # type: ignore[index]
+    compare = _COMPARE[op]
     numeric = isinstance(operand, (int, float))
 
     def ordered(m: dict[str, Any] | None) -> bool:

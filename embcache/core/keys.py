@@ -85,10 +85,20 @@ class PartitionKeys:
         """The keys an atomic write function is given (vec, meta, log, state, sealed)."""
         return [self.vec, self.meta, self.log, self.state, self.sealed]
 
+    def names(self) -> tuple[str, str, str]:
+        """``(space, version, partition)`` of these keys."""
+        return tag_names(self.tag)
+
     def chunk(self, snapshot_id: str, index: int) -> str:
         """Key of chunk ``index`` of the snapshot ``snapshot_id`` (generation plus a per-build nonce, so two
         builds racing for one generation never write the same keys)."""
         return f"{self.snap}:{snapshot_id}:{index}"
+
+
+def tag_names(tag: str) -> tuple[str, str, str]:
+    """``(space, version, partition)`` of a partition's hash tag (:meth:`Keys.partition_tag`)."""
+    space, version, partition = tag.split("/", 2)
+    return space, version, partition
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,23 @@ class Keys:
         return self._space(space, f"vstate:{check_name(version, 'version name')}")
 
     def dirty(self, space: str) -> str:
+        """Sorted set of :meth:`dirty_member` marks (score: the first mark's time) the dispatcher turns into jobs."""
         return self._space(space, "dirty")
+
+    @staticmethod
+    def dirty_member(version: str, partition: str) -> str:
+        """The member of :meth:`dirty` that marks one partition."""
+        return f"{version}/{partition}"
+
+    @staticmethod
+    def parse_dirty_member(member: bytes | str) -> tuple[str, str] | None:
+        """``(version, partition)`` of a :meth:`dirty` member; None when it is malformed (writers can write the
+        set, so anything may be there)."""
+        text = member.decode(errors="replace") if isinstance(member, bytes) else member
+        version, _, partition = text.partition("/")
+        if not (_NAME_RE.fullmatch(version) and _NAME_RE.fullmatch(partition)):
+            return None
+        return version, partition
 
     def grants(self, space: str) -> str:
         """Hash of principal -> JSON grant on this space (role, partitions), readable by the space's principals."""
@@ -158,9 +184,10 @@ class Keys:
     def events(self, space: str) -> str:
         return self._space(space, "events")
 
-    def space_pattern(self, space: str) -> str:
-        """Glob that matches every space-level key of ``space`` (for SCAN and ACL)."""
-        return self._space(space, "*")
+    def space_pattern(self, space: str, kind: str = "*") -> str:
+        """Glob that matches every space-level key of ``space`` (for SCAN and ACL), or only those of one ``kind``
+        with a name after it (``"parts"``: every version's partition set)."""
+        return self._space(space, "*" if kind == "*" else f"{kind}:*")
 
     def space_scan_patterns(self, space: str) -> list[str]:
         """Globs that together match every key under the space's hash tags, whatever follows the tag: the
@@ -215,14 +242,15 @@ class Keys:
         check_name(space, "space name")
         return f"{self.prefix}:{{{space}/*}}:vgraph*"
 
-    def partition_pattern(self, space: str, version: str = "*", partition: str = "*") -> str:
-        """Glob over partition keys of a space; ``*`` for any version or partition (for SCAN and ACL)."""
+    def partition_pattern(self, space: str, version: str = "*", partition: str = "*", kind: str = "*") -> str:
+        """Glob over partition keys of a space; ``*`` for any version or partition (for SCAN and ACL), and for
+        any key kind unless ``kind`` names one (``"vec"``, ``"log"``, ...)."""
         check_name(space, "space name")
         if version != "*":
             check_name(version, "version name")
         if partition != "*":
             check_name(partition, "partition name")
-        return f"{self.prefix}:{{{space}/{version}/{partition}}}:*"
+        return f"{self.prefix}:{{{space}/{version}/{partition}}}:{kind}"
 
     # parsing
     def parse(self, key: str | bytes) -> ParsedKey:

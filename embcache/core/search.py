@@ -14,6 +14,7 @@ are processed in blocks sized so that the temporary matrices stay within a fixed
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,15 @@ _BLOCK_BYTES = 256 << 20  # and no more temporary memory per block than this (di
 _ROW_CHUNK = 8192  # items centred at once by the l2 candidate stage
 
 
-def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str, dtype: type = np.float32) -> np.ndarray:
+def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str,
+                       dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
     """Distances ``(len(queries), len(items))`` in ``metric``, computed in ``dtype``."""
     q = queries.astype(dtype, copy=False)
     x = items.astype(dtype, copy=False)
     if metric == "l2":
-        d = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * _dot(q, x)
-        return np.maximum(d, 0.0, out=d)
+        d: np.ndarray = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * _dot(q, x)
+        clipped: np.ndarray = np.maximum(d, 0.0, out=d)
+        return clipped
     return 1.0 - _dot(q, x)
 
 
@@ -41,8 +44,10 @@ def _dot(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``q @ x.T``; one query on one thread (einsum, no BLAS: a BLAS library spreads even a small product over
     every core, which on a busy machine costs more than it saves)."""
     if len(q) == 1:
-        return np.einsum("ij,j->i", x, q[0])[None, :]
-    return q @ x.T
+        one: np.ndarray = np.einsum("ij,j->i", x, q[0])[None, :]
+        return one
+    dots: np.ndarray = q @ x.T
+    return dots
 
 
 def _l2_candidates(queries: np.ndarray, items: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -62,8 +67,10 @@ def _exact_rerank(queries: np.ndarray, items: np.ndarray, cand: np.ndarray, metr
     x = items[cand].astype(np.float64)  # (q, c, dim)
     if metric == "l2":
         x -= q[:, None, :]
-        return np.einsum("qcd,qcd->qc", x, x)
-    return 1.0 - np.einsum("qcd,qd->qc", x, q)
+        squared: np.ndarray = np.einsum("qcd,qcd->qc", x, x)
+        return squared
+    dot: np.ndarray = np.einsum("qcd,qd->qc", x, q)
+    return 1.0 - dot
 
 
 def exact_search(

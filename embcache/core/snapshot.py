@@ -12,6 +12,9 @@ trims the change log behind the previous generation and swaps the pointer (the m
 Readers fetch the manifest, then its chunks, and verify the checksum before they use a byte: they see the old
 snapshot or the new one, never a mix, and a corrupt one is refused.
 
+This module is the format (pack, unpack, verify) and the loaded base that answers searches; reading and
+publishing in Redis is :mod:`embcache.redis.snapshots`.
+
 The index is loaded with hnswlib's own reader from a temporary file, never with ``pickle``: whoever can write
 a snapshot must not be able to run code in the readers.
 """
@@ -31,17 +34,14 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from .errors import EmbcacheError, SnapshotCorrupt
 from .engine import FieldIndex, MaskCache, search_base
+from .errors import SnapshotCorrupt
 from .hnswfile import level0_vectors
-from .keys import PartitionKeys
 from .search import Ranked
 
-__all__ = ["Manifest", "HnswBase", "PublishConflict", "pack", "unpack", "read_manifest", "load", "publish", "CHUNK_BYTES"]
+__all__ = ["Manifest", "HnswBase", "pack", "unpack", "load_index_file", "CHUNK_BYTES"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
-ORPHAN_TTL = 3600  # seconds an unpublished chunk lives (a builder that died)
-GRACE_SECONDS = 120  # seconds a superseded generation stays readable
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -90,7 +90,6 @@ class HnswBase:
     Never mutated after construction while a query may read it; the worker mutates its own private copies.
     """
 
-    kind = "hnsw"
     has_graph = True
 
     def __init__(
@@ -185,10 +184,6 @@ class HnswBase:
         return search_base(self, queries, k, ef, where=predicate, hidden=exclude)
 
 
-def _space_name(metric: str) -> str:
-    return {"cosine": "cosine", "l2": "l2", "ip": "ip"}[metric]
-
-
 def index_bytes(index: hnswlib.Index) -> bytes:
     """hnswlib's file format, via a temporary file in memory-backed /dev/shm where there is one."""
     fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
@@ -202,7 +197,9 @@ def index_bytes(index: hnswlib.Index) -> bytes:
 
 
 def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool) -> hnswlib.Index:
-    index = hnswlib.Index(space=_space_name(metric), dim=dim)
+    if metric not in ("cosine", "l2", "ip"):  # embcache's metric names are hnswlib's
+        raise SnapshotCorrupt(f"snapshot manifest names an unknown metric {metric!r}")
+    index = hnswlib.Index(space=metric, dim=dim)
     try:
         index.load_index(path, max_elements=max_elements, allow_replace_deleted=allow_replace_deleted)
     except RuntimeError as exc:
@@ -254,7 +251,8 @@ def pack(
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
-        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim, metric=metric, M=M, ef_construction=ef_construction,
+        generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim,
+        metric=metric, M=M, ef_construction=ef_construction,
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
@@ -299,59 +297,3 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     finally:
         os.unlink(path)
     return HnswBase(index, labels, ids, metas, manifest, ef, vectors=vectors)
-
-
-def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
-    raw = r.get(pk.snap)
-    return None if raw is None else Manifest.from_json(raw)
-
-
-def load(r: Any, pk: PartitionKeys, *, ef: int, for_update: bool = False, manifest: Manifest | None = None) -> HnswBase | None:
-    """The partition's published snapshot, verified; None when there is none."""
-    for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
-        manifest = manifest or read_manifest(r, pk)
-        if manifest is None:
-            return None
-        keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
-        chunks = r.mget(keys) if keys else []
-        if any(c is None for c in chunks):
-            latest = read_manifest(r, pk)
-            if latest is not None and latest.generation != manifest.generation:
-                manifest = latest
-                continue
-        return unpack(chunks, manifest, ef=ef, for_update=for_update)
-    raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
-
-
-def write_chunks(r: Any, pk: PartitionKeys, sid: str, chunks: list[bytes]) -> None:
-    """Store a new snapshot's chunks, expiring unless published."""
-    pipe = r.pipeline(transaction=False)
-    for i, c in enumerate(chunks):
-        pipe.set(pk.chunk(sid, i), c, ex=ORPHAN_TTL)
-    pipe.execute()
-
-
-class PublishConflict(EmbcacheError):
-    """Another build published first (or the new chunks expired): this build's result is dropped."""
-
-
-def publish(
-    r: Any, pk: PartitionKeys, chunks: list[bytes], manifest: Manifest, previous: Manifest | None, channel: str,
-    message: str, grace: int = GRACE_SECONDS,
-) -> None:
-    """Write the chunks, then swap the pointer atomically (see the module docstring)."""
-    from redis.exceptions import ResponseError
-
-    write_chunks(r, pk, manifest.sid, chunks)
-    new_keys = [pk.chunk(manifest.sid, i) for i in range(len(chunks))]
-    old_keys = [pk.chunk(previous.sid, i) for i in range(previous.chunks)] if previous else []
-    keys = [pk.snap, pk.state, pk.log, *new_keys, *old_keys]
-    args = [manifest.to_json(), previous.generation if previous else 0, len(new_keys), grace,
-            previous.pos if previous else "", channel, message]
-    try:
-        r.fcall("emb_publish", len(keys), *keys, *args)
-    except ResponseError as exc:
-        if str(exc).startswith("EMBCONFLICT"):
-            r.delete(*new_keys)
-            raise PublishConflict(str(exc)[len("EMBCONFLICT "):]) from None
-        raise

@@ -77,7 +77,6 @@ def predicate_mask(metas: Sequence[dict[str, Any] | None], predicate: Predicate)
 class ExactBase:
     """All vectors of a partition in one matrix, searched by brute force (a partition with no snapshot yet)."""
 
-    kind = "exact"
     has_graph = False
 
     def __init__(

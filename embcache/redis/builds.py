@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core import snapshot
 from ..core.errors import BuildTimeout
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
+from . import snapshots
 from .store import Store, translate_errors
 
 __all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
@@ -35,7 +35,7 @@ class BuildHandle:
             for p, target in self.targets.items():
                 if p in self.done_parts:
                     continue
-                m = snapshot.read_manifest(self.store.r, self.keys[p])
+                m = snapshots.read_manifest(self.store.r, self.keys[p])
                 if m is not None and pos_key(m.pos) >= pos_key(target):
                     self.done_parts.add(p)
         return len(self.done_parts), len(self.targets)
@@ -83,15 +83,17 @@ class PartitionStats:
     snapshot_bytes: int
 
 
+STATS_LAG_CAP = 100_000  # log entries stats count one by one; past it the count is XLEN (an upper bound)
+
+
 def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> PartitionStats:
     """One partition's stats (a few round trips)."""
     r = store.r
     with translate_errors("stats"):
         count = int(r.hlen(pk.vec))
-        m = snapshot.read_manifest(r, pk)
+        m = snapshots.read_manifest(r, pk)
         state = {k.decode(): v.decode() for k, v in r.hgetall(pk.state).items()}
-        since = m.pos if m else "0-0"
-        lag = len(r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=100_000))
+    lag = store.unindexed(pk, m.pos if m else "0-0", STATS_LAG_CAP)
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.exceptions import ResponseError
 
 from ..core import codec
-from ..core.errors import AlreadyExists, CorruptRecord, InvalidInput, SpaceNotFound, VersionNotFound
+from ..core.errors import AlreadyExists, Conflict, CorruptRecord, InvalidInput, NotFound, SpaceNotFound, VersionNotFound
 from ..core.keys import NAME_PATTERN, check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
@@ -190,6 +189,19 @@ class Catalogue:
                     gone += self.r.delete(*batch)
         return gone
 
+    def unlist_space(self, name: str) -> None:
+        """Take ``name`` off the hub's listing of spaces (the last step of a drop)."""
+        with translate_errors(f"drop space {name}"):
+            self.r.srem(self.k.spaces(), name)
+
+    def partition_lists(self, versions: Sequence[tuple[str, str]]) -> list[list[str]]:
+        """The sorted partition names of several ``(space, version)``, in one round trip on a standalone server."""
+        with translate_errors("refresh partitions"):
+            pipe = self.r.pipeline(transaction=False)
+            for space, version in versions:
+                pipe.smembers(self.k.parts(space, version))
+            return [valid_names(members, "partition name") for members in pipe.execute()]
+
     # versions
     def create_version(self, space: str, name: str | None, description: str = "") -> VersionRecord:
         if name is not None:
@@ -198,7 +210,7 @@ class Catalogue:
         k = self.k
         for _ in range(100):
             expected = ""
-            chosen = name
+            chosen = name or ""
             if name is None:  # v<n+1>, checked atomically against the counter by the function
                 with translate_errors(f"create version in {space}"):
                     expected = _d(self.r.get(k.seq(space))) or "0"
@@ -208,10 +220,8 @@ class Catalogue:
                     "emb_create_version", [k.versions(space), k.seq(space), k.vstate(space, chosen)],
                     [chosen, json.dumps(rec), expected], f"create version in {space}",
                 )
-            except ResponseError as exc:
-                if str(exc).startswith("EMBRETRY"):
-                    continue
-                raise
+            except Conflict:
+                continue
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
@@ -224,11 +234,12 @@ class Catalogue:
             self.store.delete_partition(k.partition(space, version, p))
         with translate_errors(f"drop version {space}/{version}"):
             # the dirty set holds one "version/partition" member per partition waiting for a build: a few
-            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1) if _d(m).split("/", 1)[0] == version]
+            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1)
+                     if (k.parse_dirty_member(m) or ("",))[0] == version]
             if marks:
                 self.r.zrem(k.dirty(space), *marks)
             for alias in self.r.hkeys(k.aliases(space)):
-                self.r.lrem(k.alias_history(space, _d(alias)), 0, version)
+                self.r.lrem(k.alias_history(space, alias.decode()), 0, version)
             self.r.delete(k.parts(space, version), k.vstate(space, version))
             self.r.hdel(k.versions(space), version)
 
@@ -310,11 +321,12 @@ class Catalogue:
         check_name(alias, "alias")
         k = self.k
         try:
-            prev = self.store.fcall("emb_rollback", [k.aliases(space), k.alias_history(space, alias), k.versions(space)],
-                                    [alias], "rollback")
-        except ResponseError as exc:
-            if str(exc).startswith("EMBNOHISTORY"):
-                raise VersionNotFound(f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
+            keys = [k.aliases(space), k.alias_history(space, alias), k.versions(space)]
+            prev = self.store.fcall("emb_rollback", keys, [alias], "rollback")
+        except NotFound as exc:
+            if getattr(exc, "code", None) == "EMBNOHISTORY":
+                raise VersionNotFound(
+                    f"alias {alias!r} of space {space!r} has no previous target to roll back to") from None
             raise
         return _d(prev)  # type: ignore[return-value]
 

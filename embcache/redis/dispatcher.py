@@ -4,7 +4,8 @@ Writers never touch RQ's keys (whoever can write them can make a worker run code
 ``version/partition`` to their space's dirty set. Each tick the dispatcher, for every marked partition whose
 build is neither queued nor running (a lease says running), removes the mark and enqueues one job with a
 deterministic id, so at most one build per partition is queued or running. A mark left while a build runs is
-picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation marks any partition whose change log is ahead of its snapshot,
+picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation
+marks any partition whose change log is ahead of its snapshot,
 which covers a writer that died between its write and its mark, and a worker killed mid-build.
 """
 
@@ -23,10 +24,10 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ..core import snapshot
+from ..core.errors import InvalidInput
 from ..core.keys import NAME_PATTERN
 from ..core.views import pos_key
-from . import metrics
+from . import metrics, settings, snapshots
 from .catalogue import Catalogue
 from .store import Store
 
@@ -86,11 +87,12 @@ class Dispatcher:
             return 0
         for space in self.catalogue.list_spaces():
             for member in r.zrange(k.dirty(space), 0, -1):
-                version, _, partition = member.decode(errors="replace").partition("/")
-                if not (NAME_RE.fullmatch(version) and NAME_RE.fullmatch(partition)):
+                names = k.parse_dirty_member(member)
+                if names is None:
                     log.warning("dropped a malformed dirty mark %r of space %s", member, space)
                     r.zrem(k.dirty(space), member)  # writers can write this set; one bad entry must not stop builds
                     continue
+                version, partition = names
                 state = self._state(space, version, partition)
                 if state == "running":
                     continue  # it may have read the log already: keep the mark for a build after it
@@ -137,12 +139,12 @@ class Dispatcher:
                     if not NAME_RE.fullmatch(p):
                         continue  # a malformed name a writer put in the partition set: nothing to build
                     pk = self.store.keys.partition(space, v.name, p)
-                    manifest = snapshot.read_manifest(self.store.r, pk)
+                    manifest = snapshots.read_manifest(self.store.r, pk)
                     built = manifest.pos if manifest else "0-0"
                     corrupt = self.store.r.hexists(pk.state, "corrupt")
                     behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
                     if metrics.ENABLED:
-                        metrics.set_index_lag(self.store.r, pk, built, behind)
+                        metrics.set_index_lag(pk, self.store.unindexed(pk, built, metrics.LAG_CAP) if behind else 0)
                     if behind and self._state(space, v.name, p) == "idle":
                         self.store.mark_dirty(space, v.name, p)
                         marked += 1
@@ -163,7 +165,7 @@ class Dispatcher:
         while not self._stop.wait(self.interval):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+            except Exception:  # a Redis hiccup must not end the dispatcher
                 log.exception("dispatcher tick failed")
                 self._stop.wait(1.0)
 
@@ -182,13 +184,12 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     from ..core.keys import Keys
     from .store import open_client, translate_errors
 
-    if url:
-        os.environ["EMBCACHE_URL"] = url
-    data_url = os.environ.get("EMBCACHE_URL")
+    env = settings.WorkerSettings.from_env()
+    data_url = url or env.url
     if not data_url:
-        raise SystemExit("no data Redis: pass --url or set EMBCACHE_URL")
-    username = username if username is not None else os.environ.get("EMBCACHE_USERNAME")
-    password = password if password is not None else os.environ.get("EMBCACHE_PASSWORD")
+        raise InvalidInput("no data Redis: pass --url or set EMBCACHE_URL")
+    username = username if username is not None else env.username
+    password = password if password is not None else env.password
     store = Store(open_client(data_url, username=username, password=password),
                   Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
@@ -197,16 +198,29 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     queue_password = os.environ.get("EMBCACHE_QUEUE_PASSWORD")
     if not queue_url:
         if store.is_cluster:
-            raise SystemExit("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
+            raise InvalidInput("the data lives on Redis Cluster: set EMBCACHE_QUEUE_URL to a standalone Redis for RQ")
         queue_url = data_url
         if queue_username is None and queue_password is None:  # the same server: the same principal
             queue_username, queue_password = username, password
+    import sys
+
     import redis
 
+    from .connection import normalize_url, redact_url
+    from .server import embedded_password
+
+    queue_url = normalize_url(queue_url)
+    if queue_username is None and queue_password is None:
+        queue_password = embedded_password(queue_url)  # the queue on this user's embedded server
+    # one start-up line (RQ's own logging is not set up yet, and no password ever appears in it)
+    print(f"embcache worker: data Redis {redact_url(data_url)} as {username or 'default'}, "
+          f"queue Redis {redact_url(queue_url)}, prefix {os.environ.get('EMBCACHE_PREFIX', 'emb')!r}",
+          file=sys.stderr, flush=True)
     qconn = redis.Redis.from_url(queue_url, username=queue_username, password=queue_password)
     with translate_errors("connect to the queue's Redis"):
         qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
+    settings.use(settings.WorkerSettings(data_url, username, password))  # what this process's jobs connect with
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
     try:

@@ -3,7 +3,8 @@
 Client::
 
     import embcache.metrics
-    embcache.metrics.enable(port=9108)   # record, and serve http://<host>:9108/metrics
+    embcache.metrics.enable(port=9108)   # record, and serve http://127.0.0.1:9108/metrics (loopback only)
+    embcache.metrics.enable(port=9108, addr="0.0.0.0")   # ... on every interface (or EMBCACHE_METRICS_ADDR)
     embcache.metrics.enable()            # record only, into prometheus_client's default REGISTRY (your exporter)
 
 Worker: ``embcache worker --metrics-port 9109`` (or ``EMBCACHE_METRICS_PORT=9109``).
@@ -24,10 +25,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import InvalidInput
+from ..core.keys import PartitionKeys, tag_names
 
 __all__ = ["ENABLED", "enable", "disable", "observe_query", "observe_snapshot_load", "observe_build",
            "set_queue_depth", "set_index_lag"]
@@ -54,7 +57,8 @@ class _Metrics:
     build_seconds: Any
     queue_depth: Any
     index_lag: Any
-    query_children: dict = field(default_factory=dict)  # (space, consistency) -> (histogram, counter) children
+    # (space, consistency) -> its (histogram, counter) children
+    query_children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
 
 
 _m: _Metrics | None = None  # the metric objects; None until enable()
@@ -89,11 +93,15 @@ def _create(registry: Any) -> _Metrics:
     )
 
 
-def enable(port: int | None = None, registry: Any = None, *, addr: str = "0.0.0.0") -> int | None:
+def enable(port: int | None = None, registry: Any = None, *, addr: str | None = None) -> int | None:
     """Turn the metrics on (idempotent). They go into ``registry`` (default: prometheus_client's ``REGISTRY``);
-    with ``port``, also serve them at ``http://addr:port/metrics`` (``port=0``: any free port). Returns the port
-    served, or None. :class:`~embcache.errors.InvalidInput` if prometheus_client is not installed."""
+    with ``port``, also serve them at ``http://addr:port/metrics`` (``port=0``: any free port). ``addr`` defaults
+    to ``EMBCACHE_METRICS_ADDR``, else ``127.0.0.1``: metrics name spaces and partitions, so they are served to
+    other machines only when asked (``addr="0.0.0.0"``, e.g. in a container scraped from outside). Returns the
+    port served, or None. :class:`~embcache.errors.InvalidInput` if prometheus_client is not installed."""
     global ENABLED, _m, _server, _pipe_w, _in_child
+    if addr is None:
+        addr = os.environ.get("EMBCACHE_METRICS_ADDR") or "127.0.0.1"
     try:
         import prometheus_client
     except ImportError:
@@ -141,6 +149,7 @@ def observe_query(space: str, consistency: str, seconds: float) -> None:
     if _in_child:
         return _forward("query", space, consistency, seconds)
     m = _m
+    assert m is not None  # ENABLED implies enable() ran
     children = m.query_children.get((space, consistency))
     if children is None:  # labels() costs a lock and a dict lookup of its own: keep the children
         children = m.query_children[(space, consistency)] = (m.query_seconds.labels(space, consistency),
@@ -155,7 +164,8 @@ def observe_snapshot_load(tag: str, result: str, seconds: float, built_at: float
     if _in_child:
         return _forward("snapshot_load", tag, result, seconds, built_at)
     m = _m
-    space, version, partition = tag.split("/", 2)
+    assert m is not None  # ENABLED implies enable() ran
+    space, version, partition = tag_names(tag)
     m.snapshot_loads.labels(space, result).inc()
     m.snapshot_load_seconds.labels(space).observe(seconds)
     if built_at is not None:
@@ -166,6 +176,7 @@ def observe_build(space: str, kind: str, seconds: float) -> None:
     """A worker's build (``full``, ``incremental`` or ``unchanged``) of a partition of ``space``."""
     if _in_child:
         return _forward("build", space, kind, seconds)
+    assert _m is not None
     _m.build_seconds.labels(space, kind).observe(seconds)
 
 
@@ -176,22 +187,20 @@ def set_queue_depth(queue: Any) -> None:
     if now - _last_queue_depth < QUEUE_DEPTH_EVERY:
         return
     _last_queue_depth = now
+    assert _m is not None
     _m.queue_depth.labels(queue.name).set(queue.count)
 
 
-def set_index_lag(r: Any, pk: Any, built: str, behind: bool) -> None:
-    """Log entries of partition ``pk`` after the snapshot's position ``built``; no I/O unless ``behind``."""
-    lag = 0
-    if behind:
-        lag = len(r.xrange(pk.log, min=f"({built}" if built != "0-0" else "-", max="+", count=LAG_CAP))
-        if lag >= LAG_CAP:
-            lag = max(lag, int(r.xlen(pk.log)))
-    space, version, partition = pk.tag.split("/", 2)
+def set_index_lag(pk: PartitionKeys, lag: int) -> None:
+    """Partition ``pk`` has ``lag`` log entries its snapshot does not cover (``Store.unindexed``)."""
+    space, version, partition = pk.names()
+    assert _m is not None
     _m.index_lag.labels(space, version, partition).set(lag)
 
 
 # forked children (RQ work-horses) -> the process that enabled the metrics ------------------------------------
-_RECORD = {"query": observe_query, "snapshot_load": observe_snapshot_load, "build": observe_build}
+_RECORD: dict[str, Callable[..., None]] = {"query": observe_query, "snapshot_load": observe_snapshot_load,
+                                           "build": observe_build}
 
 
 def _forward(kind: str, *args: Any) -> None:
@@ -223,7 +232,7 @@ def _read_forwarded(fd: int) -> None:
                 kind, *args = json.loads(line)
                 if ENABLED:
                     _RECORD[kind](*args)
-            except Exception:  # noqa: BLE001 - a bad message must not end the reader
+            except Exception:  # a bad message must not end the reader
                 log.debug("dropped a forwarded metric %r", line, exc_info=True)
 
 

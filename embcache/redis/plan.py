@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 __all__ = ["Call", "Batch", "Offload", "Plan", "run", "arun", "planned"]
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,33 @@ async def arun(plan: Plan[T], client: Any) -> T:
             error = exc
 
 
-def planned(fn: Callable[..., Plan[T]]) -> Callable[..., T]:
+class planned(Generic[S, P, T]):  # lower case: used as a decorator, like property
     """Make a plan-returning method of an object with a sync client ``self.r`` callable as a plain method;
-    the plan itself stays reachable as ``.plan`` (for :func:`arun`)."""
+    the plan itself stays reachable as ``.plan`` (for :func:`arun`): ``store.read_tail.plan(store, pk, pos)``.
+    Typed, so that mypy sees both the method's and the plan's signature."""
 
-    @wraps(fn)
-    def sync(self: Any, *args: Any, **kwargs: Any) -> T:
-        return run(fn(self, *args, **kwargs), self.r)
+    def __init__(self, fn: Callable[Concatenate[S, P], Plan[T]]) -> None:
+        self.plan = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self.__wrapped__ = fn
 
-    sync.plan = fn  # type: ignore[attr-defined]
-    return sync
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> planned[S, P, T]: ...
+    @overload
+    def __get__(self, obj: S, owner: type | None = None) -> _Bound[S, P, T]: ...
+    def __get__(self, obj: S | None, owner: type | None = None) -> planned[S, P, T] | _Bound[S, P, T]:
+        return self if obj is None else _Bound(self.plan, obj)
+
+
+class _Bound(Generic[S, P, T]):
+    """A :class:`planned` method bound to its object."""
+
+    __slots__ = ("plan", "_obj")
+
+    def __init__(self, fn: Callable[Concatenate[S, P], Plan[T]], obj: S) -> None:
+        self.plan = fn
+        self._obj = obj
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run(self.plan(self._obj, *args, **kwargs), self._obj.r)  # type: ignore[attr-defined]

@@ -160,7 +160,8 @@ class Principals:
         out = {}
         for name, v in raw.items():
             rec = json.loads(v)
-            out[name.decode()] = {"grants": rec["grants"], "worker": bool(rec.get("worker")), "created": rec.get("created")}
+            out[name.decode()] = {"grants": rec["grants"], "worker": bool(rec.get("worker")),
+                                  "created": rec.get("created")}
         return dict(sorted(out.items()))
 
     def worker(self, name: str = WORKER) -> Credentials:

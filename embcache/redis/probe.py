@@ -35,7 +35,7 @@ class StrongProbes:
     query at a time. ``client`` is the hub's (standalone) ``redis.Redis``."""
 
     def __init__(self, client: Any) -> None:
-        self._pool = getattr(client, "connection_pool", None)  # None on Cluster, where no probe is sent
+        self._pool: Any = getattr(client, "connection_pool", None)  # None on Cluster, where no probe is sent
         self._lock = threading.Lock()
         self._conn: Any = None
 

@@ -11,10 +11,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.cluster
@@ -23,23 +23,27 @@ from redis import exceptions as rexc
 from ..core.errors import (
     AlreadyExists,
     AuthenticationFailed,
+    Conflict,
     EmbcacheError,
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PublishConflict,
     Unavailable,
     VersionSealed,
 )
 from ..core.keys import Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
-__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "LIB_CODE", "LIB_VERSION"]
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "lua_error", "LUA_ERRORS", "LIB_CODE",
+           "LIB_VERSION"]
 
 _LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
 LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 log = logging.getLogger("embcache.store")
 
+T = TypeVar("T")
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
 READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
@@ -47,7 +51,28 @@ TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller 
 TAIL_PAGES = 100_000  # pages a full tail read takes at most (each page advances by at least one entry)
 SCAN_COUNT = 1000
 
-_CODES = {"EMBSEALED": VersionSealed, "EMBNOTFOUND": NotFound, "EMBEXISTS": AlreadyExists, "EMBARGS": InvalidInput}
+#: Every error code ``functions.lua`` replies with (``redis.error_reply('<CODE> <message>')``), and the error it
+#: becomes. The one place they are parsed: :func:`lua_error`.
+LUA_ERRORS: dict[str, type[EmbcacheError]] = {
+    "EMBSEALED": VersionSealed,
+    "EMBNOTFOUND": NotFound,
+    "EMBNOHISTORY": NotFound,  # rollback of an alias with no previous target
+    "EMBEXISTS": AlreadyExists,
+    "EMBRETRY": Conflict,  # the version counter moved: pick the next name
+    "EMBCONFLICT": PublishConflict,
+    "EMBARGS": InvalidInput,  # a function refused its arguments
+}
+
+
+def lua_error(exc: rexc.ResponseError) -> EmbcacheError | None:
+    """The embcache error of a Functions library reply (its code in ``.code``); None for any other reply."""
+    code, _, message = str(exc).partition(" ")
+    kind = LUA_ERRORS.get(code)
+    if kind is None:
+        return None
+    err = kind(message.strip())
+    err.code = code  # type: ignore[attr-defined]
+    return err
 
 
 @contextlib.contextmanager
@@ -64,10 +89,10 @@ def translate_errors(operation: str = "") -> Iterator[None]:
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
     except rexc.ResponseError as exc:
+        err = lua_error(exc)
+        if err is not None:
+            raise err from None
         text = str(exc)
-        for code, kind in _CODES.items():
-            if text.startswith(code):
-                raise kind(text[len(code) :].strip()) from None
         if text.startswith("NOPERM"):
             raise PermissionDenied(f"{operation}: {text}") from None
         raise
@@ -76,7 +101,15 @@ def translate_errors(operation: str = "") -> Iterator[None]:
 def open_client(
     url: str, *, username: str | None = None, password: str | None = None, cluster: bool | None = None
 ) -> redis.Redis | redis.cluster.RedisCluster:
-    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says."""
+    """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says. Without credentials,
+    the URL of this user's embedded server gets its operator password (see
+    :func:`embcache.server.embedded_password`)."""
+    from .connection import normalize_url
+    from .server import embedded_password
+
+    url = normalize_url(url)
+    if username is None and password is None:
+        password = embedded_password(url)
     opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
     if username is not None:
         opts["username"] = username
@@ -96,7 +129,8 @@ def open_client(
             finally:
                 probe.close()
         if cluster:
-            return redis.cluster.RedisCluster.from_url(url, **{k: v for k, v in opts.items() if k != "health_check_interval"})
+            opts.pop("health_check_interval")
+            return redis.cluster.RedisCluster.from_url(url, **opts)
         client = redis.Redis.from_url(url, **opts)
         client.ping()
         return client
@@ -130,9 +164,27 @@ class Store:
     """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
 
     def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, keys: Keys) -> None:
-        self.r = client
+        # Any: redis-py's stubs type every reply as bytes | str, but these clients never decode (bytes only)
+        self.r: Any = client
         self.keys = keys
         self.is_cluster = isinstance(client, redis.cluster.RedisCluster)
+
+    def run(self, plan: Plan[T]) -> T:
+        """Execute ``plan`` with this store's (sync) client."""
+        return run(plan, self.r)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.r.close()
+
+    def pubsub(self) -> Any:
+        """A pub/sub connection (for snapshot notifications) that skips subscribe confirmations."""
+        return self.r.pubsub(ignore_subscribe_messages=True)
+
+    def dispatcher_seen(self) -> bool:
+        """True while a dispatcher holds its lock (it renews it every tick)."""
+        with translate_errors("build"):
+            return bool(self.r.exists(self.keys.dispatcher_lock()))
 
     # functions library ------------------------------------------------------------------------------------
     def ensure_functions(self) -> None:
@@ -156,13 +208,15 @@ class Store:
         return run(self.fcall_plan(name, keys, args, operation, ro=ro), self.r)
 
     @staticmethod
-    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *, ro: bool = False) -> Plan[Any]:
+    def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *,
+                   ro: bool = False) -> Plan[Any]:
         with translate_errors(operation):
             return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
 
     # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
     @planned
-    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes], metas: list[str | None]) -> Plan[str]:
+    def write_upserts(self, pk: PartitionKeys, ids: list[str], blobs: list[bytes],
+                      metas: list[str | None]) -> Plan[str]:
         """Write one partition's batch atomically (chunks in one MULTI/EXEC); returns the log position."""
         calls = []
         start = 0
@@ -221,6 +275,13 @@ class Store:
                                    for i in range(0, len(ids), READ_CHUNK_ITEMS)])
         return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
 
+    @staticmethod
+    async def ascan_ids(client: Any, pk: PartitionKeys, batch: int = SCAN_COUNT) -> AsyncIterator[str]:
+        """:meth:`scan_ids` on a ``redis.asyncio`` client."""
+        with translate_errors("scan"):
+            async for k, _ in client.hscan_iter(pk.vec, count=batch):
+                yield k.decode()
+
     def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
         """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
         with translate_errors("scan"):
@@ -233,10 +294,39 @@ class Store:
             return int((yield Call("hlen", pk.vec)))
 
     @planned
+    def counts(self, pks: Sequence[PartitionKeys]) -> Plan[list[int]]:
+        """Item counts of several partitions, in one round trip on a standalone server."""
+        with translate_errors("count"):
+            return [int(c) for c in (yield Batch([Call("hlen", pk.vec) for pk in pks]))]
+
+    @planned
+    def strong_positions(self, pks: Sequence[PartitionKeys],
+                         parts_key: str | None) -> Plan[tuple[list[str], list[str] | None]]:
+        """What a strong read needs, in one round trip: every partition's log position, and (``parts_key``
+        given) the version's partition list, sorted, so a partition another hub created before the read began
+        is not missed."""
+        calls = [Call("hget", pk.state, "pos") for pk in pks]
+        if parts_key is not None:
+            calls.append(Call("smembers", parts_key))
+        with translate_errors("strong read"):
+            replies = yield Batch(calls)
+        positions = [_s(x) or "0-0" for x in replies[: len(pks)]]
+        return positions, None if parts_key is None else sorted(m.decode() for m in replies[-1])
+
+    @planned
     def position(self, pk: PartitionKeys) -> Plan[str]:
         """The partition's latest change-log position ('0-0' when it was never written)."""
         with translate_errors("position"):
             return _s((yield Call("hget", pk.state, "pos"))) or "0-0"
+
+    def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
+        """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
+        ``cap``, past it the log's length (an upper bound), so the cost stays bounded."""
+        with translate_errors("index lag"):
+            n = len(self.r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=cap))
+            if n >= cap:
+                n = max(n, int(self.r.xlen(pk.log)))
+        return n
 
     @planned
     def read_tail(self, pk: PartitionKeys, since: str, limit: int = TAIL_LIMIT) -> Plan[Tail | None]:
@@ -278,7 +368,8 @@ class Store:
                     metadatas=list(res[3]))
 
     @planned
-    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]], limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
+    def read_tails(self, requests: Sequence[tuple[PartitionKeys, str]],
+                   limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
         if len(requests) == 1:  # a plain call costs less than a pipeline of one
             return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
@@ -311,13 +402,15 @@ class Store:
                 else:
                     metas[id_] = tail.metadatas[i]  # type: ignore[assignment]
         ids = list(vectors)
-        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids], metadatas=[metas.get(i) for i in ids])
+        return PartitionData(pos=tail.pos, ids=ids, vectors=[vectors[i] for i in ids],
+                             metadatas=[metas.get(i) for i in ids])
 
     @planned
     def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
         with translate_errors("mark dirty"):
-            yield Call("zadd", self.keys.dirty(space), {f"{version}/{partition}": time.time()}, nx=True)
+            mark = {self.keys.dirty_member(version, partition): time.time()}
+            yield Call("zadd", self.keys.dirty(space), mark, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
@@ -338,7 +431,7 @@ class Store:
     def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
         """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.
         Best effort: a read-only principal cannot write, and the dispatcher's reconciliation also finds it."""
-        space, version, partition = pk.tag.split("/")
+        space, version, partition = pk.names()
         try:
             self.r.hset(pk.state, "corrupt", reason[:200])
             self.mark_dirty(space, version, partition)

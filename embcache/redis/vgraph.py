@@ -13,7 +13,8 @@ from typing import Any
 
 from ..core.errors import SnapshotCorrupt
 from ..core.keys import Keys
-from ..core.snapshot import CHUNK_BYTES, GRACE_SECONDS, ORPHAN_TTL
+from ..core.snapshot import CHUNK_BYTES
+from .snapshots import GRACE_SECONDS, ORPHAN_TTL
 from ..core.vgraph import VersionBase, VersionManifest, unpack_version
 from .store import translate_errors
 

@@ -138,7 +138,8 @@ def test_fastapi_example_under_200_concurrent_requests(redis_url: str, workers) 
                 requests += [client.post("/recommend", json={"vector": x[100].tolist(), "exclude": exclude, "n": 5})
                              for _ in range(50)]
                 responses = await asyncio.gather(*requests)
-                assert [r.status_code for r in responses] == [200] * 200, [r.text for r in responses if r.status_code != 200][:2]
+                failed = [r.text for r in responses if r.status_code != 200][:2]
+                assert [r.status_code for r in responses] == [200] * 200, failed
                 for i, r in enumerate(responses[:150]):
                     body = r.json()
                     assert [row["id"] for row in body["results"]] == want_similar[ids[i % 20]]

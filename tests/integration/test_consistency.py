@@ -18,9 +18,10 @@ import redis
 from rq.job import Job
 
 import embcache
-from embcache.core.snapshot import HnswBase, read_manifest
+from embcache.core.snapshot import HnswBase
 from embcache.redis.dispatcher import job_id
 from embcache.redis.server import RedisServer, free_port
+from embcache.redis.snapshots import read_manifest
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 from workers.build import COMPACT_RATIO
 

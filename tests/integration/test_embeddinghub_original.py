@@ -31,7 +31,6 @@ import pytest
 from embcache.compat import embeddinghub as eh
 from embcache.compat.embeddinghub import SpaceSnapshot as Index  # the original's offlinehub.Index
 
-
 # --- the client tests (sdk/python/embeddinghub_test.py) -----------------------------------------------------
 
 
@@ -300,9 +299,8 @@ def hubs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[eh.Emb
     finally:
         for hub in opened:
             hub.close()
-        for srv in [s for s in server._started if str(s.directory).startswith(str(tmp_path))]:
-            server._started.remove(srv)
-            srv.stop()
+        for state in tmp_path.rglob("server.json"):  # the embedded servers LocalConfig started
+            server.stop_embedded(state.parent)
 
 
 @pytest.mark.parametrize(("page", "index"), CELLS, ids=[PAGES[p][i].id for p, i in CELLS])

@@ -5,6 +5,7 @@ id, consistency levels across two hubs, and durability of the embedded server.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -647,28 +648,26 @@ def test_acknowledged_writes_survive_sigkill_of_the_server(tmp_path: Path) -> No
 def test_ensure_embedded_reuses_a_running_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMBCACHE_REDIS_SERVER", raising=False)
     home = tmp_path / "home"
-    started_before = len(embcache.redis.server._started)
     url = ensure_embedded(home)
     try:
-        assert len(embcache.redis.server._started) == started_before + 1
-        ours = embcache.redis.server._started[-1]
+        state = json.loads((home / "server.json").read_text())
         pid = int((home / "redis.pid").read_text())
-        assert ours.process is not None and ours.process.pid == pid
-        with redis.Redis.from_url(url, decode_responses=True) as r:
+        assert state["pid"] == pid
+        password = embcache.redis.server.embedded_password(url)
+        assert password == (home / "operator.password").read_text().strip()
+        with redis.Redis.from_url(url, password=password, decode_responses=True) as r:
             assert r.config_get("appendonly") == {"appendonly": "yes"}
-            assert r.config_get("bind")["bind"].split() == ["127.0.0.1"] or url.startswith("unix://")
+            assert url.startswith("unix://") and r.config_get("port") == {"port": "0"}
             r.set("marker", "1")
         assert ensure_embedded(home) == url  # reused: same URL ...
         assert ensure_embedded(str(home)) == url
-        assert len(embcache.redis.server._started) == started_before + 1  # ... and no second process
-        assert int((home / "redis.pid").read_text()) == pid
-        with redis.Redis.from_url(url, decode_responses=True) as r:
+        assert int((home / "redis.pid").read_text()) == pid  # ... and the same process
+        with redis.Redis.from_url(url, password=password, decode_responses=True) as r:
             assert r.get("marker") == "1"
-        with embcache.connect(url, refresh_interval=0) as hub:
+        with embcache.connect(url, refresh_interval=0) as hub:  # the owner's URL gets the operator password
             hub.create_space("e", dim=2).create_version().upsert(["a"], [[1.0, 0.0]])
     finally:
-        if embcache.redis.server._started and embcache.redis.server._started[-1].directory == home:
-            embcache.redis.server._started.pop().stop()
+        embcache.redis.server.stop_embedded(home)
 
 
 def test_find_redis_server_without_any_binary_raises_server_error_with_the_hint(

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from embcache.core.errors import InvalidInput
-from embcache.core.snapshot import read_manifest
 from embcache.redis import metrics
+from embcache.redis.snapshots import read_manifest
 from tests.workers_fixtures import REPO_ROOT, random_unit, wait_for
 
 prometheus_client = pytest.importorskip("prometheus_client")

@@ -351,3 +351,68 @@ def test_the_readme_quick_start_runs_twice_in_a_row(redis_url: str, workers: Wor
         assert space.aliases() == {"live": "v2"}
     printed = capsys.readouterr().out
     assert printed.count("analytics") >= 1 and "Traceback" not in printed
+
+
+# --- 13. the servers embcache supports -------------------------------------------------------------------------
+
+
+def test_the_server_under_test_is_a_supported_one(redis_url: str) -> None:
+    """Redis 7.0+ or Valkey 8+; under scripts/test-valkey.sh (EMBCACHE_EXPECT_SERVER=valkey) it must be Valkey."""
+    with redis.Redis.from_url(redis_url) as r:
+        info = r.info("server")
+    valkey = info.get("server_name") == "valkey" or "valkey_version" in info
+    if os.environ.get("EMBCACHE_EXPECT_SERVER") == "valkey":
+        assert valkey, f"expected Valkey, the tests run on {info.get('redis_version')}"
+    version = tuple(int(x) for x in str(info.get("valkey_version") or info["redis_version"]).split(".")[:2])
+    assert version >= ((8, 0) if valkey else (7, 0)), info
+
+
+# --- 8. the FastAPI example runs as its docstring says; 9. compose.yaml ----------------------------------------
+
+
+def test_the_fastapi_example_runs_under_uvicorn(redis_url: str, tmp_path: Path) -> None:
+    import tomllib
+
+    import httpx
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("uvicorn") for dep in extras["examples"])
+    seed(redis_url, "demo-movies", n=5)
+    from embcache.redis.server import free_port
+
+    port = free_port()
+    env = {**os.environ, "EMBCACHE_URL": redis_url}
+    uvicorn = Path(sys.executable).with_name("uvicorn")  # the docstring's `.venv/bin/uvicorn examples.fastapi_app:app`
+    proc = subprocess.Popen([str(uvicorn), "examples.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/similar/k0", params={"n": 2}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not answer within 60 s"
+                time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert [row["id"] for row in r.json()["results"]] == ["k1", "k2"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_compose_mounts_the_repository_read_only_and_waits_for_the_workers() -> None:
+    import yaml  # PyYAML (dev extra): only to read the file; compose itself is not run here
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("worker", "demo"):
+        mounts = [m for m in services[name]["volumes"] if m.split(":")[1] == "/src"]
+        assert mounts and all(m.endswith(":ro") for m in mounts), (name, mounts)
+    assert services["demo"]["depends_on"]["worker"] == {"condition": "service_healthy"}
+    assert "dispatcher_lock" in " ".join(services["worker"]["healthcheck"]["test"])

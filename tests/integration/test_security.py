@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError
 
 import embcache
 from embcache.core.errors import CorruptRecord, InvalidInput, PermissionDenied, VersionSealed
@@ -25,10 +25,10 @@ from embcache.redis.catalogue import MAX_DESCRIPTION_BYTES
 from embcache.redis.store import TAIL_LIMIT, Store
 from tests.integration.test_acl import (  # noqa: F401 - fixtures
     DIM,
-    K,
     PRINCIPAL,
     TALLY,
     Attacker,
+    K,
     World,
     assert_same,
     connect,
@@ -125,7 +125,8 @@ def test_admin_cannot_write_the_space_record_or_unseal(world: World, connect) ->
         for cmd in [("SET", K.space("alpha"), hijack), ("SET", K.space("alpha"), json.dumps({**rec, "M": 0})),
                     ("DEL", K.space("alpha")), ("UNLINK", K.space("alpha")), ("GETDEL", K.space("alpha")),
                     ("RENAME", K.space("alpha"), K.seq("alpha")), ("EXPIRE", K.space("alpha"), 1),
-                    ("HSET", K.grants("alpha"), "ad", '{"role": "admin", "partitions": null}'), ("DEL", K.grants("alpha")),
+                    ("HSET", K.grants("alpha"), "ad", '{"role": "admin", "partitions": null}'),
+                    ("DEL", K.grants("alpha")),
                     # unsealing v2: its state string and its partition's flag
                     ("SET", K.vstate("alpha", "v2"), "open"), ("DEL", K.vstate("alpha", "v2")),
                     ("SET", s2.sealed, "0"), ("DEL", s2.sealed), ("UNLINK", s2.sealed), ("GETDEL", s2.sealed),

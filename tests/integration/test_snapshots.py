@@ -13,8 +13,10 @@ import pytest
 import embcache
 from embcache.core import snapshot
 from embcache.core.errors import SnapshotCorrupt
-from embcache.core.snapshot import HnswBase, read_manifest
+from embcache.core.snapshot import HnswBase
 from embcache.core.views import ExactBase
+from embcache.redis import snapshots
+from embcache.redis.snapshots import read_manifest
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, wait_for
 
 DIM = 128
@@ -64,8 +66,8 @@ def test_killed_worker_leaves_previous_snapshot_and_build_completes_elsewhere(re
             assert r.ttl(key) > 0, f"{key}: an unpublished chunk without expiry"
     assert not handle.done
     # a builder that died after writing its chunks, before publishing them: they expire and nobody reads them
-    snapshot.write_chunks(r, pk, "2.deadbeef", [b"half-written" * 1000, b"x"])
-    assert 0 < r.ttl(pk.chunk("2.deadbeef", 0)) <= snapshot.ORPHAN_TTL
+    snapshots.write_chunks(r, pk, "2.deadbeef", [b"half-written" * 1000, b"x"])
+    assert 0 < r.ttl(pk.chunk("2.deadbeef", 0)) <= snapshots.ORPHAN_TTL
     assert read_manifest(r, pk) == before
     # readers keep answering from generation 1, and a fresh reader loads it intact
     hub.cache.refresh()
@@ -122,7 +124,7 @@ def _check_refused(hubs, url: str, version: str, data: np.ndarray, pk, manifest)
     (s,) = rv.stats()
     assert s.corrupt and s.generation == manifest.generation == 1
     with pytest.raises(SnapshotCorrupt):
-        snapshot.load(reader.store.r, pk, ef=64)
+        snapshots.load(reader.store.r, pk, ef=64)
 
 
 def _wait_rebuilt(hubs, url: str, version: str, pk, timeout: float) -> embcache.Version:  # noqa: ANN001

@@ -11,7 +11,8 @@ import redis
 from redis.cluster import key_slot
 
 import embcache
-from embcache.core.snapshot import HnswBase, read_manifest
+from embcache.core.snapshot import HnswBase
+from embcache.redis.snapshots import read_manifest
 from tests.datasets import MiniLMSubset
 from tests.workers_fixtures import brute_force, random_unit, recall_at_k, wait_for
 

@@ -185,7 +185,8 @@ def test_nested_and_or() -> None:
         ]
     }
     assert matching(where) == {"a", "h", "d"}
-    where2 = {"$and": [{"$or": [{"genre": "comedy"}, {"genre": "horror"}]}, {"$or": [{"free": False}, {"rating": None}]}]}
+    where2 = {"$and": [{"$or": [{"genre": "comedy"}, {"genre": "horror"}]},
+                       {"$or": [{"free": False}, {"rating": None}]}]}
     assert matching(where2) == {"b", "d"}
 
 

@@ -301,7 +301,8 @@ def test_parse_knows_every_builder(k: Keys) -> None:
     """Found by introspection, so a builder added later without teaching ``parse`` fails here."""
     found = 0
     for name, method in inspect.getmembers(k, inspect.ismethod):
-        if name.startswith("_") or name.endswith(("_pattern", "_patterns")) or name in ("parse", "partition", "partition_tag"):
+        if name.startswith("_") or name.endswith(("_pattern", "_patterns")) \
+                or name in ("parse", "partition", "partition_tag"):
             continue
         params = list(inspect.signature(method).parameters)
         args = {"space": "s1", "alias": "live", "version": "v1"}

@@ -20,9 +20,7 @@ RANK = {"core": 0, "redis": 1, "client": 2, "app": 3}
 #: third-party packages a floor must not import
 FORBIDDEN = {"core": {"redis", "rq"}}
 #: known breaks, each with the step that removes it; the test fails when one is fixed and still listed here
-PENDING: set[tuple[str, str]] = {
-    ("embcache.core.snapshot", "redis"),  # snapshot I/O moves into embcache.redis (issue 9, step 2)
-}
+PENDING: set[tuple[str, str]] = set()
 #: ``python -m workers`` is ``embcache worker``: the command line's entry point, so it may import the CLI
 ENTRY_POINTS = {("workers.__main__", "embcache.cli")}
 

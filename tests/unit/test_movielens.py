@@ -10,7 +10,7 @@ import pytest
 
 from embcache.movielens import Factors, Ratings, item_embeddings, load_ratings
 
-ML_SMALL = Path(__file__).resolve().parents[2] / "data" / "movielens" / "ml-latest-small"
+ML_SMALL = Path(__file__).resolve().parents[2] / "embcache" / "data" / "movielens" / "ml-latest-small"
 
 # Animated family films a viewer of Toy Story plausibly watches next (movieId: title in movies.csv).
 FAMILY_ANIMATION = {

@@ -24,12 +24,14 @@ PUBLIC = [
     "InvalidInput",
     "InvalidName",
     "NotFound",
+    "OpenDefaultUserWarning",
     "PermissionDenied",
     "QueryResult",
     "ServerError",
     "SnapshotCorrupt",
     "Space",
     "Unavailable",
+    "UntrustedHome",
     "Version",
     "VersionSealed",
     "__version__",
@@ -37,8 +39,10 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput", "InvalidName", "NotFound",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput",
+    "InvalidName", "NotFound",
     "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
+    "UntrustedHome",
 ]
 
 

@@ -301,7 +301,7 @@ def test_merge_many_sources_against_oracle() -> None:
     rng = np.random.default_rng(16)
     sources = []
     best: dict[str, float] = {}
-    for s in range(6):
+    for _ in range(6):
         ids = [f"id{j}" for j in rng.choice(40, size=12, replace=False)]
         dist = np.sort(rng.random(12).astype(np.float32))
         sources.append((ids, dist))
