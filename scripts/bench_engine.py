@@ -241,9 +241,10 @@ class Bench:
             sub = raw_index(self.base[rows], a.M, a.ef_construction, a.ef)
             truth = [rows[exact_topk(self.base[rows], q, K)].tolist() for q in self.queries]
             ids_row = {i: r for r, i in enumerate(self.ids)}
-            runners = {"raw": lambda q: sub.knn_query(q, k=min(K, len(rows)), num_threads=1),
-                       "eventual": lambda q: v.query(q, K, partitions=names, consistency="eventual"),
-                       "session": lambda q: v.query(q, K, partitions=names)}
+            kk = min(K, len(rows))
+            runners = {"raw": lambda q, sub=sub, kk=kk: sub.knn_query(q, k=kk, num_threads=1),
+                       "eventual": lambda q, n=names: v.query(q, K, partitions=n, consistency="eventual"),
+                       "session": lambda q, n=names: v.query(q, K, partitions=n)}
             lat = self.time_single(runners)
             got = [[ids_row[i] for i in v.query(q, K, partitions=names, consistency="eventual").ids[0]]
                    for q in self.queries]
@@ -375,19 +376,24 @@ class Bench:
     def markdown(self, cmd: str) -> str:
         m = machine()
         heads = {
-            "all partitions": "| P | raw p50 us | numpy exact p50 us | eventual p50 us | ratio | session p50 us | ratio | raw recall | embcache recall | plan | load |",
-            "named partitions": "| partitions | items | raw on their items p50 us | eventual p50 us | ratio | overhead us | session p50 us | recall | plan | load |",
-            "where": "| P | filter | matches | raw unfiltered p50 us | eventual p50 us | ratio | session p50 us | recall | short rows | plan | load |",
+            "all partitions": "| P | raw p50 us | numpy exact p50 us | eventual p50 us | ratio | session p50 us "
+                              "| ratio | raw recall | embcache recall | plan | load |",
+            "named partitions": "| partitions | items | raw on their items p50 us | eventual p50 us | ratio "
+                                "| overhead us | session p50 us | recall | plan | load |",
+            "where": "| P | filter | matches | raw unfiltered p50 us | eventual p50 us | ratio | session p50 us "
+                     "| recall | short rows | plan | load |",
             "query_by_id": "| P | raw get_items+knn p50 us | eventual p50 us | ratio | load |",
             "batched": "| P | queries | raw QPS | embcache QPS | ratio | recall | load |",
             "upsert 100": "| P | p50 ms | Redis commands | load |",
-            "memory": "| P | raw index MB | hnswlib in client MB | Python tables MB (tracemalloc) | total MB | vs raw |",
+            "memory": "| P | raw index MB | hnswlib in client MB | Python tables MB (tracemalloc) | total MB "
+                      "| vs raw |",
         }
         out = [f"### {a_label(self.a)}", "",
                f"`{cmd}`; {self.n} x {self.base.shape[1]} debian-minilm, {len(self.queries)} queries, k={K}, "
                f"M={self.a.M}, ef_construction={self.a.ef_construction}, ef={self.a.ef}; {m['cpu']}, {m['cores']} "
                f"cores, hnswlib {m['hnswlib']}, numpy {m['numpy']}, redis-server {m['redis-server']}; load averages "
-               f"during the run: {', '.join(self.results['load'])}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+               f"during the run: {', '.join(self.results['load'])}; "
+               f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
                ""]
         for table, rows in self.results["tables"].items():
             out += [f"**{table}**", "", heads[table], "|" + "---|" * (heads[table].count("|") - 1)]

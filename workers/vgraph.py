@@ -28,8 +28,8 @@ import numpy as np
 
 from embcache.core import codec
 from embcache.core.snapshot import CHUNK_BYTES
-from embcache.core.views import pos_key
 from embcache.core.vgraph import pack_version
+from embcache.core.views import pos_key
 from embcache.redis import vgraph as vg_io
 from embcache.redis.catalogue import SpaceRecord
 from embcache.redis.store import Store
@@ -164,7 +164,8 @@ def _full(store: Store, space: SpaceRecord, version: str, parts: list[str]) -> S
     return index, dict(zip(ids, range(n))), meta, part, covered, 0, n - 1
 
 
-def _incremental(store: Store, space: SpaceRecord, version: str, parts: list[str], previous: Any, tag: str) -> State | None:
+def _incremental(store: Store, space: SpaceRecord, version: str, parts: list[str], previous: Any,
+                 tag: str) -> State | None:
     kept = _kept.pop(tag, None)
     if kept is not None and kept.sid == previous.sid:
         index, label, meta, part = kept.index, kept.label, kept.meta, kept.part

@@ -92,7 +92,7 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
         ms = (time.perf_counter() - t0) * 1000
         plan = None
         if explain:
-            qv = v.get(list(ids), include=("embeddings",)).embeddings if ids else np.load(vectors)
+            qv = v.get(list(ids), include=("embeddings",)).embeddings if ids else np.load(str(vectors))
             kw.pop("include")
             plan = v.explain(qv, **kw).as_dict()
     rows = [{"query": lab, "results": [{"id": i, "distance": float(d), "metadata": m}

@@ -21,8 +21,8 @@ from ..core import snapshot
 from ..core.codec import decode_vectors
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
 from ..core.vgraph import VersionBase
+from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
 from ..redis import metrics, snapshots
 from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
@@ -292,10 +292,10 @@ class PartitionCache:
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
         if pid[2] == GRAPH:
-            manifest = vgraph_io.read_manifest(self.store.r, self.store.keys, pid[0], pid[1])
-            if manifest is None or manifest.generation == getattr(base, "generation", None):
+            graph = vgraph_io.read_manifest(self.store.r, self.store.keys, pid[0], pid[1])
+            if graph is None or graph.generation == getattr(base, "generation", None):
                 return None
-            return self._load_graph(pid[0], pid[1], info, manifest)
+            return self._load_graph(pid[0], pid[1], info, graph)
         pk = self.keys(pid)
         with translate_errors("refresh"):
             manifest = snapshots.read_manifest(self.store.r, pk)

@@ -25,6 +25,7 @@ import numpy as np
 from redis import exceptions as redis_exceptions
 
 from ..core import codec
+from ..core.engine import Explain, Query, Step, check_include
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
@@ -38,10 +39,9 @@ from ..core.errors import (
     VersionNotFound,
     VersionSealed,
 )
-from ..core.engine import Explain, Query, Step, check_ef, check_include
-from ..core.vgraph import VersionBase
 from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
+from ..core.vgraph import VersionBase
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
@@ -941,15 +941,16 @@ class Version:
             found, skip = own
         granted = self.space.allowed_partitions()
         graph = cache.cached_graph(self.space.name, self.name) if granted is None else None
-        bases = [graph] if graph is not None else []
+        bases: list[Any] = [graph] if graph is not None else []
         bases += [b for b in (cache.cached(self._pid(p)) for p in (parts if granted is None else
                                                                     [p for p in parts if p in granted])) if b]
         for i in ids:
             if i in found or i in skip:
                 continue
             for b in bases:
-                if i in b:
-                    found[i] = b.vector(i)
+                vec = b.vector(i) if i in b else None
+                if vec is not None:
+                    found[i] = vec
                     break
         return found
 
@@ -1045,7 +1046,8 @@ class Version:
     def _reload_with_tail(self, partition: str) -> Plan[tuple[Any, Any]]:
         """The log no longer reaches back to the base (or is very long): load the newest snapshot and read its
         whole tail; answer exactly from a fresh copy if even that cannot be read."""
-        cache, store, info, pid, pk = self.hub.cache, self.hub.store, self.space.info, self._pid(partition), self._pk(partition)
+        cache, store, info = self.hub.cache, self.hub.store, self.space.info
+        pid, pk = self._pid(partition), self._pk(partition)
         base = yield Offload(cache.reload, (pid, info))
         tail = yield from store.read_tail.plan(store, pk, base.position, 1 << 30)
         if tail is None:

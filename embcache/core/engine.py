@@ -182,6 +182,10 @@ def _vkey(value: object) -> tuple[bool, object]:
     return (isinstance(value, bool), value)
 
 
+# a field's index: value -> rows, (sorted numbers, their rows), (sorted strings, their rows)
+_FieldParts = tuple[dict[Any, np.ndarray], tuple[list[float], np.ndarray], tuple[list[str], np.ndarray]]
+
+
 class FieldIndex:
     """Per-field value -> rows indexes of one base's metadata, built per field on first use.
 
@@ -192,11 +196,11 @@ class FieldIndex:
         self.metas = metas  # aligned with rows (None where a row holds no item or no metadata)
         self.live = live
         self.n = len(live)
-        self._fields: dict[str, tuple[dict[Any, np.ndarray], tuple[list[float], np.ndarray], tuple[list[str], np.ndarray]]] = {}
+        self._fields: dict[str, _FieldParts] = {}
         self._lock = threading.Lock()
         self.nbytes = 0
 
-    def _field(self, name: str):  # noqa: ANN202 - the three index parts of a field
+    def _field(self, name: str) -> _FieldParts:
         got = self._fields.get(name)
         if got is not None:
             return got
@@ -207,7 +211,7 @@ class FieldIndex:
                 self._fields[name] = got
         return got
 
-    def _build(self, name: str):  # noqa: ANN202
+    def _build(self, name: str) -> _FieldParts:
         rows: dict[Any, list[int]] = {}
         nums: list[tuple[float, int]] = []
         strs: list[tuple[str, int]] = []
@@ -227,7 +231,7 @@ class FieldIndex:
                 if isinstance(v, str):
                     strs.append((v, r))
                 elif not isinstance(v, bool) and v is not None:
-                    nums.append((float(v) if isinstance(v, float) else v, r))  # type: ignore[arg-type]
+                    nums.append((v, r))
         values = {k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in rows.items()}
         nums.sort(key=lambda t: t[0])
         strs.sort(key=lambda t: t[0])
@@ -238,7 +242,8 @@ class FieldIndex:
 
     def mask(self, tree: Node) -> np.ndarray:
         """Rows (of live items) that the filter tree matches, as a boolean array."""
-        return self._eval(tree) & self.live
+        out: np.ndarray = self._eval(tree) & self.live
+        return out
 
     def _eval(self, node: Node) -> np.ndarray:
         kind = node[0]
@@ -443,7 +448,8 @@ def search_base(
     except RuntimeError:  # hnswlib found fewer than asked: the graph walk starved
         step.fallback = "graph walk returned too few results"
         step.plan, step.candidates = "exact", matches
-        return _exact(base, queries, kk, allowed if allowed is not None else _hide(base, gone), key if not gone else None)
+        mask = allowed if allowed is not None else _hide(base, gone)
+        return _exact(base, queries, kk, mask, key if not gone else None)
     keep = allowed if allowed is not None else (_hide(base, gone) if gone else None)
     if keep is None:
         return _ranked(base, labels, dists)
@@ -479,7 +485,7 @@ def _allowed(base: Any, where: Filter | None, restrict: Sequence[str] | None,
 
 
 def _hide(base: Any, gone: list[int]) -> np.ndarray:
-    keep = base.live.copy()
+    keep: np.ndarray = base.live.copy()
     keep[gone] = False
     return keep
 

@@ -35,7 +35,7 @@ def level0_vectors(data: bytes | bytearray | memoryview, dim: int, n_slots: int,
     labels = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
     if count and int(labels.max()) >= n_slots:
         raise ValueError("index file holds a label beyond the snapshot's label table")
-    out = np.zeros((n_slots, dim), dtype=dtype)
+    out: np.ndarray = np.zeros((n_slots, dim), dtype=dtype)
     vecs = block[:, data_off : data_off + 4 * dim].copy().view("<f4")
     out[labels.astype(np.int64)] = vecs
     return out

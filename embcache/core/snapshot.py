@@ -161,7 +161,8 @@ class HnswBase:
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """float32 vectors of ``slots`` (from the float16 copy; hnswlib's own copy when there is none)."""
         if self.vectors is not None:
-            return self.vectors[slots].astype(np.float32)
+            out: np.ndarray = self.vectors[slots].astype(np.float32)
+            return out
         return np.asarray(self.index.get_items(slots.tolist()), dtype=np.float32).reshape(len(slots), -1)
 
     def knn(self, queries: np.ndarray, k: int, ef: int | None, flt: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -169,11 +170,13 @@ class HnswBase:
         want_ef = max(ef or self.default_ef, k)
         threads = 1 if len(queries) == 1 else -1
         if want_ef == self._ef:
-            return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            found: tuple[np.ndarray, np.ndarray] = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            return found
         with self._ef_lock:  # ef is index state in hnswlib: set it and search under one lock
             self.index.set_ef(want_ef)
             try:
-                return self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+                return found
             finally:
                 self.index.set_ef(self._ef)
 
@@ -214,7 +217,7 @@ def _level0(path: str, dim: int, n_slots: int) -> np.ndarray:
     try:
         data = np.memmap(path, dtype=np.uint8, mode="r")
         try:
-            return level0_vectors(data, dim, n_slots)
+            return level0_vectors(data.data, dim, n_slots)
         finally:
             del data
     except ValueError as exc:

@@ -147,7 +147,8 @@ def pack_version(
     return chunks, manifest
 
 
-def unpack_version(chunks: list[bytes | None], manifest: VersionManifest, *, ef: int, for_update: bool = False) -> VersionBase:
+def unpack_version(chunks: list[bytes | None], manifest: VersionManifest, *, ef: int,
+                   for_update: bool = False) -> VersionBase:
     """Verify and parse a version graph; :class:`SnapshotCorrupt` when a chunk is missing, the checksum fails or
     the tables disagree."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):

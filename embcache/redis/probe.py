@@ -67,7 +67,7 @@ class StrongProbe:
 
     def __init__(self, probes: StrongProbes, state_keys: Sequence[str], parts_key: str | None) -> None:
         self._probes = probes
-        self._commands = [("HGET", k, "pos") for k in state_keys]
+        self._commands: list[tuple[str, ...]] = [("HGET", k, "pos") for k in state_keys]
         self._n, self._members = len(self._commands), parts_key is not None
         if parts_key is not None:
             self._commands.append(("SMEMBERS", parts_key))

@@ -14,8 +14,8 @@ from typing import Any
 from ..core.errors import SnapshotCorrupt
 from ..core.keys import Keys
 from ..core.snapshot import CHUNK_BYTES
-from .snapshots import GRACE_SECONDS, ORPHAN_TTL
 from ..core.vgraph import VersionBase, VersionManifest, unpack_version
+from .snapshots import GRACE_SECONDS, ORPHAN_TTL
 from .store import translate_errors
 
 __all__ = ["read_manifest", "load", "publish", "CHUNK_BYTES", "GraphConflict"]
@@ -58,7 +58,8 @@ def publish(r: Any, keys: Keys, space: str, version: str, chunks: list[bytes], m
 
     pointer = keys.version_graph(space, version)
     new = [keys.version_graph_chunk(space, version, manifest.sid, i) for i in range(len(chunks))]
-    old = [keys.version_graph_chunk(space, version, previous.sid, i) for i in range(previous.chunks)] if previous else []
+    old = [keys.version_graph_chunk(space, version, previous.sid, i) for i in range(previous.chunks)] \
+        if previous else []
     with translate_errors("publish version graph"):
         pipe = r.pipeline(transaction=False)
         for name, c in zip(new, chunks):

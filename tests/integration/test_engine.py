@@ -107,7 +107,8 @@ def test_consistency_levels_over_the_version_graph(built, hubs, redis_url, minil
         v.query_by_id([top], 2)
 
 
-def test_partition_limited_principal_never_loads_other_partitions(built, redis_url, minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+def test_partition_limited_principal_never_loads_other_partitions(built, redis_url,  # noqa: ANN001
+                                                                  minilm_subset: MiniLMSubset) -> None:
     hub, v, layout = built
     ds = minilm_subset
     creds = hub.grant("p01", space="eng", role="reader", partitions=["p0", "p1"])

@@ -12,7 +12,15 @@ import pytest
 
 from embcache.core import snapshot
 from embcache.core.engine import (
-    EXACT_ROWS, FieldIndex, Filter, MaskCache, Query, Step, choose, compile_filter, search_base,
+    EXACT_ROWS,
+    FieldIndex,
+    Filter,
+    MaskCache,
+    Query,
+    Step,
+    choose,
+    compile_filter,
+    search_base,
 )
 from embcache.core.errors import InvalidInput, SnapshotCorrupt
 from embcache.core.filters import compile_where
@@ -146,7 +154,8 @@ def _recall(got: list[tuple[list[str], np.ndarray]], truth: list[list[str]]) -> 
     return hits / want if want else float(not any(g[0] for g in got))
 
 
-@pytest.mark.parametrize("where", [None, {"section": {"$ne": "libs"}}, {"section": {"$in": ["libs", "libdevel", "doc"]}},
+@pytest.mark.parametrize("where", [None, {"section": {"$ne": "libs"}},
+                                   {"section": {"$in": ["libs", "libdevel", "doc"]}},
                                    {"section": "sound"}, {"section": "zope"}, {"section": "no-such"}])
 def test_every_plan_reaches_the_recall_target(minilm_subset: MiniLMSubset, snap: snapshot.HnswBase, metas: list,
                                               where: dict | None) -> None:

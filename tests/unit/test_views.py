@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embcache.core.filters import compile_where
 from embcache.core.engine import compile_filter
+from embcache.core.filters import compile_where
 from embcache.core.views import ExactBase, OverlayItem, overlay_from_rows, pos_key, predicate_mask, search_view
 
 State = dict[str, tuple[np.ndarray, dict[str, Any] | None]]
