@@ -34,6 +34,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.workers_fixtures"]  # real RQ worker processes: the `workers` and `hubs` fixtures
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_servers_do_not_linger() -> Iterator[None]:
+    """Every embedded server a test starts stops as soon as it is unused (the CLI's 600 s linger would let one
+    outlive the test session: `embcache` called in-process sets it). Tests of the linger set their own."""
+    import os
+
+    before = os.environ.get("EMBCACHE_LINGER")
+    os.environ["EMBCACHE_LINGER"] = "0"
+    yield
+    if before is None:
+        os.environ.pop("EMBCACHE_LINGER", None)
+    else:
+        os.environ["EMBCACHE_LINGER"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A standalone redis-server (AOF on) for the whole session, on a free port in a tmp dir."""

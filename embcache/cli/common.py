@@ -28,14 +28,12 @@ __all__ = [
     "out",
     "plain",
     "progress",
-    "read_password_file",
     "target_version",
 ]
 
 EXIT_ERROR = 1  # an error: the message on stderr says what to do
 EXIT_USAGE = 2  # bad usage (an unknown option, a missing argument)
 EXIT_REJECTED = 3  # import: some rows were rejected (the others were imported); see the summary
-PASSWORD_FILE_MAX = 4096  # bytes read from --password-file: a password, not a file to slurp
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,25 +78,9 @@ class Settings:
             return self.username, self.password
         if self.password is not None:
             raise CliError("give --password or --password-file, not both")
+        from ..redis.connection import read_password_file  # first line, size-bounded; InvalidInput otherwise
+
         return self.username, read_password_file(self.password_file)
-
-
-def read_password_file(path: str) -> str:
-    """The first line of ``path`` without its line break (at most :data:`PASSWORD_FILE_MAX` bytes are read)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(PASSWORD_FILE_MAX + 1)
-    except OSError as exc:
-        raise CliError(f"--password-file {path}: {exc.strerror or exc}") from None
-    if len(head) > PASSWORD_FILE_MAX:
-        raise CliError(f"--password-file {path}: longer than {PASSWORD_FILE_MAX} bytes; it should hold one password")
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
-    if not line:
-        raise CliError(f"--password-file {path}: the first line is empty")
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CliError(f"--password-file {path}: not UTF-8 text") from None
 
 
 _CONNECTION_OPTIONS = (

@@ -47,7 +47,14 @@ from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
 from ..redis.catalogue import Catalogue, SpaceRecord, VersionRecord, valid_names
-from ..redis.connection import env_credentials, normalize_url, read_password_file, redact_url
+from ..redis.connection import (
+    check_url,
+    env_credentials,
+    normalize_url,
+    read_password_file,
+    redact_url,
+    url_username,
+)
 from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
@@ -145,10 +152,14 @@ def connect(
         if username is None and password is None:
             password = embedded.password  # the owner's own connection: the home's operator
     url = normalize_url(url)
-    if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+    try:
+        check_url(url)
+        if not isinstance(cache_bytes, int) or cache_bytes <= 0:
+            raise InvalidInput("cache_bytes must be a positive integer")
+    except InvalidInput:
         if embedded is not None:
             embedded.close()
-        raise InvalidInput("cache_bytes must be a positive integer")
+        raise
     if embedded is None and username is None and password is None:
         from ..redis.server import embedded_password
 
@@ -156,7 +167,7 @@ def connect(
     try:
         client = open_client(url, username=username, password=password, cluster=cluster)
         hub = Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
-                  username=username, password=password)
+                  username=username if username is not None else url_username(url), password=password)
     except BaseException:
         if embedded is not None:
             embedded.close()
@@ -453,7 +464,9 @@ class Space:
 
         :class:`~embcache.errors.InvalidInput` while an alias points at it (move the alias first: it would point at
         nothing), :class:`~embcache.errors.NotFound` if there is no such version. Its name is not reused by
-        :meth:`create_version`'s numbering.
+        :meth:`create_version`'s numbering. Only the operator may drop a version: an ``admin`` principal gets
+        :class:`~embcache.errors.PermissionDenied` (Redis does not let it delete keys, so that it cannot drop a
+        sealed version and recreate it unsealed).
         """
         self.hub.catalogue.get_version(self.name, name)
         pointing = sorted(a for a, v in self.aliases().items() if v == name)

@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..core.errors import InvalidInput
 
-__all__ = ["SCHEMES", "normalize_url", "redact_url", "url_scheme", "env_credentials", "read_password_file"]
+__all__ = ["SCHEMES", "normalize_url", "check_url", "url_username", "redact_url", "url_scheme", "env_credentials",
+           "read_password_file"]
 
 SCHEMES = ("redis://", "rediss://", "unix://", "valkey://", "valkeys://")
 _ALIASES = {"valkey://": "redis://", "valkeys://": "rediss://"}
@@ -44,6 +45,35 @@ def normalize_url(url: object) -> str:
     return url
 
 
+def check_url(url: str) -> None:
+    """:class:`InvalidInput` for a URL redis-py cannot use (bad port, bracket, query option, protocol, TLS
+    option), found without connecting; the message never holds the password."""
+    import redis
+
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        pool.make_connection()  # builds the connection object only: it validates the options, opens no socket
+        pool.disconnect()
+    except (ValueError, TypeError, redis.RedisError) as exc:
+        raise InvalidInput(f"url {redact_url(url)!r} is malformed: {_scrub(str(exc), url)}") from None
+
+
+def url_username(url: str) -> str | None:
+    """The user named in ``url`` (``redis://user:pw@host``), if any."""
+    try:
+        return urlsplit(url).username or None
+    except ValueError:
+        return None
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without any secret of ``url`` in it."""
+    secrets = re.findall(r"//[^/@]*?:([^@/]+)@", url) + re.findall(r"[?&]password=([^&]+)", url, flags=re.I)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (in the authority or a ``password=`` query parameter) replaced by ``***``."""
     try:
@@ -62,6 +92,7 @@ def redact_url(url: str) -> str:
         return out
     except ValueError:  # not parseable: show nothing that might be a secret
         return url_scheme(url) + "..."
+    # (a URL urlsplit takes but redis-py refuses is caught by check_url)
 
 
 def read_password_file(path: str | os.PathLike[str]) -> str:

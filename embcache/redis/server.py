@@ -3,7 +3,7 @@
 ``embcache.connect()`` with no URL (and no ``EMBCACHE_URL``) calls :func:`attach`: it reuses the server of
 ``EMBCACHE_HOME`` (default ``$XDG_DATA_HOME/embcache``, else ``~/.local/share/embcache``) when one runs there and
 proves to be that home's own, and otherwise starts one. Lifetime, in one rule: **the server runs while any
-process uses it, plus a linger** (``EMBCACHE_LINGER`` seconds; 0 for a library ``connect()``, so an app's
+process uses it, plus a linger** (``EMBCACHE_LINGER`` seconds; 5 for a library ``connect()``, so an app's
 server ends with the app however the app ends; the CLI sets 600 so that a sequence of commands shares one).
 The reference count is kept by the kernel: every user holds ``flock(LOCK_SH)`` on ``HOME/users.lock``, which
 is released when the process closes its hubs or dies (exit, SIGTERM, kill -9); a small supervisor
@@ -244,6 +244,9 @@ STATE_FILE = "server.json"
 PASSWORD_FILE = "operator.password"
 START_TIMEOUT = 120.0  # seconds: loading a large AOF takes a while (600 MB: about 2 s)
 VERIFY_TIMEOUT = 5.0
+# seconds a library app's server outlives its last user: long enough that an app opening and closing hubs in a
+# loop does not restart Redis each time, short enough that it ends with the app (the CLI sets 600)
+DEFAULT_LINGER = 5.0
 _MAX_STATE_BYTES = 64 << 10
 
 
@@ -281,7 +284,7 @@ def attach(home: str | os.PathLike[str] | None = None, *, port: int | None = Non
     """A share of the embedded server of ``home`` (default :func:`embedded_home`): the running one when it is
     verified as the home's own, else a new one (on loopback TCP ``port`` if given, else a Unix socket).
 
-    ``linger``: seconds the server stays up once unused (default ``EMBCACHE_LINGER``, else 0; ``math.inf``:
+    ``linger``: seconds the server stays up once unused (default ``EMBCACHE_LINGER``, else 5; ``math.inf``:
     until :func:`stop_embedded`); it is fixed when the server starts. :class:`~embcache.errors.UntrustedHome`
     when another user could write to the home, :class:`~embcache.errors.ServerError` when no server starts."""
     linger = _linger(linger)
@@ -413,7 +416,7 @@ def _release(home: Path) -> None:
 
 def _linger(linger: float | None) -> float | None:
     if linger is None:
-        raw = os.environ.get("EMBCACHE_LINGER") or "0"
+        raw = os.environ.get("EMBCACHE_LINGER") or str(DEFAULT_LINGER)
         try:
             linger = float(raw)
         except ValueError:
@@ -626,7 +629,7 @@ def _refuse_if_running(home: Path) -> None:
     try:
         same_dir = os.path.realpath(f"/proc/{pid}/cwd") == str(home)
         with open(f"/proc/{pid}/comm") as f:
-            is_redis = f.read().startswith("redis-server")
+            is_redis = f.read().startswith(("redis-server", "valkey-server"))
     except OSError:
         return
     deadline = time.monotonic() + 15.0  # one that was told to stop (its supervisor died) flushes its AOF first

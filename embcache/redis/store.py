@@ -104,10 +104,11 @@ def open_client(
     """A binary-safe client for ``url``; Redis Cluster is detected unless ``cluster`` says. Without credentials,
     the URL of this user's embedded server gets its operator password (see
     :func:`embcache.server.embedded_password`)."""
-    from .connection import normalize_url
+    from .connection import check_url, normalize_url
     from .server import embedded_password
 
     url = normalize_url(url)
+    check_url(url)
     if username is None and password is None:
         password = embedded_password(url)
     opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}

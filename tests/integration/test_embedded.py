@@ -28,6 +28,7 @@ from embcache.core.errors import InvalidInput, OpenDefaultUserWarning, ServerErr
 from embcache.redis import metrics, server
 from embcache.redis.connection import normalize_url, redact_url
 from embcache.redis.server import RedisServer, attach, free_port, stop_embedded
+from tests.integration.test_acl import TALLY, Attacker  # the session's attack tally (test_security prints it)
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
@@ -42,6 +43,14 @@ def _can_drop_privileges() -> str | None:
 
 
 needs_nobody = pytest.mark.skipif(_can_drop_privileges() is not None, reason=_can_drop_privileges() or "")
+
+
+def tally(who: str, channel: str, refused: bool) -> bool:
+    """Count one attack attempt in the session's tally (tests/integration/test_security.py prints it)."""
+    entry = TALLY.setdefault((who, channel), [0, 0])
+    entry[0] += 1
+    entry[1] += 0 if refused else 1
+    return refused
 
 
 def as_nobody(*argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -71,9 +80,8 @@ def base() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def _no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EMBCACHE_LINGER", raising=False)
+    monkeypatch.setenv("EMBCACHE_LINGER", "0")  # servers stop as soon as unused (the apps below inherit it)
     monkeypatch.delenv("EMBCACHE_URL", raising=False)
-    monkeypatch.delenv("EMBCACHE_REDIS_SERVER", raising=False)
 
 
 def _state(home: Path) -> dict:
@@ -133,13 +141,15 @@ def test_home_is_0700_files_0600_and_another_user_reads_no_vector(base: Path) ->
         # up by mistake (0711): the files themselves are owner-only
         for path in (aof, legacy / "operator.password", legacy / "users.acl"):
             got = as_nobody("cat", str(path))
-            assert got.returncode != 0 and "Permission denied" in got.stderr and "topsecret" not in got.stdout
+            assert tally("local user", "files", got.returncode != 0 and "topsecret" not in got.stdout)
+            assert "Permission denied" in got.stderr
         legacy.chmod(0o711)
         (legacy / "appendonlydir").chmod(0o711)
         try:
             for path in (aof, legacy / "operator.password"):
                 got = as_nobody("cat", str(path))
-                assert got.returncode != 0 and "Permission denied" in got.stderr, got
+                assert tally("local user", "files", got.returncode != 0), got
+                assert "Permission denied" in got.stderr, got
                 assert "topsecret" not in got.stdout and share.password not in got.stdout
         finally:
             legacy.chmod(0o700)
@@ -179,6 +189,7 @@ def test_a_home_another_user_controls_is_refused_and_its_planted_files_do_nothin
         try:
             with pytest.raises(UntrustedHome, match="belongs to uid 65534"):
                 embcache.connect(refresh_interval=0)
+            tally("local user", "home", True)
             # the same directory owned by the victim but writable by others: refused too
             shutil.chown(shared, "root", "root")
             with pytest.raises(UntrustedHome, match="writable by other users"):
@@ -232,13 +243,14 @@ def test_default_user_has_a_password_and_a_principal_cannot_become_the_operator(
             before = _snapshot(op)
             users_before = op.acl_list()
         principal = redis.Redis.from_url(share.url, username=creds.username, password=creds.password)
-        with pytest.raises(redis.AuthenticationError):
-            principal.execute_command("AUTH", "default", "x")  # the attack of issue 11.6
-        with pytest.raises(redis.AuthenticationError):
-            principal.execute_command("AUTH", "default", "")
-        with pytest.raises(redis.RedisError):  # still the reader: no operator command
-            principal.execute_command("ACL", "SETUSER", "evil", "on", ">x", "+@all", "~*")
+        attacker = Attacker("reader (embedded)")
+        attacker.run("AUTH default x", lambda: principal.execute_command("AUTH", "default", "x"),  # issue 11.6
+                     expect=redis.AuthenticationError)
+        attacker.run("AUTH default ''", lambda: principal.execute_command("AUTH", "default", ""),
+                     expect=redis.AuthenticationError)
+        attacker.raw(principal, "ACL", "SETUSER", "evil", "on", ">x", "+@all", "~*")  # still the reader
         principal.close()
+        assert not attacker.problems, attacker.problems
         with pytest.raises(redis.RedisError, match="authenticated|NOAUTH"):  # no password at all: refused
             redis.Redis.from_url(share.url).ping()
         with _operator(share) as op:
@@ -267,11 +279,12 @@ def test_tcp_embedded_server_refuses_every_other_local_user(base: Path) -> None:
         for cmd in (["GET", "k"], ["SET", "k", "pwned"], ["FLUSHALL"], ["CONFIG", "SET", "dir", "/tmp"],
                     ["ACL", "LIST"]):
             got = as_nobody("redis-cli", "-p", str(port), *cmd)
-            assert "NOAUTH" in got.stdout + got.stderr, (cmd, got)
+            assert tally("local user", "tcp", "NOAUTH" in got.stdout + got.stderr), (cmd, got)
         for password in ("x", "", "default"):
             got = as_nobody("redis-cli", "-p", str(port), "--user", "default", "--pass", password,
                             "--no-auth-warning", "SET", "k", "pwned")
-            assert "WRONGPASS" in got.stdout + got.stderr or "NOAUTH" in got.stdout + got.stderr, got
+            assert tally("local user", "tcp", "WRONGPASS" in got.stdout + got.stderr
+                         or "NOAUTH" in got.stdout + got.stderr), got
         with _operator(share) as op:
             assert _snapshot(op) == before and op.get("k") == "v"
 
@@ -361,7 +374,12 @@ def _app(home: Path, **env: str) -> subprocess.Popen[str]:
     return p
 
 
-def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(tmp_path: Path, app: Callable) -> None:
+@pytest.mark.parametrize("linger", ["0", "default"])
+def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(
+    tmp_path: Path, app: Callable, linger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if linger == "default":
+        monkeypatch.delenv("EMBCACHE_LINGER")
     home = tmp_path / "home"
     app = app(home)
     pid = _state(home)["pid"]
@@ -369,8 +387,11 @@ def test_the_server_of_an_app_killed_by_sigterm_stops_and_keeps_its_data(tmp_pat
     time.sleep(0.3)
     app.send_signal(signal.SIGTERM)  # as uvicorn's supervisor stops it: no atexit runs
     app.wait(10)
+    t0 = time.monotonic()
     assert _wait(lambda: not _alive(pid) and not _alive(supervisor)), "redis-server outlived the app"
+    print(f"linger {linger}: server gone {time.monotonic() - t0:.2f} s after the app's SIGTERM")
     assert not (home / "server.json").exists() and not (home / "url").exists()
+    monkeypatch.setenv("EMBCACHE_LINGER", "0")
     with attach(home) as share, embcache.connect(share.url, password=share.password, refresh_interval=0) as hub:
         assert _state(home)["pid"] != pid
         assert hub.space("life").default_version().count() > 0  # the data stayed
@@ -495,8 +516,27 @@ def test_a_password_in_the_url_is_never_in_repr_or_errors(redis_url: str) -> Non
         with pytest.raises(InvalidInput) as err:
             embcache.connect(bad)
         assert "s3cret-pw" not in str(err.value)
+    for bad in ("redis://bob:s3cret-pw@127.0.0.1:notaport/0", "redis://u:s3cret-pw@[::1:6379/0",
+                "redis://u:s3cret-pw@127.0.0.1:99999/0", "redis://u:s3cret-pw@127.0.0.1:1/0?socket_timeout=abc",
+                "rediss://u:s3cret-pw@127.0.0.1:1/0?ssl_cert_reqs=bogus", "redis://u:s3cret-pw@127.0.0.1:1/0?protocol=9",
+                "redis://127.0.0.1:1/0?password=s3cret-pw&socket_timeout=x"):
+        with pytest.raises(InvalidInput, match="malformed") as err:
+            embcache.connect(bad)
+        assert "s3cret-pw" not in str(err.value)
     assert redact_url("redis://u:p@h:1/0?password=p2&db=1") == "redis://u:***@h:1/0?password=***&db=1"
     assert redact_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+def test_credentials_in_the_url_name_the_principal_in_errors(redis_url: str) -> None:
+    with embcache.connect(redis_url, refresh_interval=0) as hub:
+        hub.create_space("urlsp", dim=2, metric="l2").create_version()
+        creds = hub.grant("urlreader", space="urlsp", role="reader")
+    url = redis_url.replace("redis://", f"redis://{creds.username}:{creds.password}@")
+    with embcache.connect(url, refresh_interval=0) as hub:
+        assert hub.username == creds.username
+        with pytest.raises(embcache.PermissionDenied, match=f"principal '{creds.username}'") as err:
+            hub.space("urlsp").default_version().upsert(["x"], [[1.0, 0.0]])
+        assert creds.password not in str(err.value) and creds.password not in repr(hub)
 
 
 def test_connect_reads_username_password_and_password_file_from_the_environment(
@@ -610,3 +650,25 @@ def test_embcache_redis_runs_until_stopped_or_killed(tmp_path: Path, how: str) -
             fg.wait(10)
     with attach(home) as share, _operator(share) as op:
         assert op.get("k") == "v"
+
+
+def test_the_async_client_uses_the_embedded_server_with_its_password(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import embcache.aio
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("EMBCACHE_HOME", str(home))
+
+    async def go() -> list[list[str]]:
+        hub = await embcache.aio.connect(refresh_interval=0)
+        try:
+            v = await (await hub.create_space("a", dim=2, metric="l2")).create_version()
+            await v.upsert(["x"], [[1.0, 0.0]])
+            return (await v.query([[1.0, 0.0]], n_results=1, consistency="strong")).ids
+        finally:
+            await hub.close()
+
+    assert asyncio.run(go()) == [["x"]]
+    assert _wait(lambda: not (home / "server.json").exists())  # closed: its share given back, server stopped

@@ -131,6 +131,17 @@ def test_worker_on_a_password_protected_redis(where: str, locked_redis: Any, tmp
     assert code == 1 and "AuthenticationFailed" in err and "embcache grant" not in err
 
 
+def test_password_file(locked_redis: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = locked_redis.url
+    code, _, err = run(capsys, "spaces", "--url", url, "--password-file", tmp_path / "missing")
+    assert code == 1 and "cannot read the password file" in err and "Traceback" not in err
+    (tmp_path / "pw").write_text("s3cret\n")
+    code, _, err = run(capsys, "--password", "wrong", "spaces", "--url", url, "--password-file", tmp_path / "pw")
+    assert code == 0, err  # the command's --password-file replaced the --password given before the command
+    code, _, err = run(capsys, "--password-file", tmp_path / "pw", "spaces", "--url", url, "--password", "wrong")
+    assert code == 1 and "AuthenticationFailed" in err  # and the other way round
+
+
 def test_a_refused_command_still_gets_the_grants_hint(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed(redis_url)
     with embcache.connect(redis_url) as hub:
@@ -241,6 +252,19 @@ def test_create_space_exist_ok_and_drop_version(redis_url: str) -> None:
         assert not [k for k in r.scan_iter("emb:{re}:*v1*")]
         assert a.version("live").get(["a"]).embeddings.tolist() == [[5.0, 5.0]]  # v2 untouched
         assert a.create_version().name == "v3"  # numbering goes on
+
+
+def test_only_the_operator_drops_a_version(redis_url: str) -> None:
+    seed(redis_url, "op")
+    with embcache.connect(redis_url) as hub:
+        creds = hub.grant("adm", space="op", role="admin")
+        hub.space("op").create_version()
+    with embcache.connect(redis_url, username=creds.username, password=creds.password) as admin:
+        with pytest.raises(embcache.PermissionDenied):
+            admin.space("op").drop_version("v2")
+    with embcache.connect(redis_url) as hub:
+        assert [v.name for v in hub.space("op").versions()] == ["v1", "v2"]
+        assert hub.space("op").version("v1").count() == 3
 
 
 def test_asyncio_twins(redis_url: str) -> None:
