@@ -88,8 +88,15 @@ local function valid_utf8(s)
   return true
 end
 
-local function valid_id(s)
+-- an id as stored: 1..512 bytes of UTF-8 (what a tail or a delete accepts, so ids written before the control
+-- character rule stay readable and deletable)
+local function stored_id(s)
   return type(s) == 'string' and #s > 0 and #s <= MAX_ID_BYTES and valid_utf8(s)
+end
+
+-- an id a write may add: also no C0, DEL or C1 control character (codec.check_ids)
+local function valid_id(s)
+  return stored_id(s) and not string.find(s, '[%z\1-\31\127]') and not string.find(s, '\194[\128-\159]')
 end
 
 -- log positions: "<ms>-<seq>" as Redis writes them
@@ -144,7 +151,7 @@ local function upsert(keys, args)
   for i = 0, n - 1 do
     local id, vec, meta = args[2 + 3 * i], args[3 + 3 * i], args[4 + 3 * i]
     if not valid_id(id) then
-      return bad('item ' .. i .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8')
+      return bad('item ' .. i .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8, no control characters')
     end
     if #vec == 0 or #vec > MAX_VECTOR_BYTES or #vec % 2 ~= 0 or #vec ~= width then
       return bad('item ' .. i .. ': vectors are 2..' .. MAX_VECTOR_BYTES .. ' bytes, all of one length')
@@ -187,7 +194,7 @@ local function delete(keys, args)
     return bad('emb_delete takes 1..' .. MAX_ITEMS .. ' ids')
   end
   for i = 1, #args do
-    if not valid_id(args[i]) then
+    if not stored_id(args[i]) then
       return bad('id ' .. (i - 1) .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8')
     end
   end
@@ -232,7 +239,7 @@ local function entry_ids(fields)
         return nil
       end
       for _, id in ipairs(list) do
-        if not valid_id(id) then
+        if not stored_id(id) then
           return nil
         end
       end
