@@ -59,7 +59,7 @@ FILTERS: dict[str, dict[str, Any]] = {
     "~0.1% section=gnustep": {"section": "gnustep"},
     "$ne libs (~90%)": {"section": {"$ne": "libs"}},
     "$and $in 2 + nlen<40": {"$and": [{"section": {"$in": ["libs", "libdevel"]}}, {"nlen": {"$lt": 40}}]},
-    "$or python|rust|lib*": {"$or": [{"section": "python"}, {"section": "rust"}, {"lib": True}]},
+    "$or python/rust/lib*": {"$or": [{"section": "python"}, {"section": "rust"}, {"lib": True}]},
 }
 
 
@@ -389,11 +389,11 @@ class Bench:
                       "| vs raw |",
         }
         out = [f"### {a_label(self.a)}", "",
-               f"`{cmd}`; {self.n} x {self.base.shape[1]} debian-minilm, {len(self.queries)} queries, k={K}, "
+               f"`{cmd}`; {self.n} x {self.results['dim']} debian-minilm, {self.results['queries']} queries, k={K}, "
                f"M={self.a.M}, ef_construction={self.a.ef_construction}, ef={self.a.ef}; {m['cpu']}, {m['cores']} "
                f"cores, hnswlib {m['hnswlib']}, numpy {m['numpy']}, redis-server {m['redis-server']}; load averages "
                f"during the run: {', '.join(self.results['load'])}; "
-               f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+               f"date {self.results.get('date') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
                ""]
         for table, rows in self.results["tables"].items():
             out += [f"**{table}**", "", heads[table], "|" + "---|" * (heads[table].count("|") - 1)]
@@ -424,10 +424,17 @@ def main() -> None:
     ap.add_argument("--label", default="run")
     ap.add_argument("--write", help="append the tables as a subsection to this Markdown file's engine section")
     ap.add_argument("--json", help="write the raw results as JSON here")
+    ap.add_argument("--render", help="no run: print (and --write) the tables of a --json file of an earlier run")
     a = ap.parse_args()
     b = Bench(a)
-    b.run()
-    cmd = "scripts/bench_engine.py " + " ".join(sys.argv[1:])
+    if a.render:
+        b.results = json.loads(Path(a.render).read_text())
+        b.n, b.dim, b.nq, cmd = b.results["n"], b.results["dim"], b.results["queries"], b.results["cmd"]
+    else:
+        b.run()
+        cmd = "scripts/bench_engine.py " + " ".join(sys.argv[1:])
+        b.results.update(n=b.n, dim=int(b.base.shape[1]), queries=len(b.queries), cmd=cmd,
+                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     md = b.markdown(cmd)
     print(md)
     if a.json:
