@@ -819,11 +819,10 @@ class Version:
                     consistency: Any, include: Any, exclude: Any) -> Query:
         queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
         k = codec.check_n_results(n_results)
-        q = Query.build(queries, k, partitions=partitions, where=where, ef=ef, consistency=consistency,
-                        include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
         if self.space.metric == "cosine":
-            q = replace(q, vectors=_unit_rows(queries))
-        return q
+            queries = _unit_rows(queries)
+        return Query.build(queries, k, partitions=partitions, where=where, ef=ef, consistency=consistency,
+                           include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
 
     def _answer(self, q: Query, ex: Explain | None = None) -> QueryResult:
         """Answer from what is loaded when the query needs no Redis (or, at ``strong``, only the probe);
@@ -1130,9 +1129,11 @@ class _Answer:
 def _unit_rows(queries: np.ndarray) -> np.ndarray:
     """Query rows scaled to unit length: in float32 when their values are moderate (a few microseconds for a
     single query), else through codec.normalise's overflow-safe float64 sums (which also names a zero row)."""
-    top = np.abs(queries).max(axis=1)
-    if len(queries) <= 64 and bool((top < 1e15).all() and (top > 1e-15).all()):
-        return queries / np.sqrt(np.einsum("ij,ij->i", queries, queries))[:, None]
+    if len(queries) == 1:
+        square = float(queries[0] @ queries[0])
+        if 1e-30 < square < 1e30:
+            unit: np.ndarray = queries / np.float32(square ** 0.5)
+            return unit
     return codec.normalise(queries, what="query_embeddings")
 
 
