@@ -69,7 +69,8 @@ def main() -> None:
                 r.hset(ks[0], mapping={f"z{i}": v for i in range(j, j + 10_000)})
             r.hset(ks[3], "pos", r.xadd(ks[2], {"op": "u", "ids": json.dumps([f"z{i}" for i in range(300_000)])}))
             for name in ("old_tail", "emb_tail"):
-                print(name, "after one crafted entry of 300,000 ids:", timed(lambda n=name: r.fcall_ro(n, 4, *ks, "0-0", 10_000)))
+                print(name, "after one crafted entry of 300,000 ids:",
+                      timed(lambda n=name: r.fcall_ro(n, 4, *ks, "0-0", 10_000)))
             for name in ("old_tail", "emb_tail"):
                 print(name, "limit 10^9:", timed(lambda n=name: r.fcall_ro(n, 4, *ks, "0-0", 1_000_000_000)))
             r.delete(ks[2])
@@ -77,8 +78,8 @@ def main() -> None:
             for name in ("old_tail", "emb_tail"):
                 print(name, "after one 10 MB entry:", timed(lambda n=name: r.fcall_ro(n, 4, *ks, "0-0", 10_000)))
             uk = [f"emb:{{a/v1/p2}}:{k}" for k in ("vec", "meta", "log", "state", "sealed")]
-            print("old_upsert n=3,000,000 with one triple:", timed(lambda: r.fcall("old_upsert", 5, *uk, '["a"]', 3_000_000,
-                                                                                   "a", v, "")))
+            print("old_upsert n=3,000,000 with one triple:",
+                  timed(lambda: r.fcall("old_upsert", 5, *uk, '["a"]', 3_000_000, "a", v, "")))
             print("emb_upsert n=3,000,000 with one triple:", timed(lambda: r.fcall("emb_upsert", 5, *uk, 3_000_000,
                                                                                    "a", v, "")))
         finally:

@@ -504,29 +504,24 @@ local function rollback(keys, args)
 end
 
 -- Snapshot publication (the worker's). KEYS: snap (pointer), state, log, the new generation's chunks, the old
--- one's chunks. ARGV: manifest json, generation it was built on, number of new chunks, grace seconds, log trim
--- point ('' = none), channel, message. Fails with EMBCONFLICT when another build published first or a chunk
--- expired. A current pointer that cannot be read counts as generation 0, so a build can replace it.
+-- one's chunks (and those of a pointer that could not be read). ARGV: manifest json, the exact pointer the
+-- build started from ('' = none), number of new chunks, grace seconds, log trim point ('' = none), channel,
+-- message. Fails with EMBCONFLICT when the pointer changed meanwhile (another build published) or a chunk
+-- expired. The pointer is compared byte for byte, not decoded: one that cannot be read is replaced like any.
 local function publish(keys, args)
   if #args ~= 7 or #keys < 4 then
     return bad('emb_publish takes at least 4 keys and 7 arguments')
   end
   local n_new, grace = count_arg(args[3], #keys - 3), count_arg(args[4], 1000000000)
   local ok, m = pcall(cjson.decode, args[1])
-  if not n_new or not grace or not string.match(args[2], '^%d+$') or (args[5] ~= '' and not valid_pos(args[5]))
-      or not ok or type(m) ~= 'table' or type(m['generation']) ~= 'number' or not valid_pos(m['pos']) then
+  if not n_new or not grace or (args[5] ~= '' and not valid_pos(args[5]))
+      or not ok or type(m) ~= 'table' or type(m['generation']) ~= 'number' or not valid_pos(m['pos'])
+      or type(m['sid']) ~= 'string' or type(m['chunks']) ~= 'number' then
     return bad('emb_publish: malformed arguments')
   end
-  local curgen = 0
-  local cur = redis.call('GET', keys[1])
-  if cur then
-    local okc, c = pcall(cjson.decode, cur)
-    if okc and type(c) == 'table' and type(c['generation']) == 'number' then
-      curgen = c['generation']
-    end
-  end
-  if curgen ~= tonumber(args[2]) then
-    return redis.error_reply('EMBCONFLICT generation ' .. curgen .. ' was published meanwhile')
+  local cur = redis.call('GET', keys[1]) or ''
+  if cur ~= args[2] then
+    return redis.error_reply('EMBCONFLICT another snapshot was published meanwhile')
   end
   for i = 4, 3 + n_new do
     if redis.call('EXISTS', keys[i]) == 0 then
@@ -541,8 +536,9 @@ local function publish(keys, args)
   end
   redis.call('SET', keys[1], args[1])
   redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
-    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']))
-  redis.call('HDEL', keys[2], 'corrupt')
+    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']),
+    'sid', m['sid'], 'chunks', m['chunks'])
+  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'])  -- published: no longer a pending upload
   if args[5] ~= '' then
     redis.call('XTRIM', keys[3], 'MINID', args[5])
     redis.call('HSET', keys[2], 'trimmed_to', args[5])
