@@ -44,8 +44,8 @@ from .errors import SnapshotCorrupt
 from .hnswfile import level0_vectors
 from .search import Ranked
 
-__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "load_index_file", "pending_uploads", "valid_pos",
-           "CHUNK_BYTES", "UPLOAD_FIELD"]
+__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "load_index_file", "pending_uploads",
+           "valid_pos", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
