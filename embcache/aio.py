@@ -29,6 +29,7 @@ import redis.asyncio.cluster
 
 from .client import hub as sync
 from .client.hub import GetResult, QueryResult, _named
+from .core.engine import Explain
 from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
@@ -277,6 +278,13 @@ class AsyncVersion:
             if res is not None:
                 return res
         return (await self._run("query", v._search(q))).result
+
+    async def explain(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
+                      where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
+                      exclude: Sequence[str] | None = None) -> Explain:
+        """:meth:`embcache.Version.explain` (in a worker thread: it may load bases)."""
+        return await asyncio.to_thread(self.sync.explain, query_embeddings, n_results, partitions=partitions,
+                                       where=where, ef=ef, consistency=consistency, exclude=exclude)
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
                           where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",

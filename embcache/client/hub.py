@@ -1156,12 +1156,12 @@ class _Answer:
 
 
 def _unit_rows(queries: np.ndarray) -> np.ndarray:
-    """Query rows scaled to unit length: in float32 when their values are moderate (a few microseconds for a
-    single query), else through codec.normalise's overflow-safe float64 sums (which also names a zero row)."""
-    if len(queries) == 1:
-        square = float(queries[0] @ queries[0])
+    """Query rows scaled to unit length, bit for bit as codec.normalise does (which names a zero row, and
+    handles every other case)."""
+    if len(queries) == 1:  # the same float64 norm and division as codec.normalise, with less numpy machinery
+        square = float(np.einsum("i,i->", queries[0], queries[0], dtype=np.float64))
         if 1e-30 < square < 1e30:
-            unit: np.ndarray = queries / np.float32(square ** 0.5)
+            unit: np.ndarray = (queries / np.float64(square ** 0.5)).astype(np.float32)
             return unit
     return codec.normalise(queries, what="query_embeddings")
 
