@@ -87,12 +87,14 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
             labels = list(ids)
         else:
             assert vectors is not None  # one of the two, checked above
-            res = v.query(load_query_vectors(vectors), **kw)
+            qv = load_query_vectors(vectors)
+            res = v.query(qv, **kw)
             labels = [f"row {i}" for i in range(len(res.ids))]
         ms = (time.perf_counter() - t0) * 1000
         plan = None
         if explain:
-            qv = v.get(list(ids), include=("embeddings",)).embeddings if ids else np.load(str(vectors))
+            if ids:
+                qv = v.get(list(ids), include=("embeddings",)).embeddings
             kw.pop("include")
             plan = v.explain(qv, **kw).as_dict()
     rows = [{"query": lab, "results": [{"id": i, "distance": float(d), "metadata": m}
