@@ -586,8 +586,19 @@ def test_metrics_bind_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyP
     reg = prometheus_client.CollectorRegistry()
     monkeypatch.delenv("EMBCACHE_METRICS_ADDR", raising=False)
     try:
-        metrics.enable(port=0, registry=reg)
+        port = metrics.enable(port=0, registry=reg)
         assert metrics._server is not None and metrics._server.server_address[0] == "127.0.0.1"
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # this machine's outward address
+            probe.connect(("10.255.255.255", 1))
+            outward = probe.getsockname()[0]
+        if not outward.startswith("127."):  # the attack from the network side: refused
+            with pytest.raises(OSError), socket.create_connection((outward, port), timeout=2):
+                pass
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as ok:
+            ok.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert ok.recv(12).startswith(b"HTTP/1.0 200")
         monkeypatch.setenv("EMBCACHE_METRICS_ADDR", "0.0.0.0")
         metrics.enable(port=0, registry=reg)
         assert metrics._server.server_address[0] == "0.0.0.0"
