@@ -33,7 +33,7 @@ from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
-from .redis.store import Store
+from .redis.store import Store, client_options
 
 __all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
 
@@ -44,7 +44,7 @@ async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs
     """Connect to a hub; the arguments are those of :func:`embcache.connect` (no URL: the embedded server).
     ``max_connections`` bounds the asyncio connections (per node on a Cluster); more concurrent calls wait."""
     hub = await asyncio.to_thread(sync.connect, url, **kwargs)
-    opts: dict[str, Any] = {"decode_responses": False}
+    opts: dict[str, Any] = {"decode_responses": False, **client_options(asyncio_client=True)}
     if hub.username is not None:
         opts["username"] = hub.username
     if hub._password is not None:
@@ -83,9 +83,12 @@ class AsyncHub:
     async def _run(self, plan: Plan[T]) -> T:
         return await arun(plan, self.redis)
 
-    async def create_space(self, name: str, dim: int, metric: str = "cosine", **kwargs: Any) -> "AsyncSpace":
+    async def create_space(self, name: str, dim: int, metric: str = "cosine", *, dtype: str = "float32", M: int = 16,
+                           ef_construction: int = 200, ef: int = 64, exist_ok: bool = False) -> "AsyncSpace":
         """:meth:`embcache.Hub.create_space`."""
-        return AsyncSpace(self, await asyncio.to_thread(self.sync.create_space, name, dim, metric, **kwargs))
+        space = await asyncio.to_thread(self.sync.create_space, name, dim, metric, dtype=dtype, M=M,
+                                        ef_construction=ef_construction, ef=ef, exist_ok=exist_ok)
+        return AsyncSpace(self, space)
 
     async def space(self, name: str) -> "AsyncSpace":
         """:meth:`embcache.Hub.space`."""
@@ -165,8 +168,16 @@ class AsyncSpace:
     def drop_version(self, name: str) -> None:
         """:meth:`embcache.Space.drop_version`."""
 
-    async def default_version(self, fresh: bool = True) -> "AsyncVersion":
-        """:meth:`embcache.Space.default_version` (``fresh=False`` accepts the hub's cached answer)."""
+    def allowed_partitions(self) -> list[str] | None:
+        """:meth:`embcache.Space.allowed_partitions` (no I/O)."""
+        return self.sync.allowed_partitions()
+
+    async def default_version(self) -> "AsyncVersion":
+        """:meth:`embcache.Space.default_version`."""
+        return await self._default_version(True)
+
+    async def _default_version(self, fresh: bool) -> "AsyncVersion":
+        """The default version; ``fresh=False`` accepts the hub's cached answer."""
         with _named("default_version", self.name, self.hub.username):
             return AsyncVersion(self, await self.hub._run(self.sync._default_version(fresh)))
 
@@ -193,12 +204,12 @@ class AsyncSpace:
 
     async def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`embcache.Space.query`."""
-        version = await self.default_version(kwargs.get("consistency") == "strong")
+        version = await self._default_version(kwargs.get("consistency") == "strong")
         return await version.query(query_embeddings, n_results, **kwargs)
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`embcache.Space.query_by_id`."""
-        version = await self.default_version(kwargs.get("consistency") == "strong")
+        version = await self._default_version(kwargs.get("consistency") == "strong")
         return await version.query_by_id(ids, n_results, **kwargs)
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,9 @@ class WorkerPool:
         self.started: list[Worker] = []
 
     def start(self, data_url: str, queue_url: str | None = None, *, lease_seconds: float = LEASE_SECONDS,
-              env: dict[str, str] | None = None) -> Worker:
-        """A new worker on ``data_url`` (RQ on ``queue_url``, default the data Redis)."""
+              env: dict[str, str] | None = None, args: Sequence[str] = ()) -> Worker:
+        """A new worker on ``data_url`` (RQ on ``queue_url``, default the data Redis); ``args`` are more options
+        of ``embcache worker`` (e.g. ``["--no-dispatch"]``)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBCACHE_")}
         full_env.update(EMBCACHE_URL=data_url, EMBCACHE_LEASE_SECONDS=str(lease_seconds), PYTHONUNBUFFERED="1")
         if queue_url:
@@ -120,7 +121,7 @@ class WorkerPool:
         full_env.update(env or {})
         path = self.directory / f"worker{len(self.started)}.log"
         log = open(path, "wb")  # noqa: SIM115 - closed by Worker.stop
-        proc = subprocess.Popen([sys.executable, "-m", "workers"], cwd=REPO_ROOT, env=full_env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "workers", *args], cwd=REPO_ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         worker = Worker(proc, path, log)
         self.started.append(worker)

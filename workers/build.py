@@ -62,6 +62,28 @@ def _new_index(space: SpaceRecord, capacity: int) -> hnswlib.Index:
     return index
 
 
+def _previous(store: Store, space: SpaceRecord, pk: PartitionKeys) -> tuple[snapshot.Manifest | None, bytes | None,
+                                                                            list[tuple[str, int]], int]:
+    """The published snapshot a build starts from: ``(manifest or None, the pointer's raw bytes, chunk sets of an
+    unusable pointer to expire, its generation)``. A pointer that does not parse, or was not built for this
+    space, is replaced by a full build like a missing one, and its chunks (named in the state) expire."""
+    r = store.r
+    raw = r.get(pk.snap)
+    if raw is None:
+        return None, None, [], 0
+    try:
+        previous = snapshot.Manifest.from_json(raw)
+        previous.check(space.dim, space.metric)
+        return previous, raw, [], previous.generation
+    except SnapshotCorrupt as exc:
+        log.warning("%s: %s; rebuilding in full", pk.tag, exc)
+    sid, n, gen = (x.decode(errors="replace") if x else "" for x in r.hmget(pk.state, "sid", "chunks", "generation"))
+    stale = []
+    if snapshot._SID_RE.fullmatch(sid) and n.isdigit() and int(n) <= 1 << 16:
+        stale.append((sid, int(n)))
+    return None, raw, stale, int(gen) if gen.isdigit() and len(gen) < 16 else 0
+
+
 def build_snapshot(
     store: Store, space: SpaceRecord, version: str, partition: str, *, full: bool = False
 ) -> BuildResult:
@@ -75,31 +97,53 @@ def build_snapshot(
     pk = store.keys.partition(space.name, version, partition)
     r = store.r
     vrec = Catalogue(store).get_version(space.name, version)
-    previous = snapshots.read_manifest(r, pk)
-    corrupt = r.hexists(pk.state, "corrupt")  # a reader refused the published snapshot: rebuild it in full
-    full = full or bool(corrupt)
-    if previous is not None and previous.pos == store.position(pk) and not full:
+    snapshots.remove_uploads(r, pk)  # what builds killed before publication left behind
+    previous, previous_raw, stale, generation = _previous(store, space, pk)
+    # a reader reported the published snapshot as corrupt: verify it ourselves (anyone who may write the state
+    # can write that report) rather than rebuilding in full every time it appears
+    corrupt = r.hexists(pk.state, "corrupt")
+    verified = None
+    if corrupt and previous is not None and not full:
+        _kept.pop(pk.tag, None)
+        try:
+            verified = snapshots.load(r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
+                                     manifest=previous)
+        except SnapshotCorrupt as exc:
+            log.warning("%s: the reported snapshot is corrupt (%s); rebuilding in full", pk.tag, exc)
+            full = True
+    position = store.position(pk)
+    if previous is not None and pos_key(previous.pos) > pos_key(position):
+        log.warning("%s: the snapshot claims log position %s, past the log (%s); rebuilding in full", pk.tag,
+                    previous.pos, position)
+        stale.append((previous.sid, previous.chunks))  # replaced like an unreadable one: no log trim at its position
+        previous, verified = None, None
+    if previous is not None and previous.pos == position and not full:
+        if corrupt:  # verified above: the snapshot is intact
+            if vrec.state == "sealed":  # and a sealed partition's items too (CorruptRecord if changed)
+                _verified(store, vrec, partition, pk)
+            r.hdel(pk.state, "corrupt")
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
     data = None
     if vrec.state == "sealed":  # nothing may have changed since the seal: read it all and compare
         data = _verified(store, vrec, partition, pk)
         full = True
     state = None
-    if previous is not None and not full and previous.dim == space.dim and previous.M == space.M:
-        state = _incremental(store, space, pk, previous)
+    if previous is not None and not full and previous.M == space.M:
+        state = _incremental(store, space, pk, previous, verified)
     kind = "incremental"
     if state is None:
         state = _full(store, space, pk, data)
         kind = "full"
     index, labels, ids, metas, pos, deleted, max_label, label, meta = state
-    generation = (previous.generation if previous else 0) + 1
+    generation += 1
     chunks, manifest = snapshot.pack(
         index, labels, ids, metas, generation=generation, pos=pos, dim=space.dim, metric=space.metric, M=space.M,
         ef_construction=space.ef_construction, builder=BUILDER, build_seconds=time.perf_counter() - t0,
         deleted=deleted, max_label=max_label,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
-    snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message)
+    snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
+                     previous_raw=previous_raw, stale=stale)
     _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
@@ -138,15 +182,16 @@ def _verified(store: Store, vrec: VersionRecord, partition: str, pk: PartitionKe
 def _full(store: Store, space: SpaceRecord, pk: PartitionKeys, data: PartitionData | None = None) -> State:
     if data is None:
         data = store.read_partition(pk)
-    n = len(data.ids)
-    mat = codec.decode_vectors(data.vectors, space.dim, space.dtype)
+    mat, bad = codec.decode_stored(data.vectors, space.dim, space.dtype, pk.tag)  # corrupt items: left out
+    skip = set(bad)
+    ids = [id_ for i, id_ in enumerate(data.ids) if i not in skip]
+    n = len(ids)
     index = _new_index(space, n + n // 4)
     labels = np.arange(n, dtype=np.int64)
     if n:
         index.add_items(mat, labels, num_threads=_threads())
-    metas = [None if m is None else json.loads(m) for m in data.metadatas]
-    return (index, labels, data.ids, metas, data.pos, 0, n - 1, dict(zip(data.ids, labels.tolist())),
-            dict(zip(data.ids, metas)))
+    metas = [codec.parse_stored_metadata(m, pk.tag) for i, m in enumerate(data.metadatas) if i not in skip]
+    return (index, labels, ids, metas, data.pos, 0, n - 1, dict(zip(ids, labels.tolist())), dict(zip(ids, metas)))
 
 
 @dataclass
@@ -172,17 +217,21 @@ def _keep(tag: str, kept: Kept) -> None:
         _kept.popitem(last=False)
 
 
-def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest) -> State | None:
-    """Apply the log tail to the published snapshot; None when a full build is due instead."""
+def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest,
+                 base: snapshot.HnswBase | None = None) -> State | None:
+    """Apply the log tail to the published snapshot (``base``, when it was loaded already); None when a full
+    build is due instead."""
     kept = _kept.pop(pk.tag, None)  # taken out: it is about to change, and is put back only once published
-    if kept is not None and kept.sid == previous.sid:
+    if base is None and kept is not None and kept.sid == previous.sid:
         index, label, meta = kept.index, kept.label, kept.meta
     else:
-        try:
-            base = snapshots.load(store.r, pk, ef=space.ef, for_update=True, manifest=previous)
-        except SnapshotCorrupt as exc:
-            log.warning("%s: %s; rebuilding in full", pk.tag, exc)
-            return None
+        if base is None:
+            try:
+                base = snapshots.load(store.r, pk, ef=space.ef, dim=space.dim, metric=space.metric, for_update=True,
+                                     manifest=previous)
+            except SnapshotCorrupt as exc:
+                log.warning("%s: %s; rebuilding in full", pk.tag, exc)
+                return None
         if base is None:
             return None
         index, label = base.index, dict(base.label)
@@ -195,15 +244,16 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     next_label = previous.max_label + 1
     new_ids, new_vecs, upd_labels, upd_vecs = [], [], [], []
     for id_, vec, m in zip(tail.ids, tail.vectors, tail.metadatas):
-        if vec is None:
+        decoded, bad = codec.decode_stored([vec], space.dim, space.dtype, pk.tag) if vec is not None else (None, [0])
+        if bad:  # deleted, or a corrupt stored vector (treated as absent, as readers treat it)
             lab = label.pop(id_, None)
             meta.pop(id_, None)
             if lab is not None:
                 index.mark_deleted(lab)
                 deleted += 1
             continue
-        v = codec.decode_vectors([vec], space.dim, space.dtype)[0]
-        meta[id_] = None if m is None else json.loads(m)
+        v = decoded[0]  # type: ignore[index]
+        meta[id_] = codec.parse_stored_metadata(m, pk.tag)
         if id_ in label:
             upd_labels.append(label[id_])
             upd_vecs.append(v)

@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any
 
-from embcache.core.errors import CorruptRecord
+from embcache.core.errors import CorruptRecord, NotFound
 from embcache.core.keys import Keys
 from embcache.redis import metrics, settings
 from embcache.redis.catalogue import Catalogue
@@ -25,6 +25,7 @@ from .build import build_snapshot
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
 log = logging.getLogger("embcache.workers")
+
 _stores: dict[tuple[str, str], Store] = {}
 
 
@@ -79,10 +80,19 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
                     prefix: str | None = None) -> dict[str, Any]:
     """Build or update the snapshot of one partition and publish it. Returns what was done.
 
-    A record that fails validation (:class:`CorruptRecord`: a space record out of bounds or not its key's, a
-    sealed partition changed since its seal) is not retried: the job returns ``kind="refused"`` and logs why,
-    since running it again would find the same data."""
+    A partition that is not in the catalogue (a junk dirty mark, or one dropped since) is skipped: nothing is
+    built or published for it, so nothing is left that ``drop_space`` would not remove. A record that fails
+    validation (:class:`CorruptRecord`: a space record out of bounds or not its key's, a sealed partition
+    changed since its seal) is not retried: the job returns ``kind="refused"`` and logs why, since running it
+    again would find the same data."""
     store = data_store(prefix)
+    try:
+        exists = Catalogue(store).has_partition(space, version, partition)
+    except NotFound:
+        exists = False
+    if not exists:
+        log.warning("skipped the build of %s/%s/%s: no such partition in the catalogue", space, version, partition)
+        return {"partition": partition, "kind": "skipped", "reason": "not in the catalogue"}
     pk = store.keys.partition(space, version, partition)
     try:
         record = Catalogue(store).get_space(space)

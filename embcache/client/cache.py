@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import snapshot
-from ..core.codec import decode_vectors
+from ..core.codec import decode_stored, parse_stored_metadata
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..core.views import Base, ExactBase, Overlay, overlay_from_rows, pos_key
+from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 from ..redis import metrics, snapshots
 from ..redis.store import PartitionData, Store, Tail, translate_errors
 
@@ -42,17 +42,24 @@ class SpaceInfo:
 
 
 def tail_overlay(tail: Tail, info: SpaceInfo) -> Overlay:
-    """A log tail read from Redis as an overlay."""
-    vecs = [None if v is None else decode_vectors([v], info.dim, info.dtype)[0] for v in tail.vectors]
-    return overlay_from_rows(tail.pos, tail.ids, vecs, tail.metadatas)
+    """A log tail read from Redis as an overlay. An item whose stored vector is corrupt is hidden, as the exact
+    base leaves it out (see :func:`embcache.core.codec.decode_stored`)."""
+    present = [i for i, v in enumerate(tail.vectors) if v is not None]
+    mat, bad = decode_stored([tail.vectors[i] for i in present], info.dim, info.dtype, "a log tail")
+    rows = iter(mat)
+    skip = {present[j] for j in bad}
+    vecs = [None if v is None or i in skip else next(rows) for i, v in enumerate(tail.vectors)]
+    return {id_: OverlayItem(tail.pos, vec, None if vec is None else parse_stored_metadata(m, "a log tail"))
+            for id_, vec, m in zip(tail.ids, vecs, tail.metadatas)}
 
 
 def exact_base(data: PartitionData, info: SpaceInfo) -> ExactBase:
-    import json
-
-    matrix = decode_vectors(data.vectors, info.dim, info.dtype)
-    metas = [None if m is None else json.loads(m) for m in data.metadatas]
-    return ExactBase(data.pos, data.ids, matrix, metas, info.metric)
+    """All of a partition's items as an exact base; corrupt stored items are left out (and logged)."""
+    matrix, bad = decode_stored(data.vectors, info.dim, info.dtype, "a partition")
+    skip = set(bad)
+    ids = [id_ for i, id_ in enumerate(data.ids) if i not in skip]
+    metas = [parse_stored_metadata(m, "a partition") for i, m in enumerate(data.metadatas) if i not in skip]
+    return ExactBase(data.pos, ids, matrix, metas, info.metric)
 
 
 class PartitionCache:
@@ -123,14 +130,14 @@ class PartitionCache:
     def _load_snapshot(self, pk: PartitionKeys, info: SpaceInfo,
                        manifest: snapshot.Manifest | None = None) -> Base | None:
         """The published snapshot, or None (none published, or refused as corrupt: reported for a rebuild)."""
-        with translate_errors("load snapshot"):
-            manifest = manifest or snapshots.read_manifest(self.store.r, pk)
-        if manifest is None or self._refused.get(pk.tag) == manifest.sid:
-            return None  # none published, or this one was refused already: do not fetch it again
         t0 = time.perf_counter()
         try:
             with translate_errors("load snapshot"):
-                base = snapshots.load(self.store.r, pk, ef=info.ef, manifest=manifest)
+                manifest = manifest or snapshots.read_manifest(self.store.r, pk)
+            if manifest is None or self._refused.get(pk.tag) == manifest.sid:
+                return None  # none published, or this one was refused already: do not fetch it again
+            with translate_errors("load snapshot"):
+                base = snapshots.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             return base
@@ -138,7 +145,7 @@ class PartitionCache:
             if metrics.ENABLED:
                 metrics.observe_snapshot_load(pk.tag, "corrupt", time.perf_counter() - t0)
             self.corrupt_seen += 1
-            self._refused[pk.tag] = manifest.sid
+            self._refused[pk.tag] = manifest.sid if manifest is not None else "unreadable"
             log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
             self.store.report_corrupt(pk, str(exc))
             return None
@@ -237,8 +244,13 @@ class PartitionCache:
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
         pk = self.keys(pid)
-        with translate_errors("refresh"):
-            manifest = snapshots.read_manifest(self.store.r, pk)
+        try:
+            with translate_errors("refresh"):
+                manifest = snapshots.read_manifest(self.store.r, pk)
+        except SnapshotCorrupt:  # an unreadable pointer: keep serving what is loaded; reported once
+            if self._refused.get(pk.tag) != "unreadable":
+                self._load_snapshot(pk, info)
+            manifest = None
         if manifest is not None and manifest.generation != getattr(base, "generation", None) \
                 and self._refused.get(pk.tag) != manifest.sid:
             new = self._load_snapshot(pk, info, manifest)

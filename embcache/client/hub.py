@@ -22,19 +22,21 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
-from redis import exceptions as redis_exceptions
 
 from ..core import codec
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
     CorruptRecord,
+    EmbcacheError,
     InvalidInput,
     ItemNotFound,
     NotFound,
     OpenDefaultUserWarning,
+    OutOfMemory,
     PartitionNotFound,
     PermissionDenied,
+    Unavailable,
     VersionNotFound,
     VersionSealed,
 )
@@ -261,7 +263,7 @@ class Hub:
         check_name(name, "space name")
         with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
             self._record(name)
-        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}"):
+        with _named("drop_space", name, self.username), translate_errors(f"drop space {name}", write=True):
             # grants first, so nobody writes while the keys go; then every key under the space's tags, also
             # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
             # cut short can simply be run again
@@ -299,6 +301,8 @@ class Hub:
         """
         if isinstance(partitions, str):
             partitions = [partitions]
+        if partitions is not None and not isinstance(partitions, (list, tuple)):
+            raise InvalidInput(f"partitions must be None (all) or a list of partition names, got {partitions!r:.60}")
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
         self._record(space)  # the space must exist
         self._warn_if_default_user_open()
@@ -307,13 +311,7 @@ class Hub:
     def _warn_if_default_user_open(self) -> None:
         """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
         nothing, since every principal can ``AUTH default x`` and become the operator."""
-        with translate_errors("check the default user"):
-            try:
-                info = self.store.r.acl_getuser("default")
-            except redis_exceptions.ResponseError:  # a server without ACLs, or not allowed: nothing to check
-                return
-        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
-        if "on" in flags and "nopass" in flags:
+        if self.principals.default_user_open():
             msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
                    "become the operator, so this grant protects nothing. Give the default user a password "
                    "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
@@ -445,6 +443,10 @@ class Space:
         """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
+        try:
+            description.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: Redis's JSON decoder would refuse it half-way
+            raise InvalidInput(f"description is not valid Unicode: {exc}") from None
         rec = self.hub.catalogue.create_version(self.name, name, description)
         self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
@@ -592,12 +594,16 @@ class Version:
         hub, store = self.hub, self.hub.store
         yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
-        yield from hub.partitions.register(pid)
+        added = yield from hub.partitions.register(pid)
         try:
             pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
-        yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+        except (OutOfMemory, PermissionDenied, Unavailable):  # refused: nothing written, so register nothing
+            if added:
+                yield from hub.partitions.unregister_empty(pid)
+            raise
+        yield from self._mark_dirty(partition)
         if len(id_list) > SESSION_ITEMS:
             hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
         else:
@@ -626,10 +632,20 @@ class Version:
             except VersionSealed:
                 raise self._sealed() from None
             if pos is not None:
-                yield from store.mark_dirty.plan(store, self.space.name, self.name, p)
+                yield from self._mark_dirty(p)
                 self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
             total += len(gone)
         return total
+
+    def _mark_dirty(self, partition: str) -> Plan[None]:
+        """Ask for a build after a write that committed. A refused mark (memory limit, outage) is logged, not
+        raised: the data is stored, and the dispatcher's reconciliation finds the partition behind its log."""
+        store = self.hub.store
+        try:
+            yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+        except EmbcacheError as exc:
+            _log.warning("wrote to %s/%s/%s but could not mark it for a build (%s); the workers' reconciliation "
+                        "will pick it up", self.space.name, self.name, partition, exc)
 
     def _sealed(self) -> VersionSealed:
         self.state = "sealed"
@@ -652,6 +668,13 @@ class Version:
         :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
         ``on_progress(done, total)`` is called as partitions complete.
         """
+        if not isinstance(wait, bool):
+            raise InvalidInput(f"wait must be True or False, got {wait!r:.60}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            raise InvalidInput(f"timeout must be a positive number of seconds or None, got {timeout!r:.60}")
+        if on_progress is not None and not callable(on_progress):
+            raise InvalidInput("on_progress must be callable")
         store = self.hub.store
         keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
         targets = {p: store.position(pk) for p, pk in keys.items()}
@@ -705,17 +728,17 @@ class Version:
     def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]:
         """Validated partition names (all of the version's, limited to the principal's grant, for None).
         ``fresh=False`` lets a query use the hub's cached list (kept current by the refresher thread)."""
+        if isinstance(partitions, str):
+            partitions = [partitions]
+        if partitions is not None and (not isinstance(partitions, (list, tuple)) or not partitions):
+            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
         known = yield from self.hub.partitions.get(self.space.name, self.name, fresh)
-        asked = [partitions] if isinstance(partitions, str) else cast("Sequence[str]", partitions or [])
-        if not fresh and partitions is not None and not set(asked) <= set(known):
+        asked = {p for p in partitions or [] if isinstance(p, str)}
+        if not fresh and partitions is not None and not asked <= set(known):
             known = yield from self.hub.partitions.get(self.space.name, self.name, True)  # new since cached?
         granted = self.space.allowed_partitions()
         if partitions is None:
             return known if granted is None else [p for p in known if p in granted]
-        if isinstance(partitions, str):
-            partitions = [partitions]
-        if not isinstance(partitions, (list, tuple)) or not partitions:
-            raise InvalidInput("partitions must be a non-empty list of partition names, or None for all")
         for p in partitions:
             check_name(p, "partition name")
             if granted is not None and p not in granted:
@@ -727,6 +750,8 @@ class Version:
     @_guard("ids")
     def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
         """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 100_000:
+            raise InvalidInput(f"batch must be an integer in [1, 100000], got {batch!r:.60}")
         for p in self._run(self._partitions_arg(None if partition is None else [partition])):
             yield from self.hub.store.scan_ids(self._pk(p), batch)
 
@@ -761,11 +786,15 @@ class Version:
                 if v is not None:
                     found[i] = (v, m, p)
         order = [i for i in dict.fromkeys(id_list) if i in found]
+        mat, bad = codec.decode_stored([found[i][0] for i in order], self.space.dim, self.space.dtype, "get")
+        if bad:  # corrupt stored vectors: left out, as readers leave them out of every answer
+            skip = set(bad)
+            order = [i for j, i in enumerate(order) if j not in skip]
         res = GetResult(ids=order, partitions=[found[i][2] for i in order])
         if "embeddings" in include:
-            res.embeddings = codec.decode_vectors([found[i][0] for i in order], self.space.dim, self.space.dtype)
+            res.embeddings = mat
         if "metadatas" in include:
-            res.metadatas = codec.parse_json_objects(found[i][1] for i in order)
+            res.metadatas = [codec.parse_stored_metadata(found[i][1], "get") for i in order]
         return res
 
     @_guard("query")

@@ -46,16 +46,28 @@ class KnownPartitions:
             self._lists[(space, version)] = parts
         return parts
 
-    def register(self, pid: Pid) -> Plan[None]:
-        """Record the partition in the catalogue (once per hub: registration is idempotent in Redis)."""
+    def register(self, pid: Pid) -> Plan[bool]:
+        """Record the partition in the catalogue (once per hub: registration is idempotent in Redis); True when
+        this call added it to the catalogue."""
         if pid in self._registered:
-            return
+            return False
         space, version, partition = pid
-        yield from self.catalogue.register_partition.plan(self.catalogue, space, version, partition)
+        added = yield from self.catalogue.register_partition.plan(self.catalogue, space, version, partition)
         self._registered.add(pid)
         parts = self._lists.get((space, version))
         if parts is not None and partition not in parts:
             self._lists[(space, version)] = sorted([*parts, partition])
+        return bool(added)
+
+    def unregister_empty(self, pid: Pid) -> Plan[None]:
+        """Undo :meth:`register` after the partition's first write was refused (see
+        :meth:`~embcache.redis.catalogue.Catalogue.unregister_empty`)."""
+        space, version, partition = pid
+        yield from self.catalogue.unregister_empty.plan(self.catalogue, space, version, partition)
+        self._registered.discard(pid)
+        parts = self._lists.get((space, version))
+        if parts is not None and partition in parts:
+            self._lists[(space, version)] = [p for p in parts if p != partition]
 
     def refresh(self) -> None:
         """Re-read every cached list (one round trip on a standalone server); the refresher thread calls it."""

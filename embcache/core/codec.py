@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,6 +39,9 @@ DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dt
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536
+log = logging.getLogger("embcache.data")
+MAX_METADATA_DEPTH = 32  # nesting of dicts and lists in one item's metadata
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters: never in an id
 
 
 def check_ids(ids: object, *, allow_duplicates: bool = False) -> list[str]:
@@ -62,6 +68,10 @@ def check_ids(ids: object, *, allow_duplicates: bool = False) -> list[str]:
             size = len(item.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise InvalidInput(f"ids[{i}] is not valid Unicode: {exc}") from None
+        if not item.isprintable() and _CONTROL.search(item):
+            bad = _CONTROL.search(item).group()  # type: ignore[union-attr]
+            raise InvalidInput(f"ids[{i}] contains the control character {bad!r}: ids are printable text "
+                               "(no NUL, newline, tab or other C0/C1 control characters)")
         if size > MAX_ID_BYTES:
             raise InvalidInput(f"ids[{i}] is {size} bytes long; the limit is {MAX_ID_BYTES}")
         out.append(item)
@@ -95,8 +105,8 @@ def check_matrix(data: object, dim: int, *, what: str = "embeddings", allow_1d: 
             arr = np.asarray(data)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{what} is not a rectangular array of numbers: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidInput(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiu":  # numpy counts timedelta64 as an integer type: it is not a number here
+        raise InvalidInput(f"{what} must be numeric (float or int), got dtype {arr.dtype}")
     if arr.ndim == 1 and allow_1d:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
@@ -148,6 +158,50 @@ def decode_vectors(blobs: Sequence[bytes], dim: int, dtype: str) -> np.ndarray:
     return arr.reshape(len(blobs), dim).astype(np.float32)
 
 
+def decode_stored(blobs: Sequence[bytes | None], dim: int, dtype: str, where: str = "") -> tuple[np.ndarray, list[int]]:
+    """Vectors read back from Redis, which anyone allowed to write the partition may have written: a row that is
+    not ``dim`` values of the space's dtype is left out and logged, never raised. Returns the matrix of the good
+    rows and the indices of the bad ones (None entries count as bad)."""
+    width = dim * DTYPES[dtype].itemsize
+    bad = [i for i, b in enumerate(blobs) if not isinstance(b, bytes) or len(b) != width]
+    if not bad:
+        return decode_vectors(blobs, dim, dtype), []  # type: ignore[arg-type]
+    _report(where, f"{len(bad)} stored vector(s) of the wrong size (want {width} bytes)")
+    skip = set(bad)
+    return decode_vectors([b for i, b in enumerate(blobs) if i not in skip], dim, dtype), bad  # type: ignore[misc]
+
+
+def parse_stored_metadata(text: bytes | str | None, where: str = "") -> dict[str, Any] | None:
+    """Metadata read back from Redis: JSON that does not parse into an object is logged and read as None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = ...
+    if value is ... or not isinstance(value, dict):
+        _report(where, "stored metadata that is not a JSON object")
+        return None
+    return value
+
+
+_reported: dict[str, float] = {}
+
+
+def _report(where: str, what: str) -> None:
+    """Log corrupt stored data, once a minute per place and kind (a query loop must not flood the log)."""
+    global corrupt_items
+    corrupt_items += 1
+    key = f"{where}:{what[:40]}"
+    now = time.monotonic()
+    if now - _reported.get(key, -1e9) > 60:
+        _reported[key] = now
+        log.warning("skipped corrupt data in %s: %s", where or "a partition", what)
+
+
+corrupt_items = 0  # how many corrupt stored items readers skipped in this process (reported in the log too)
+
+
 def check_metadatas(metadatas: object, n: int) -> list[str | None]:
     """Validate ``metadatas`` (None, or one JSON object or None per item) and return their JSON texts."""
     if metadatas is None:
@@ -168,6 +222,7 @@ def check_metadatas(metadatas: object, n: int) -> list[str | None]:
         for key in meta:
             if not isinstance(key, str) or not key or key.startswith("$"):
                 raise InvalidInput(f"metadatas[{i}] has an invalid key {key!r} (non-empty str not starting with $)")
+        _check_json_value(meta, f"metadatas[{i}]")
         try:
             text = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
             size = len(text.encode("utf-8"))  # a lone surrogate fails here
@@ -177,6 +232,29 @@ def check_metadatas(metadatas: object, n: int) -> list[str | None]:
             raise InvalidInput(f"metadatas[{i}] is larger than {MAX_METADATA_BYTES} bytes as JSON")
         out.append(text)
     return out
+
+
+def _check_json_value(value: object, where: str) -> None:
+    """Metadata is JSON: dicts with str keys, lists (a tuple is stored as a list, and comes back as one), str,
+    int, float, bool and None, nested at most ``MAX_METADATA_DEPTH`` deep. A key that is not a str is refused:
+    JSON would turn it into one (``{1: x}`` would come back as ``{"1": x}``), and two keys could collide."""
+    todo: list[tuple[object, int]] = [(value, 0)]
+    while todo:  # iterative: a deep structure must not hit Python's recursion limit
+        x, depth = todo.pop()
+        if isinstance(x, dict):
+            if depth >= MAX_METADATA_DEPTH:
+                raise InvalidInput(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    raise InvalidInput(f"{where} has a key {k!r} of type {type(k).__name__}: JSON keys are strings "
+                                       "(it would come back as a str)")
+                todo.append((v, depth + 1))
+        elif isinstance(x, (list, tuple)):
+            if depth >= MAX_METADATA_DEPTH:
+                raise InvalidInput(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            todo.extend((v, depth + 1) for v in x)
+        elif not (x is None or isinstance(x, (str, bool, int, float))):
+            raise InvalidInput(f"{where} holds a {type(x).__name__}, which is not a JSON value")
 
 
 def check_n_results(n_results: object) -> int:

@@ -17,7 +17,10 @@
     │   └── SpaceFrozen         a write to a frozen Embeddinghub-facade space (also a TypeError, as there)
     ├── PermissionDenied        Redis refused the operation for this principal (ACL)
     │   └── AuthenticationFailed  Redis did not accept the username/password
-    ├── Unavailable             Redis cannot be reached (writes and strong reads raise it)
+    ├── Unavailable             Redis cannot be reached (writes and strong reads raise it); nothing was sent
+    ├── Indeterminate           a write was sent but not confirmed: it may or may not have been applied
+    ├── OutOfMemory             Redis refused a write at its memory limit (maxmemory, noeviction)
+    ├── RedisRefused            Redis refused a command for another reason (e.g. WRONGTYPE on a tampered key)
     ├── SnapshotCorrupt         a snapshot failed its checksum or could not be parsed
     ├── CorruptRecord           a catalogue record (or sealed partition) read back from Redis failed validation
     ├── BuildTimeout            build(wait=True) did not see the snapshots in time
@@ -26,8 +29,11 @@
         └── PublishConflict     another build published first: the worker drops its result
 
 Every public call validates its arguments before it touches Redis, so an ``InvalidInput`` (or any subclass)
-means nothing was written. ``InvalidInput`` also derives from ``ValueError``, ``NotFound`` from ``KeyError``
-and ``PermissionDenied`` from ``PermissionError``, so code that catches the built-in kinds keeps working.
+means nothing was written. So do ``Unavailable`` (the command never reached Redis), ``OutOfMemory`` and
+``PermissionDenied`` (Redis refused it). ``Indeterminate`` is the one error after which a write may have
+happened: ``upsert`` and ``delete`` are idempotent, so retrying them is safe. ``InvalidInput`` also derives
+from ``ValueError``, ``NotFound`` from ``KeyError`` and ``PermissionDenied`` from ``PermissionError``, so code
+that catches the built-in kinds keeps working.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ __all__ = [
     "PermissionDenied",
     "AuthenticationFailed",
     "Unavailable",
+    "Indeterminate",
+    "OutOfMemory",
+    "RedisRefused",
     "SnapshotCorrupt",
     "CorruptRecord",
     "BuildTimeout",
@@ -124,7 +133,23 @@ class AuthenticationFailed(PermissionDenied):
 
 
 class Unavailable(EmbcacheError, ConnectionError):
-    """Redis could not be reached; nothing was written."""
+    """Redis could not be reached (or, for a read, did not answer in time); nothing was written."""
+
+
+class Indeterminate(EmbcacheError, ConnectionError):
+    """A write was sent to Redis but no answer came (timeout, connection lost): it may or may not have been
+    applied. ``upsert`` and ``delete`` are idempotent, so the same call can simply be repeated; for
+    ``create_version`` without a name, list the versions first."""
+
+
+class OutOfMemory(EmbcacheError):
+    """Redis refused the write because it is at its ``maxmemory`` limit (policy ``noeviction``); nothing was
+    written. Free memory (drop versions or spaces) or raise the limit."""
+
+
+class RedisRefused(EmbcacheError):
+    """Redis answered a command with an error embcache has no more specific type for, such as ``WRONGTYPE`` on a
+    key that another client wrote with another type. Nothing was written by the refused command."""
 
 
 class SnapshotCorrupt(EmbcacheError):

@@ -21,10 +21,14 @@ a snapshot must not be able to run code in the readers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
+import struct
 import tempfile
 import threading
 import time
@@ -34,21 +38,40 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from .codec import MAX_DIM, METRICS
 from .errors import SnapshotCorrupt
 from .filters import Predicate
 from .search import Ranked, exact_search
 from .views import _MaskCache
 
-__all__ = ["Manifest", "HnswBase", "pack", "unpack", "CHUNK_BYTES"]
+__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "pending_uploads", "valid_pos",
+           "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
+UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
+MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
+MAX_UPLOAD_CHUNKS = 1 << 16  # chunks one record may name (512 GiB of snapshot)
 SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
+_POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_SID_RE = re.compile(r"([0-9]{1,16})\.[0-9a-f]{1,32}")
+_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label")
+_LIMIT = 1 << 40  # no count, size or label of a real snapshot comes near it
+
+
+def valid_pos(pos: object) -> bool:
+    """True for a change-log position as Redis writes it (``ms-seq``)."""
+    return isinstance(pos, str) and _POS_RE.fullmatch(pos) is not None
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """What a snapshot is, as published in the partition's pointer key."""
+    """What a snapshot is, as published in the partition's pointer key.
+
+    ``digest`` is the sha256 of every other field (canonical JSON), and ``sha256`` the blob's: one chain from
+    the pointer to the last byte, so a changed byte anywhere is refused before anything reaches hnswlib."""
 
     generation: int
     sid: str  # names the chunk keys: generation and a nonce of the build that wrote them
@@ -67,20 +90,97 @@ class Manifest:
     build_seconds: float
     deleted: int = 0
     max_label: int = 0
+    digest: str = ""
 
-    def to_json(self) -> str:
+    def _fields(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["sections"] = list(self.sections)
+        d.pop("digest")
+        return d
+
+    def compute_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self._fields(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def sealed(self) -> "Manifest":
+        """This manifest with its digest filled in (what :func:`pack` publishes)."""
+        return dataclasses.replace(self, digest=self.compute_digest())
+
+    def to_json(self) -> str:
+        d = self._fields()
+        d["digest"] = self.digest
         return json.dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Manifest":
+        """Parse and verify a manifest: :class:`SnapshotCorrupt` unless every field has its type and bounds, the
+        sizes add up and the digest matches. (:meth:`check` then compares it with the space.)"""
         try:
             d = json.loads(raw)
+            if not isinstance(d, dict) or set(d) != _FIELD_NAMES:
+                raise ValueError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}")
+            if not (isinstance(d["sections"], list) and len(d["sections"]) == 4):
+                raise ValueError("sections")
             d["sections"] = tuple(d["sections"])
-            return cls(**d)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SnapshotCorrupt(f"unreadable snapshot manifest: {exc}") from None
+            m = cls(**d)
+            m._validate()
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise SnapshotCorrupt(f"unreadable snapshot manifest: {str(exc)[:200]}") from None
+        return m
+
+    def _validate(self) -> None:
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if type(v) is not int or not (-1 if name == "max_label" else 0) <= v < _LIMIT:  # -1: no item yet
+                raise ValueError(f"{name}={v!r:.40}")
+        if any(type(x) is not int or not 0 <= x < _LIMIT for x in self.sections):
+            raise ValueError("sections")
+        for name in ("built_at", "build_seconds"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not math.isfinite(v):
+                raise ValueError(name)
+        for name in ("sid", "pos", "metric", "sha256", "builder", "digest"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(name)
+        sid = _SID_RE.fullmatch(self.sid)
+        if self.generation < 1 or sid is None or int(sid.group(1)) != self.generation:
+            raise ValueError(f"generation {self.generation} / sid {self.sid[:40]!r}")
+        if not valid_pos(self.pos):
+            raise ValueError(f"pos {self.pos[:40]!r}")
+        if self.metric not in METRICS or not 1 <= self.dim <= MAX_DIM or not 2 <= self.M <= 128 \
+                or not 1 <= self.ef_construction <= 10_000:
+            raise ValueError("index parameters out of bounds")
+        if sum(self.sections) != self.nbytes or self.chunks != max(1, -(-self.nbytes // CHUNK_BYTES)) \
+                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size:
+            raise ValueError("sizes do not add up")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256) or self.digest != self.compute_digest():
+            raise ValueError("digest mismatch")
+
+    def check(self, dim: int, metric: str) -> None:
+        """:class:`SnapshotCorrupt` unless the snapshot was built for a space of this ``dim`` and ``metric``."""
+        if self.dim != dim or self.metric != metric:
+            raise SnapshotCorrupt(f"snapshot generation {self.generation} is for dim={self.dim} metric={self.metric}, "
+                                  f"the space has dim={dim} metric={metric}")
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(Manifest)}
+# hnswlib's file header (hnswalg.h saveIndex): offsetLevel0, max_elements, cur_element_count,
+# size_data_per_element, label_offset, offsetData, maxlevel, enterpoint_node, maxM, maxM0, M, mult, ef_construction
+_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+
+def check_index_header(head: bytes, manifest: Manifest) -> None:
+    """Refuse an index file whose header disagrees with the manifest: hnswlib trusts the dim it is given, and a
+    wrong one makes it read out of bounds (a crash, not an exception)."""
+    if len(head) < _HNSW_HEADER.size:
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has a truncated index header")
+    (_, max_elements, cur, per_element, label_offset, offset_data, _, _, max_m, max_m0, m, _,
+     _) = _HNSW_HEADER.unpack_from(head)
+    links = max_m0 * 4 + 4
+    if (m != manifest.M or max_m != manifest.M or max_m0 != 2 * manifest.M or offset_data != links
+            or label_offset != links + 4 * manifest.dim or per_element != label_offset + 8 or cur > max_elements
+            or cur < manifest.count or cur * per_element > manifest.sections[0]):
+        raise SnapshotCorrupt(f"snapshot generation {manifest.generation}: the index file does not match its "
+                              f"manifest (dim {manifest.dim}, M {manifest.M}, {manifest.count} items)")
 
 
 class HnswBase:
@@ -239,7 +339,7 @@ def pack(
         chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
         build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
-    )
+    ).sealed()
     return chunks, manifest
 
 
@@ -250,6 +350,7 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
     a, b, c, d = manifest.sections
+    check_index_header(bytes(memoryview(chunks[0])[: _HNSW_HEADER.size]), manifest)  # type: ignore[arg-type]
     digest = hashlib.sha256()
     tables = bytearray()
     fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
@@ -278,3 +379,19 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     finally:
         os.unlink(path)
     return HnswBase(index, labels, ids, metas, manifest, ef)
+
+
+def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """``{sid: (chunks, bytes)}`` of the upload records in a partition's state (at most ``MAX_UPLOADS``; records
+    that do not parse are left out)."""
+    out: dict[str, tuple[int, int]] = {}
+    for field, value in state.items():
+        if not field.startswith(UPLOAD_FIELD) or len(out) >= MAX_UPLOADS:
+            continue
+        sid = field[len(UPLOAD_FIELD):]
+        parts = value.split()
+        if _SID_RE.fullmatch(sid) and len(parts) == 2 and all(x.isdigit() and len(x) < 13 for x in parts):
+            n, size = int(parts[0]), int(parts[1])
+            if n <= MAX_UPLOAD_CHUNKS:
+                out[sid] = (n, size)
+    return out

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.errors import BuildTimeout
+from ..core import snapshot
+from ..core.errors import BuildTimeout, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
 from . import snapshots
@@ -35,7 +36,10 @@ class BuildHandle:
             for p, target in self.targets.items():
                 if p in self.done_parts:
                     continue
-                m = snapshots.read_manifest(self.store.r, self.keys[p])
+                try:
+                    m = snapshots.read_manifest(self.store.r, self.keys[p])
+                except SnapshotCorrupt:  # unreadable: not done, the workers rebuild it
+                    continue
                 if m is not None and pos_key(m.pos) >= pos_key(target):
                     self.done_parts.add(p)
         return len(self.done_parts), len(self.targets)
@@ -81,6 +85,8 @@ class PartitionStats:
     last_build_seconds: float | None
     corrupt: str | None
     snapshot_bytes: int
+    leftover_uploads: int = 0  # chunk sets of builds killed before publication, still in Redis
+    leftover_bytes: int = 0  # their size (they expire within ORPHAN_TTL, or at the partition's next build)
 
 
 STATS_LAG_CAP = 100_000  # log entries stats count one by one; past it the count is XLEN (an upper bound)
@@ -91,13 +97,21 @@ def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Partitio
     r = store.r
     with translate_errors("stats"):
         count = int(r.hlen(pk.vec))
-        m = snapshots.read_manifest(r, pk)
-        state = {k.decode(): v.decode() for k, v in r.hgetall(pk.state).items()}
+        try:
+            m = snapshots.read_manifest(r, pk)
+            unreadable = None
+        except SnapshotCorrupt as exc:
+            m, unreadable = None, str(exc)
+        state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()}
+        uploads = snapshot.pending_uploads(state)
+        alive = [r.exists(pk.chunk(sid, 0)) for sid in uploads] if uploads else []
+        leftovers = [size for (sid, (_, size)), there in zip(uploads.items(), alive)
+                     if there and (m is None or sid != m.sid)]
     lag = store.unindexed(pk, m.pos if m else "0-0", STATS_LAG_CAP)
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,
         snapshot_age_seconds=round(time.time() - m.built_at, 3) if m else None, unindexed_entries=lag,
-        last_build_seconds=m.build_seconds if m else None, corrupt=state.get("corrupt"),
-        snapshot_bytes=m.nbytes if m else 0,
+        last_build_seconds=m.build_seconds if m else None, corrupt=unreadable or state.get("corrupt"),
+        snapshot_bytes=m.nbytes if m else 0, leftover_uploads=len(leftovers), leftover_bytes=sum(leftovers),
     )

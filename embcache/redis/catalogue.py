@@ -16,7 +16,16 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core import codec
-from ..core.errors import AlreadyExists, Conflict, CorruptRecord, InvalidInput, NotFound, SpaceNotFound, VersionNotFound
+from ..core.errors import (
+    AlreadyExists,
+    Conflict,
+    CorruptRecord,
+    EmbcacheError,
+    InvalidInput,
+    NotFound,
+    SpaceNotFound,
+    VersionNotFound,
+)
 from ..core.keys import NAME_PATTERN, check_name
 from .plan import Batch, Call, Plan, planned
 from .store import Store, translate_errors
@@ -155,7 +164,7 @@ class Catalogue:
 
     # spaces
     def create_space(self, record: SpaceRecord) -> None:
-        with translate_errors(f"create space {record.name}"):
+        with translate_errors(f"create space {record.name}", write=True):
             if not self.r.set(self.k.space(record.name), record.model_dump_json(), nx=True):
                 raise AlreadyExists(f"space {record.name!r} already exists")
             self.r.sadd(self.k.spaces(), record.name)
@@ -294,11 +303,37 @@ class Catalogue:
         return parts
 
     @planned
-    def register_partition(self, space: str, version: str, partition: str) -> Plan[None]:
-        yield from self.store.fcall_plan(
+    def register_partition(self, space: str, version: str, partition: str) -> Plan[bool]:
+        """Add the partition to the version's list; True when this call added it."""
+        added = yield from self.store.fcall_plan(
             "emb_register", [self.k.vstate(space, version), self.k.parts(space, version)], [partition],
             f"write to {space}/{version}",
         )
+        return bool(added)
+
+    def has_partition(self, space: str, version: str, partition: str) -> bool:
+        """True when the version is in the space's catalogue and the partition is registered in it (one round
+        trip)."""
+        with translate_errors(f"read partitions of {space}/{version}"):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hexists(self.k.versions(space), version)
+            pipe.sismember(self.k.parts(space, version), partition)
+            has_version, has_partition = pipe.execute()
+        return bool(has_version and has_partition)
+
+    @planned
+    def unregister_empty(self, space: str, version: str, partition: str) -> Plan[None]:
+        """Undo :meth:`register_partition` after the first write into the partition was refused, if the partition
+        holds nothing. Best effort: principals hold no SREM (it stays listed, empty), and a concurrent first write
+        by another hub between the check and the SREM would go unlisted (see docs/design.md)."""
+        pk = self.k.partition(space, version, partition)
+        try:
+            with translate_errors(f"undo register {space}/{version}/{partition}", write=True):
+                n = yield Call("exists", pk.vec, pk.log)
+                if not n:
+                    yield Call("srem", self.k.parts(space, version), partition)
+        except EmbcacheError:
+            pass
 
     @planned
     def partitions(self, space: str, version: str) -> Plan[list[str]]:

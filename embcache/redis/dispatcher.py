@@ -20,18 +20,19 @@ import threading
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ..core.errors import InvalidInput
+from ..core.errors import EmbcacheError, InvalidInput, SnapshotCorrupt
 from ..core.keys import NAME_PATTERN
 from ..core.views import pos_key
 from . import metrics, settings, snapshots
 from .catalogue import Catalogue
 from .store import Store
 
-__all__ = ["Dispatcher", "job_id", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
+__all__ = ["Dispatcher", "job_id", "backoff", "QUEUE_NAME", "LEASE_SECONDS", "BUILD_JOB"]
 
 log = logging.getLogger("embcache.dispatcher")
 QUEUE_NAME = "embcache"
@@ -41,6 +42,14 @@ NAME_RE = re.compile(NAME_PATTERN)
 LEASE_SECONDS = float(os.environ.get("EMBCACHE_LEASE_SECONDS", "10"))
 #: The RQ job function, by dotted name: RQ imports it in the worker, so the package never imports ``workers``.
 BUILD_JOB = "workers.jobs.build_partition"
+DEQUEUE_GRACE = 2.0  # seconds a job may sit dequeued but not started before its worker is taken for dead
+MAX_MARKS = 10_000  # dirty marks read per space and tick (the set is writable by writers)
+MAX_PARTITIONS = 100_000  # partitions reconciled per version
+
+
+def backoff(failures: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 0.5, 1, 2, 4, ... up to ``cap``."""
+    return min(cap, base * 2 ** (min(failures, 16) - 1))
 
 
 def job_id(prefix: str, space: str, version: str, partition: str) -> str:
@@ -63,6 +72,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_reconcile = 0.0
+        self._reported: dict[tuple[str, str, str], float] = {}
+        self._dequeued: dict[str, float] = {}  # job id -> when it was first seen dequeued but not started
         self.token = secrets.token_hex(8)
 
     def is_leader(self) -> bool:
@@ -78,42 +89,80 @@ class Dispatcher:
         return False
 
     def tick(self) -> int:
-        """One pass over the dirty sets; returns the number of jobs enqueued."""
-        r, k = self.store.r, self.store.keys
+        """One pass over the dirty sets; returns the number of jobs enqueued. Each space is handled on its own:
+        whatever is wrong with one space's keys (a writer can write them) is logged and skipped, and the others
+        are dispatched as usual."""
         enqueued = 0
         if metrics.ENABLED:
             metrics.set_queue_depth(self.queue)
         if not self.is_leader():
             return 0
         for space in self.catalogue.list_spaces():
-            for member in r.zrange(k.dirty(space), 0, -1):
-                names = k.parse_dirty_member(member)
-                if names is None:
-                    log.warning("dropped a malformed dirty mark %r of space %s", member, space)
-                    r.zrem(k.dirty(space), member)  # writers can write this set; one bad entry must not stop builds
-                    continue
-                version, partition = names
-                state = self._state(space, version, partition)
-                if state == "running":
-                    continue  # it may have read the log already: keep the mark for a build after it
-                r.zrem(k.dirty(space), member)
-                if state == "idle":  # a queued job has not read the log yet and will cover the mark
-                    self._enqueue(space, version, partition)
-                    enqueued += 1
+            try:
+                enqueued += self._dispatch_space(space)
+            except (EmbcacheError, RedisError) as exc:
+                self._space_failed("dispatch", space, exc)
         if time.monotonic() - self._last_reconcile > self.reconcile_every:
             self._last_reconcile = time.monotonic()
             self.reconcile()
         return enqueued
 
+    def _space_failed(self, what: str, space: str, exc: BaseException) -> None:
+        """One log line per space and kind of failure per minute (a tick runs 20 times a second)."""
+        key = (what, space, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._reported.get(key, -1e9) > 60:
+            self._reported[key] = now
+            log.warning("%s of space %s skipped: %s: %s", what, space, type(exc).__name__, str(exc)[:200])
+
+    def _dispatch_space(self, space: str) -> int:
+        r, k = self.store.r, self.store.keys
+        dirty = k.dirty(space)
+        kind = r.type(dirty)
+        if kind not in (b"zset", b"none"):  # not written by embcache: it holds no mark we could read
+            log.warning("deleted the dirty key of space %s: it is a %s, not a sorted set", space, kind.decode())
+            r.delete(dirty)  # the reconciliation marks again whatever is behind its log
+            return 0
+        enqueued = 0
+        for member in r.zrange(dirty, 0, MAX_MARKS - 1):
+            names = k.parse_dirty_member(member)
+            version, partition = names if names is not None else ("", "")
+            if names is None or not self.catalogue.has_partition(space, version, partition):
+                log.warning("dropped the dirty mark %r of space %s: no such partition", member[:100], space)
+                r.zrem(dirty, member)  # writers can write this set; one bad entry must not stop builds
+                continue
+            state = self._state(space, version, partition)
+            if state in ("running", "dequeued"):
+                continue  # it may have read the log already: keep the mark for a build after it
+            r.zrem(dirty, member)
+            if state == "idle":  # a queued job has not read the log yet and will cover the mark
+                self._enqueue(space, version, partition)
+                enqueued += 1
+        return enqueued
+
     def _state(self, space: str, version: str, partition: str) -> str:
-        """"queued", "running" or "idle" for the partition's build."""
+        """"queued", "running", "dequeued" (taken by a worker that has not started it yet) or "idle" for the
+        partition's build. A job whose worker died is "idle", so it is enqueued again within seconds."""
         if self.store.r.exists(self.store.keys.partition(space, version, partition).lease):
             return "running"
+        jid = job_id(self.store.keys.prefix, space, version, partition)
         try:
-            job = Job.fetch(job_id(self.store.keys.prefix, space, version, partition), connection=self.queue.connection)
+            job = Job.fetch(jid, connection=self.queue.connection)
         except NoSuchJobError:
             return "idle"
         status = job.get_status(refresh=False)
+        if status == JobStatus.QUEUED and self.queue.connection.lpos(self.queue.key, jid) is None:
+            # a worker moved it out of the queue (RQ's dequeue) but has not marked it started: normally for
+            # milliseconds; if that worker was killed meanwhile, RQ itself only notices after minutes
+            first = self._dequeued.setdefault(jid, time.monotonic())
+            if time.monotonic() - first < DEQUEUE_GRACE:
+                return "dequeued"
+            log.warning("build of %s/%s/%s was taken by a worker that died before starting it; enqueuing it again",
+                        space, version, partition)
+            self.queue.connection.lrem(self.queue.intermediate_queue_key, 0, jid)
+            del self._dequeued[jid]
+            return "idle"
+        self._dequeued.pop(jid, None)
         if status in _WAITING:
             return "queued"
         # started: running if it started too recently to have taken its lease yet; a started job with neither
@@ -131,24 +180,48 @@ class Dispatcher:
         log.info("enqueued build of %s/%s/%s", space, version, partition)
 
     def reconcile(self) -> int:
-        """Mark every partition whose log is ahead of its snapshot; returns how many were marked."""
+        """Mark every partition whose log is ahead of its snapshot, or whose snapshot is reported corrupt or
+        cannot be read; returns how many were marked. One space's or partition's bad state is logged and
+        skipped, never stops the others."""
         marked = 0
         for space in self.catalogue.list_spaces():
-            for v in self.catalogue.list_versions(space):
-                for p in self.catalogue.partitions(space, v.name):
+            try:
+                self.catalogue.get_space(space)  # a record that fails validation: nothing of the space is built
+                versions = self.catalogue.list_versions(space)
+            except (EmbcacheError, RedisError, ValueError) as exc:  # ValueError: a record that does not parse
+                self._space_failed("reconcile", space, exc)
+                continue
+            for v in versions:
+                try:
+                    parts = self.catalogue.partitions(space, v.name)
+                except (EmbcacheError, RedisError) as exc:
+                    self._space_failed("reconcile", space, exc)
+                    continue
+                for p in parts[:MAX_PARTITIONS]:
                     if not NAME_RE.fullmatch(p):
                         continue  # a malformed name a writer put in the partition set: nothing to build
-                    pk = self.store.keys.partition(space, v.name, p)
-                    manifest = snapshots.read_manifest(self.store.r, pk)
-                    built = manifest.pos if manifest else "0-0"
-                    corrupt = self.store.r.hexists(pk.state, "corrupt")
-                    behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
-                    if metrics.ENABLED:
-                        metrics.set_index_lag(pk, self.store.unindexed(pk, built, metrics.LAG_CAP) if behind else 0)
-                    if behind and self._state(space, v.name, p) == "idle":
-                        self.store.mark_dirty(space, v.name, p)
-                        marked += 1
+                    try:
+                        marked += self._reconcile_partition(space, v.name, p)
+                    except (EmbcacheError, RedisError) as exc:
+                        self._space_failed("reconcile", f"{space}/{v.name}/{p}", exc)
         return marked
+
+    def _reconcile_partition(self, space: str, version: str, partition: str) -> int:
+        pk = self.store.keys.partition(space, version, partition)
+        try:
+            manifest = snapshots.read_manifest(self.store.r, pk)
+            unreadable = False
+        except SnapshotCorrupt:
+            manifest, unreadable = None, True  # replaced by the next build
+        built = manifest.pos if manifest else "0-0"
+        corrupt = unreadable or self.store.r.hexists(pk.state, "corrupt")
+        behind = corrupt or pos_key(self.store.position(pk)) > pos_key(built)
+        if metrics.ENABLED:
+            metrics.set_index_lag(pk, self.store.unindexed(pk, built, metrics.LAG_CAP) if behind else 0)
+        if behind and self._state(space, version, partition) == "idle":
+            self.store.mark_dirty(space, version, partition)
+            return 1
+        return 0
 
     # background thread -------------------------------------------------------------------------------------
     def start(self) -> "Dispatcher":
@@ -162,12 +235,19 @@ class Dispatcher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.wait(self.interval):
             try:
                 self.tick()
-            except Exception:  # a Redis hiccup must not end the dispatcher
-                log.exception("dispatcher tick failed")
-                self._stop.wait(1.0)
+                if failures:
+                    log.info("dispatcher: Redis answers again after %d failed tick(s)", failures)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a Redis hiccup must not end the dispatcher
+                failures += 1
+                delay = backoff(failures)
+                log.warning("dispatcher tick failed (%s: %s); retrying in %.1f s", type(exc).__name__,
+                            str(exc)[:200], delay)
+                self._stop.wait(delay)
 
 
 def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
@@ -223,8 +303,46 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     settings.use(settings.WorkerSettings(data_url, username, password))  # what this process's jobs connect with
     dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
+    logging.getLogger("rq.worker").addFilter(_OneLine())
+    failures = 0
     try:
-        worker_cls([queue], connection=qconn, name=name).work(burst=burst, with_scheduler=True)
+        while True:
+            # RQ's worker quits on the first Redis error it meets (a refused write at the memory limit, an
+            # outage): start it again with backoff, so the worker process outlives the fault
+            worker = None
+            try:
+                worker = worker_cls([queue], connection=qconn,
+                                    name=name if failures == 0 or name is None else f"{name}-{failures}")
+                worker.work(burst=burst, with_scheduler=True)
+                if burst or _stop_asked(worker):
+                    return
+                why = "it stopped on an error (see above)"
+            except (RedisError, OSError) as exc:
+                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if worker is not None and _stop_asked(worker):
+                return
+            failures += 1
+            delay = backoff(failures, base=1.0, cap=30.0)
+            log.warning("RQ worker stopped (%s); starting it again in %.0f s", why, delay)
+            time.sleep(delay)
     finally:
         if dispatcher is not None:
             dispatcher.stop()
+
+
+def _stop_asked(worker: Any) -> bool:
+    """True when the RQ worker was asked to stop (SIGTERM/SIGINT: warm shutdown) rather than quit on an error."""
+    return bool(getattr(worker, "_stop_requested", False) or getattr(worker, "_shutdown_requested_date", None))
+
+
+class _OneLine(logging.Filter):
+    """RQ logs a full traceback when its worker quits on an exception; a Redis refusal needs one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and isinstance(record.exc_info[1], RedisError):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {str(exc)[:200]})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -88,8 +88,15 @@ local function valid_utf8(s)
   return true
 end
 
-local function valid_id(s)
+-- an id as stored: 1..512 bytes of UTF-8 (what a tail or a delete accepts, so ids written before the control
+-- character rule stay readable and deletable)
+local function stored_id(s)
   return type(s) == 'string' and #s > 0 and #s <= MAX_ID_BYTES and valid_utf8(s)
+end
+
+-- an id a write may add: also no C0, DEL or C1 control character (codec.check_ids)
+local function valid_id(s)
+  return stored_id(s) and not string.find(s, '[%z\1-\31\127]') and not string.find(s, '\194[\128-\159]')
 end
 
 -- log positions: "<ms>-<seq>" as Redis writes them
@@ -144,7 +151,7 @@ local function upsert(keys, args)
   for i = 0, n - 1 do
     local id, vec, meta = args[2 + 3 * i], args[3 + 3 * i], args[4 + 3 * i]
     if not valid_id(id) then
-      return bad('item ' .. i .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8')
+      return bad('item ' .. i .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8, no control characters')
     end
     if #vec == 0 or #vec > MAX_VECTOR_BYTES or #vec % 2 ~= 0 or #vec ~= width then
       return bad('item ' .. i .. ': vectors are 2..' .. MAX_VECTOR_BYTES .. ' bytes, all of one length')
@@ -187,7 +194,7 @@ local function delete(keys, args)
     return bad('emb_delete takes 1..' .. MAX_ITEMS .. ' ids')
   end
   for i = 1, #args do
-    if not valid_id(args[i]) then
+    if not stored_id(args[i]) then
       return bad('id ' .. (i - 1) .. ': an id is 1..' .. MAX_ID_BYTES .. ' bytes of UTF-8')
     end
   end
@@ -232,7 +239,7 @@ local function entry_ids(fields)
         return nil
       end
       for _, id in ipairs(list) do
-        if not valid_id(id) then
+        if not stored_id(id) then
           return nil
         end
       end
@@ -497,29 +504,24 @@ local function rollback(keys, args)
 end
 
 -- Snapshot publication (the worker's). KEYS: snap (pointer), state, log, the new generation's chunks, the old
--- one's chunks. ARGV: manifest json, generation it was built on, number of new chunks, grace seconds, log trim
--- point ('' = none), channel, message. Fails with EMBCONFLICT when another build published first or a chunk
--- expired. A current pointer that cannot be read counts as generation 0, so a build can replace it.
+-- one's chunks (and those of a pointer that could not be read). ARGV: manifest json, the exact pointer the
+-- build started from ('' = none), number of new chunks, grace seconds, log trim point ('' = none), channel,
+-- message. Fails with EMBCONFLICT when the pointer changed meanwhile (another build published) or a chunk
+-- expired. The pointer is compared byte for byte, not decoded: one that cannot be read is replaced like any.
 local function publish(keys, args)
   if #args ~= 7 or #keys < 4 then
     return bad('emb_publish takes at least 4 keys and 7 arguments')
   end
   local n_new, grace = count_arg(args[3], #keys - 3), count_arg(args[4], 1000000000)
   local ok, m = pcall(cjson.decode, args[1])
-  if not n_new or not grace or not string.match(args[2], '^%d+$') or (args[5] ~= '' and not valid_pos(args[5]))
-      or not ok or type(m) ~= 'table' or type(m['generation']) ~= 'number' or not valid_pos(m['pos']) then
+  if not n_new or not grace or (args[5] ~= '' and not valid_pos(args[5]))
+      or not ok or type(m) ~= 'table' or type(m['generation']) ~= 'number' or not valid_pos(m['pos'])
+      or type(m['sid']) ~= 'string' or type(m['chunks']) ~= 'number' then
     return bad('emb_publish: malformed arguments')
   end
-  local curgen = 0
-  local cur = redis.call('GET', keys[1])
-  if cur then
-    local okc, c = pcall(cjson.decode, cur)
-    if okc and type(c) == 'table' and type(c['generation']) == 'number' then
-      curgen = c['generation']
-    end
-  end
-  if curgen ~= tonumber(args[2]) then
-    return redis.error_reply('EMBCONFLICT generation ' .. curgen .. ' was published meanwhile')
+  local cur = redis.call('GET', keys[1]) or ''
+  if cur ~= args[2] then
+    return redis.error_reply('EMBCONFLICT another snapshot was published meanwhile')
   end
   for i = 4, 3 + n_new do
     if redis.call('EXISTS', keys[i]) == 0 then
@@ -534,8 +536,9 @@ local function publish(keys, args)
   end
   redis.call('SET', keys[1], args[1])
   redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
-    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']))
-  redis.call('HDEL', keys[2], 'corrupt')
+    'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']),
+    'sid', m['sid'], 'chunks', m['chunks'])
+  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'])  -- published: no longer a pending upload
   if args[5] ~= '' then
     redis.call('XTRIM', keys[3], 'MINID', args[5])
     redis.call('HSET', keys[2], 'trimmed_to', args[5])

@@ -176,6 +176,17 @@ class Principals:
             persisted = self._apply(name, rec)
         return Credentials(name, secret, persisted)
 
+    def default_user_open(self) -> bool:
+        """True when Redis's ``default`` user is on with no password (anyone can become the operator); False
+        also when the server has no ACLs or this principal may not look."""
+        with translate_errors("check the default user"):
+            try:
+                info = self.r.acl_getuser("default")
+            except rexc.ResponseError:  # a server without ACLs, or not allowed: nothing to check
+                return False
+        flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
+        return "on" in flags and "nopass" in flags
+
     def grant_of(self, space: str, name: str) -> dict[str, Any] | None:
         """``name``'s grant on ``space`` as the space's principals may read it."""
         raw = self.r.hget(self.k.grants(space), name)

@@ -6,10 +6,13 @@ with keys of one hash tag, so it works unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,24 +22,30 @@ from typing import Any, TypeVar
 import redis
 import redis.cluster
 from redis import exceptions as rexc
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from ..core.errors import (
     AlreadyExists,
     AuthenticationFailed,
     Conflict,
     EmbcacheError,
+    Indeterminate,
     InvalidInput,
     NotFound,
+    OutOfMemory,
     PermissionDenied,
     PublishConflict,
+    RedisRefused,
     Unavailable,
     VersionSealed,
 )
 from ..core.keys import Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
-__all__ = ["Store", "PartitionData", "Tail", "open_client", "translate_errors", "lua_error", "LUA_ERRORS", "LIB_CODE",
-           "LIB_VERSION"]
+__all__ = ["Store", "PartitionData", "Tail", "open_client", "client_options", "translate_errors", "before_send",
+           "lua_error", "LUA_ERRORS", "LIB_CODE", "LIB_VERSION"]
 
 _LIB_TEMPLATE = resources.files("embcache.redis").joinpath("functions.lua").read_text()
 LIB_VERSION = hashlib.sha256(_LIB_TEMPLATE.encode()).hexdigest()[:16]
@@ -51,6 +60,7 @@ TAIL_LIMIT = 10_000  # change-log entries a tail read returns before the caller 
 TAIL_PAGES = 100_000  # pages a full tail read takes at most (each page advances by at least one entry)
 SCAN_COUNT = 1000
 
+_POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a change-log position (stream id) as Redis writes it
 #: Every error code ``functions.lua`` replies with (``redis.error_reply('<CODE> <message>')``), and the error it
 #: becomes. The one place they are parsed: :func:`lua_error`.
 LUA_ERRORS: dict[str, type[EmbcacheError]] = {
@@ -75,9 +85,72 @@ def lua_error(exc: rexc.ResponseError) -> EmbcacheError | None:
     return err
 
 
+# Explicit timeouts, whatever redis-py's defaults are (none in 5.x, 5 s in 6+): a stalled Redis makes a call fail
+# with a clear "timed out" within these bounds instead of blocking it for as long as the stall lasts.
+SOCKET_TIMEOUT = float(os.environ.get("EMBCACHE_SOCKET_TIMEOUT", "5"))
+CONNECT_TIMEOUT = float(os.environ.get("EMBCACHE_CONNECT_TIMEOUT", "2"))
+CONNECT_RETRIES = 3
+
+
+def before_send(exc: BaseException) -> bool:
+    """True when a redis-py error was raised while connecting, before any byte of the command left: nothing
+    can have been executed. (redis-py says so only in its messages: "Error 111 connecting to ...",
+    "Timeout connecting to server".)"""
+    return isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)) and "connecting to" in str(exc).lower()
+
+
+class ConnectRetry(Retry):
+    """redis-py's :class:`~redis.retry.Retry`, limited to failures before the command was sent (connection
+    refused, connect timeout, reset while connecting): retrying those is safe for every command. A failure after
+    sending is never retried here, as the command may have run (``create_version`` or a publication must not run
+    twice); the caller gets :class:`Indeterminate` for a write and can decide. Works with redis-py 5 to 8."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                failures += 1
+                fail(error, failures) if with_failure_count else fail(error)  # redis-py drops the connection here
+                if not before_send(error) or failures > self._retries or (is_retryable and not is_retryable(error)):
+                    raise
+                time.sleep(self._backoff.compute(failures))
+
+
+class AsyncConnectRetry(AsyncRetry):
+    """:class:`ConnectRetry` for ``redis.asyncio``."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                await (fail(error, failures) if with_failure_count else fail(error))
+                if not before_send(error) or failures > self._retries or (is_retryable and not is_retryable(error)):
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+
+
+def client_options(asyncio_client: bool = False) -> dict[str, Any]:
+    """The connection settings every embcache client uses: explicit timeouts and the connect-only retry."""
+    retry = (AsyncConnectRetry if asyncio_client else ConnectRetry)(ExponentialBackoff(cap=1.0, base=0.1),
+                                                                   CONNECT_RETRIES)
+    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT, "retry": retry,
+            "retry_on_timeout": False}
+
+
 @contextlib.contextmanager
-def translate_errors(operation: str = "") -> Iterator[None]:
-    """Map redis-py exceptions onto embcache's tree (ACL refusals, unreachable servers, function errors)."""
+def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[None]:
+    """Map redis-py exceptions onto embcache's tree (ACL refusals, unreachable servers, function errors).
+
+    ``write``: the block sends a write. A connection failure after the command was sent then raises
+    :class:`Indeterminate` (it may have been applied) instead of :class:`Unavailable` (it was not)."""
     try:
         yield
     except EmbcacheError:
@@ -86,8 +159,18 @@ def translate_errors(operation: str = "") -> Iterator[None]:
         raise PermissionDenied(f"{operation}: Redis refused it for this principal: {exc}") from None
     except rexc.AuthenticationError as exc:
         raise AuthenticationFailed(f"{operation}: authentication failed: {exc}") from None
+    except rexc.OutOfMemoryError as exc:
+        raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit (maxmemory); nothing was "
+                          f"written: {exc}") from None
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
-        raise Unavailable(f"{operation}: Redis is unreachable: {exc}") from exc
+        timed_out = isinstance(exc, (rexc.TimeoutError, TimeoutError))
+        what = f"timed out (no answer within {SOCKET_TIMEOUT:g} s)" if timed_out else f"connection failed: {exc}"
+        if write and not before_send(exc):
+            raise Indeterminate(f"{operation}: the write was sent but Redis {what}; it may or may not have been "
+                                "applied (upsert and delete can be repeated safely)") from exc
+        if timed_out and before_send(exc):
+            what = f"timed out connecting (limit {CONNECT_TIMEOUT:g} s)"
+        raise Unavailable(f"{operation}: Redis is unreachable: {what}; nothing was written") from exc
     except rexc.ResponseError as exc:
         err = lua_error(exc)
         if err is not None:
@@ -95,7 +178,9 @@ def translate_errors(operation: str = "") -> Iterator[None]:
         text = str(exc)
         if text.startswith("NOPERM"):
             raise PermissionDenied(f"{operation}: {text}") from None
-        raise
+        if text.startswith("OOM"):
+            raise OutOfMemory(f"{operation}: Redis refused the write at its memory limit: {text}") from None
+        raise RedisRefused(f"{operation}: Redis refused it: {text[:300]}") from None
 
 
 def open_client(
@@ -111,7 +196,7 @@ def open_client(
     check_url(url)
     if username is None and password is None:
         password = embedded_password(url)
-    opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
+    opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30, **client_options()}
     if username is not None:
         opts["username"] = username
     if password is not None:
@@ -211,7 +296,7 @@ class Store:
     @staticmethod
     def fcall_plan(name: str, keys: Sequence[str], args: Sequence[Any], operation: str, *,
                    ro: bool = False) -> Plan[Any]:
-        with translate_errors(operation):
+        with translate_errors(operation, write=not ro):
             return (yield Call("fcall_ro" if ro else "fcall", name, len(keys), *keys, *args))
 
     # partition data (each a plan, so the asyncio client runs the same code) ------------------------------
@@ -231,7 +316,7 @@ class Store:
                 args += [ids[i], blobs[i], metas[i] or ""]
             calls.append(Call("fcall", "emb_upsert", len(pk.writes), *pk.writes, *args))
             start = end
-        with translate_errors("upsert"):
+        with translate_errors("upsert", write=True):
             if len(calls) == 1:
                 return _s((yield calls[0]))  # type: ignore[return-value]
             results = yield Batch(calls, transaction=True, raise_on_error=False)
@@ -316,9 +401,15 @@ class Store:
 
     @planned
     def position(self, pk: PartitionKeys) -> Plan[str]:
-        """The partition's latest change-log position ('0-0' when it was never written)."""
+        """The partition's latest change-log position ('0-0' when it was never written). A position in the state
+        that embcache did not write (writers can write that hash) is ignored for the log's own last entry."""
         with translate_errors("position"):
-            return _s((yield Call("hget", pk.state, "pos"))) or "0-0"
+            raw = yield Call("hget", pk.state, "pos")
+            pos = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            if pos is None or _POS_RE.fullmatch(pos):
+                return pos or "0-0"
+            last = yield Call("xrevrange", pk.log, "+", "-", count=1)
+            return (_s(last[0][0]) or "0-0") if last else "0-0"
 
     def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
         """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
@@ -409,19 +500,19 @@ class Store:
     @planned
     def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
         """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
-        with translate_errors("mark dirty"):
+        with translate_errors("mark dirty", write=True):
             mark = {self.keys.dirty_member(version, partition): time.time()}
             yield Call("zadd", self.keys.dirty(space), mark, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
         never overwritten, and no principal may delete it)."""
-        with translate_errors("seal"):
+        with translate_errors("seal", write=True):
             self.r.setnx(pk.sealed, "1")
 
     def delete_partition(self, pk: PartitionKeys) -> None:
         """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
-        with translate_errors("delete partition"):
+        with translate_errors("delete partition", write=True):
             raw = self.r.get(pk.snap)
             keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
             if raw is not None:

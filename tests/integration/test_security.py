@@ -161,6 +161,35 @@ def test_admin_cannot_write_the_space_record_or_unseal(world: World, connect) ->
     assert json.loads(w.raw.get(K.space("alpha"))) == rec
 
 
+@pytest.mark.parametrize("role", ["writer", "writer_p1"])
+def test_writers_cannot_create_keys_of_the_wrong_type(world: World, role: str) -> None:
+    """11.4's ACL half: ``HSET emb:{alpha}:dirty x y`` made every dispatcher tick raise WRONGTYPE. Each write
+    command now reaches only the key kind it is for, so none of these can create (or change the type of) a key
+    that embcache reads: the dirty set, the partition lists, the logs, the item hashes, the state hashes."""
+    w = world
+    w.raw.delete(K.dirty("alpha"))  # absent, as after the dispatcher took every mark
+    fresh = K.partition("alpha", "v1", "p1n" if role == "writer" else "p1")
+    p1 = K.partition("alpha", "v1", "p1")
+    before = snapshot_server(w.url)
+    att = Attacker(role)
+    with raw(w, role) as r:
+        for cmd in [("HSET", K.dirty("alpha"), "x", "y"), ("SADD", K.dirty("alpha"), "x"),
+                    ("XADD", K.dirty("alpha"), "*", "a", "b"), ("HDEL", K.dirty("alpha"), "x"),
+                    ("HSET", K.parts("alpha", "v9"), "x", "y"), ("ZADD", K.parts("alpha", "v9"), 1, "x"),
+                    ("XADD", K.parts("alpha", "v9"), "*", "a", "b"),
+                    ("HSET", p1.log, "x", "y"), ("SADD", p1.log, "x"), ("ZADD", p1.log, 1, "x"),
+                    ("XADD", p1.vec, "*", "a", "b"), ("SADD", p1.meta, "x"), ("ZADD", p1.state, 1, "x"),
+                    ("XADD", p1.state, "*", "a", "b"), ("HDEL", p1.state, "pos"), ("XADD", fresh.vec, "*", "a", "b"),
+                    ("SADD", fresh.log, "x"), ("HSET", fresh.sealed, "x", "1"), ("XADD", fresh.sealed, "*", "a", "b"),
+                    ("HSET", K.vstate("alpha", "v9"), "x", "y"), ("SADD", K.vstate("alpha", "v9"), "x"),
+                    ("ZADD", K.seq("alpha"), 1, "x"), ("HSET", K.versions("alpha"), "v1", "{}"),
+                    ("HSET", K.aliases("alpha"), "live", "v2"), ("SETNX", p1.sealed, "1"),
+                    ("APPEND", K.vstate("alpha", "v1"), "x")]:
+            att.raw(r, *cmd)
+    check(att)
+    assert_same(before, snapshot_server(w.url), role)
+
+
 BAD_RECORDS = {
     "M=0 (hnswlib segfaults)": {"M": 0}, "M=1000": {"M": 1000}, "dim=0": {"dim": 0}, "dim=10**9": {"dim": 10**9},
     "ef_construction=0": {"ef_construction": 0}, "ef=-1": {"ef": -1}, "metric": {"metric": "hamming"},
@@ -251,6 +280,7 @@ def test_functions_refuse_malformed_and_oversized_calls(world: World) -> None:
     with raw(w, "writer") as r:
         for args in [(3_000_000, "a", v, ""), (0,), (-1, "a", v, ""), ("1e9", "a", v, ""), ("x",), (2, "a", v, ""),
                      (1, "a" * 513, v, ""), (1, "x" * 100_000, v, ""), (1, "", v, ""), (1, b"\xff\xfe", v, ""),
+                     (1, "a\x00b", v, ""), (1, "line\n", v, ""), (1, "c1\u0085", v, ""), (1, b"\xed\xa0\x80", v, ""),
                      (1, "a", v, "{" + "x" * 65_536), (1, "a", v, "{" + " " * (5 << 20) + "}"), (1, "a", v, "[1]"),
                      (1, "a", b"", ""), (1, "a", b"x" * 262_146, ""), (1, "a", b"abc", ""),
                      (2, "a", v, "", "b", v + v, ""), (1001, *[x for i in range(1001) for x in (f"i{i}", v, "")])]:
@@ -419,23 +449,21 @@ def test_tampered_sealed_partition_is_never_published(redis_url: str, workers, c
     x = np.random.default_rng(9).standard_normal((100, DIM)).astype(np.float32)
     v1.upsert([f"i{i}" for i in range(100)], x, partition="p1")
     wr = op.grant("wr", space="alpha", role="writer")
-    worker = workers.start(redis_url)
-    v1.build(timeout=60)
     v1.seal()
+    worker = workers.start(redis_url)
+    # the first build of the sealed partition matches its digest: it is published
+    v1.build(timeout=60)
     pk = K.partition("alpha", "v1", "p1")
-    # an honest rebuild of the sealed partition (a reader reported the snapshot corrupt) is published
-    gen = int(op.store.r.hget(pk.state, "generation"))
-    op.store.r.hset(pk.state, "corrupt", "checksum mismatch")
-    op.store.mark_dirty("alpha", "v1", "p1")
-    wait_for(lambda: int(op.store.r.hget(pk.state, "generation")) > gen, 30, what="the honest rebuild")
+    assert op.store.r.hget(pk.state, "refused") is None
     snap_before = op.store.r.get(pk.snap)
     chunks_before = {k: op.store.r.dump(k) for k in op.store.r.scan_iter(match=pk.snap + ":*")}
     answer = connect(redis_url).space("alpha").version("v1").query(x[:3], 1, consistency="eventual")
-    # the writer changes sealed items directly and asks for a rebuild the two ways it can
+    # the writer changes sealed items directly, logs the change as emb_upsert would, and asks for a build
     with redis.Redis.from_url(redis_url, username="wr", password=wr.password) as r:
         r.hset(pk.vec, "i0", EVIL.tobytes())
         r.hset(pk.meta, "i1", '{"tampered": true}')
-        r.hset(pk.state, "corrupt", "please rebuild")
+        pos = r.xadd(pk.log, {"op": "u", "ids": '["i0", "i1"]'})
+        r.hset(pk.state, "pos", pos)
         r.zadd(K.dirty("alpha"), {"v1/p1": 0})
     wait_for(lambda: op.store.r.hget(pk.state, "refused"), 30, what="the worker's refusal")
     time.sleep(1.0)  # give a (wrong) publication the time it would take
@@ -562,3 +590,30 @@ def test_zz_attack_tally() -> None:
     won = sum(w for _, w in TALLY.values())
     print(f"  total {total}, succeeded {won}")
     assert won == 0
+
+
+@pytest.mark.cluster
+def test_cluster_drop_space_and_seal(cluster_url: str, connect) -> None:  # noqa: ANN001, F811
+    """The same on Redis Cluster, where a space's partitions live in different slots and nodes: the drop finds
+    every key on every node, and a seal flags every partition before it reports sealed."""
+    op = connect(cluster_url)
+    v = op.create_space("alpha", dim=DIM, metric="l2").create_version()
+    for p in ("p1", "p2", "p3", "p4"):
+        v.upsert([f"{p}-x"], vec(1), partition=p)
+    op.create_space("bravo", dim=DIM, metric="l2").create_version().upsert(["q1"], vec(0))
+    wr = op.grant("wr", space="alpha", role="writer")
+    rc = redis.RedisCluster.from_url(cluster_url, username="wr", password=wr.password)
+    rc.hset(K.partition("alpha", "v9", "ghost").vec, "evil", EVIL.tobytes())  # planted outside the catalogue
+    v.seal()
+    assert op.space("alpha").version("v1").state == "sealed"
+    with pytest.raises(VersionSealed):
+        connect(cluster_url, username="wr", password=wr.password).space("alpha").version("v1").upsert(
+            ["n"], vec(1), partition="p3")
+    rc.close()
+    op.drop_space("alpha")
+    with redis.RedisCluster.from_url(cluster_url) as r:
+        left = [k for p in K.space_scan_patterns("alpha") for k in r.scan_iter(match=p)]
+        assert left == []
+        assert r.hget(K.partition("bravo", "v1", "default").vec, "q1") is not None
+    with pytest.raises(PermissionDenied):
+        embcache.connect(cluster_url, username="wr", password=wr.password)

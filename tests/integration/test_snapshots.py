@@ -124,7 +124,7 @@ def _check_refused(hubs, url: str, version: str, data: np.ndarray, pk, manifest)
     (s,) = rv.stats()
     assert s.corrupt and s.generation == manifest.generation == 1
     with pytest.raises(SnapshotCorrupt):
-        snapshots.load(reader.store.r, pk, ef=64)
+        snapshots.load(reader.store.r, pk, ef=64, dim=32, metric="l2")
 
 
 def _wait_rebuilt(hubs, url: str, version: str, pk, timeout: float) -> embcache.Version:  # noqa: ANN001

@@ -21,12 +21,15 @@ PUBLIC = [
     "EmbcacheError",
     "GetResult",
     "Hub",
+    "Indeterminate",
     "InvalidInput",
     "InvalidName",
     "NotFound",
     "OpenDefaultUserWarning",
+    "OutOfMemory",
     "PermissionDenied",
     "QueryResult",
+    "RedisRefused",
     "ServerError",
     "SnapshotCorrupt",
     "Space",
@@ -39,10 +42,9 @@ PUBLIC = [
 ]
 
 ERRORS = [
-    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "InvalidInput",
-    "InvalidName", "NotFound",
-    "PermissionDenied", "ServerError", "SnapshotCorrupt", "Unavailable", "VersionSealed",
-    "UntrustedHome",
+    "AlreadyExists", "BuildTimeout", "CorruptRecord", "DimensionMismatch", "EmbcacheError", "Indeterminate",
+    "InvalidInput", "InvalidName", "NotFound", "OutOfMemory", "PermissionDenied", "RedisRefused", "ServerError",
+    "SnapshotCorrupt", "Unavailable", "VersionSealed", "UntrustedHome",
 ]
 
 
