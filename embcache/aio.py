@@ -29,6 +29,7 @@ import redis.asyncio.cluster
 
 from .client import hub as sync
 from .client.hub import GetResult, QueryResult, _named
+from .core.engine import Explain
 from .core.errors import EmbcacheError
 from .redis.acl import Credentials
 from .redis.builds import BuildHandle, PartitionStats
@@ -268,22 +269,29 @@ class AsyncVersion:
 
     async def query(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
                     where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
-                    include: Sequence[str] = ("distances",)) -> QueryResult:
+                    include: Sequence[str] = ("distances",), exclude: Sequence[str] | None = None) -> QueryResult:
         """:meth:`embcache.Version.query`. Served from loaded snapshots without I/O where the level allows."""
         v = self.sync
-        if where is None and partitions is None and consistency != "strong" and include == ("distances",):
-            res = v._fast_query(query_embeddings, n_results, ef, consistency)  # no I/O: fine on the loop
+        q = v._make_query(query_embeddings, n_results, partitions, where, ef, consistency, include, exclude)
+        if q.consistency != "strong":
+            res = v._local(q)  # no I/O: fine on the loop
             if res is not None:
                 return res
-        return await self._run("query", v._query(query_embeddings, n_results, partitions, where, ef, consistency,
-                                                 include))
+        return (await self._run("query", v._search(q))).result
+
+    async def explain(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
+                      where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
+                      exclude: Sequence[str] | None = None) -> Explain:
+        """:meth:`embcache.Version.explain` (in a worker thread: it may load bases)."""
+        return await asyncio.to_thread(self.sync.explain, query_embeddings, n_results, partitions=partitions,
+                                       where=where, ef=ef, consistency=consistency, exclude=exclude)
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
                           where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
-                          include: Sequence[str] = ("distances",)) -> QueryResult:
+                          include: Sequence[str] = ("distances",), exclude: Sequence[str] | None = None) -> QueryResult:
         """:meth:`embcache.Version.query_by_id`."""
         return await self._run("query_by_id", self.sync._query_by_id(ids, n_results, partitions, where, ef,
-                                                                     consistency, include))
+                                                                     consistency, include, exclude))
 
     async def seal(self) -> None:
         """:meth:`embcache.Version.seal`."""

@@ -21,6 +21,7 @@ from embcache.redis.dispatcher import LEASE_SECONDS
 from embcache.redis.store import Store, open_client
 
 from .build import build_snapshot
+from .vgraph import update_version_graph
 
 __all__ = ["build_partition", "LEASE_SECONDS"]
 
@@ -98,6 +99,7 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
         record = Catalogue(store).get_space(space)
         with Lease(store.r, pk.lease):
             result = build_snapshot(store, record, version, partition, full=full)
+        update_version_graph(store, record, version)  # the graph of all partitions, for all-partition queries
     except CorruptRecord as exc:
         log.error("build of %s refused: %s", pk.tag, exc)
         return {"partition": partition, "kind": "refused", "reason": str(exc)}

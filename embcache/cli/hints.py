@@ -10,7 +10,9 @@ from ..core.errors import (
     AuthenticationFailed,
     BuildTimeout,
     EmbcacheError,
+    Indeterminate,
     NotFound,
+    OutOfMemory,
     PartitionNotFound,
     PermissionDenied,
     PrincipalNotFound,
@@ -33,6 +35,10 @@ HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
                            "--password-file; EMBCACHE_USERNAME, EMBCACHE_PASSWORD, EMBCACHE_PASSWORD_FILE)"),
     (PermissionDenied, "connect as a principal with that role (--username/--password); an operator grants it with "
                        "`embcache grant`"),
+    (Indeterminate, "the write may or may not have been applied: writes are idempotent, so run the same command "
+                    "again (a stopped import says how to go on from where it was)"),
+    (OutOfMemory, "Redis is at its maxmemory limit: free memory (`embcache drop-version`, `embcache drop-space`) "
+                  "or raise the limit"),
     (Unavailable, "is Redis running there? give its address with --url or EMBCACHE_URL"),
     (VersionSealed, "sealed versions are read-only: write to a new version (`embcache create-version {space}`)"),
 )

@@ -62,10 +62,15 @@ def stats(settings: Settings, space: str, version: str | None) -> None:
 @click.option("--partition", "partitions", multiple=True, help="only this partition (repeatable)")
 @click.option("--consistency", default="session", show_default=True,
               type=click.Choice(["eventual", "session", "strong"]))
+@click.option("--exclude", "exclude", multiple=True, metavar="ID", help="an id that must not come back (repeatable)")
+@click.option("--explain", is_flag=True, help="also say how the query was answered (structures, exact or graph, "
+              "candidates examined)")
 def query(settings: Settings, space: str, version: str | None, ids: tuple[str, ...], vectors: str | None, n: int,
-          where: str | None, partitions: tuple[str, ...], consistency: str) -> None:
+          where: str | None, partitions: tuple[str, ...], consistency: str, exclude: tuple[str, ...],
+          explain: bool) -> None:
     """Nearest neighbours of stored ids (--id) or of vectors in a .npy file (--vectors). Distances are the
-    space's: squared L2 for l2, 1 - inner product for ip, 1 - cosine similarity for cosine (smaller is nearer)."""
+    space's: squared L2 for l2, 1 - inner product for ip, 1 - cosine similarity for cosine (smaller is nearer).
+    --explain runs Version.explain on the same query vectors (for --id: the stored items' vectors)."""
     if bool(ids) == bool(vectors):
         raise click.UsageError("give either --id ID [--id ID ...] or --vectors FILE.npy")
     try:
@@ -75,7 +80,7 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
     with hub(settings) as h:
         v = target_version(h.space(space), version)
         kw: dict[str, Any] = dict(n_results=n, where=flt, consistency=consistency, partitions=list(partitions) or None,
-                                  include=("distances", "metadatas"))
+                                  include=("distances", "metadatas"), exclude=list(exclude) or None)
         t0 = time.perf_counter()
         if ids:
             res = v.query_by_id(list(ids), **kw)
@@ -85,6 +90,11 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
             res = v.query(np.load(vectors), **kw)
             labels = [f"row {i}" for i in range(len(res.ids))]
         ms = (time.perf_counter() - t0) * 1000
+        plan = None
+        if explain:
+            qv = v.get(list(ids), include=("embeddings",)).embeddings if ids else np.load(str(vectors))
+            kw.pop("include")
+            plan = v.explain(qv, **kw).as_dict()
     rows = [{"query": lab, "results": [{"id": i, "distance": float(d), "metadata": m}
                                        for i, d, m in zip(got, dist, metas)]}
             for lab, got, dist, metas in zip(labels, res.ids, res.distances, res.metadatas or [])]
@@ -97,6 +107,10 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
                                         "metadata": json.dumps(x["metadata"])[:80] if x["metadata"] else ""}
                                        for x in r["results"]]))
         parts.append(f"({ms:.2f} ms, {consistency}, version {v.name})")
+        if plan is not None:
+            parts.append(f"plan: {plan['plan']}")
+            parts += [f"  {json.dumps(step)}" for step in plan["steps"]]
         return "\n".join(parts)
 
-    out(settings, rows, table)
+    out(settings, rows if plan is None else {"results": rows, "explain": plan},
+        table if plan is None else lambda d: table(d["results"]))

@@ -21,14 +21,17 @@ from ..core import snapshot
 from ..core.codec import decode_stored, parse_stored_metadata
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
+from ..core.vgraph import VersionBase
 from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 from ..redis import metrics, snapshots
+from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
 
 log = logging.getLogger("embcache.cache")
-PartitionId = tuple[str, str, str]  # space, version, partition
+PartitionId = tuple[str, str, str]  # space, version, partition ("" for the version graph)
+GRAPH = ""  # the partition part of the version graph's cache id (no partition can be named "")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class PartitionCache:
         self.corrupt_seen = 0
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
+        self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -115,6 +119,56 @@ class PartitionCache:
     def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """A fresh exact base of ``pid`` (all its vectors), not cached: the fallback of last resort."""
         return exact_base(self.store.read_partition(self.keys(pid)), info)
+
+    # the version graph: one index over every partition of a version (principals granted them all) ----------
+    def cached_graph(self, space: str, version: str) -> VersionBase | None:
+        """The version graph if loaded (no I/O)."""
+        entry = self._bases.get((space, version, GRAPH))
+        return entry[0] if entry else None  # type: ignore[return-value]
+
+    def graph_absent(self, space: str, version: str) -> bool:
+        """True when the version had no graph at the last look (the refresher looks again)."""
+        return (space, version) in self._no_graph
+
+    def get_graph(self, space: str, version: str, info: SpaceInfo) -> VersionBase | None:
+        """The version graph, loading it on first use; None when the version has none (yet)."""
+        pid = (space, version, GRAPH)
+        entry = self._bases.get(pid)
+        if entry is not None:
+            return entry[0]  # type: ignore[return-value]
+        with self._lock:
+            load_lock = self._load_locks.setdefault(pid, threading.Lock())
+        with load_lock:
+            entry = self._bases.get(pid)
+            if entry is not None:
+                return entry[0]  # type: ignore[return-value]
+            graph = self._load_graph(space, version, info)
+            if graph is None:
+                self._no_graph.add((space, version))
+                return None
+            self._no_graph.discard((space, version))
+            self._put(pid, graph, info)
+            self._ensure_thread()
+            return graph
+
+    def _load_graph(self, space: str, version: str, info: SpaceInfo,
+                    manifest: Any = None) -> VersionBase | None:
+        try:
+            return vgraph_io.load(self.store.r, self.store.keys, space, version, ef=info.ef, manifest=manifest)
+        except SnapshotCorrupt as exc:  # serve from the partitions' own snapshots; the next build replaces it
+            log.warning("refused the version graph of %s/%s: %s", space, version, exc)
+            self.corrupt_seen += 1
+            return None
+
+    def covered(self, pid: PartitionId) -> str | None:
+        """The oldest log position of ``pid`` that a loaded base serves it from (its own base, the version
+        graph); None when nothing of it is loaded. Session writes older than this are no longer needed."""
+        entry = self._bases.get(pid)
+        graph = self.cached_graph(pid[0], pid[1])
+        positions = [entry[0].position] if entry is not None else []
+        if graph is not None and pid[2] in graph.parts:
+            positions.append(graph.parts[pid[2]])
+        return min(positions, key=pos_key) if positions else None
 
     def reload(self, pid: PartitionId, info: SpaceInfo) -> Base:
         """Load ``pid`` afresh, replacing what is cached."""
@@ -228,6 +282,7 @@ class PartitionCache:
         """Bring every cached base up to date; returns how many were replaced."""
         for hook in self.on_refresh:
             hook()
+        self._no_graph.clear()  # look again on next use (a graph may have been published)
         entries = list(self._bases.items())
         if not entries:
             return 0
@@ -243,6 +298,11 @@ class PartitionCache:
 
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""
+        if pid[2] == GRAPH:
+            graph = vgraph_io.read_manifest(self.store.r, self.store.keys, pid[0], pid[1])
+            if graph is None or graph.generation == getattr(base, "generation", None):
+                return None
+            return self._load_graph(pid[0], pid[1], info, graph)
         pk = self.keys(pid)
         try:
             with translate_errors("refresh"):

@@ -18,12 +18,13 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from ..core import codec
+from ..core.engine import Explain, Query, Step, check_include
 from ..core.errors import (
     AlreadyExists,
     BuildTimeout,
@@ -40,11 +41,10 @@ from ..core.errors import (
     VersionNotFound,
     VersionSealed,
 )
-from ..core.filters import compile_where
 from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
-from ..core.snapshot import HnswBase
-from ..core.views import Overlay, OverlayItem, search_view
+from ..core.vgraph import VersionBase
+from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
 from ..redis.acl import Credentials, Grant
 from ..redis.builds import BuildHandle, PartitionStats, partition_stats
@@ -550,7 +550,7 @@ class Version:
         self.name = record.name
         self.state = record.state
         self.description = record.description
-        self._probes: dict[str, StrongProbe] = {}  # partition -> its strong probe (packs its commands once)
+        self._probes: dict[tuple[tuple[str, ...], bool], StrongProbe] = {}  # partitions -> their strong probe
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -777,7 +777,7 @@ class Version:
 
     def _get(self, ids: Any, include: Any, partitions: Any) -> Plan[GetResult]:
         id_list = codec.check_ids(ids, allow_duplicates=True)
-        include = _check_include(include, _INCLUDE_GET)
+        include = check_include(include, _INCLUDE_GET)
         store = self.hub.store
         found: dict[str, tuple[bytes, bytes | None, str]] = {}
         for p in (yield from self._partitions_arg(partitions)):
@@ -797,6 +797,7 @@ class Version:
             res.metadatas = [codec.parse_stored_metadata(found[i][1], "get") for i in order]
         return res
 
+    # queries: one validated Query, one staged search (docs/design.md, "The query engine") ------------------
     @_guard("query")
     def query(
         self,
@@ -808,95 +809,106 @@ class Version:
         ef: int | None = None,
         consistency: Consistency = "session",
         include: Sequence[str] = ("distances",),
+        exclude: Sequence[str] | None = None,
     ) -> QueryResult:
         """Nearest neighbours of each query embedding.
 
         ``query_embeddings`` is ``(n, dim)`` or one vector ``(dim,)``. ``partitions`` restricts the search;
-        ``where`` filters on metadata (see :mod:`embcache.filters`); ``ef`` overrides the space's search width.
+        ``where`` filters on metadata (see :mod:`embcache.filters`); ``ef`` overrides the space's search width;
+        ``exclude`` lists ids that must not come back (items a user has already seen, say; at most 10,000).
         ``consistency``: ``eventual`` answers from loaded bases only; ``session`` (default) adds this hub's own
-        writes; ``strong`` adds every write committed before the call (one round trip per partition).
+        writes; ``strong`` adds every write committed before the call (one round trip). :meth:`explain` shows
+        how a query is answered.
         """
-        if where is None and partitions is None and include == ("distances",):
-            res = self._fast_query(query_embeddings, n_results, ef, consistency)
-            if res is not None:
-                return res
-        return self._run(self._query(query_embeddings, n_results, partitions, where, ef, consistency, include))
+        q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, include, exclude)
+        return self._answer(q)
 
-    def _fast_query(self, query_embeddings: Any, n_results: Any, ef: Any, consistency: Any) -> QueryResult | None:
-        """The serving hot path: one partition, its snapshot loaded, nothing of this hub's own to merge, no
-        filter. Answers straight from hnswlib (which normalises cosine queries itself) with no Redis round
-        trip; None when the general path is needed."""
-        t0 = time.perf_counter()
-        hub = self.hub
-        parts = hub.partitions.cached(self.space.name, self.name)
-        if parts is None or len(parts) != 1 or self.space.grant is not None:
-            return None
-        pid = (self.space.name, self.name, parts[0])
-        base = hub.cache.cached(pid)
-        if type(base) is not HnswBase:
-            return None
-        if consistency == "session" and hub.session.overlay(pid, base.position) != {}:
-            return None
-        if consistency == "strong" and hub.is_cluster:
-            return None
+    @_guard("query")
+    def explain(
+        self,
+        query_embeddings: Any,
+        n_results: int = 10,
+        *,
+        partitions: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        ef: int | None = None,
+        consistency: Consistency = "session",
+        exclude: Sequence[str] | None = None,
+    ) -> Explain:
+        """Run the query and say how it was answered: an :class:`~embcache.core.engine.Explain` whose ``plan``
+        is one line (``"graph on version graph (59000 items, 58 partitions, generation 3)"``), ``steps`` the
+        structures searched (exact or graph, matches, candidates examined, filter cache hit), and ``result``
+        the :class:`QueryResult`. ``explain(...).as_dict()`` is JSON-ready."""
+        q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, ("distances",), exclude)
+        ex = Explain(q.consistency)
+        ex.result = self._answer(q, ex)  # type: ignore[attr-defined]
+        return ex
+
+    def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
+                    consistency: Any, include: Any, exclude: Any) -> Query:
         queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
         k = codec.check_n_results(n_results)
-        ef = _check_ef(ef)
-        if consistency not in CONSISTENCY_LEVELS:
-            return None  # the general path raises the error
-        if self.space.metric == "cosine" and not queries.any(axis=1).all():
-            codec.normalise(queries, what="query_embeddings")  # raises the zero-vector error
-        if k > base.count:
-            return None
-        strong = None
-        if consistency == "strong":  # ask Redis first, search while it answers
-            strong = self._strong_probe_send(parts[0])
-        try:
-            labels, dists = base.knn(queries, k, ef)
-        except RuntimeError:  # hnswlib found fewer than k: the general path answers exactly
-            labels = None
-        finally:
-            if strong is not None:  # read the answer whatever happened, so the connection stays in step
-                pos, members = strong.read()
-        if strong is not None and (pos != base.position or members != parts):
-            return None  # the log moved past the snapshot, or partitions changed: the general path merges
-        if labels is None:
-            return None
-        hub.cache.touch(pid)
-        id_of = base.id_of
-        res = QueryResult(ids=[id_of[row].tolist() for row in labels], distances=dists, metric=self.space.metric)
+        if self.space.metric == "cosine":
+            queries = _unit_rows(queries)
+        return Query.build(queries, k, partitions=partitions, where=where, ef=ef, consistency=consistency,
+                           include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
+
+    def _answer(self, q: Query, ex: Explain | None = None) -> QueryResult:
+        """Answer from what is loaded when the query needs no Redis (or, at ``strong``, only the probe);
+        otherwise run the general plan."""
+        t0 = time.perf_counter()
+        res = self._local(q, ex)
+        if res is None:
+            if ex is not None:
+                ex.steps.clear()
+            res = self._run(self._search(q, ex)).result
         if metrics.ENABLED:
-            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
+            metrics.observe_query(self.space.name, q.consistency, time.perf_counter() - t0)
         return res
 
-    def _strong_probe_send(self, partition: str) -> PendingProbe:
-        """Send (without waiting) the partition's log position and the version's partition list: a strong query
-        whose snapshot covers the log needs nothing more, and the search runs while Redis answers."""
-        probe = self._probes.get(partition)
+    def _local(self, q: Query, ex: Explain | None = None) -> QueryResult | None:
+        """The answer with no Redis round trip beyond the strong probe; None when the plan needs Redis."""
+        if q.consistency != "strong":
+            ans = _without_io(self._search(q, ex))
+            return None if ans is None else ans.result
+        if self.hub.is_cluster:
+            return None
+        parts = _without_io(self._partitions_arg(q.partitions, fresh=False))
+        if parts is None:
+            return None
+        with_members = q.partitions is None
+        pending = self._strong_probe_send(tuple(parts), with_members)  # ask Redis first, search while it answers
+        try:
+            ans = _without_io(self._search(q, ex, covered=True))
+        finally:  # read the answer whatever happened, so the connection stays in step
+            positions, members = pending.read()
+        if ans is None or any(ans.positions.get(p) != pos for p, pos in zip(parts, positions)):
+            return None  # the log moved past a base: the general path merges its tail
+        if members is not None and members != sorted(self.hub.partitions.cached(self.space.name, self.name) or []):
+            return None  # partitions were added: the general path searches them too
+        if ex is not None:
+            ex.redis_round_trips = 1
+            ex.notes.append("strong: the bases cover every partition's log (checked while searching)")
+        return ans.result
+
+    def _strong_probe_send(self, partitions: tuple[str, ...], with_members: bool) -> PendingProbe:
+        """Send (without waiting) the partitions' log positions and, querying them all, the version's partition
+        list (see :mod:`embcache.redis.probe`); one prepared probe is kept per set of partitions."""
+        key = (partitions, with_members)
+        probe = self._probes.get(key)
         if probe is None:
-            probe = self.hub.probes.prepare(self._pk(partition).state, self.hub.keys.parts(self.space.name, self.name))
-            self._probes[partition] = probe
+            parts_key = self.hub.keys.parts(self.space.name, self.name) if with_members else None
+            probe = self.hub.probes.prepare([self._pk(p).state for p in partitions], parts_key)
+            if len(self._probes) >= 64:  # bounded: the sets of partitions queried are few in practice
+                self._probes.clear()
+            self._probes[key] = probe
         return probe.send()
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
-               consistency: Any, include: Any) -> Plan[QueryResult]:
-        queries = codec.check_matrix(query_embeddings, self.space.dim, what="query_embeddings", allow_1d=True)
-        k = codec.check_n_results(n_results)
-        args = yield from self._query_args(partitions, where, ef, consistency, include)
-        if self.space.metric == "cosine":
-            queries = codec.normalise(queries, what="query_embeddings")
-        return (yield from self._search(queries, k, *args))
-
-    def _query_args(self, partitions: object, where: object, ef: object, consistency: object,
-                    include: object) -> Plan[tuple[Any, ...]]:
-        """The validated (partitions, predicate, ef, consistency, include) of a query."""
-        include = _check_include(include, _INCLUDE_QUERY)
-        predicate = compile_where(where)
-        ef = _check_ef(ef)
-        if consistency not in CONSISTENCY_LEVELS:
-            raise InvalidInput(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency!r}")
-        parts = yield from self._partitions_arg(partitions, fresh=False)
-        return parts, predicate, ef, consistency, include, partitions is None
+               consistency: Any, include: Any, exclude: Any = None) -> Plan[QueryResult]:
+        """:meth:`query` as a plan (for the asyncio client)."""
+        q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, include, exclude)
+        return (yield from self._search(q)).result
 
     @_guard("query_by_id")
     def query_by_id(
@@ -909,104 +921,290 @@ class Version:
         ef: int | None = None,
         consistency: Consistency = "session",
         include: Sequence[str] = ("distances",),
+        exclude: Sequence[str] | None = None,
     ) -> QueryResult:
-        """Neighbours of stored items (each item itself excluded), one row per id.
+        """Neighbours of stored items (each item itself excluded, and the ids in ``exclude``), one row per id.
 
-        :class:`~embcache.errors.NotFound` if an id is not stored in this version.
+        At ``eventual`` and ``session`` the items' vectors come from the loaded bases (and this hub's own
+        writes) when they hold them: no Redis round trip. :class:`~embcache.errors.NotFound` if an id is not
+        stored in this version.
         """
-        return self._run(self._query_by_id(ids, n_results, partitions, where, ef, consistency, include))
-
-    def _query_by_id(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,
-                     include: Any) -> Plan[QueryResult]:
-        id_list = codec.check_ids(ids, allow_duplicates=True)
-        n_results = codec.check_n_results(n_results)
-        args = yield from self._query_args(partitions, where, ef, consistency, include)
-        got = yield from self._get(id_list, ("embeddings",), None)
-        missing = [i for i in id_list if i not in set(got.ids)]
-        if missing:
-            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {missing[0]!r}")
-        row = {i: j for j, i in enumerate(got.ids)}
-        assert got.embeddings is not None
-        queries = got.embeddings[[row[i] for i in id_list]]  # stored vectors: already normalised for cosine
-        res = yield from self._search(queries, n_results + 1, *args)
-        keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
-        res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
-        res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
-        if res.metadatas is not None:
-            res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
-        if res.embeddings is not None:
-            res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
+        t0 = time.perf_counter()
+        id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
+        res = None if q.consistency == "strong" else _without_io(self._by_id(id_list, q))
+        if res is None:
+            res = self._run(self._by_id(id_list, q))
+        if metrics.ENABLED:
+            metrics.observe_query(self.space.name, q.consistency, time.perf_counter() - t0)
         return res
 
-    def _search(self, queries: np.ndarray, k: int, parts: list[str], predicate: Any, ef: int | None,
-                consistency: str, include: tuple[str, ...], all_parts: bool) -> Plan[QueryResult]:
-        t0 = time.perf_counter()
-        hub, info, cache, store = self.hub, self.space.info, self.hub.cache, self.hub.store
-        positions: list[str] | None = None
-        if consistency == "strong":
-            # one round trip: every partition's log position, and (querying them all) the partition list, so
-            # a partition another hub created before this query began is not missed
-            positions, members = yield from store.strong_positions.plan(
-                store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
-            if members is not None:
-                fresh = valid_names(members, "partition name")
-                hub.partitions.set(self.space.name, self.name, fresh)
-                granted = self.space.allowed_partitions()
-                new = [p for p in fresh if p not in parts and (granted is None or p in granted)]
-                parts = parts + new
-                positions += [None] * len(new)  # type: ignore[list-item]
-        pids = [self._pid(p) for p in parts]
-        bases = []
-        for pid in pids:  # a loaded base costs nothing; a first load is blocking work, off the event loop
+    def _by_id_query(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,
+                     include: Any, exclude: Any) -> tuple[list[str], Query]:
+        id_list = codec.check_ids(ids, allow_duplicates=True)
+        k = codec.check_n_results(n_results)
+        q = Query.build(np.zeros((0, self.space.dim), np.float32), k, partitions=partitions, where=where, ef=ef,
+                        consistency=consistency, include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
+        return id_list, q
+
+    def _query_by_id(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,
+                     include: Any, exclude: Any = None) -> Plan[QueryResult]:
+        """:meth:`query_by_id` as a plan (for the asyncio client)."""
+        id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
+        return (yield from self._by_id(id_list, q))
+
+    def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
+        vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
+        missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
+        if missing:
+            got = yield from self._get(missing, ("embeddings",), None)
+            assert got.embeddings is not None
+            vectors.update(zip(got.ids, got.embeddings))
+        absent = [i for i in id_list if i not in vectors]
+        if absent:
+            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
+        queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)  # stored: normalised for cosine
+        res = (yield from self._search(replace(q, vectors=queries, k=q.k + 1))).result
+        return _drop_own(res, id_list, q.k)
+
+    def _stored_locally(self, ids: list[str], session: bool) -> dict[str, np.ndarray]:
+        """Vectors of ``ids`` from the loaded bases (and, at ``session``, this hub's own writes); ids not found
+        there, or deleted by this hub, are left out (Redis answers for them)."""
+        hub, cache = self.hub, self.hub.cache
+        parts = hub.partitions.cached(self.space.name, self.name)
+        if parts is None:
+            return {}
+        found: dict[str, np.ndarray] = {}
+        skip: set[str] = set()
+        if session:
+            own = hub.session.lookup([self._pid(p) for p in parts], ids)
+            if own is None:
+                return {}  # this hub's writes are not all in memory: Redis knows best
+            found, skip = own
+        granted = self.space.allowed_partitions()
+        graph = cache.cached_graph(self.space.name, self.name) if granted is None else None
+        bases: list[Any] = [graph] if graph is not None else []
+        bases += [b for b in (cache.cached(self._pid(p)) for p in (parts if granted is None else
+                                                                    [p for p in parts if p in granted])) if b]
+        for i in ids:
+            if i in found or i in skip:
+                continue
+            for b in bases:
+                vec = b.vector(i) if i in b else None
+                if vec is not None:
+                    found[i] = vec
+                    break
+        return found
+
+    # the stages of every search ----------------------------------------------------------------------------
+    def _search(self, q: Query, ex: Explain | None = None, *, covered: bool = False,
+                use_graph: bool = True) -> Plan["_Answer"]:
+        """Partitions -> (strong) log positions -> sources -> overlays -> search -> result. ``covered`` (the
+        strong probe's local run) searches the bases alone and reports the positions they cover."""
+        parts = yield from self._partitions_arg(q.partitions, fresh=False)
+        positions: dict[str, str | None] = {}
+        if q.consistency == "strong" and not covered:
+            parts, positions = yield from self._strong_positions(parts, q.partitions is None)
+        sources = yield from self._sources(parts, q, use_graph)
+        overlays = yield from self._overlays(sources, q, positions, covered)
+        if overlays is None:  # a partition's log no longer reaches back to the version graph's position
+            return (yield from self._search(q, ex, covered=covered, use_graph=False))
+        result = self._search_sources(sources, overlays, q, ex)
+        return _Answer(result, {p: s.position(p) for s in sources for p in s.parts} if covered else {})
+
+    def _strong_positions(self, parts: list[str], all_parts: bool) -> Plan[tuple[list[str], dict[str, str | None]]]:
+        """One round trip: every partition's log position and (querying them all) the partition list, so a
+        partition another hub created before this query began is not missed."""
+        hub, store = self.hub, self.hub.store
+        read, members = yield from store.strong_positions.plan(
+            store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+        positions: dict[str, str | None] = dict(zip(parts, read))
+        if members is not None:
+            fresh = valid_names(members, "partition name")
+            hub.partitions.set(self.space.name, self.name, fresh)
+            granted = self.space.allowed_partitions()
+            new = [p for p in fresh if p not in positions and (granted is None or p in granted)]
+            parts = parts + new
+            positions.update({p: None for p in new})  # no position read: their tail is read from their base
+        return parts, positions
+
+    def _sources(self, parts: list[str], q: Query, use_graph: bool) -> Plan[list["_Source"]]:
+        """The bases that answer: the version graph for the partitions it covers (principals granted every
+        partition, several partitions queried), and each other partition's own base."""
+        cache, info = self.hub.cache, self.space.info
+        sources: list[_Source] = []
+        rest = parts
+        if use_graph and len(parts) > 1 and self.space.allowed_partitions() is None:
+            graph = cache.cached_graph(self.space.name, self.name)
+            if graph is None and not cache.graph_absent(self.space.name, self.name):
+                graph = yield Offload(cache.get_graph, (self.space.name, self.name, info))
+            inside = [p for p in parts if graph is not None and p in graph.parts]
+            if graph is not None and inside and (
+                    q.partitions is None or graph.partition_items(inside) >= NAMED_GRAPH_SHARE * graph.count):
+                restrict = None if len(inside) == len(graph.parts) else tuple(inside)
+                sources.append(_Source(graph, inside, restrict))
+                rest = [p for p in parts if p not in graph.parts]
+        for p in rest:  # a loaded base costs nothing; a first load is blocking work, off the event loop
+            pid = self._pid(p)
             base = cache.cached(pid)
-            bases.append(base if base is not None else (yield Offload(cache.get, (pid, info))))
-        overlays: list[Overlay | None]
-        if consistency == "eventual":
-            overlays = [{} for _ in pids]
-        elif consistency == "session":
-            overlays = [hub.session.overlay(pid, b.position) for pid, b in zip(pids, bases)]
-        else:  # strong: only partitions whose log moved past their base need the tail
-            assert positions is not None  # read above, for strong
-            overlays = [{} if pos is not None and pos == b.position else None for pos, b in zip(positions, bases)]
-        need_tail = [i for i, ov in enumerate(overlays) if ov is None]
-        if need_tail:  # the log tail of what moved (or session writes no longer all in memory)
-            requests = [(self._pk(parts[i]), bases[i].position) for i in need_tail]
-            tails = yield from store.read_tails.plan(store, requests)
-            for i, tail in zip(need_tail, tails):
-                if tail is None:  # the log no longer reaches back to the base (or is very long): load afresh
-                    bases[i] = yield Offload(cache.reload, (pids[i], info))
-                    pk = self._pk(parts[i])
-                    tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
-                    if tail is None:  # the newest snapshot's tail is always readable; answer exactly if not
-                        bases[i] = yield Offload(cache.exact, (pids[i], info))
-                        tail = yield from store.read_tail.plan(store, pk, bases[i].position, 1 << 30)
-                overlays[i] = tail_overlay(tail, info) if tail is not None else {}
-        filled = cast("list[Overlay]", overlays)  # every None was replaced from the tail just above
-        per_part = [
-            search_view(b, ov, queries, k, predicate, ef or self.space.ef, self.space.metric)
-            for b, ov in zip(bases, filled)
-        ]
-        if len(per_part) == 1:
-            merged = per_part[0]
+            sources.append(_Source(base if base is not None else (yield Offload(cache.get, (pid, info))), [p], None))
+        return sources
+
+    def _overlays(self, sources: list["_Source"], q: Query, positions: dict[str, str | None],
+                  covered: bool) -> Plan[list[Overlay] | None]:
+        """Each source's overlay: nothing (eventual), this hub's own writes (session), the log tail of the
+        partitions whose log moved past their base (strong). None when the version graph cannot be caught up."""
+        overlays: list[Overlay] = [{} for _ in sources]
+        if q.consistency == "eventual" or covered:
+            return overlays
+        need: list[tuple[int, str, str]] = []
+        for si, src in enumerate(sources):
+            parts = src.parts
+            if q.consistency == "session":
+                parts = self.hub.session.candidates(self.space.name, self.name, parts, src.position, src.base)
+            for p in parts:
+                pos = src.position(p)
+                if q.consistency == "session":
+                    pid = self._pid(p)
+                    ov = self.hub.session.overlay(pid, pos, self.hub.cache.covered(pid))
+                else:
+                    ov = {} if positions.get(p) is not None and positions[p] == pos else None
+                if ov is None:
+                    need.append((si, p, pos))
+                elif ov:
+                    _merge_overlay(overlays[si], ov)
+        if need:  # the log tails of what moved (or session writes no longer all in memory), one round trip
+            store, info = self.hub.store, self.space.info
+            tails = yield from store.read_tails.plan(store, [(self._pk(p), pos) for _, p, pos in need])
+            for (si, p, _), tail in zip(need, tails):
+                if tail is None and isinstance(sources[si].base, VersionBase):
+                    return None
+                if tail is None:
+                    sources[si].base, tail = yield from self._reload_with_tail(p)
+                if tail is not None:
+                    _merge_overlay(overlays[si], tail_overlay(tail, info))
+        return overlays
+
+    def _reload_with_tail(self, partition: str) -> Plan[tuple[Any, Any]]:
+        """The log no longer reaches back to the base (or is very long): load the newest snapshot and read its
+        whole tail; answer exactly from a fresh copy if even that cannot be read."""
+        cache, store, info = self.hub.cache, self.hub.store, self.space.info
+        pid, pk = self._pid(partition), self._pk(partition)
+        base = yield Offload(cache.reload, (pid, info))
+        tail = yield from store.read_tail.plan(store, pk, base.position, 1 << 30)
+        if tail is None:
+            base = yield Offload(cache.exact, (pid, info))
+            tail = yield from store.read_tail.plan(store, pk, base.position, 1 << 30)
+        return base, tail
+
+    def _search_sources(self, sources: list["_Source"], overlays: list[Overlay], q: Query,
+                        ex: Explain | None) -> QueryResult:
+        """Search every source with its overlay and merge: the query's result."""
+        k, ef, metric = q.k, q.ef, self.space.metric
+        per_source = []
+        for src, ov in zip(sources, overlays):
+            step = None
+            if ex is not None:
+                step = Step(_describe(src), "", 0, 0, 0)
+                ex.steps.append(step)
+                ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None)
+            per_source.append(search_view(src.base, ov, q.vectors, k, q.where, ef, metric, exclude=q.exclude,
+                                          restrict=src.restrict, step=step))
+        if len(per_source) == 1:
+            merged = per_source[0]
         else:
-            merged = [merge_ranked([pp[q] for pp in per_part], k) for q in range(len(queries))]
+            merged = [merge_ranked([pp[i] for pp in per_source], k) for i in range(len(q.vectors))]
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
                           metric=self.space.metric)
-        if "metadatas" in include or "embeddings" in include:
-            where_is = _locator(bases, filled)
-            if "metadatas" in include:
+        if "metadatas" in q.include or "embeddings" in q.include:
+            where_is = _locator([s.base for s in sources], overlays)
+            if "metadatas" in q.include:
                 res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
-            if "embeddings" in include:
+            if "embeddings" in q.include:
                 res.embeddings = [
                     np.stack([where_is(i, "vector") for i in row]) if row else np.zeros((0, self.space.dim), np.float32)
                     for row in res.ids
                 ]
-        if metrics.ENABLED:
-            metrics.observe_query(self.space.name, consistency, time.perf_counter() - t0)
         return res
 
 
-def _locator(bases: list[Any], overlays: list[Overlay]) -> Callable[[str, str], Any]:
+NAMED_GRAPH_SHARE = 0.2  # named partitions holding this share of a loaded version graph are searched there
+
+
+@dataclass
+class _Source:
+    """A base and the partitions of the query it answers (``restrict``: a version graph limited to some)."""
+
+    base: Any
+    parts: list[str]
+    restrict: tuple[str, ...] | None
+
+    def position(self, partition: str) -> str:
+        """The change-log position of ``partition`` that the base covers."""
+        return self.base.parts[partition] if isinstance(self.base, VersionBase) else self.base.position
+
+    def oldest(self) -> tuple[int, int]:
+        """The oldest position the base covers (of any partition it holds)."""
+        if isinstance(self.base, VersionBase):
+            return self.base.oldest
+        return pos_key(self.base.position)
+
+
+@dataclass
+class _Answer:
+    result: QueryResult
+    positions: dict[str, str]  # partition -> the position of the base that answered for it
+
+
+def _unit_rows(queries: np.ndarray) -> np.ndarray:
+    """Query rows scaled to unit length, bit for bit as codec.normalise does (which names a zero row, and
+    handles every other case)."""
+    if len(queries) == 1:  # the same float64 norm and division as codec.normalise, with less numpy machinery
+        square = float(np.einsum("i,i->", queries[0], queries[0], dtype=np.float64))
+        if 1e-30 < square < 1e30:
+            unit: np.ndarray = (queries / np.float64(square ** 0.5)).astype(np.float32)
+            return unit
+    return codec.normalise(queries, what="query_embeddings")
+
+
+def _without_io(plan: Plan[T]) -> T | None:
+    """The plan's value if it completes without asking for any I/O; None (and the plan closed) otherwise."""
+    try:
+        plan.send(None)
+    except StopIteration as stop:
+        return stop.value
+    plan.close()
+    return None
+
+
+def _describe(src: _Source) -> str:
+    name = src.base.describe() if hasattr(src.base, "describe") else type(src.base).__name__
+    if isinstance(src.base, VersionBase):
+        return name + (f" limited to {', '.join(src.restrict)}" if src.restrict else "")
+    return f"partition {src.parts[0]}: {name}"
+
+
+def _merge_overlay(into: Overlay, ov: Overlay) -> None:
+    """Add one partition's overlay to a source's: a deletion in one partition never hides the id's new home
+    in another (an id moved between partitions)."""
+    for id_, it in ov.items():
+        if it.vector is None and id_ in into and into[id_].vector is not None:
+            continue
+        into[id_] = it
+
+
+def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResult:
+    """A query_by_id result without each row's own item, cut to ``n_results``."""
+    keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
+    res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
+    res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
+    if res.metadatas is not None:
+        res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
+    if res.embeddings is not None:
+        res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
+    return res
+
+
+def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
     def find(id_: str, what: str) -> Any:
         for base, ov in zip(bases, overlays):
             if id_ in ov:
@@ -1027,21 +1225,3 @@ def _pad(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
         out[i, : len(r)] = r[:k]
     return out
 
-
-def _check_include(include: object, allowed: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(include, str):
-        include = (include,)
-    if not isinstance(include, (list, tuple)):
-        raise InvalidInput(f"include must be a list drawn from {', '.join(allowed)}")
-    for x in include:
-        if x not in allowed:
-            raise InvalidInput(f"include: unknown field {x!r}; use {', '.join(allowed)}")
-    return tuple(include)
-
-
-def _check_ef(ef: object) -> int | None:
-    if ef is None:
-        return None
-    if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or not 1 <= ef <= 10_000:
-        raise InvalidInput(f"ef must be an integer in [1, 10000], got {ef!r}")
-    return int(ef)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ..core.views import Overlay, pos_key
 from ..redis.catalogue import Catalogue
@@ -82,43 +83,113 @@ class KnownPartitions:
 
 
 class SessionWrites:
-    """This hub's own writes per partition, until a loaded base covers them (``session`` consistency).
+    """This hub's own writes per partition, until the loaded bases cover them (``session`` consistency).
 
     Past ``SESSION_ITEMS`` items per partition the copies are dropped and ``session`` reads the log tail instead,
-    until a base catches up. Thread-safe."""
+    until a base catches up. Copies are dropped once every *loaded* base of the partition covers them (the caller
+    says which position that is); a per-partition *floor* remembers up to where copies may be missing (dropped,
+    or never kept for a bulk write), so a base older than it (a version graph loaded later, say) reads the tail
+    instead of missing a write. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._writes: dict[Pid, Overlay] = {}
-        self._overflow: dict[Pid, str] = {}
+        self._floor: dict[Pid, tuple[int, int]] = {}
+        self._live: dict[tuple[str, str], set[str]] = {}  # partitions holding copies, per version
+        self._floors: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # floors, per version
+        self._epoch = 0  # bumped when a floor moves: cached floor checks are then stale
+        self._checks: dict[tuple[object, ...], list[str]] = {}
 
     def remember(self, pid: Pid, items: Overlay, pos: str, overflow: bool = False) -> None:
         """Keep this hub's write of ``items`` at log position ``pos``; ``overflow``: too many to keep."""
         with self._lock:
             ov = self._writes.setdefault(pid, {})
             ov.update(items)
+            self._live.setdefault(pid[:2], set()).add(pid[2])
             if overflow or len(ov) > SESSION_ITEMS:
                 ov.clear()
-                self._overflow[pid] = pos
+                self._raise_floor(pid, pos_key(pos))
 
-    def overlay(self, pid: Pid, base_pos: str) -> Overlay | None:
-        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail)."""
+    def _raise_floor(self, pid: Pid, floor: tuple[int, int]) -> None:
+        if floor > self._floor.get(pid, (0, 0)):
+            self._floor[pid] = floor
+            self._floors.setdefault(pid[:2], {})[pid[2]] = floor
+            self._epoch += 1
+
+    def overlay(self, pid: Pid, base_pos: str, oldest: str | None = None) -> Overlay | None:
+        """This hub's writes newer than ``base_pos``; None when they are not all in memory (read the tail).
+        ``oldest``: the oldest position any loaded base of the partition covers (copies up to it are dropped)."""
+        if pid not in self._writes and pid not in self._floor:
+            return {}  # nothing of this hub's own in this partition (the common case, checked without the lock)
         covered = pos_key(base_pos)
         with self._lock:
-            overflow = self._overflow.get(pid)
-            if overflow is not None:
-                if pos_key(overflow) > covered:
-                    return None
-                del self._overflow[pid]
+            if self._floor.get(pid, (0, 0)) > covered:
+                return None
             ov = self._writes.get(pid)
             if not ov:
+                if ov is not None:  # emptied by an overflow that this base now covers
+                    del self._writes[pid]
+                    self._live.get(pid[:2], set()).discard(pid[2])
                 return {}
-            for i in [i for i, it in ov.items() if pos_key(it.pos) <= covered]:
-                del ov[i]
-            return dict(ov)
+            prune = min(covered, pos_key(oldest)) if oldest is not None else covered
+            gone = [i for i, it in ov.items() if pos_key(it.pos) <= prune]
+            if gone:
+                for i in gone:
+                    del ov[i]
+                self._raise_floor(pid, prune)
+                if not ov:
+                    del self._writes[pid]
+                    self._live.get(pid[:2], set()).discard(pid[2])
+            return {i: it for i, it in ov.items() if pos_key(it.pos) > covered}
+
+    def candidates(self, space: str, version: str, parts: list[str], position: Callable[[str], str],
+                   base: object) -> list[str]:
+        """Which of ``parts`` (served by ``base``, whose position for a partition is ``position(p)``) may have
+        session state to merge: those holding copies, and those whose floor lies above the base's position
+        (checked once per base and change of floors, not per query)."""
+        live = self._live.get((space, version))
+        out = [p for p in parts if p in live] if live else []
+        floors = self._floors.get((space, version))
+        if floors:
+            key = (id(base), getattr(base, "generation", None), tuple(parts), self._epoch)
+            above = self._checks.get(key)
+            if above is None:
+                wanted = set(parts)
+                above = [p for p, f in list(floors.items()) if p in wanted and f > pos_key(position(p))]
+                if len(self._checks) > 256:
+                    self._checks.clear()
+                self._checks[key] = above
+            out += [p for p in above if p not in set(out)]
+        return out
+
+    def lookup(self, pids: list[Pid], ids: list[str]) -> tuple[dict[str, Any], set[str]] | None:
+        """This hub's latest copies of ``ids`` in ``pids``: ``(id -> vector, ids it deleted)``; None when some of
+        its writes there are not in memory (Redis knows best)."""
+        found: dict[str, Any] = {}
+        deleted: set[str] = set()
+        with self._lock:
+            for pid in pids:
+                if pid in self._floor and pid not in self._writes:
+                    continue  # copies dropped because a loaded base covers them: the bases answer
+                if pid in self._floor:
+                    return None
+                ov = self._writes.get(pid, {})
+                for i in ids:
+                    it = ov.get(i)
+                    if it is not None:
+                        if it.vector is None:
+                            deleted.add(i)
+                        else:
+                            found[i] = it.vector
+        return found, deleted
 
     def drop(self, match: Callable[[Pid], bool]) -> None:
         """Forget the writes of every partition ``match`` accepts."""
         with self._lock:
             for pid in [p for p in self._writes if match(p)]:
                 del self._writes[pid]
+            for pid in [p for p in self._floor if match(p)]:
+                del self._floor[pid]
+                self._floors.get(pid[:2], {}).pop(pid[2], None)
+                self._live.get(pid[:2], set()).discard(pid[2])
+            self._epoch += 1

@@ -23,6 +23,10 @@ Layout (default prefix ``emb``)::
     emb:{movies/v1/default}:snap              string manifest of the published snapshot (the pointer)
     emb:{movies/v1/default}:snap:7.a1b2c3:0   string chunk 0 of snapshot 7.a1b2c3 (generation 7, one build's nonce)
     emb:{movies/v1/default}:lease             string held (with a TTL) by the worker building the partition
+    emb:{movies/v1}:vgraph                    string manifest of the version graph (all partitions in one index)
+    emb:{movies/v1}:vgraph:4.a1b2c3:0         string chunk 0 of version graph 4.a1b2c3
+    emb:{movies/v1}:vglease                   string held (with a TTL) by the worker updating the version graph
+    emb:{movies/v1}:vgdirty                   string set when a partition build found the version graph busy
 
 The text between braces is the Redis Cluster hash tag: every key of one partition of one version lives in one
 slot, so a partition's writes are atomic even on a cluster, and every space-level key lives in the space's slot.
@@ -50,6 +54,7 @@ _HUB_KINDS = frozenset({"spaces", "principals", "dispatcher"})
 _SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "grants", "events"})
 _SPACE_NAMED_KINDS = frozenset({"alias", "parts", "vstate"})  # followed by one name
 _PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap", "lease", "sealed"})
+_VERSION_KINDS = {"vgraph": "version_graph", "vglease": "version_graph_lease", "vgdirty": "version_graph_dirty"}
 _SNAPSHOT_ID_RE = re.compile(r"[0-9]+(\.[0-9a-z]+)?")  # generation, then the build's nonce
 
 
@@ -211,6 +216,32 @@ class Keys:
             sealed=f"{base}:sealed",
         )
 
+    # version level: the version graph (one index over every partition; see embcache.core.vgraph)
+    def _version(self, space: str, version: str, suffix: str) -> str:
+        check_name(space, "space name")
+        check_name(version, "version name")
+        return f"{self.prefix}:{{{space}/{version}}}:{suffix}"
+
+    def version_graph(self, space: str, version: str) -> str:
+        """The version graph's manifest (its pointer); readable only by principals granted every partition."""
+        return self._version(space, version, "vgraph")
+
+    def version_graph_chunk(self, space: str, version: str, snapshot_id: str, index: int) -> str:
+        return f"{self.version_graph(space, version)}:{snapshot_id}:{index}"
+
+    def version_graph_lease(self, space: str, version: str) -> str:
+        """Held (with a TTL) by the one worker updating the version graph."""
+        return self._version(space, version, "vglease")
+
+    def version_graph_dirty(self, space: str, version: str) -> str:
+        """Set by a partition build that found the version graph's lease taken: its holder builds again."""
+        return self._version(space, version, "vgdirty")
+
+    def version_graph_pattern(self, space: str) -> str:
+        """Glob over the version graphs (manifests and chunks) of every version of ``space`` (for ACL)."""
+        check_name(space, "space name")
+        return f"{self.prefix}:{{{space}/*}}:vgraph*"
+
     def partition_pattern(self, space: str, version: str = "*", partition: str = "*", kind: str = "*") -> str:
         """Glob over partition keys of a space; ``*`` for any version or partition (for SCAN and ACL), and for
         any key kind unless ``kind`` names one (``"vec"``, ``"log"``, ...)."""
@@ -248,6 +279,12 @@ class Keys:
                 kind in _SPACE_NAMED_KINDS and len(extra) == 1 and _NAME_RE.fullmatch(extra[0])
             ):
                 return ParsedKey(kind=kind, space=parts[0], extra=extra)
+        elif len(parts) == 2:
+            if kind in _VERSION_KINDS and not extra:
+                return ParsedKey(kind=_VERSION_KINDS[kind], space=parts[0], version=parts[1])
+            if kind == "vgraph" and len(extra) == 2 and _SNAPSHOT_ID_RE.fullmatch(extra[0]) and extra[1].isascii() \
+                    and extra[1].isdigit():
+                return ParsedKey(kind="version_graph_chunk", space=parts[0], version=parts[1], extra=extra)
         elif len(parts) == 3:
             space, version, partition = parts
             if kind in _PARTITION_KINDS and not extra:

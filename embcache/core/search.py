@@ -34,11 +34,20 @@ def pairwise_distances(queries: np.ndarray, items: np.ndarray, metric: str,
     q = queries.astype(dtype, copy=False)
     x = items.astype(dtype, copy=False)
     if metric == "l2":
-        d: np.ndarray = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * (q @ x.T)
+        d: np.ndarray = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * _dot(q, x)
         clipped: np.ndarray = np.maximum(d, 0.0, out=d)
         return clipped
+    return 1.0 - _dot(q, x)
+
+
+def _dot(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``q @ x.T``; one query on one thread (einsum, no BLAS: a BLAS library spreads even a small product over
+    every core, which on a busy machine costs more than it saves)."""
+    if len(q) == 1:
+        one: np.ndarray = np.einsum("ij,j->i", x, q[0])[None, :]
+        return one
     dots: np.ndarray = q @ x.T
-    return 1.0 - dots
+    return dots
 
 
 def _l2_candidates(queries: np.ndarray, items: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -48,7 +57,7 @@ def _l2_candidates(queries: np.ndarray, items: np.ndarray, center: np.ndarray) -
     out = np.empty((queries.shape[0], items.shape[0]), dtype=np.float32)
     for start in range(0, items.shape[0], _ROW_CHUNK):
         xc = items[start : start + _ROW_CHUNK].astype(np.float32, copy=False) - center
-        out[:, start : start + xc.shape[0]] = qq[:, None] + (xc * xc).sum(1)[None, :] - 2.0 * (qc @ xc.T)
+        out[:, start : start + xc.shape[0]] = qq[:, None] + (xc * xc).sum(1)[None, :] - 2.0 * _dot(qc, xc)
     return np.maximum(out, 0.0, out=out)
 
 

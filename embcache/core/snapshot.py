@@ -39,19 +39,18 @@ import hnswlib
 import numpy as np
 
 from .codec import MAX_DIM, METRICS
+from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
-from .filters import Predicate
-from .search import Ranked, exact_search
-from .views import _MaskCache
+from .hnswfile import level0_vectors
+from .search import Ranked
 
-__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "pending_uploads", "valid_pos",
-           "CHUNK_BYTES", "UPLOAD_FIELD"]
+__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "load_index_file", "pending_uploads",
+           "valid_pos", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
 MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
 MAX_UPLOAD_CHUNKS = 1 << 16  # chunks one record may name (512 GiB of snapshot)
-SELECTIVE_FILTER = 0.02  # below this share of matching items a filtered query is answered exactly
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -184,14 +183,18 @@ def check_index_header(head: bytes, manifest: Manifest) -> None:
 
 
 class HnswBase:
-    """A loaded snapshot: the hnswlib index, its label -> id table and the items' metadata.
+    """A loaded snapshot: the hnswlib index, its label -> id table, the items' metadata and a float16 copy of the
+    vectors for exact scans (hnswlib's ``get_items`` costs ~13-30 us a row). Searched by
+    :func:`embcache.core.engine.search_base`.
 
     Never mutated after construction while a query may read it; the worker mutates its own private copies.
     """
 
+    has_graph = True
+
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
-        manifest: Manifest, ef: int,
+        manifest: Manifest, ef: int, vectors: np.ndarray | None = None,
     ) -> None:
         self.index = index
         self.manifest = manifest
@@ -208,19 +211,42 @@ class HnswBase:
             self.meta_of[lab] = m
         self.metas = metas  # aligned with labels
         self.label = {id_: int(lab) for id_, lab in zip(ids, self.labels.tolist())}
+        self.slot = self.label
+        self.live = np.zeros(size, dtype=bool)
+        self.live[self.labels] = True
+        self.live_slots = np.sort(self.labels)
+        self.vectors = vectors  # float16 (slots, dim), row = label; None in a worker's private copy
+        self.masks = MaskCache()
+        self._fields: FieldIndex | None = None
         self.default_ef = ef
         self._ef = ef
         index.set_ef(ef)
         self._ef_lock = threading.Lock()
-        self._masks = _MaskCache()
 
     @property
     def count(self) -> int:
         return len(self.ids)
 
     @property
+    def index_bytes(self) -> int:
+        """What hnswlib holds in memory (its file is its memory layout)."""
+        return self.manifest.sections[0]
+
+    @property
     def nbytes(self) -> int:
-        return self.manifest.nbytes + 450 * len(self.ids)  # + the id/label/metadata tables (measured ~400 B/item)
+        # hnswlib's memory, the float16 vectors, the id/label/metadata tables (~400 B an item), compiled filters
+        extra = (self.vectors.nbytes if self.vectors is not None else 0) + self.masks.nbytes
+        return self.index_bytes + extra + 400 * len(self.ids) + (self._fields.nbytes if self._fields else 0)
+
+    @property
+    def fields(self) -> FieldIndex:
+        """Per-field value indexes of the metadata, built per field on first use."""
+        if self._fields is None:
+            self._fields = FieldIndex(self.meta_of, self.live)
+        return self._fields
+
+    def describe(self) -> str:
+        return f"snapshot ({self.count} items, generation {self.generation})"
 
     def __contains__(self, id_: str) -> bool:
         return id_ in self.label
@@ -232,13 +258,19 @@ class HnswBase:
         lab = self.label.get(id_)
         return None if lab is None else np.asarray(self.index.get_items([lab])[0], dtype=np.float32)
 
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``slots`` (from the float16 copy; hnswlib's own copy when there is none)."""
+        if self.vectors is not None:
+            out: np.ndarray = self.vectors[slots].astype(np.float32)
+            return out
+        return np.asarray(self.index.get_items(slots.tolist()), dtype=np.float32).reshape(len(slots), -1)
+
     def knn(self, queries: np.ndarray, k: int, ef: int | None, flt: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """hnswlib's ``(labels, distances)``; raises RuntimeError when fewer than ``k`` matches are found."""
         want_ef = max(ef or self.default_ef, k)
         threads = 1 if len(queries) == 1 else -1
-        found: tuple[np.ndarray, np.ndarray]
         if want_ef == self._ef:
-            found = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
+            found: tuple[np.ndarray, np.ndarray] = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
             return found
         with self._ef_lock:  # ef is index state in hnswlib: set it and search under one lock
             self.index.set_ef(want_ef)
@@ -249,51 +281,10 @@ class HnswBase:
                 self.index.set_ef(self._ef)
 
     def search(
-        self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None
+        self, queries: np.ndarray, k: int, predicate: Any, exclude: set[str], ef: int | None
     ) -> list[Ranked]:
-        hidden = [self.label[i] for i in exclude if i in self.label]
-        kk = min(k, self.count - len(hidden))
-        if kk <= 0:
-            return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-        id_of = self.id_of
-        if predicate is None:
-            try:
-                if not hidden:
-                    labels, dists = self.knn(queries, kk, ef)
-                    return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
-                # items the overlay replaced or deleted: fetch that many more and drop them (a filter callback
-                # into Python for every candidate would cost far more)
-                labels, dists = self.knn(queries, min(kk + len(hidden), self.count), ef)
-                gone = set(hidden)
-                out = []
-                for row, d in zip(labels, dists):
-                    keep = [j for j, lab in enumerate(row.tolist()) if lab not in gone][:kk]
-                    if len(keep) < kk:
-                        break
-                    out.append((id_of[row[keep]].tolist(), d[keep]))
-                else:
-                    return out
-            except RuntimeError:
-                pass  # too few matches in the graph walk: answer exactly below
-        allowed = np.zeros(len(id_of), dtype=bool)
-        allowed[self.labels] = True if predicate is None else self._masks.get(predicate, self.metas)
-        allowed[hidden] = False
-        n_allowed = int(allowed.sum())
-        if n_allowed == 0:
-            return [([], np.zeros(0, np.float32)) for _ in range(len(queries))]
-        if predicate is None or n_allowed <= max(SELECTIVE_FILTER * self.count, 4 * k):
-            return self._exact(queries, k, allowed)  # selective: the graph walk would starve
-        try:
-            labels, dists = self.knn(queries, min(k, n_allowed), ef, lambda label: bool(allowed[label]))
-        except RuntimeError:
-            return self._exact(queries, k, allowed)
-        return [(id_of[row].tolist(), d) for row, d in zip(labels, dists)]
-
-    def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[Ranked]:
-        labels = np.flatnonzero(allowed)
-        vecs = np.asarray(self.index.get_items(labels), dtype=np.float32)
-        rows, dists = exact_search(vecs, queries, k, self.metric)
-        return [(self.id_of[labels[r]].tolist(), d) for r, d in zip(rows, dists)]
+        """The partition's answer (``predicate`` is a compiled :class:`~embcache.core.engine.Filter` or None)."""
+        return search_base(self, queries, k, ef, where=predicate, hidden=exclude)
 
 
 def index_bytes(index: hnswlib.Index) -> bytes:
@@ -317,6 +308,35 @@ def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_repla
     except RuntimeError as exc:
         raise SnapshotCorrupt(f"hnswlib could not read the snapshot index: {exc}") from None
     return index
+
+
+def _level0(path: str, dim: int, n_slots: int) -> np.ndarray:
+    """The float16 copy of the index's vectors, read from hnswlib's file (see :mod:`embcache.core.hnswfile`)."""
+    if os.path.getsize(path) == 0:
+        return np.zeros((n_slots, dim), dtype=np.float16)
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        try:
+            return level0_vectors(data.data, dim, n_slots)
+        finally:
+            del data
+    except ValueError as exc:
+        raise SnapshotCorrupt(f"the snapshot index does not hold the vectors its tables name: {exc}") from None
+
+
+def load_index_file(data: bytes | memoryview, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool,
+                    *, n_slots: int) -> tuple[hnswlib.Index, np.ndarray | None]:
+    """hnswlib's index from its file bytes, and (for readers, not ``allow_replace_deleted`` builders) the float16
+    copy of its vectors."""
+    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        index = _load_index(path, metric, dim, max_elements, allow_replace_deleted)
+        vectors = None if allow_replace_deleted else _level0(path, dim, n_slots)
+    finally:
+        os.unlink(path)
+    return index, vectors
 
 
 def pack(
@@ -376,9 +396,11 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
             raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
         headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
         index = _load_index(path, manifest.metric, manifest.dim, headroom, for_update)
+        n_slots = int(labels.max()) + 1 if len(labels) else 0
+        vectors = None if for_update else _level0(path, manifest.dim, n_slots)
     finally:
         os.unlink(path)
-    return HnswBase(index, labels, ids, metas, manifest, ef)
+    return HnswBase(index, labels, ids, metas, manifest, ef, vectors=vectors)
 
 
 def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:

@@ -8,20 +8,22 @@ new one and swaps the reference, so a query never sees one half-updated.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from .engine import FieldIndex, Filter, MaskCache, Step, search_base
 from .filters import Predicate
 from .search import EMPTY, Ranked, exact_search, merge_ranked
 
 __all__ = ["Base", "ExactBase", "Overlay", "OverlayItem", "search_view", "pos_key", "predicate_mask"]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # positions repeat (every query compares its bases' positions)
 def pos_key(pos: str | bytes | None) -> tuple[int, int]:
     """A change-log position (Redis stream id ``ms-seq``) as a comparable tuple."""
     if not pos:
@@ -72,28 +74,10 @@ def predicate_mask(metas: Sequence[dict[str, Any] | None], predicate: Predicate)
     return np.fromiter((predicate(m) for m in metas), dtype=bool, count=len(metas))
 
 
-class _MaskCache:
-    """The last few filter masks of one base, keyed by the filter object (filters repeat in serving)."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self.items: OrderedDict[int, tuple[Predicate, np.ndarray]] = OrderedDict()
-
-    def get(self, predicate: Predicate, metas: Sequence[dict[str, Any] | None]) -> np.ndarray:
-        key = id(predicate)
-        hit = self.items.get(key)
-        if hit is not None and hit[0] is predicate:
-            self.items.move_to_end(key)
-            return hit[1]
-        mask = predicate_mask(metas, predicate)
-        self.items[key] = (predicate, mask)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return mask
-
-
 class ExactBase:
-    """All vectors of a partition in one matrix, searched by brute force."""
+    """All vectors of a partition in one matrix, searched by brute force (a partition with no snapshot yet)."""
+
+    has_graph = False
 
     def __init__(
         self, position: str, ids: list[str], matrix: np.ndarray, metas: list[dict[str, Any] | None], metric: str
@@ -104,7 +88,13 @@ class ExactBase:
         self.metas = metas
         self.metric = metric
         self.row = {id_: i for i, id_ in enumerate(ids)}
-        self._masks = _MaskCache()
+        self.slot = self.row
+        self.id_of = np.empty(len(ids), dtype=object)
+        self.id_of[:] = ids
+        self.live = np.ones(len(ids), dtype=bool)
+        self.live_slots = np.arange(len(ids))
+        self.masks = MaskCache()
+        self._fields: FieldIndex | None = None
 
     @property
     def count(self) -> int:
@@ -112,7 +102,16 @@ class ExactBase:
 
     @property
     def nbytes(self) -> int:
-        return self.matrix.nbytes + 200 * len(self.ids)
+        return self.matrix.nbytes + 200 * len(self.ids) + self.masks.nbytes
+
+    @property
+    def fields(self) -> FieldIndex:
+        if self._fields is None:
+            self._fields = FieldIndex(self.metas, self.live)
+        return self._fields
+
+    def describe(self) -> str:
+        return f"exact copy ({self.count} items, no snapshot yet)"
 
     def __contains__(self, id_: str) -> bool:
         return id_ in self.row
@@ -124,20 +123,17 @@ class ExactBase:
         i = self.row.get(id_)
         return None if i is None else self.matrix[i]
 
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        return self.matrix if len(slots) == len(self.ids) else self.matrix[slots]
+
+    def knn(self, queries: np.ndarray, k: int, ef: int | None, flt: Any = None) -> Any:
+        raise RuntimeError("an exact base has no graph")
+
     def search(
-        self, queries: np.ndarray, k: int, predicate: Predicate | None, exclude: set[str], ef: int | None = None
+        self, queries: np.ndarray, k: int, predicate: Any, exclude: set[str], ef: int | None = None
     ) -> list[Ranked]:
-        allowed = None
-        if predicate is not None:
-            allowed = self._masks.get(predicate, self.metas).copy()
-        if exclude:
-            hidden = [self.row[i] for i in exclude if i in self.row]
-            if hidden:
-                allowed = np.ones(self.count, dtype=bool) if allowed is None else allowed
-                allowed[hidden] = False
-        rows, dists = exact_search(self.matrix, queries, k, self.metric, allowed)
-        ids = self.ids
-        return [([ids[j] for j in r], d) for r, d in zip(rows, dists)]
+        """The partition's answer (``predicate`` is a compiled :class:`~embcache.core.engine.Filter` or None)."""
+        return search_base(self, queries, k, ef, where=predicate, hidden=exclude)
 
     def with_changes(self, position: str, overlay: Overlay) -> "ExactBase":
         """A new base with ``overlay`` applied (the old one is left untouched for queries still reading it)."""
@@ -166,16 +162,23 @@ def search_view(
     overlay: Overlay,
     queries: np.ndarray,
     k: int,
-    predicate: Predicate | None,
+    where: Filter | None,
     ef: int | None,
     metric: str,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    restrict: Sequence[str] | None = None,
+    step: Step | None = None,
 ) -> list[Ranked]:
-    """One partition's answer: the base without what the overlay replaced or deleted, plus the overlay's live
-    items searched exactly, merged by distance."""
-    exclude = set(overlay)
-    results = base.search(queries, k, predicate, exclude, ef) if base is not None and base.count else None
-    live = [(id_, it) for id_, it in overlay.items()
-            if it.vector is not None and (predicate is None or predicate(it.metadata))]
+    """One base's answer with its overlay: the base without what the overlay replaced or deleted (and without
+    ``exclude``), plus the overlay's live items searched exactly, merged by distance. ``restrict`` limits a
+    version graph to some partitions (the overlay is the union of theirs)."""
+    hidden = exclude | overlay.keys() if overlay else exclude
+    results = None
+    if base is not None and base.count:
+        results = search_base(base, queries, k, ef, where=where, restrict=restrict, hidden=hidden, step=step)
+    live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and id_ not in exclude
+            and (where is None or where.predicate(it.metadata))]
     if not live:
         return results if results is not None else [EMPTY for _ in range(len(queries))]
     ids = [id_ for id_, _ in live]

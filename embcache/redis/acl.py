@@ -121,7 +121,9 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     def sel(patterns: list[str], commands: list[str]) -> str:
         return "(" + " ".join([f"%RW~{k}" for k in patterns] + commands) + ")"
 
-    read = "(" + " ".join([f"%R~{space}*"] + [f"%R~{b}*" for b in bases] + _READ) + ")"
+    # the version graph spans every partition: readable only by principals granted them all
+    graphs = [f"%R~{keys.version_graph_pattern(s)}"] if grant.partitions is None else []
+    read = "(" + " ".join([f"%R~{space}*"] + [f"%R~{b}*" for b in bases] + graphs + _READ) + ")"
     if grant.role == "reader":
         return [read]
 

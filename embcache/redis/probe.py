@@ -1,15 +1,15 @@
 """The strong probe: the one question a ``strong`` query on the serving path asks Redis, sent before the search and
 read after it, so the round trip overlaps the search.
 
-The question is a partition's log position (``HGET <state> pos``) and its version's partition list
-(``SMEMBERS <parts>``): when the position equals the loaded snapshot's and the list is unchanged, the snapshot
-alone answers the query exactly as of its start.
+The question is the log position of each partition the query reads (``HGET <state> pos``) and, for a query
+over all partitions, its version's partition list (``SMEMBERS <parts>``): when every position equals the one
+its loaded base covers and the list is unchanged, the bases alone answer the query exactly as of its start.
 
 >>> probes = StrongProbes(store.r)                 # one per hub; owns the connection the probes use
->>> probe = probes.prepare(pk.state, keys.parts(space, version))   # per partition; keep it
+>>> probe = probes.prepare([pk.state], keys.parts(space, version))   # per set of partitions; keep it
 >>> pending = probe.send()                         # non-blocking: the commands are on the wire
->>> ...                                            # search the loaded snapshot meanwhile
->>> pos, partitions = pending.read()               # call exactly once, also when the search raised
+>>> ...                                            # search the loaded bases meanwhile
+>>> positions, partitions = pending.read()         # call exactly once, also when the search raised
 
 This is redis-py's connection layer used directly (``pack_commands``, ``send_packed_command``,
 ``read_response``): taking a connection from redis-py's pool and building the commands cost more than the probe
@@ -21,6 +21,7 @@ replies. Standalone Redis only (on Cluster the two keys live in different slots 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .catalogue import valid_names
@@ -38,10 +39,10 @@ class StrongProbes:
         self._lock = threading.Lock()
         self._conn: Any = None
 
-    def prepare(self, state_key: str, parts_key: str) -> "StrongProbe":
-        """A probe of one partition (its state hash ``state_key``) and its version's partition set ``parts_key``;
-        cheap to keep, one per partition: it packs its commands once, on first use."""
-        return StrongProbe(self, state_key, parts_key)
+    def prepare(self, state_keys: Sequence[str], parts_key: str | None) -> "StrongProbe":
+        """A probe of some partitions (their state hashes ``state_keys``) and, unless None, their version's
+        partition set ``parts_key``; cheap to keep, one per set of partitions: it packs its commands once."""
+        return StrongProbe(self, state_keys, parts_key)
 
     def close(self) -> None:
         """Give the kept connection back to the pool."""
@@ -60,13 +61,16 @@ class StrongProbes:
 
 
 class StrongProbe:
-    """One partition's probe; :meth:`send` puts it on the wire. Made by :meth:`StrongProbes.prepare`."""
+    """The probe of some partitions; :meth:`send` puts it on the wire. Made by :meth:`StrongProbes.prepare`."""
 
-    __slots__ = ("_probes", "_commands", "_packed")
+    __slots__ = ("_probes", "_commands", "_packed", "_n", "_members")
 
-    def __init__(self, probes: StrongProbes, state_key: str, parts_key: str) -> None:
+    def __init__(self, probes: StrongProbes, state_keys: Sequence[str], parts_key: str | None) -> None:
         self._probes = probes
-        self._commands = [("HGET", state_key, "pos"), ("SMEMBERS", parts_key)]
+        self._commands: list[tuple[str, ...]] = [("HGET", k, "pos") for k in state_keys]
+        self._n, self._members = len(self._commands), parts_key is not None
+        if parts_key is not None:
+            self._commands.append(("SMEMBERS", parts_key))
         self._packed: Any = None
 
     def send(self) -> "PendingProbe":
@@ -85,27 +89,29 @@ class StrongProbe:
                 raise
         if own:
             probes._conn = conn
-        return PendingProbe(probes, own, conn)
+        return PendingProbe(probes, own, conn, self._n, self._members)
 
 
 class PendingProbe:
     """A sent probe; :meth:`read` waits for its answer."""
 
-    __slots__ = ("_probes", "_own", "_conn")
+    __slots__ = ("_probes", "_own", "_conn", "_n", "_members")
 
-    def __init__(self, probes: StrongProbes, own: bool, conn: Any) -> None:
-        self._probes, self._own, self._conn = probes, own, conn
+    def __init__(self, probes: StrongProbes, own: bool, conn: Any, n: int, members: bool) -> None:
+        self._probes, self._own, self._conn, self._n, self._members = probes, own, conn, n, members
 
-    def read(self) -> tuple[str, list[str]]:
-        """``(log position, sorted partition names)``; the position is ``"0-0"`` before the first write.
-        Releases the connection (disconnected first if the read failed)."""
+    def read(self) -> tuple[list[str], list[str] | None]:
+        """``(log position of each partition, sorted partition names or None when not asked)``; a position is
+        ``"0-0"`` before the first write. Releases the connection (disconnected first if the read failed)."""
         probes, own, conn = self._probes, self._own, self._conn
         try:
             with translate_errors("strong read"):
-                pos, members = conn.read_response(), conn.read_response()
+                positions = [conn.read_response() for _ in range(self._n)]
+                members = conn.read_response() if self._members else None
         except BaseException:
             conn.disconnect()
             probes._done(own, conn, failed=True)
             raise
         probes._done(own, conn)
-        return (pos.decode() if pos else "0-0"), valid_names(members, "partition name")
+        return ([(p.decode() if p else "0-0") for p in positions],
+                None if members is None else valid_names(members, "partition name"))

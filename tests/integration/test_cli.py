@@ -343,6 +343,12 @@ def test_json_output_of_the_read_and_admin_commands(redis_url: str, tmp_path: Pa
     q = cli_json(capsys, redis_url, "query", "s", "--vectors", tmp_path / "q.npy", "-n", 5)
     assert [[r["id"] for r in row["results"]] for row in q] == [["a", "b"], ["b", "a"]]
     assert q[0]["results"][0] == {"id": "a", "distance": 0.0, "metadata": {"k": 1}}
+    q = cli_json(capsys, redis_url, "query", "s", "--vectors", tmp_path / "q.npy", "-n", 5, "--exclude", "a",
+                 "--explain")
+    assert [[r["id"] for r in row["results"]] for row in q["results"]] == [["b"], ["b"]]
+    assert q["explain"]["plan"].startswith("exact on partition default") and q["explain"]["steps"][0]["matches"] == 1
+    code, text, _ = cli(capsys, redis_url, "query", "s", "--id", "a", "-n", 1, "--explain")
+    assert code == 0 and "plan: " in text
 
 
 # errors ---------------------------------------------------------------------------------------------------

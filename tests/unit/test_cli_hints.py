@@ -22,6 +22,8 @@ def test_no_entry_is_shadowed_by_an_earlier_base() -> None:
     (errors.AuthenticationFailed("connect: authentication failed"), "check --username and --password"),
     (errors.PermissionDenied("refused"), "embcache grant"),
     (errors.BuildTimeout("no worker"), "embcache worker"),
+    (errors.Indeterminate("no answer"), "run the same command again"),
+    (errors.OutOfMemory("maxmemory"), "embcache drop-version"),
     (errors.Unavailable("unreachable"), "--url or EMBCACHE_URL"),
     (errors.VersionSealed("sealed"), "embcache create-version s"),
 ])

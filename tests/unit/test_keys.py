@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
+import re
 
 import pytest
 from redis.crc import key_slot
@@ -276,7 +278,10 @@ def test_parse_round_trips_every_builder(k: Keys) -> None:
         "alias": lambda x: k.alias_history(x.space, x.extra[0]),
         "parts": lambda x: k.parts(x.space, x.extra[0]),
         "chunk": lambda x: k.partition(x.space, x.version, x.partition).chunk(x.extra[0], int(x.extra[1])),
+        "version_graph_chunk": lambda x: k.version_graph_chunk(x.space, x.version, x.extra[0], int(x.extra[1])),
     }
+    for kind in ("version_graph", "version_graph_lease", "version_graph_dirty"):
+        rebuild[kind] = lambda x, kind=kind: getattr(k, kind)(x.space, x.version)
     for kind in ("space", "versions", "seq", "aliases", "dirty", "grants", "events"):
         rebuild[kind] = lambda x, kind=kind: getattr(k, kind)(x.space)
     for kind in partition_key_fields(pk):
@@ -284,7 +289,8 @@ def test_parse_round_trips_every_builder(k: Keys) -> None:
     keys = [
         k.spaces(), k.principals(), k.dispatcher_lock(), k.space(s), k.versions(s), k.seq(s), k.aliases(s),
         k.dirty(s), k.grants(s), k.events(s), k.alias_history(s, a), k.parts(s, v), *partition_key_fields(pk).values(),
-        pk.chunk("0", 0), pk.chunk("123.deadbeef", 45),
+        pk.chunk("0", 0), pk.chunk("123.deadbeef", 45), k.version_graph(s, v), k.version_graph_lease(s, v),
+        k.version_graph_dirty(s, v), k.version_graph_chunk(s, v, "4.ab12", 3),
     ]
     for key in keys:
         parsed = k.parse(key)
@@ -310,6 +316,18 @@ def test_parse_knows_every_builder(k: Keys) -> None:
     assert found >= 12
     for name, key in partition_key_fields(k.partition("s1", "v1", "p1")).items():
         assert k.parse(key).kind == name
+
+
+def test_version_graph_keys_are_outside_partition_patterns(k: Keys) -> None:
+    """A principal limited to some partitions must not match the version graph (it spans every partition)."""
+    vg = [k.version_graph("movies", "v1"), k.version_graph_chunk("movies", "v1", "3.ab", 0)]
+    part = re.compile(fnmatch.translate(k.partition_pattern("movies", "*", "eu")))
+    space = re.compile(fnmatch.translate(k.space_pattern("movies")))
+    graph = re.compile(fnmatch.translate(k.version_graph_pattern("movies")))
+    for key in vg:
+        assert not part.match(key) and not space.match(key) and graph.match(key)
+    assert not graph.match(k.version_graph("movies2", "v1")) and not graph.match(k.version_graph_lease("movies", "v1"))
+    assert k.parse(vg[0]) == ParsedKey(kind="version_graph", space="movies", version="v1")
 
 
 # --- names -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from embcache.core.engine import compile_filter
 from embcache.core.filters import compile_where
 from embcache.core.views import ExactBase, OverlayItem, overlay_from_rows, pos_key, predicate_mask, search_view
 
@@ -120,7 +121,7 @@ def test_exact_base_predicate() -> None:
     base = base_of(state, "l2")
     qs = queries_for(8, seed=7)
     where = {"colour": {"$in": ["red", "blue"]}, "n": {"$gte": 50}}
-    pred = compile_where(where)
+    pred = compile_filter(where)
     for q, res in zip(qs, base.search(qs, 9, pred, set())):
         assert_matches(res, oracle(state, q, 9, "l2", where))
         assert all(state[i][1] is not None and state[i][1]["colour"] != "green" for i in res[0])
@@ -131,7 +132,7 @@ def test_exact_base_predicate_with_exclude_does_not_poison_the_mask_cache() -> N
     base = base_of(state, "l2")
     q = queries_for(6, seed=9, n=1)
     where = {"colour": "red"}
-    pred = compile_where(where)
+    pred = compile_filter(where)
     plain = base.search(q, 4, pred, set())[0]
     hidden = set(plain[0][:2])
     excluded = base.search(q, 4, pred, hidden)[0]
@@ -147,7 +148,7 @@ def test_exact_base_k_larger_than_matches() -> None:
     state = make_state(30, 5, seed=10)
     base = base_of(state, "ip")
     where = {"n": {"$lt": 4}}  # id1, id2, id3 (id0 has no metadata)
-    got = base.search(queries_for(5, seed=11, n=2), 10, compile_where(where), set())
+    got = base.search(queries_for(5, seed=11, n=2), 10, compile_filter(where), set())
     for ids, d in got:
         assert sorted(ids) == ["id1", "id2", "id3"]
         assert len(d) == 3
@@ -225,8 +226,8 @@ def test_with_changes_filters_see_new_metadata() -> None:
     base = base_of(state, "l2")
     new = base.with_changes("101-0", {"id1": OverlayItem("101-0", state["id1"][0], {"colour": "gold"})})
     q = state["id1"][0][None, :]
-    assert new.search(q, 1, compile_where({"colour": "gold"}), set())[0][0] == ["id1"]
-    assert base.search(q, 1, compile_where({"colour": "gold"}), set())[0][0] == []
+    assert new.search(q, 1, compile_filter({"colour": "gold"}), set())[0][0] == ["id1"]
+    assert base.search(q, 1, compile_filter({"colour": "gold"}), set())[0][0] == []
 
 
 # --- search_view: base + overlay ---------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def test_search_view_predicate_uses_the_overlay_metadata() -> None:
     expected: State = dict(state)
     expected[reds[0]] = (state[reds[0]][0], {"colour": "green"})
     expected[greens[0]] = (state[greens[0]][0], {"colour": "red"})
-    got = search_view(base, overlay, q, 40, compile_where(where), None, "l2")
+    got = search_view(base, overlay, q, 40, compile_filter(where), None, "l2")
     for qi, res in zip(q, got):
         assert_matches(res, oracle(expected, qi, 40, "l2", where))
         assert reds[0] not in res[0] and greens[0] in res[0]
