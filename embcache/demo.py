@@ -28,6 +28,8 @@ import redis
 from .client.hub import Hub, Space, Version, connect
 from .core.errors import DriftTooLarge, NotFound, PermissionDenied
 from .movielens import Ratings, item_embeddings, load_ratings
+from .redis.connection import redact_url
+from .redis.server import embedded_home
 
 __all__ = ["run", "find_movielens", "Report"]
 
@@ -120,7 +122,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
     say(f"embcache demo: MovieLens ml-latest-small from {data} (licence: {data / 'README.txt'})")
     ratings = load_ratings(data)
     hub = connect(url)
-    say(f"hub: {hub.url}{' (embedded redis-server, AOF on)' if url is None else ''}")
+    say(f"hub: {redact_url(hub.url)}{' (embedded redis-server, AOF on)' if url is None else ''}")
     with hub, workers(hub.url, n_workers):
         say(f"started {n_workers} workers" if n_workers else "using the workers already running on this hub")
         for name in (SPACE, REC_SPACE):
@@ -178,7 +180,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
 
         say("\n6. a read-only principal")
         report.reader = _reader_demo(hub, space, say)
-    where = "in $EMBCACHE_HOME (the embedded server's data directory)" if url is None else f"on {url}"
+    where = f"in {embedded_home()} (the embedded server's data directory)" if url is None else f"on {redact_url(url)}"
     # the console script of the interpreter running the demo (a venv's bin/ need not be on PATH)
     script = Path(sys.executable).with_name("embcache")
     cli = str(script) if script.exists() and shutil.which("embcache") != str(script) else "embcache"

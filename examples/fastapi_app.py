@@ -67,10 +67,9 @@ def create_app(url: str | None = None, space: str | None = None, **connect_kwarg
         space = request.app.state.space
         if len(body.vector) != space.dim:
             raise HTTPException(422, f"vector has {len(body.vector)} dimensions, the space has {space.dim}")
-        seen = set(body.exclude)
-        res = await space.query(body.vector, n_results=body.n + len(seen), include=("distances", "metadatas"))
-        rows = [r for r in _rows(res, 0) if r["id"] not in seen][: body.n]
-        return {"results": rows}
+        res = await space.query(body.vector, n_results=body.n, exclude=body.exclude or None,
+                                include=("distances", "metadatas"))
+        return {"results": _rows(res, 0)}
 
     return app
 

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-import numpy as np
 
 from ..core.errors import InvalidInput
 from .common import Settings, connection_options, format_table, hub, out, progress, target_version
+from .sources import load_query_vectors
 
 __all__ = ["build", "query", "stats"]
 
@@ -87,12 +87,14 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
             labels = list(ids)
         else:
             assert vectors is not None  # one of the two, checked above
-            res = v.query(np.load(vectors), **kw)
+            qv = load_query_vectors(vectors)
+            res = v.query(qv, **kw)
             labels = [f"row {i}" for i in range(len(res.ids))]
         ms = (time.perf_counter() - t0) * 1000
         plan = None
         if explain:
-            qv = v.get(list(ids), include=("embeddings",)).embeddings if ids else np.load(str(vectors))
+            if ids:
+                qv = v.get(list(ids), include=("embeddings",)).embeddings
             kw.pop("include")
             plan = v.explain(qv, **kw).as_dict()
     rows = [{"query": lab, "results": [{"id": i, "distance": float(d), "metadata": m}

@@ -15,7 +15,7 @@ import numpy as np
 
 from .common import CliError
 
-__all__ = ["ImportOptions", "MISSING", "Row", "Source", "open_source"]
+__all__ = ["ImportOptions", "MISSING", "Row", "Source", "load_query_vectors", "open_source"]
 
 MISSING = object()  # a field the row does not have
 _FORMATS = (".npy", ".npz", ".jsonl", ".csv", ".parquet")
@@ -89,12 +89,18 @@ def _check_readable(path: str, fmt: str) -> None:
         raise CliError(f"{path}: only .jsonl and .csv files may be gzipped")
 
 
-def _load_array(path: str, what: str) -> np.ndarray:
+def load_query_vectors(path: str) -> np.ndarray:
+    """The query vectors of ``embcache query --vectors``: one vector ``(dim,)`` or ``(rows, dim)``."""
+    _check_readable(path, ".npy")
+    return _load_array(path, "the query vectors", allow_1d=True)
+
+
+def _load_array(path: str, what: str, *, allow_1d: bool = False) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise CliError(f"{path}: not a readable .npy file ({exc})") from None
-    if arr.ndim != 2:
+    if arr.ndim != 2 and not (allow_1d and arr.ndim == 1):
         raise CliError(f"{path}: {what} must be a 2-D array (rows, dim), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise CliError(f"{path}: {what} must be numeric, got dtype {arr.dtype}")

@@ -68,7 +68,7 @@ from .cache import PartitionCache, SpaceInfo, tail_overlay
 from .drift import check_max_drift
 from .drift import compare as compare_versions
 from .recommend import recommend_plan
-from .state import SESSION_ITEMS, KnownPartitions, SessionWrites
+from .state import SESSION_ITEMS, KnownPartitions, Pid, SessionWrites
 
 __all__ = ["connect", "Hub", "Space", "Version", "QueryResult", "GetResult", "Consistency"]
 
@@ -1074,7 +1074,7 @@ class Version:
         found: dict[str, np.ndarray] = {}
         skip: set[str] = set()
         if session:
-            own = hub.session.lookup([self._pid(p) for p in parts], ids)
+            own = hub.session.lookup([self._pid(p) for p in parts], ids, _base_position(cache))
             if own is None:
                 return {}  # this hub's writes are not all in memory: Redis knows best
             found, skip = own
@@ -1262,6 +1262,16 @@ def _unit_rows(queries: np.ndarray) -> np.ndarray:
             unit: np.ndarray = (queries / np.float64(square ** 0.5)).astype(np.float32)
             return unit
     return codec.normalise(queries, what="query_embeddings")
+
+
+def _base_position(cache: PartitionCache) -> Callable[[Pid], str | None]:
+    """The log position of a partition's loaded base (None when none is loaded), for the session lookup."""
+
+    def position(pid: Pid) -> str | None:
+        base = cache.cached(pid)
+        return None if base is None else base.position
+
+    return position
 
 
 def _without_io(plan: Plan[T]) -> T | None:

@@ -162,17 +162,23 @@ class SessionWrites:
             out += [p for p in above if p not in set(out)]
         return out
 
-    def lookup(self, pids: list[Pid], ids: list[str]) -> tuple[dict[str, Any], set[str]] | None:
+    def lookup(self, pids: list[Pid], ids: list[str],
+               base_position: Callable[[Pid], str | None]) -> tuple[dict[str, Any], set[str]] | None:
         """This hub's latest copies of ``ids`` in ``pids``: ``(id -> vector, ids it deleted)``; None when some of
-        its writes there are not in memory (Redis knows best)."""
+        its writes there are in no loaded base and no longer in memory (Redis knows best). ``base_position``
+        gives the position of the partition's loaded base (None when none is loaded)."""
         found: dict[str, Any] = {}
         deleted: set[str] = set()
         with self._lock:
             for pid in pids:
-                if pid in self._floor and pid not in self._writes:
+                floor = self._floor.get(pid)
+                if floor is not None and pid not in self._writes:
                     continue  # copies dropped because a loaded base covers them: the bases answer
-                if pid in self._floor:
-                    return None
+                if floor is not None:
+                    # copies up to the floor were dropped: fine when the loaded base covers them
+                    pos = base_position(pid)
+                    if pos is None or floor > pos_key(pos):
+                        return None
                 ov = self._writes.get(pid, {})
                 for i in ids:
                     it = ov.get(i)

@@ -24,9 +24,11 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
-        """``EMBCACHE_URL``, ``EMBCACHE_USERNAME``, ``EMBCACHE_PASSWORD``."""
-        return cls(os.environ.get("EMBCACHE_URL") or None, os.environ.get("EMBCACHE_USERNAME"),
-                   os.environ.get("EMBCACHE_PASSWORD"))
+        """``EMBCACHE_URL``, ``EMBCACHE_USERNAME``, ``EMBCACHE_PASSWORD`` (or ``EMBCACHE_PASSWORD_FILE``)."""
+        from .connection import env_credentials
+
+        username, password = env_credentials()
+        return cls(os.environ.get("EMBCACHE_URL") or None, username, password)
 
 
 _installed: WorkerSettings | None = None

@@ -149,5 +149,11 @@ def test_fastapi_example_under_200_concurrent_requests(redis_url: str, workers) 
                 assert (await client.get("/similar/nope")).status_code == 404
                 bad = await client.post("/recommend", json={"vector": [1.0, 2.0], "n": 5})
                 assert bad.status_code == 422
+                # the largest request the model allows (n 1000, 9,500 excluded ids) is answered, not refused
+                many = exclude + [f"gone{i}" for i in range(9_498)]
+                big = await client.post("/recommend", json={"vector": x[100].tolist(), "exclude": many, "n": 1000})
+                assert big.status_code == 200, big.text
+                got = [row["id"] for row in big.json()["results"]]
+                assert len(got) == 1000 and not set(got) & set(exclude)
 
     asyncio.run(main())

@@ -343,6 +343,9 @@ def test_json_output_of_the_read_and_admin_commands(redis_url: str, tmp_path: Pa
     q = cli_json(capsys, redis_url, "query", "s", "--vectors", tmp_path / "q.npy", "-n", 5)
     assert [[r["id"] for r in row["results"]] for row in q] == [["a", "b"], ["b", "a"]]
     assert q[0]["results"][0] == {"id": "a", "distance": 0.0, "metadata": {"k": 1}}
+    np.save(tmp_path / "one.npy", np.array([3.0, 3.0], dtype=np.float32))  # one vector, 1-D
+    q = cli_json(capsys, redis_url, "query", "s", "--vectors", tmp_path / "one.npy", "-n", 1)
+    assert [[r["id"] for r in row["results"]] for row in q] == [["b"]]
     q = cli_json(capsys, redis_url, "query", "s", "--vectors", tmp_path / "q.npy", "-n", 5, "--exclude", "a",
                  "--explain")
     assert [[r["id"] for r in row["results"]] for row in q["results"]] == [["b"], ["b"]]
@@ -379,6 +382,12 @@ def test_errors_say_what_to_do(redis_url: str, tmp_path: Path, capsys: pytest.Ca
     assert code == 1 and "sealed" in err and "--new-version" in err
     code, _, err = cli(capsys, redis_url, "import", "s")
     assert code == 1 and "nothing to import" in err
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad, says in (("bad.npy", "not a readable .npy file"), ("obj.npy", "not a readable .npy file"),
+                      ("missing.npy", "no such file")):
+        code, out, err = cli(capsys, redis_url, "query", "s", "--vectors", tmp_path / bad)
+        assert code == 1 and out == "" and says in err and "Traceback" not in err, (bad, err)
     with pytest.raises(SystemExit) as exc:  # argparse: bad usage is exit code 2
         main(["--url", redis_url, "import"])
     assert exc.value.code == 2

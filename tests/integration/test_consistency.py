@@ -262,6 +262,10 @@ def outage(tmp_path, workers, hubs):  # noqa: ANN001, ANN201
             v.upsert(["mine"], q[:1])  # unindexed, in the session overlay
             expected = {level: v.query(q, n_results=5, consistency=level).ids for level in ("eventual", "session")}
             assert expected["session"][0][0] == "mine" and "mine" not in expected["eventual"][0]
+            for level in ("eventual", "session"):  # neighbours of stored items, and (session) of this hub's own
+                expected[f"by_id {level}"] = v.query_by_id(["i0", "i1"], n_results=3, consistency=level).ids
+            expected["by_id mine"] = v.query_by_id(["mine"], n_results=3).ids
+            assert expected["by_id session"][0][0] == "mine" and "mine" not in expected["by_id eventual"][0]
             workers.stop_all()
         server.stop()
         yield hub, v, server, q, expected
@@ -288,6 +292,8 @@ def test_eventual_and_session_answer_while_redis_is_down(outage) -> None:  # noq
     hub, v, server, q, expected = outage
     for level in ("eventual", "session"):
         assert v.query(q, n_results=5, consistency=level).ids == expected[level]
+        assert v.query_by_id(["i0", "i1"], n_results=3, consistency=level).ids == expected[f"by_id {level}"]
+    assert v.query_by_id(["mine"], n_results=3).ids == expected["by_id mine"]  # issue 15.3: no Redis needed
 
 
 def test_close_is_prompt_with_a_long_refresh_interval(redis_url) -> None:  # noqa: ANN001

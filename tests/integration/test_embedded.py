@@ -586,8 +586,19 @@ def test_metrics_bind_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyP
     reg = prometheus_client.CollectorRegistry()
     monkeypatch.delenv("EMBCACHE_METRICS_ADDR", raising=False)
     try:
-        metrics.enable(port=0, registry=reg)
+        port = metrics.enable(port=0, registry=reg)
         assert metrics._server is not None and metrics._server.server_address[0] == "127.0.0.1"
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # this machine's outward address
+            probe.connect(("10.255.255.255", 1))
+            outward = probe.getsockname()[0]
+        if not outward.startswith("127."):  # the attack from the network side: refused
+            with pytest.raises(OSError), socket.create_connection((outward, port), timeout=2):
+                pass
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as ok:
+            ok.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert ok.recv(12).startswith(b"HTTP/1.0 200")
         monkeypatch.setenv("EMBCACHE_METRICS_ADDR", "0.0.0.0")
         metrics.enable(port=0, registry=reg)
         assert metrics._server.server_address[0] == "0.0.0.0"
@@ -672,3 +683,29 @@ def test_the_async_client_uses_the_embedded_server_with_its_password(tmp_path: P
 
     assert asyncio.run(go()) == [["x"]]
     assert _wait(lambda: not (home / "server.json").exists())  # closed: its share given back, server stopped
+
+
+def test_a_worker_takes_its_password_from_a_file_named_in_the_environment(redis_url: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with embcache.connect(redis_url, refresh_interval=0) as hub:
+        wk = hub.create_worker_principal("filewk")
+    pw = tmp_path / "pw"
+    pw.write_text(wk.password + "\n")
+    pw.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EMBCACHE_URL": redis_url, "EMBCACHE_USERNAME": wk.username,
+           "EMBCACHE_PASSWORD_FILE": str(pw)}
+    env.pop("EMBCACHE_PASSWORD", None)
+    argv = [sys.executable, "-m", "workers", "--burst", "--no-dispatch"]
+    got = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert f"as {wk.username}," in got.stderr and wk.password not in got.stderr + " ".join(argv)
+    pw.write_text("wrong\n")  # and it really is the file's password that logs in
+    got = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert got.returncode != 0 and wk.password not in got.stderr
+    # the job side (a stock `rq worker` reads the environment): the same rule
+    from embcache.redis.settings import WorkerSettings
+
+    monkeypatch.setenv("EMBCACHE_USERNAME", wk.username)
+    monkeypatch.delenv("EMBCACHE_PASSWORD", raising=False)
+    monkeypatch.setenv("EMBCACHE_PASSWORD_FILE", str(pw))
+    assert WorkerSettings.from_env().password == "wrong"

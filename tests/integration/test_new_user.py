@@ -26,9 +26,10 @@ import embcache
 import embcache.aio
 from embcache.cli import main
 from embcache.core.errors import AlreadyExists, InvalidInput, NotFound
+from embcache.core.keys import Keys
 from tests.conftest import REPO_ROOT
 from tests.servers import start_standalone
-from tests.workers_fixtures import WorkerPool
+from tests.workers_fixtures import WorkerPool, wait_for
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
@@ -440,3 +441,25 @@ def test_compose_mounts_the_repository_read_only_and_waits_for_the_workers() -> 
         assert mounts and all(m.endswith(":ro") for m in mounts), (name, mounts)
     assert services["demo"]["depends_on"]["worker"] == {"condition": "service_healthy"}
     assert "dispatcher_lock" in " ".join(services["worker"]["healthcheck"]["test"])
+
+
+def test_the_compose_worker_healthcheck_runs_and_sees_the_dispatcher(redis_url: str, workers: WorkerPool) -> None:
+    """The worker's healthcheck command, run as compose runs it: unhealthy (1) before a dispatcher holds its lock,
+    healthy (0) while one does. An import error or a renamed key helper makes it exit otherwise."""
+    import yaml
+
+    test = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())["services"]["worker"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test
+    env = {**os.environ, "EMBCACHE_URL": redis_url}
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", test[3]], env=env, capture_output=True, text=True, timeout=60)
+
+    before = check()
+    assert before.returncode == 1, before.stderr
+    workers.start(redis_url)
+    lock = Keys("emb").dispatcher_lock()
+    with redis.Redis.from_url(redis_url) as r:
+        wait_for(lambda: r.exists(lock), timeout=60, what="the worker's dispatcher lock")
+    during = check()
+    assert during.returncode == 0, during.stderr
