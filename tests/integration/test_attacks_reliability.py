@@ -141,15 +141,21 @@ def test_attack_a_corrupt_report_does_not_force_full_rebuilds(world: World, work
     first = snapshots.read_manifest(world.raw, pk)
     jid = job_id(K.prefix, "alpha", "v1", "p1")
     conn = redis.Redis.from_url(world.url)
+
+    def kind() -> str | None:
+        result = Job.fetch(jid, connection=conn).return_value()
+        return None if result is None else result["kind"]
+
     with world.raw_as("writer_p1") as r:
         r.hset(pk.state, "corrupt", "a lie")
     wait_for(lambda: not world.raw.hexists(pk.state, "corrupt"), 30, what="the report to be checked and cleared")
-    assert Job.fetch(jid, connection=conn).return_value()["kind"] == "unchanged"
+    # the job clears the report before it returns, and RQ stores its result after that: wait for the result
+    wait_for(lambda: kind() == "unchanged", 30, what="the checking job's result")
     assert snapshots.read_manifest(world.raw, pk) == first  # nothing rebuilt
     with world.raw_as("writer_p1") as r:
         r.hset(pk.state, "corrupt", "a lie")
     v.upsert(["x3"], vec(1), partition="p1")
     v.build(timeout=30)
-    assert Job.fetch(jid, connection=conn).return_value()["kind"] == "incremental"
+    wait_for(lambda: kind() == "incremental", 30, what="the incremental build's result")
     assert not world.raw.hexists(pk.state, "corrupt")
     v.query(np.asarray(vec(1)), n_results=1)
