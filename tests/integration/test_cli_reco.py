@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import embcache
-from embcache.cli import main
 from tests.datasets import MiniLMSubset
-
-
-def cli(capsys: pytest.CaptureFixture[str], url: str, *argv: Any) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(["--url", url, *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], url: str, *argv: Any, code: int = 0) -> Any:
-    got, out, err = cli(capsys, url, "--json", *argv)
-    assert got == code, f"exit {got}, stderr:\n{err}\nstdout:\n{out}"
-    return json.loads(out)
+from tests.integration.test_cli import cli, cli_json
 
 
 @pytest.fixture
