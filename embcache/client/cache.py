@@ -26,11 +26,13 @@ from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 from ..redis import metrics, snapshots
 from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
+from .follow import Follower
 
-__all__ = ["PartitionCache", "SpaceInfo", "tail_overlay"]
+__all__ = ["PartitionCache", "SpaceInfo", "tail_overlay", "DEFAULT_OVERLAY_BYTES"]
 
 log = logging.getLogger("embcache.cache")
 PartitionId = tuple[str, str, str]  # space, version, partition ("" for the version graph)
+DEFAULT_OVERLAY_BYTES = 512 << 20  # the follower's overlays, all partitions together
 GRAPH = ""  # the partition part of the version graph's cache id (no partition can be named "")
 
 
@@ -68,7 +70,8 @@ def exact_base(data: PartitionData, info: SpaceInfo) -> ExactBase:
 class PartitionCache:
     """Bases of the partitions this process queries, within ``budget_bytes``."""
 
-    def __init__(self, store: Store, budget_bytes: int, refresh_interval: float = 1.0) -> None:
+    def __init__(self, store: Store, budget_bytes: int, refresh_interval: float = 1.0, *, follow: bool = True,
+                 overlay_bytes: int = DEFAULT_OVERLAY_BYTES) -> None:
         self.store = store
         self.budget = budget_bytes
         self.refresh_interval = refresh_interval
@@ -82,6 +85,8 @@ class PartitionCache:
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
+        # the live change-log follower (its own thread: a snapshot load must not hold up following)
+        self.follower: Follower | None = Follower(self, overlay_bytes) if follow else None
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -174,6 +179,8 @@ class PartitionCache:
         """Load ``pid`` afresh, replacing what is cached."""
         base = self._load(pid, info)
         self._put(pid, base, info)
+        if self.follower is not None:
+            self.follower.sync()
         return base
 
     def _load(self, pid: PartitionId, info: SpaceInfo) -> Base:
@@ -219,6 +226,8 @@ class PartitionCache:
         with self._lock:
             for pid in [p for p in self._bases if predicate(p)]:
                 del self._bases[pid]
+        if self.follower is not None:
+            self.follower.forget(predicate)
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b, _ in list(self._bases.values()))
@@ -229,6 +238,8 @@ class PartitionCache:
         self._wake.set()
 
     def _ensure_thread(self) -> None:
+        if self.follower is not None:
+            self.follower.start()
         if self._thread is None and self.refresh_interval > 0:
             self._thread = threading.Thread(target=self._run, name="embcache-refresh", daemon=True)
             self._thread.start()
@@ -236,6 +247,8 @@ class PartitionCache:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.follower is not None:
+            self.follower.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -294,6 +307,8 @@ class PartitionCache:
                     if self._bases.get(pid, (None,))[0] is base:
                         self._bases[pid] = (new, info)
                         replaced += 1
+        if replaced and self.follower is not None:
+            self.follower.sync()  # the overlays shrink to what the new bases do not cover, at once
         return replaced
 
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:

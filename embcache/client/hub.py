@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -46,6 +46,7 @@ from ..core.errors import (
 from ..core.examples import Strategy
 from ..core.keys import Keys, PartitionKeys, check_name
 from ..core.search import merge_ranked
+from ..core.tail import TailView
 from ..core.vgraph import VersionBase
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
@@ -64,7 +65,7 @@ from ..redis.plan import Offload, Plan
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
-from .cache import PartitionCache, SpaceInfo, tail_overlay
+from .cache import DEFAULT_OVERLAY_BYTES, PartitionCache, SpaceInfo, tail_overlay
 from .drift import check_max_drift
 from .drift import compare as compare_versions
 from .recommend import recommend_plan
@@ -132,6 +133,8 @@ def connect(
     prefix: str = "emb",
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     refresh_interval: float = 1.0,
+    follow: bool = True,
+    overlay_bytes: int = DEFAULT_OVERLAY_BYTES,
 ) -> "Hub":
     """Connect to a hub.
 
@@ -141,7 +144,9 @@ def connect(
     first line is the password), else ``EMBCACHE_USERNAME`` and ``EMBCACHE_PASSWORD`` / ``EMBCACHE_PASSWORD_FILE``
     (which, unlike command-line arguments, ``ps`` does not show). Redis Cluster is detected unless ``cluster``
     says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often (seconds)
-    loaded partitions are checked for new data.
+    loaded partitions are checked for new snapshots. ``follow`` (default on) keeps a live overlay of every
+    loaded partition's change log, so ``eventual`` and ``session`` see every client's writes within
+    milliseconds (docs/consistency.md); ``overlay_bytes`` bounds the memory of those overlays.
     """
     if password_file is not None:
         if password is not None:
@@ -164,6 +169,10 @@ def connect(
         check_url(url)
         if not isinstance(cache_bytes, int) or cache_bytes <= 0:
             raise InvalidInput("cache_bytes must be a positive integer")
+        if not isinstance(follow, bool):
+            raise InvalidInput(f"follow must be True or False, got {follow!r:.60}")
+        if isinstance(overlay_bytes, bool) or not isinstance(overlay_bytes, int) or overlay_bytes <= 0:
+            raise InvalidInput("overlay_bytes must be a positive integer")
     except InvalidInput:
         if embedded is not None:
             embedded.close()
@@ -175,7 +184,8 @@ def connect(
     try:
         client = open_client(url, username=username, password=password, cluster=cluster)
         hub = Hub(client, url=url, prefix=prefix, cache_bytes=cache_bytes, refresh_interval=refresh_interval,
-                  username=username if username is not None else url_username(url), password=password)
+                  username=username if username is not None else url_username(url), password=password,
+                  follow=follow, overlay_bytes=overlay_bytes)
     except BaseException:
         if embedded is not None:
             embedded.close()
@@ -197,6 +207,8 @@ class Hub:
         refresh_interval: float = 1.0,
         username: str | None = None,
         password: str | None = None,
+        follow: bool = True,
+        overlay_bytes: int = DEFAULT_OVERLAY_BYTES,
     ) -> None:
         self.url = url
         self.username = username
@@ -206,7 +218,8 @@ class Hub:
         self.store.ensure_functions()
         self.catalogue = Catalogue(self.store)
         self.principals = Principals(self.store)
-        self.cache = PartitionCache(self.store, cache_bytes, refresh_interval)
+        self.cache = PartitionCache(self.store, cache_bytes, refresh_interval, follow=follow,
+                                    overlay_bytes=overlay_bytes)
         self.partitions = KnownPartitions(self.catalogue)  # partition lists of the versions this hub uses
         self.session = SessionWrites()  # this hub's own writes not yet in a loaded base (session reads)
         self.defaults: dict[str, Version] = {}  # space -> its default version, for Space.query
@@ -757,8 +770,19 @@ class Version:
     @_guard("stats")
     def stats(self) -> list[PartitionStats]:
         """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
-        and a corrupt-snapshot report if a reader refused one."""
-        return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._run(self._partitions_arg(None))]
+        a corrupt-snapshot report if a reader refused one, and (``follow``) this hub's live overlay of the
+        partition when it follows it: items, bytes, position, log entries it is behind (``follow_lag_entries``),
+        rows its overlay index does not cover yet, and whether the overlay hit its memory bound (``follow_frozen``)."""
+        out = []
+        follower = self.hub.cache.follower
+        for p in self._run(self._partitions_arg(None)):
+            st = partition_stats(self.hub.store, p, self._pk(p))
+            followed = follower.stats(self._pid(p)) if follower is not None else None
+            if followed is not None:
+                lag = self.hub.store.unindexed(self._pk(p), followed["follow_position"], 1000)
+                st = replace(st, follow={**followed, "follow_lag_entries": lag})
+            out.append(st)
+        return out
 
     def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[None]:
         # a principal limited to some partitions can only check those (it cannot see the others)
@@ -1083,6 +1107,20 @@ class Version:
         bases: list[Any] = [graph] if graph is not None else []
         bases += [b for b in (cache.cached(self._pid(p)) for p in (parts if granted is None else
                                                                     [p for p in parts if p in granted])) if b]
+        follower = cache.follower
+        if follower is not None and follower.buffers:  # the followed changes are newer than the bases
+            views = [v for v in (follower.view(self._pid(p)) for p in parts if granted is None or p in granted) if v]
+            for i in ids:
+                if i in found or i in skip:
+                    continue
+                for v in views:
+                    it = v.item(i)
+                    if it is not None:
+                        if it.vector is None:
+                            skip.add(i)
+                        else:
+                            found[i] = it.vector
+                        break
         for i in ids:
             if i in found or i in skip:
                 continue
@@ -1107,7 +1145,7 @@ class Version:
         if overlays is None:  # a partition's log no longer reaches back to the version graph's position
             return (yield from self._search(q, ex, covered=covered, use_graph=False))
         result = self._search_sources(sources, overlays, q, ex)
-        return _Answer(result, {p: s.position(p) for s in sources for p in s.parts} if covered else {})
+        return _Answer(result, {p: s.covers(p) for s in sources for p in s.parts} if covered else {})
 
     def _strong_positions(self, parts: list[str], all_parts: bool) -> Plan[tuple[list[str], dict[str, str | None]]]:
         """One round trip: every partition's log position and (querying them all) the partition list, so a
@@ -1149,9 +1187,19 @@ class Version:
 
     def _overlays(self, sources: list["_Source"], q: Query, positions: dict[str, str | None],
                   covered: bool) -> Plan[list[Overlay] | None]:
-        """Each source's overlay: nothing (eventual), this hub's own writes (session), the log tail of the
-        partitions whose log moved past their base (strong). None when the version graph cannot be caught up."""
+        """Each source's overlays: the follower's live views of its partitions (every level; at ``strong`` only
+        a view that starts where the base does), plus this hub's own writes newer than them (session), plus the
+        log tail after them for partitions whose log moved further (strong). None when the version graph cannot
+        be caught up."""
         overlays: list[Overlay] = [{} for _ in sources]
+        follower = self.hub.cache.follower
+        if follower is not None and follower.buffers:
+            exact = q.consistency == "strong"
+            for src in sources:
+                for p in src.parts:
+                    view = follower.view(self._pid(p))
+                    if view is not None and _usable(view, src.position(p), exact):
+                        src.tails[p] = view
         if q.consistency == "eventual" or covered:
             return overlays
         need: list[tuple[int, str, str]] = []
@@ -1160,7 +1208,7 @@ class Version:
             if q.consistency == "session":
                 parts = self.hub.session.candidates(self.space.name, self.name, parts, src.position, src.base)
             for p in parts:
-                pos = src.position(p)
+                pos = src.covers(p)  # the base's position, or its view's when the follower serves it
                 if q.consistency == "session":
                     pid = self._pid(p)
                     ov = self.hub.session.overlay(pid, pos, self.hub.cache.covered(pid))
@@ -1174,10 +1222,13 @@ class Version:
             store, info = self.hub.store, self.space.info
             tails = yield from store.read_tails.plan(store, [(self._pk(p), pos) for _, p, pos in need])
             for (si, p, _), tail in zip(need, tails):
+                if tail is None and sources[si].tails.pop(p, None) is not None:  # read it from the base instead
+                    tail = yield from store.read_tail.plan(store, self._pk(p), sources[si].position(p), 1 << 30)
                 if tail is None and isinstance(sources[si].base, VersionBase):
                     return None
                 if tail is None:
                     sources[si].base, tail = yield from self._reload_with_tail(p)
+                    sources[si].tails.clear()
                 if tail is not None:
                     _merge_overlay(overlays[si], tail_overlay(tail, info))
         return overlays
@@ -1201,12 +1252,14 @@ class Version:
         per_source = []
         for src, ov in zip(sources, overlays):
             step = None
+            tails = list(src.tails.values())
             if ex is not None:
                 step = Step(_describe(src), "", 0, 0, 0)
                 ex.steps.append(step)
                 ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None)
+                ex.overlay_items += sum(t.n_live for t in tails)
             per_source.append(search_view(src.base, ov, q.vectors, k, q.where, ef, metric, exclude=q.exclude,
-                                          restrict=src.restrict, step=step))
+                                          restrict=src.restrict, step=step, tails=tails))
         if len(per_source) == 1:
             merged = per_source[0]
         else:
@@ -1214,7 +1267,7 @@ class Version:
         res = QueryResult(ids=[m[0] for m in merged], distances=_pad([m[1] for m in merged], k),
                           metric=self.space.metric)
         if "metadatas" in q.include or "embeddings" in q.include:
-            where_is = _locator([s.base for s in sources], overlays)
+            where_is = _locator([s.base for s in sources], overlays, [s.tails for s in sources])
             if "metadatas" in q.include:
                 res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
             if "embeddings" in q.include:
@@ -1230,15 +1283,22 @@ NAMED_GRAPH_SHARE = 0.2  # named partitions holding this share of a loaded versi
 
 @dataclass
 class _Source:
-    """A base and the partitions of the query it answers (``restrict``: a version graph limited to some)."""
+    """A base and the partitions of the query it answers (``restrict``: a version graph limited to some), with
+    the follower's views that serve on top of it (partition -> view)."""
 
     base: Any
     parts: list[str]
     restrict: tuple[str, ...] | None
+    tails: dict[str, TailView] = field(default_factory=dict)
 
     def position(self, partition: str) -> str:
         """The change-log position of ``partition`` that the base covers."""
         return self.base.parts[partition] if isinstance(self.base, VersionBase) else self.base.position
+
+    def covers(self, partition: str) -> str:
+        """The position the answer for ``partition`` covers: its view's when the follower serves it."""
+        view = self.tails.get(partition)
+        return view.pos if view is not None else self.position(partition)
 
     def oldest(self) -> tuple[int, int]:
         """The oldest position the base covers (of any partition it holds)."""
@@ -1312,11 +1372,27 @@ def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResu
     return res
 
 
-def _locator(bases: list[Any], overlays: list[Overlay]):  # noqa: ANN202
+def _usable(view: TailView, base_pos: str, exact: bool) -> bool:
+    """Whether the follower's ``view`` serves on top of a base at ``base_pos``. Exactly (strong, and what the
+    strong probe compares) when it holds every change after the base: ``start <= base_pos <= view.pos``. For
+    eventual and session also a view that starts after the base (just loaded, changes in between not read yet):
+    it is newer than the base for every id it holds. Never one the base is newer than (``view.pos < base_pos``)."""
+    if not view.n and view.start == base_pos:
+        return False  # nothing to add
+    if exact:
+        return view.covers(base_pos)
+    return pos_key(base_pos) <= pos_key(view.pos)
+
+
+def _locator(bases: list[Any], overlays: list[Overlay], tails: list[dict[str, TailView]]):  # noqa: ANN202
     def find(id_: str, what: str) -> Any:
-        for base, ov in zip(bases, overlays):
+        for base, ov, views in zip(bases, overlays, tails):
             if id_ in ov:
                 return getattr(ov[id_], what)
+            for view in views.values():
+                it = view.item(id_)
+                if it is not None:
+                    return getattr(it, what)
             if id_ in base:
                 return base.metadata(id_) if what == "metadata" else base.vector(id_)
         return None

@@ -406,6 +406,7 @@ HIDE_BY_OVERFETCH = 64  # up to this many hidden items (overlay, exclude) are dr
 def search_base(
     base: Any, queries: np.ndarray, k: int, ef: int | None, *, where: Filter | None = None,
     restrict: Sequence[str] | None = None, hidden: frozenset[str] | set[str] = frozenset(), step: Step | None = None,
+    gone_slots: Sequence[int] = (),
 ) -> list[Ranked]:
     """One base's answer to each query: ids nearest first and their distances.
 
@@ -413,11 +414,14 @@ def search_base(
     ``has_graph``, ``knn(queries, k, ef, filter)``, ``gather(slots)`` (float32 vectors), ``fields``
     (:class:`FieldIndex`), ``masks`` (:class:`MaskCache`), ``metric``, and for a version graph
     ``partition_mask(names)``. ``restrict`` limits a version graph to some partitions; ``hidden`` ids
-    (replaced or deleted by an overlay, or excluded by the query) never come back."""
+    (replaced or deleted by an overlay, or excluded by the query) never come back, nor do the slots ``gone_slots``
+    (those a followed tail replaced or deleted, found once per tail row rather than per query)."""
     step = step if step is not None else Step("", "", 0, 0, 0)
     step.items = base.count
     allowed, matches, key = _allowed(base, where, restrict, step)
     gone = [s for s in (base.slot.get(i) for i in hidden) if s is not None]
+    if gone_slots:
+        gone = list(set(gone).union(gone_slots)) if gone else list(gone_slots)
     if gone and (allowed is not None or len(gone) > HIDE_BY_OVERFETCH):
         allowed = (base.live if allowed is None else allowed).copy()
         allowed[gone] = False

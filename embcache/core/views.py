@@ -169,22 +169,33 @@ def search_view(
     exclude: frozenset[str] = frozenset(),
     restrict: Sequence[str] | None = None,
     step: Step | None = None,
+    tails: Sequence[Any] = (),
 ) -> list[Ranked]:
-    """One base's answer with its overlay: the base without what the overlay replaced or deleted (and without
-    ``exclude``), plus the overlay's live items searched exactly, merged by distance. ``restrict`` limits a
-    version graph to some partitions (the overlay is the union of theirs)."""
+    """One base's answer with its overlays: the base without what the overlays replaced or deleted (and without
+    ``exclude``), plus the overlays' live items, merged by distance. ``restrict`` limits a version graph to some
+    partitions (the overlay is the union of theirs). ``tails`` are followed change logs
+    (:class:`~embcache.core.tail.TailView`, one per partition, older than ``overlay``): ``overlay`` (this hub's
+    writes, a strong tail) wins over them, and they over the base."""
     hidden = exclude | overlay.keys() if overlay else exclude
     results = None
     if base is not None and base.count:
-        results = search_base(base, queries, k, ef, where=where, restrict=restrict, hidden=hidden, step=step)
+        gone: list[int] = []
+        for t in tails:
+            gone += t.gone_slots(base)
+        results = search_base(base, queries, k, ef, where=where, restrict=restrict, hidden=hidden, step=step,
+                              gone_slots=gone)
+    parts = [results] if results is not None else []
+    for t in tails:
+        parts.append(t.search(queries, k, where, hidden))
     live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and id_ not in exclude
             and (where is None or where.predicate(it.metadata))]
-    if not live:
-        return results if results is not None else [EMPTY for _ in range(len(queries))]
-    ids = [id_ for id_, _ in live]
-    mat = np.stack([it.vector for _, it in live]).astype(np.float32)  # type: ignore[misc]
-    rows, dists = exact_search(mat, queries, k, metric)
-    extra = [([ids[j] for j in r], d) for r, d in zip(rows, dists)]
-    if results is None:
-        return extra
-    return [merge_ranked([a, b], k) for a, b in zip(results, extra)]
+    if live:
+        ids = [id_ for id_, _ in live]
+        mat = np.stack([it.vector for _, it in live]).astype(np.float32)  # type: ignore[misc]
+        rows, dists = exact_search(mat, queries, k, metric)
+        parts.append([([ids[j] for j in r], d) for r, d in zip(rows, dists)])
+    if not parts:
+        return [EMPTY for _ in range(len(queries))]
+    if len(parts) == 1:
+        return parts[0]
+    return [merge_ranked([p[i] for p in parts], k) for i in range(len(queries))]

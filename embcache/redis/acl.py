@@ -8,7 +8,7 @@ with a principal's credentials can do no more than embcache would let it.
 ========  =======================================================================================
 role      may
 ========  =======================================================================================
-reader    read the space's catalogue and items, query, read snapshots, get notifications
+reader    read the space's catalogue and items, query, read snapshots, get notifications, follow the logs
 writer    reader + upsert/delete (through the functions), add partitions, ask for builds
 admin     writer + create versions, seal, move aliases, roll back
 worker    (hub-wide) read all data, write snapshots and leases, RQ's ``rq:*`` keys and channels
@@ -124,8 +124,10 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     # the version graph spans every partition: readable only by principals granted them all
     graphs = [f"%R~{keys.version_graph_pattern(s)}"] if grant.partitions is None else []
     read = "(" + " ".join([f"%R~{space}*"] + [f"%R~{b}*" for b in bases] + graphs + _READ) + ")"
+    # XREAD (the follower's one blocking read for all its partitions) on the granted partitions' logs only
+    follow = "(" + " ".join([f"%R~{b}log" for b in bases] + ["+xread"]) + ")"
     if grant.role == "reader":
-        return [read]
+        return [read, follow]
 
     def part(*kinds: str) -> list[str]:
         return [f"{b}{kind}" for b in bases for kind in kinds]
@@ -133,7 +135,7 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     fcall = part("vec", "meta", "log", "state", "sealed") + [f"{space}vstate:*", f"{space}parts:*"]
     hset = part("state")
     stamp = []  # SETNX / APPEND: create or extend, never overwrite
-    selectors = [read, sel(part("vec", "meta"), ["+hset", "+hdel"]), sel(part("log"), ["+xadd"]),
+    selectors = [read, follow, sel(part("vec", "meta"), ["+hset", "+hdel"]), sel(part("log"), ["+xadd"]),
                  sel([f"{space}parts:*"], ["+sadd"]), sel([keys.dirty(s)], ["+zadd"])]
     if grant.role == "admin":
         fcall += [keys.versions(s), keys.seq(s), keys.aliases(s), f"{space}alias:*"]

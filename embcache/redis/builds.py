@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core import snapshot
 from ..core.errors import BuildTimeout, SnapshotCorrupt
@@ -87,6 +88,7 @@ class PartitionStats:
     snapshot_bytes: int
     leftover_uploads: int = 0  # chunk sets of builds killed before publication, still in Redis
     leftover_bytes: int = 0  # their size (they expire within ORPHAN_TTL, or at the partition's next build)
+    follow: dict[str, Any] | None = None  # this hub's live overlay of the partition (Version.stats fills it in)
 
 
 STATS_LAG_CAP = 100_000  # log entries stats count one by one; past it the count is XLEN (an upper bound)

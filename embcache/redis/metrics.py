@@ -57,6 +57,9 @@ class _Metrics:
     build_seconds: Any
     queue_depth: Any
     index_lag: Any
+    overlay_items: Any
+    overlay_bytes: Any
+    overlay_unindexed: Any
     # (space, consistency) -> its (histogram, counter) children
     query_children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
 
@@ -90,6 +93,13 @@ def _create(registry: Any) -> _Metrics:
         queue_depth=Gauge("embcache_queue_depth", "Jobs waiting in the RQ queue", ["queue"], **kw),
         index_lag=Gauge("embcache_index_lag_entries", "Change-log entries not yet in the published snapshot",
                         ["space", "version", "partition"], **kw),
+        overlay_items=Gauge("embcache_overlay_items", "Followed changes this client serves on top of its snapshot",
+                            ["space", "version", "partition"], **kw),
+        overlay_bytes=Gauge("embcache_overlay_bytes", "Memory of the followed overlay", ["space", "version",
+                                                                                          "partition"], **kw),
+        overlay_unindexed=Gauge("embcache_overlay_unindexed_rows",
+                                "Overlay rows past this client's overlay index (scanned by every query)",
+                                ["space", "version", "partition"], **kw),
     )
 
 
@@ -196,6 +206,18 @@ def set_index_lag(pk: PartitionKeys, lag: int) -> None:
     space, version, partition = pk.names()
     assert _m is not None
     _m.index_lag.labels(space, version, partition).set(lag)
+
+
+def set_overlay(tag: str, items: int, nbytes: int, unindexed: int) -> None:
+    """The follower's overlay of partition ``tag`` (``space/version/partition``): live items, bytes, rows its
+    index does not cover yet."""
+    space, version, partition = tag.split("/", 2)
+    m = _m
+    if m is None:
+        return
+    m.overlay_items.labels(space, version, partition).set(items)
+    m.overlay_bytes.labels(space, version, partition).set(nbytes)
+    m.overlay_unindexed.labels(space, version, partition).set(unindexed)
 
 
 # forked children (RQ work-horses) -> the process that enabled the metrics ------------------------------------

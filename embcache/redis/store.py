@@ -411,6 +411,27 @@ class Store:
             last = yield Call("xrevrange", pk.log, "+", "-", count=1)
             return (_s(last[0][0]) or "0-0") if last else "0-0"
 
+    def wait_logs(self, streams: dict[str, str], block_ms: int) -> list[str]:
+        """The change logs (keys of ``streams``, log key -> position) that hold an entry after their position,
+        waiting up to ``block_ms`` for one (one ``XREAD BLOCK`` for them all: their keys must share a node and,
+        on Cluster, a slot). Entries themselves are not returned: the caller reads the net effect with
+        :meth:`read_tails`. :class:`PermissionDenied` for a principal that may not ``XREAD``."""
+        if not streams:
+            return []
+        with translate_errors("follow"):
+            reply = self.r.xread(streams, count=1, block=max(1, int(block_ms)))
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3
+            return [_s(k) or "" for k in reply]
+        return [_s(item[0]) or "" for item in reply if isinstance(item, (list, tuple)) and item]
+
+    def positions(self, pks: Sequence[PartitionKeys]) -> list[str]:
+        """Several partitions' log positions in one pipeline (the follower's poll where it cannot block)."""
+        if not pks:
+            return []
+        return self.strong_positions(pks, None)[0]
+
     def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
         """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
         ``cap``, past it the log's length (an upper bound), so the cost stays bounded."""

@@ -1,0 +1,280 @@
+"""The follower: every loaded partition's change log, read live into an overlay (:mod:`embcache.core.tail`).
+
+One thread per hub. On a standalone server it waits on the change logs of every partition this process has loaded
+with one ``XREAD BLOCK`` (all keys, one connection); when one moves it reads the net effect since its position
+with ``emb_tail`` (a pipeline of one ``FCALL_RO`` per moved partition) and publishes a new overlay view. Where it
+cannot block on them all (Redis Cluster: a multi-key ``XREAD`` wants one slot, and each partition is its own
+slot; or a principal granted before readers got ``XREAD``) it polls the partitions' positions in one pipeline
+every ``poll`` seconds instead. Errors (Redis away, a killed connection) are retried with a backoff; once back,
+the next read catches up from the follower's position. A log trimmed past that position makes it reload the
+partition (the cache's reload: the newest snapshot) and follow from there, so no write is skipped.
+
+The overlays are bounded by ``budget_bytes`` in all: a partition whose overlay would pass it stops being followed
+(*frozen*, reported by :meth:`stats`) and keeps serving what it has, until a newer base lets it shrink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import EmbcacheError, PermissionDenied, RedisRefused
+from ..core.tail import TailBuffer, TailView
+from ..core.views import pos_key
+from ..redis import metrics
+from ..redis.store import TAIL_LIMIT
+
+if TYPE_CHECKING:
+    from .cache import PartitionCache, PartitionId, SpaceInfo
+
+__all__ = ["Follower", "FollowStats"]
+
+log = logging.getLogger("embcache.follow")
+BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
+INDEX_BUDGET = 0.004  # seconds of overlay indexing per round, so a read is never held up for long
+
+
+class FollowStats(dict[str, Any]):
+    """What :meth:`Follower.stats` reports for one partition (a dict, JSON-ready)."""
+
+
+class Follower:
+    """Follows the change logs of the partitions ``cache`` holds bases of. Queries read :meth:`view`."""
+
+    def __init__(self, cache: "PartitionCache", budget_bytes: int, poll: float = 0.02) -> None:
+        self.cache = cache
+        self.store = cache.store
+        self.budget = budget_bytes
+        self.poll = poll
+        self.buffers: dict[PartitionId, TailBuffer] = {}
+        self.infos: dict[PartitionId, SpaceInfo] = {}
+        self.frozen: set[PartitionId] = set()
+        self.floors: dict[PartitionId, str] = {}  # partitions followed from a trim point (a base behind it)
+        self.mode = "poll" if self.store.is_cluster else "xread"
+        self.connected = False
+        self.rounds = 0
+        self.reloads = 0
+        self._pending: set[PartitionId] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # what queries read ------------------------------------------------------------------------------------
+    def view(self, pid: "PartitionId") -> TailView | None:
+        """The partition's overlay as last published (no I/O, no lock)."""
+        buf = self.buffers.get(pid)
+        return None if buf is None else buf.view
+
+    # lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="embcache-follow", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def forget(self, predicate: Any) -> None:
+        """Drop the overlays of the partitions ``predicate`` accepts (their space or version was dropped)."""
+        with self._lock:
+            for pid in [p for p in self.buffers if predicate(p)]:
+                self._drop(pid)
+
+    def _drop(self, pid: "PartitionId") -> None:
+        self.buffers.pop(pid, None)
+        self.infos.pop(pid, None)
+        self.frozen.discard(pid)
+        self._pending.discard(pid)
+
+    # which partitions, from which position -------------------------------------------------------------------
+    def _wanted(self) -> dict["PartitionId", tuple[str, "SpaceInfo"]]:
+        """Every partition a loaded base serves, with the oldest position one of its bases covers."""
+        from .cache import GRAPH
+
+        out: dict[PartitionId, tuple[str, SpaceInfo]] = {}
+
+        def want(pid: PartitionId, pos: str, info: SpaceInfo) -> None:
+            floor = self.floors.get(pid)
+            if floor is not None and pos_key(pos) < pos_key(floor):
+                pos = floor
+            have = out.get(pid)
+            if have is None or pos_key(pos) < pos_key(have[0]):
+                out[pid] = (pos, info)
+
+        for pid, (base, info) in list(self.cache._bases.items()):
+            if pid[2] == GRAPH:
+                for p, pos in dict(getattr(base, "parts", {})).items():
+                    want((pid[0], pid[1], p), pos, info)
+            else:
+                want(pid, base.position, info)
+        return out
+
+    def sync(self) -> None:
+        """Match the overlays to the loaded bases: follow new partitions, forget evicted ones, and shrink an
+        overlay whose bases moved on (a new snapshot) to the changes after them. Called by both threads."""
+        wanted = self._wanted()
+        with self._lock:
+            for pid in [p for p in self.buffers if p not in wanted]:
+                self._drop(pid)
+            for pid, (start, info) in wanted.items():
+                buf = self.buffers.get(pid)
+                if buf is None or pos_key(start) < pos_key(buf.start):
+                    self.buffers[pid] = TailBuffer(start, info.dim, info.metric, info.ef)
+                    self.infos[pid] = info
+                    self.frozen.discard(pid)
+                    self._pending.add(pid)  # read what was written since the base, without waiting for a new write
+                elif pos_key(start) > pos_key(buf.start):
+                    self.buffers[pid] = buf.after(start)
+                    if pid in self.frozen and self._total() <= self.budget:
+                        self.frozen.discard(pid)
+                        self._pending.add(pid)
+
+    def _total(self) -> int:
+        return sum(b.nbytes for b in self.buffers.values())
+
+    # the thread ----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self.sync()
+                self.round()
+                if not self.connected:
+                    log.info("following change logs again (%s)", self.mode)
+                self.connected = True
+                backoff = 0.05
+            except EmbcacheError as exc:  # Redis away, a killed connection: retry; the next read catches up
+                if self.connected:
+                    log.warning("following change logs paused: %s", exc)
+                self.connected = False
+                self._stop.wait(backoff)
+                backoff = min(1.0, backoff * 2)
+            except Exception:  # the follower must outlive any one bad partition
+                log.exception("following change logs failed")
+                self.connected = False
+                self._stop.wait(backoff)
+                backoff = min(1.0, backoff * 2)
+
+    def round(self) -> int:
+        """Wait for changes (up to :data:`BLOCK_SECONDS`) and apply them; returns the partitions updated."""
+        with self._lock:
+            active = {pid: buf for pid, buf in self.buffers.items() if pid not in self.frozen}
+            pending = [pid for pid in self._pending if pid in active]
+        if not active:
+            self._stop.wait(BLOCK_SECONDS)
+            return 0
+        keys = {pid: self.cache.keys(pid) for pid in active}
+        if not pending:
+            pending = self._moved(active, keys)
+        if not pending:
+            self._index(active)
+            return 0
+        requests = [(keys[pid], active[pid].view.pos) for pid in pending]
+        tails = self.store.read_tails(requests, TAIL_LIMIT)
+        updated = 0
+        for pid, (pk, since), tail in zip(pending, requests, tails):
+            if tail is None:  # more than one call's worth, or trimmed: page through it, else reload
+                tail = self.store.read_tail(pk, since, 1 << 30)
+            if tail is None:
+                self._trimmed(pid)
+                continue
+            items = _overlay(tail, self.infos.get(pid))
+            with self._lock:
+                self._pending.discard(pid)
+                buf = self.buffers.get(pid)
+                if buf is None or pos_key(since) > pos_key(buf.view.pos):
+                    continue  # replaced meanwhile by a buffer that starts earlier: it is pending itself
+                if items and self._total() + _growth(buf, len(items)) > self.budget:
+                    if pid not in self.frozen:
+                        log.warning("%s: the overlay passed its memory bound (%d bytes); eventual reads of it stay "
+                                    "at %s until a newer snapshot is loaded", pk.tag, self.budget, buf.view.pos)
+                    self.frozen.add(pid)
+                    continue
+                buf.apply(tail.pos, items)
+                updated += 1
+            if metrics.ENABLED:
+                metrics.set_overlay(pk.tag, buf.view.n_live, buf.nbytes, buf.unindexed())
+        self.rounds += 1
+        return updated
+
+    def _moved(self, active: dict["PartitionId", TailBuffer], keys: dict["PartitionId", Any]) -> list["PartitionId"]:
+        """The partitions whose log moved past the overlay's position: one blocking XREAD, or one poll."""
+        if self.mode == "xread":
+            streams = {keys[pid].log: buf.view.pos for pid, buf in active.items()}
+            try:
+                moved = set(self.store.wait_logs(streams, int(BLOCK_SECONDS * 1000)))
+            except (PermissionDenied, RedisRefused) as exc:  # no XREAD for this principal, or keys across slots
+                log.info("cannot block on the change logs (%s); polling every %.3f s", exc, self.poll)
+                self.mode = "poll"
+                return []
+            return [pid for pid in active if keys[pid].log in moved]
+        pids = list(active)
+        positions = self.store.positions([keys[pid] for pid in pids])
+        moved_pids = [pid for pid, pos in zip(pids, positions) if pos != active[pid].view.pos
+                      and pos_key(pos) > pos_key(active[pid].view.pos)]
+        if not moved_pids:
+            self._stop.wait(self.poll)
+        return moved_pids
+
+    def _index(self, active: dict["PartitionId", TailBuffer]) -> None:
+        """Index what the overlays' serving indexes lack, for a few milliseconds (between reads)."""
+        deadline = time.monotonic() + INDEX_BUDGET
+        for buf in active.values():
+            if time.monotonic() > deadline:
+                break
+            buf.index_step(max(0.0005, deadline - time.monotonic()))
+
+    def _trimmed(self, pid: "PartitionId") -> None:
+        """The log no longer reaches back to the overlay's position: load the partition afresh (its newest
+        snapshot) and follow from there; a version graph behind the trim point is followed from the log's end."""
+        from .cache import GRAPH
+
+        self.reloads += 1
+        info = self.infos.get(pid)
+        if pid in self.cache._bases and info is not None:
+            log.info("%s: the change log was trimmed past the follower; reloading the partition", "/".join(pid))
+            self.floors[pid] = self.cache.reload(pid, info).position
+        else:
+            self.floors[pid] = self.store.position(self.cache.keys(pid))
+            graph = (pid[0], pid[1], GRAPH)
+            if graph in self.cache._bases:
+                log.info("%s: the version graph is behind the log's trim point; following from its end",
+                         "/".join(pid))
+        with self._lock:
+            self.buffers.pop(pid, None)
+            self._pending.discard(pid)
+        self.sync()
+
+    # reporting -----------------------------------------------------------------------------------------------
+    def stats(self, pid: "PartitionId") -> FollowStats | None:
+        """The partition's overlay: items, bytes, position, rows not indexed, frozen; None when not followed."""
+        buf = self.buffers.get(pid)
+        if buf is None:
+            return None
+        v = buf.view
+        return FollowStats(overlay_items=v.n_live, overlay_rows=v.n, overlay_bytes=buf.nbytes,
+                           follow_position=v.pos, follow_start=buf.start, overlay_unindexed=buf.unindexed(),
+                           follow_frozen=pid in self.frozen, follow_mode=self.mode, follow_connected=self.connected)
+
+
+def _overlay(tail: Any, info: "SpaceInfo | None") -> dict[str, Any]:
+    from .cache import tail_overlay
+
+    if info is None:
+        return {}
+    return tail_overlay(tail, info)
+
+
+def _growth(buf: TailBuffer, rows: int) -> int:
+    """Bytes ``rows`` more rows may add (a doubling of the matrix counts in full)."""
+    need = buf.n + rows
+    extra = 300 * rows
+    if need > len(buf.matrix):
+        extra += max(need, 2 * len(buf.matrix)) * buf.dim * 4
+    return extra

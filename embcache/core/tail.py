@@ -1,0 +1,370 @@
+"""The live overlay: the changes a hub's follower read from a partition's change log after its base. Pure, no I/O.
+
+A :class:`TailBuffer` holds one partition's followed changes as append-only rows of one contiguous float32 matrix
+(grown by doubling, so appending costs amortised O(1) and a query never stacks vectors): one row per change, in
+log order; a deletion is a row too (a zero vector, never live). A row never changes once written, so a query
+reads the buffer through a :class:`TailView`, an immutable snapshot (row count, live mask, position) that the
+follower publishes after each applied tail: a query never sees half a tail.
+
+Past :data:`INDEX_FROM` rows the buffer is also indexed by hnswlib, so that a query does not scan tens of
+thousands of rows. hnswlib is not safe for concurrent add and search, so there are two indexes (a *twin*): queries
+search the serving one while the follower adds the rows it lacks to the other, then swaps them; each row is added
+twice, and neither index is ever written while a query reads it (a reader count per index, taken under a lock).
+Rows past what the serving index covers are scanned exactly, so a query always sees every row of its view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .search import EMPTY, Ranked, merge_ranked, pairwise_distances
+from .views import OverlayItem, pos_key
+
+__all__ = ["TailBuffer", "TailView", "INDEX_FROM"]
+
+INDEX_FROM = 2048  # rows from which the overlay is indexed by hnswlib (below, an exact scan is cheaper)
+INDEX_M = 16
+INDEX_EF_CONSTRUCTION = 64  # a small, short-lived index: cheaper inserts matter more than the last 1 % of recall
+_FIRST_ROWS = 64
+
+
+class _Twin:
+    """Two hnswlib indexes over a buffer's rows: one serves queries, the follower adds to the other."""
+
+    def __init__(self, dim: int, metric: str, ef: int) -> None:
+        self.dim, self.space, self.ef = dim, ("ip" if metric == "cosine" else metric), ef
+        self.idx: list[Any] = [None, None]
+        self.covered = [0, 0]  # rows [0, covered) were offered to the index (rows dead by then are left out)
+        self.readers = [0, 0]
+        self.serving = -1
+        self.lock = threading.Lock()
+        self.nbytes = 0
+
+    def acquire(self) -> tuple[int, Any, int] | None:
+        with self.lock:
+            s = self.serving
+            if s < 0:
+                return None
+            self.readers[s] += 1
+            return s, self.idx[s], self.covered[s]
+
+    def release(self, s: int) -> None:
+        with self.lock:
+            self.readers[s] -= 1
+
+    def step(self, matrix: np.ndarray, live: np.ndarray, n: int, budget_s: float) -> int:
+        """Add rows to the index that is not serving, up to ``n`` or for about ``budget_s`` seconds, then make it
+        the serving one. Called by the follower thread only; returns the rows added."""
+        import hnswlib
+
+        t = 0 if self.serving < 0 else 1 - self.serving
+        deadline = time.monotonic() + 0.05
+        while True:  # queries hold an index for a search (~1 ms); wait until none reads the one to write
+            with self.lock:
+                if self.readers[t] == 0:
+                    break
+            if time.monotonic() > deadline:
+                return 0
+            time.sleep(0.0002)
+        idx = self.idx[t]
+        if idx is None:
+            idx = hnswlib.Index(space=self.space, dim=self.dim)
+            idx.init_index(max_elements=max(2 * n, 4096), ef_construction=INDEX_EF_CONSTRUCTION, M=INDEX_M)
+            idx.set_ef(self.ef)
+            self.idx[t] = idx
+        elif idx.get_max_elements() < n:
+            idx.resize_index(max(2 * idx.get_max_elements(), n))
+        start, added, t0 = self.covered[t], 0, time.monotonic()
+        while start < n:
+            end = min(n, start + 64)
+            rows = np.flatnonzero(live[start:end]) + start
+            if len(rows):
+                idx.add_items(matrix[rows], rows, num_threads=1)
+                added += len(rows)
+            start = end
+            if time.monotonic() - t0 > budget_s:
+                break
+        self.covered[t] = start
+        self.nbytes = sum(i.get_max_elements() * (4 * self.dim + 8 * INDEX_M + 32) for i in self.idx if i is not None)
+        with self.lock:
+            if self.serving < 0 or self.covered[t] >= self.covered[self.serving]:
+                self.serving = t
+        return added
+
+
+class TailBuffer:
+    """One partition's followed changes after ``start`` (a log position every loaded base of it covers).
+
+    Written by the follower thread only (:meth:`apply`); queries read :attr:`view`."""
+
+    def __init__(self, start: str, dim: int, metric: str, ef: int = 64) -> None:
+        self.start = start
+        self.dim, self.metric, self.ef = dim, metric, ef
+        self.matrix = np.zeros((_FIRST_ROWS, dim), dtype=np.float32)
+        self.ids: list[str] = []  # row -> id
+        self.metas: list[dict[str, Any] | None] = []  # row -> metadata
+        self.row_pos: list[str] = []  # row -> the position of the tail it came with
+        self.latest: dict[str, int] = {}  # id -> its newest row
+        self._live = np.zeros(_FIRST_ROWS, dtype=bool)
+        self.n = 0
+        self.n_live = 0
+        self.twin: _Twin | None = None
+        self._lock = threading.Lock()  # extending the per-base and per-filter caches (queries)
+        self._gone: dict[int, tuple[Any, list[int], set[str], list[int]]] = {}  # id(base) -> its hidden slots
+        self._masks: dict[str, np.ndarray] = {}  # filter key -> rows matching (grown as rows come)
+        self._mask_rows: dict[str, int] = {}
+        self.view = TailView(self, start, 0, self._live[:0].copy(), 0, self.matrix)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the matrix, ~300 bytes of tables a row, the indexes."""
+        return self.matrix.nbytes + 300 * self.n + (self.twin.nbytes if self.twin is not None else 0)
+
+    def apply(self, pos: str, items: dict[str, OverlayItem]) -> "TailView":
+        """Append the net changes read up to ``pos`` and publish a new view (the follower's thread)."""
+        if pos_key(pos) <= pos_key(self.view.pos) and not items:
+            return self.view
+        need = self.n + len(items)
+        if need > len(self.matrix):
+            cap = max(need, 2 * len(self.matrix))
+            grown = np.zeros((cap, self.dim), dtype=np.float32)
+            grown[: self.n] = self.matrix[: self.n]
+            live = np.zeros(cap, dtype=bool)
+            live[: self.n] = self._live[: self.n]
+            self.matrix, self._live = grown, live  # views keep the old arrays: rows never change once written
+        for id_, it in items.items():
+            old = self.latest.get(id_)
+            if old is not None and self._live[old]:
+                self._live[old] = False
+                self.n_live -= 1
+            r = self.n
+            if it.vector is not None:
+                self.matrix[r] = it.vector
+                self._live[r] = True
+                self.n_live += 1
+            self.ids.append(id_)
+            self.metas.append(it.metadata)
+            self.row_pos.append(it.pos)
+            self.latest[id_] = r
+            self.n += 1
+        if pos_key(pos) > pos_key(self.view.pos) or items:
+            newest = pos if pos_key(pos) > pos_key(self.view.pos) else self.view.pos
+            self.view = TailView(self, newest, self.n, self._live[: self.n].copy(), self.n_live, self.matrix)
+        return self.view
+
+    def index_step(self, budget_s: float = 0.002) -> int:
+        """Index rows the serving index lacks (from :data:`INDEX_FROM` rows on); the follower calls it between
+        reads. Returns the rows added."""
+        v = self.view
+        if v.n < INDEX_FROM:
+            return 0
+        if self.twin is None:
+            self.twin = _Twin(self.dim, self.metric, self.ef)
+        if self.twin.serving >= 0 and self.twin.covered[self.twin.serving] >= v.n \
+                and self.twin.covered[1 - self.twin.serving] >= v.n:
+            return 0
+        return self.twin.step(v.matrix, v.live, v.n, budget_s)
+
+    def unindexed(self) -> int:
+        """Rows of the current view that the serving index does not cover (scanned exactly by every query)."""
+        v = self.view
+        if v.n < INDEX_FROM:
+            return 0
+        t = self.twin
+        return v.n if t is None or t.serving < 0 else max(0, v.n - t.covered[t.serving])
+
+    def after(self, pos: str, dim: int | None = None) -> "TailBuffer":
+        """A new buffer of the rows newer than ``pos`` (a base moved up to it), at the same view position."""
+        out = TailBuffer(pos, self.dim if dim is None else dim, self.metric, self.ef)
+        key = pos_key(pos)
+        v = self.view
+        keep: dict[str, OverlayItem] = {}
+        for id_, r in self.latest.items():
+            if r < v.n and pos_key(self.row_pos[r]) > key:
+                keep[id_] = OverlayItem(self.row_pos[r], v.matrix[r].copy() if v.live[r] else None, self.metas[r])
+        out.apply(v.pos if pos_key(v.pos) > key else pos, dict(sorted(keep.items(), key=lambda kv: self.latest[kv[0]])))
+        return out
+
+    # what queries ask (any thread) ----------------------------------------------------------------------------
+    def _gone_slots(self, base: Any, n: int) -> list[int]:
+        """Slots of ``base`` whose ids rows ``[0, n)`` replace or delete (each once)."""
+        entry = self._gone.get(id(base))
+        if entry is None or entry[0] is not base:
+            with self._lock:
+                entry = (base, [], set(), [0])
+                if len(self._gone) > 8:
+                    self._gone.clear()
+                self._gone[id(base)] = entry
+        _, slots, seen, upto = entry
+        if upto[0] < n:
+            with self._lock:
+                slot = base.slot
+                for r in range(upto[0], n):
+                    id_ = self.ids[r]
+                    if id_ not in seen:
+                        seen.add(id_)
+                        s = slot.get(id_)
+                        if s is not None:
+                            slots.append(s)
+                upto[0] = max(upto[0], n)
+        return slots
+
+    def _match(self, flt: Any, n: int) -> np.ndarray:
+        """Rows ``[0, n)`` whose metadata pass the compiled filter ``flt`` (computed once per row)."""
+        key = flt.key
+        done = self._mask_rows.get(key, 0)
+        mask = self._masks.get(key)
+        if mask is None or done < n:
+            with self._lock:
+                done = self._mask_rows.get(key, 0)
+                mask = self._masks.get(key)
+                if mask is None or done < n:
+                    grown = np.zeros(max(n, 2 * done, 64), dtype=bool)
+                    if mask is not None:
+                        grown[:done] = mask[:done]
+                    pred = flt.predicate
+                    for r in range(done, n):
+                        grown[r] = bool(pred(self.metas[r]))
+                    if len(self._masks) > 32:
+                        self._masks.clear()
+                        self._mask_rows.clear()
+                    self._masks[key], self._mask_rows[key] = grown, n
+                    mask = grown
+        return mask[:n]
+
+
+class TailView:
+    """An immutable snapshot of a :class:`TailBuffer`: rows ``[0, n)``, which of them are live, and the log
+    position ``pos`` up to which the partition's changes are in it."""
+
+    __slots__ = ("buf", "pos", "n", "live", "n_live", "matrix")
+
+    def __init__(self, buf: TailBuffer, pos: str, n: int, live: np.ndarray, n_live: int, matrix: np.ndarray) -> None:
+        self.buf, self.pos, self.n, self.live, self.n_live, self.matrix = buf, pos, n, live, n_live, matrix
+
+    @property
+    def start(self) -> str:
+        return self.buf.start
+
+    def covers(self, base_pos: str) -> bool:
+        """True when the view can serve with a base at ``base_pos``: it holds every change after its start, and
+        every row is at least as new as the base (``start <= base_pos <= pos``)."""
+        k = pos_key(base_pos)
+        return pos_key(self.buf.start) <= k <= pos_key(self.pos)
+
+    def __contains__(self, id_: str) -> bool:
+        r = self.buf.latest.get(id_)
+        return r is not None and r < self.n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def item(self, id_: str) -> OverlayItem | None:
+        """The id's change in this view (vector None: deleted); None when the view does not hold it."""
+        r = self.buf.latest.get(id_)
+        if r is None or r >= self.n:
+            return None
+        return OverlayItem(self.buf.row_pos[r], self.matrix[r] if self.live[r] else None, self.buf.metas[r])
+
+    def ids(self) -> list[str]:
+        return self.buf.ids[: self.n]
+
+    def gone_slots(self, base: Any) -> list[int]:
+        """Slots of ``base`` this view hides (ids it replaced or deleted)."""
+        return self.buf._gone_slots(base, self.n) if self.n else []
+
+    def search(self, queries: np.ndarray, k: int, where: Any = None,
+               hidden: frozenset[str] | set[str] | Sequence[str] = ()) -> list[Ranked]:
+        """The live rows nearest to each query (``where``: a compiled filter; ``hidden`` ids never returned)."""
+        n = self.n
+        if not self.n_live or k <= 0:
+            return [EMPTY for _ in range(len(queries))]
+        alive = self.live
+        if where is not None:
+            alive = alive & self.buf._match(where, n)
+        if hidden:
+            latest = self.buf.latest
+            rows = [r for r in (latest.get(i) for i in hidden) if r is not None and r < n]
+            if rows:
+                alive = alive.copy()
+                alive[rows] = False
+        twin = self.buf.twin
+        got = twin.acquire() if twin is not None else None
+        if got is None:
+            return self._exact(queries, k, alive, 0, n)
+        s, idx, covered = got
+        try:
+            covered = min(covered, n)
+            n_ok = int(np.count_nonzero(alive[:covered]))
+            share = n_ok / max(1, covered)
+            if n_ok == 0:
+                indexed: list[Ranked] | None = [EMPTY for _ in range(len(queries))]
+            elif share < 0.1 or n_ok <= 4 * k:
+                indexed = None
+            else:
+                ask = min(idx.get_current_count(), int(k / share * 1.5) + 8 + k)
+                indexed = self._from_index(idx, queries, k, ask, alive, covered, n_ok)
+        finally:
+            twin.release(s)  # type: ignore[union-attr]
+        if indexed is None:
+            return self._exact(queries, k, alive, 0, n)
+        if covered >= n:
+            return indexed
+        rest = self._exact(queries, k, alive, covered, n)
+        return [merge_ranked([a, b], k) for a, b in zip(indexed, rest)]
+
+    def _from_index(self, idx: Any, queries: np.ndarray, k: int, ask: int, alive: np.ndarray,
+                    covered: int, n_ok: int) -> list[Ranked] | None:
+        try:
+            labels, dists = idx.knn_query(queries, k=max(1, ask), num_threads=1 if len(queries) == 1 else -1)
+        except RuntimeError:  # the walk found fewer than asked
+            return None
+        labels = labels.astype(np.int64)
+        ids = self.buf.ids
+        out: list[Ranked] = []
+        for row, d in zip(labels, dists):
+            ok = (row < covered) & alive[np.minimum(row, covered - 1)]
+            sel = np.flatnonzero(ok)[:k]
+            if len(sel) < min(k, n_ok):
+                return None  # too many dead or filtered rows in the over-fetch: the caller scans exactly
+            out.append(([ids[j] for j in row[sel].tolist()], d[sel].astype(np.float32)))
+        return out
+
+    def _exact(self, queries: np.ndarray, k: int, alive: np.ndarray, lo: int, hi: int) -> list[Ranked]:
+        if hi <= lo:
+            return [EMPTY for _ in range(len(queries))]
+        ok = alive[lo:hi]
+        m = int(np.count_nonzero(ok))
+        if m == 0:
+            return [EMPTY for _ in range(len(queries))]
+        block = self.matrix[lo:hi]
+        rows: np.ndarray | None = None
+        mask: np.ndarray | None = ok
+        if m < (hi - lo) // 2:  # mostly dead or filtered out: gather the few that count
+            rows = np.flatnonzero(ok) + lo
+            block, mask = self.matrix[rows], None
+        d = pairwise_distances(queries, block, self.buf.metric)
+        if mask is not None and m < len(mask):
+            d[:, ~mask] = np.inf
+        kk = min(k, m)
+        if kk < d.shape[1]:
+            cand = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+        else:
+            cand = np.tile(np.arange(d.shape[1]), (len(d), 1))
+        ids = self.buf.ids
+        out: list[Ranked] = []
+        for qi in range(len(d)):
+            c = cand[qi]
+            dd = d[qi, c]
+            order = np.argsort(dd, kind="stable")
+            c, dd = c[order], dd[order]
+            keep = np.isfinite(dd)
+            c, dd = c[keep], dd[keep]
+            absolute = (rows[c] if rows is not None else c + lo).tolist()
+            out.append(([ids[j] for j in absolute], dd.astype(np.float32)))
+        return out

@@ -1,0 +1,291 @@
+"""The follower (issue 12 parts 1, 2 and 4): every hub follows the change logs of the partitions it has loaded, so
+``eventual`` and ``session`` show another hub's writes without a build; under faults (a killed connection, a Redis
+restart, a log trimmed past the follower) it catches up and never returns a deleted item.
+
+Real servers and workers; hub B uses ``refresh_interval=60`` (or 0), so only its follower can bring it news.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+from redis.exceptions import NoPermissionError
+
+import embcache
+from embcache.core.errors import ItemNotFound
+from embcache.core.snapshot import HnswBase
+from embcache.core.tail import INDEX_FROM
+from embcache.core.views import ExactBase
+from embcache.redis.server import RedisServer, free_port
+from tests.workers_fixtures import brute_force, paused_builds, random_unit, recall_at_k, wait_for
+
+DIM = 24
+WITHIN = 5.0  # seconds a test waits for a follower (the benchmark measures the latency: milliseconds)
+
+
+def _top(v: embcache.Version, q: np.ndarray, k: int = 5, **kw) -> list[str]:  # noqa: ANN003
+    return v.query(q, n_results=k, consistency="eventual", ef=200, **kw).ids[0]
+
+
+def _caught_up(hub: embcache.Hub, writer: embcache.Hub, pid: tuple[str, str, str]) -> bool:
+    follower = hub.cache.follower
+    assert follower is not None
+    view = follower.view(pid)
+    return view is not None and view.pos == writer.store.position(writer.keys.partition(*pid))
+
+
+def test_another_hubs_writes_are_visible_at_eventual_without_a_build(redis_url: str, hubs) -> None:  # noqa: ANN001
+    """Inserts, replacements, deletes and metadata changes (with where filters), on a partition that has no
+    snapshot (an exact base that B does not refresh) and with no worker running."""
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
+    x = random_unit(300, DIM, 1)
+    va = a.create_space("f", dim=DIM, metric="cosine").create_version()
+    va.upsert([f"i{i}" for i in range(300)], x, [{"tag": "old", "n": i} for i in range(300)])
+    vb = b.space("f").version(va.name)
+    assert _top(vb, x[:1], 1) == ["i0"]
+    pid = ("f", va.name, "default")
+    assert isinstance(b.cache.cached(pid), ExactBase)
+    base = b.cache.cached(pid)
+    q = random_unit(1, DIM, 2)
+
+    va.upsert(["new"], q, [{"tag": "fresh"}])  # insert
+    wait_for(lambda: _top(vb, q, 1) == ["new"], WITHIN, 0.005, what="the insert at B")
+    assert vb.query(q, 1, consistency="eventual", where={"tag": "fresh"}, include=["metadatas"]).metadatas == [
+        [{"tag": "fresh"}]]
+
+    far = int(np.argmin(x @ q[0]))  # replace: the farthest item moves next to the query
+    va.upsert([f"i{far}"], q * 0.999 + 0.001, [{"tag": "moved"}])
+    wait_for(lambda: f"i{far}" in _top(vb, q, 2), WITHIN, 0.005, what="the replacement at B")
+    assert _top(vb, x[far : far + 1], 1) != [f"i{far}"], "a replaced item is still found at its old place"
+    assert f"i{far}" not in _top(vb, x[far : far + 1], 10, where={"tag": "old"}), "its old metadata still matches"
+    assert _top(vb, q, 5, where={"tag": "moved"}) == [f"i{far}"]
+
+    va.upsert(["i5"], x[5:6], [{"tag": "changed", "n": 5}])  # a metadata change only
+    wait_for(lambda: _top(vb, x[5:6], 1, where={"tag": "changed"}) == ["i5"], WITHIN, 0.005, what="the metadata")
+    assert "i5" not in _top(vb, x[5:6], 10, where={"tag": "old"})
+
+    assert va.delete(["new", "i0"]) == 2  # deletes
+    wait_for(lambda: "new" not in _top(vb, q, 3), WITHIN, 0.005, what="the delete at B")
+    assert "i0" not in _top(vb, x[:1], 10) and "new" not in _top(vb, q, 10, where={"tag": "fresh"})
+    assert vb.query(q, 3, consistency="session").ids == vb.query(q, 3, consistency="strong").ids
+    assert b.cache.cached(pid) is base, "B's base moved: the follower, not a refresh, must have shown the writes"
+    with pytest.raises(ItemNotFound):  # query_by_id at eventual: the follower knows "new" is gone
+        vb.query_by_id(["new"], 1, consistency="eventual")
+    (st,) = vb.stats()
+    assert st.follow is not None and st.follow["follow_lag_entries"] == 0 and not st.follow["follow_frozen"]
+    assert st.follow["follow_mode"] == "xread"
+
+
+def test_recall_with_a_large_indexed_overlay_against_brute_force(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """A snapshot of 1,500 items plus an overlay past INDEX_FROM (so it is searched through its own hnswlib index)
+    with replacements and deletes: recall@10 at eventual against float64 brute force over the live items."""
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
+    rng = np.random.default_rng(3)
+    x = random_unit(1500, DIM, 4)
+    live = {f"i{i}": x[i] for i in range(1500)}
+    va = a.create_space("r", dim=DIM, metric="cosine").create_version()
+    va.upsert(list(live), x)
+    workers.start(redis_url)
+    va.build(timeout=60)
+    vb = b.space("r").version(va.name)
+    vb.query(x[:1], 1)
+    pid = ("r", va.name, "default")
+    assert isinstance(b.cache.cached(pid), HnswBase)
+    with paused_builds(a):
+        extra = random_unit(INDEX_FROM + 1000, DIM, 5)
+        new_ids = [f"n{i}" for i in range(len(extra))]
+        for s in range(0, len(extra), 500):
+            va.upsert(new_ids[s : s + 500], extra[s : s + 500])
+        live.update(zip(new_ids, extra))
+        moved = [f"i{i}" for i in range(0, 300)]
+        vecs = random_unit(len(moved), DIM, 6)
+        va.upsert(moved, vecs)
+        live.update(zip(moved, vecs))
+        gone = [f"i{i}" for i in range(300, 500)] + new_ids[:100]
+        assert va.delete(gone) == len(gone)
+        for i in gone:
+            del live[i]
+        wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower")
+        buf = b.cache.follower.buffers[pid]  # type: ignore[union-attr]
+        wait_for(lambda: buf.unindexed() == 0 and buf.twin is not None, 30, what="the overlay index")
+        ids = list(live)
+        q = np.vstack([random_unit(100, DIM, 7), x[:50] + 0.01 * rng.standard_normal((50, DIM)).astype(np.float32)])
+        truth = [[ids[j] for j in row] for row in brute_force(np.stack([live[i] for i in ids]), q, 10)]
+        got = vb.query(q, n_results=10, consistency="eventual", ef=200).ids
+        assert recall_at_k(got, truth) >= 0.95
+        assert not {i for row in got for i in row} & set(gone), "a deleted id was returned"
+        assert all(len(set(row)) == len(row) for row in got), "an id came back twice"
+        assert {i for row in got for i in row} & set(new_ids), "the overlay's items are never found"
+        single = [vb.query(qq, n_results=10, consistency="eventual", ef=200).ids[0] for qq in q[:40]]
+        assert recall_at_k(single, truth[:40]) >= 0.95  # the single-query path searches the same way
+        assert vb.query(q[:20], 10, consistency="strong").ids == vb.query(q[:20], 10, consistency="session").ids
+
+
+def test_strong_uses_the_followers_position_and_stays_exact(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """When the follower is at the log's position, strong answers from base + overlay with the probe alone."""
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
+    x = random_unit(200, DIM, 8)
+    va = a.create_space("st", dim=DIM, metric="cosine").create_version()
+    va.upsert([f"i{i}" for i in range(200)], x)
+    workers.start(redis_url)
+    va.build(timeout=60)
+    vb = b.space("st").version(va.name)
+    vb.query(x[:1], 1)
+    pid = ("st", va.name, "default")
+    with paused_builds(a):
+        va.upsert(["w"], x[:1])  # the same vector as i0, which goes
+        va.delete(["i0"])
+        wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower")
+        ex = vb.explain(x[:1], 2, consistency="strong")
+        assert ex.result.ids[0][0] == "w" and "i0" not in ex.result.ids[0]  # type: ignore[attr-defined]
+        assert ex.redis_round_trips == 1, ex.as_dict()  # the probe only: no tail read
+        assert ex.overlay_items == 1
+        y = random_unit(20, DIM, 13)
+        for i in range(20):  # strong still sees a write the follower may not have applied yet
+            va.upsert([f"s{i}"], y[i : i + 1])
+            assert vb.query(y[i], 1, consistency="strong").ids == [[f"s{i}"]]
+
+
+def _xread_connection(raw: redis.Redis) -> int | None:
+    for c in raw.client_list():
+        if c.get("cmd") == "xread":
+            return int(c["id"])
+    return None
+
+
+def test_follower_survives_a_killed_connection_and_a_redis_restart(tmp_path, hubs) -> None:  # noqa: ANN001
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    try:
+        a, b = hubs(server.url), hubs(server.url, refresh_interval=60)
+        x = random_unit(100, DIM, 9)
+        va = a.create_space("k", dim=DIM).create_version()
+        va.upsert([f"i{i}" for i in range(100)], x)
+        vb = b.space("k").version(va.name)
+        vb.query(x[:1], 1)
+        raw = redis.Redis.from_url(server.url)
+        conn = wait_for(lambda: _xread_connection(raw), WITHIN, what="the follower's XREAD")
+        raw.execute_command("CLIENT", "KILL", "ID", conn)
+        y = random_unit(2, DIM, 14)
+        va.upsert(["after-kill"], y[:1])
+        wait_for(lambda: _top(vb, y[:1], 1) == ["after-kill"], WITHIN, 0.01, what="the follower after CLIENT KILL")
+        assert _xread_connection(raw) not in (None, conn)
+
+        server.stop()  # an outage: the follower retries; eventual keeps answering from memory
+        assert _top(vb, y[:1], 1) == ["after-kill"]
+        time.sleep(0.5)
+        server.start()
+        with embcache.connect(server.url) as c:  # a fresh writer (A's pooled connections died with the server)
+            vc = c.space("k").version(va.name)
+            vc.upsert(["after-restart"], y[1:2])
+            vc.delete(["i3"])
+        wait_for(lambda: _top(vb, y[1:2], 1) == ["after-restart"], 10, 0.01, what="the follower after a restart")
+        assert "i3" not in _top(vb, x[3:4], 10)
+        assert b.cache.follower is not None and b.cache.follower.connected
+    finally:
+        server.stop()
+
+
+def test_log_trimmed_past_the_follower_reloads_and_misses_nothing(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """B's follower stops while two snapshots are published (the second trims the log past B's position) and
+    more is written; once it runs again it reloads the partition and shows every write, no deleted item."""
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=0)  # no refresher: only the follower moves B
+    x = random_unit(300, DIM, 10)
+    va = a.create_space("t", dim=DIM, metric="cosine").create_version()
+    va.upsert([f"i{i}" for i in range(300)], x)
+    workers.start(redis_url)
+    va.build(timeout=60)
+    vb = b.space("t").version(va.name)
+    vb.query(x[:1], 1)
+    pid = ("t", va.name, "default")
+    follower = b.cache.follower
+    assert follower is not None
+    wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower")
+    follower.close()  # "killed": it reads nothing while the log moves on
+    y = random_unit(3, DIM, 15)
+    close_to = {}
+    for round_, (new, dead) in enumerate([("x1", "i0"), ("x2", "i1")]):
+        va.upsert([new], y[round_ : round_ + 1])
+        close_to[new] = round_
+        va.delete([dead])
+        va.build(timeout=60)
+    state = a.store.r.hgetall(a.keys.partition(*pid).state)
+    assert b"trimmed_to" in state
+    with paused_builds(a):
+        va.upsert(["x3"], y[2:3])
+        close_to["x3"] = 2
+        va.delete(["i2"])
+        follower.start()
+        wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower after the trim")
+        assert follower.reloads >= 1
+        for new, row in close_to.items():
+            assert _top(vb, y[row : row + 1], 1) == [new], new
+        got = {i for row in vb.query(x[:3], 10, consistency="eventual").ids for i in row}
+        assert not got & {"i0", "i1", "i2"}, "a deleted item came back"
+
+
+@pytest.mark.filterwarnings("ignore::embcache.core.errors.OpenDefaultUserWarning")
+def test_a_principal_limited_to_a_partition_follows_only_it(redis_url: str, hubs) -> None:  # noqa: ANN001
+    op = hubs(redis_url)
+    x = random_unit(40, DIM, 11)
+    v = op.create_space("acl", dim=DIM).create_version()
+    v.upsert([f"a{i}" for i in range(20)], x[:20], partition="p1")
+    v.upsert([f"b{i}" for i in range(20)], x[20:], partition="p2")
+    creds = op.grant("reader1", space="acl", role="reader", partitions=["p1"])
+    b = hubs(redis_url, username=creds.username, password=creds.password, refresh_interval=60)
+    vb = b.space("acl").version(v.name)
+    vb.query(x[:1], 1, consistency="eventual")
+    follower = b.cache.follower
+    assert follower is not None
+    wait_for(lambda: list(follower.buffers) == [("acl", v.name, "p1")], WITHIN, what="B to follow p1")
+    y = random_unit(2, DIM, 16)
+    v.upsert(["p1new"], y[:1], partition="p1")
+    v.upsert(["p2new"], y[1:2], partition="p2")
+    wait_for(lambda: _top(vb, y[:1], 1) == ["p1new"], WITHIN, 0.005, what="B's follower on p1")
+    assert "p2new" not in _top(vb, y[1:2], 40)
+    assert follower.mode == "xread" and list(follower.buffers) == [("acl", v.name, "p1")]
+    assert set(b.cache._bases) == {("acl", v.name, "p1")}, "B loaded another partition"
+    raw = redis.Redis.from_url(redis_url, username=creds.username, password=creds.password)
+    p1, p2 = (op.keys.partition("acl", v.name, p) for p in ("p1", "p2"))
+    assert raw.xread({p1.log: "0-0"}, count=1)  # its own partition's log: allowed
+    with pytest.raises(NoPermissionError):
+        raw.xread({p2.log: "0-0"}, count=1)
+    with pytest.raises(NoPermissionError):
+        raw.xread({p1.log: "0-0", p2.log: "0-0"}, count=1)
+    with pytest.raises(NoPermissionError):  # XREAD only on logs, nothing else
+        raw.xread({p1.vec: "0-0"}, count=1)
+
+
+def test_close_stops_the_follower_thread(redis_url: str) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    hub = embcache.connect(redis_url, refresh_interval=0.2)
+    v = hub.create_space("c", dim=4).create_version()
+    v.upsert(["a"], [[1, 0, 0, 0]])
+    v.query([[1, 0, 0, 0]], consistency="eventual")
+    assert any(t.name == "embcache-follow" for t in threading.enumerate())
+    t0 = time.monotonic()
+    hub.close()
+    assert time.monotonic() - t0 < 2.0
+    left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("embcache")]
+    assert not left, left
+
+
+def test_follow_false_keeps_eventual_at_the_base(redis_url: str, hubs) -> None:  # noqa: ANN001
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60, follow=False)
+    x = random_unit(50, DIM, 12)
+    va = a.create_space("nf", dim=DIM).create_version()
+    va.upsert([f"i{i}" for i in range(50)], x)
+    vb = b.space("nf").version(va.name)
+    vb.query(x[:1], 1)
+    y = random_unit(1, DIM, 17)
+    va.upsert(["late"], y)
+    time.sleep(0.3)
+    assert _top(vb, y, 1) != ["late"] and b.cache.follower is None
+    assert vb.query(y, 1, consistency="strong").ids == [["late"]]
+    with pytest.raises(embcache.InvalidInput):
+        embcache.connect(redis_url, follow="yes")  # type: ignore[arg-type]
+    with pytest.raises(embcache.InvalidInput):
+        embcache.connect(redis_url, overlay_bytes=0)

@@ -1,0 +1,114 @@
+"""The follower's overlay (embcache.core.tail): append-only rows, immutable views, the twin index. Pure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embcache.core.engine import compile_filter
+from embcache.core.tail import INDEX_FROM, TailBuffer
+from embcache.core.views import ExactBase, OverlayItem, search_view
+
+DIM = 16
+
+
+def _unit(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _items(pos: str, ids: list[str], vecs: np.ndarray | None, meta: dict | None = None) -> dict[str, OverlayItem]:
+    return {i: OverlayItem(pos, None if vecs is None else vecs[j], meta) for j, i in enumerate(ids)}
+
+
+def _truth(live: dict[str, np.ndarray], q: np.ndarray, k: int) -> list[list[str]]:
+    ids = list(live)
+    mat = np.stack([live[i] for i in ids]).astype(np.float64)
+    d = -(q.astype(np.float64) @ mat.T)
+    return [[ids[j] for j in np.argsort(row, kind="stable")[:k]] for row in d]
+
+
+def test_views_are_immutable_and_later_rows_win() -> None:
+    buf = TailBuffer("1-0", DIM, "cosine")
+    x = _unit(10, 1)
+    v1 = buf.apply("2-0", _items("2-0", ["a", "b"], x[:2], {"t": 1}))
+    v2 = buf.apply("3-0", _items("3-0", ["a"], x[2:3], {"t": 2}) | _items("3-0", ["b"], None))
+    assert (v1.n, v1.n_live, v1.pos) == (2, 2, "2-0") and (v2.n, v2.n_live, v2.pos) == (4, 1, "3-0")
+    assert v1.search(x[:1], 1)[0][0] == ["a"]  # the old view still answers as it did
+    assert v2.search(x[2:3], 2)[0][0] == ["a"] and v2.item("b").vector is None  # type: ignore[union-attr]
+    assert v2.item("a").metadata == {"t": 2}  # type: ignore[union-attr]
+    assert v2.search(x[1:2], 5)[0][0] == ["a"], "a deleted id is returned"
+
+
+def test_growth_keeps_rows_and_views(monkeypatch=None) -> None:  # noqa: ANN001
+    buf = TailBuffer("0-0", DIM, "l2")
+    x = _unit(1000, 2)
+    views = []
+    for s in range(0, 1000, 7):
+        views.append(buf.apply(f"{s + 1}-0", _items(f"{s + 1}-0", [f"i{j}" for j in range(s, min(s + 7, 1000))],
+                                                      x[s : s + 7])))
+    assert buf.view.n == 1000 and len(buf.matrix) >= 1000
+    first = views[0]
+    assert first.search(x[3:4], 1)[0][0] == ["i3"]
+    assert buf.view.search(x[999:], 1)[0][0] == ["i999"]
+
+
+def test_search_view_hides_base_rows_the_tail_replaced_or_deleted() -> None:
+    x = _unit(200, 3)
+    base = ExactBase("5-0", [f"i{i}" for i in range(100)], x[:100].copy(), [{"n": i} for i in range(100)], "cosine")
+    buf = TailBuffer("5-0", DIM, "cosine")
+    buf.apply("6-0", _items("6-0", ["i0"], x[150:151], {"n": -1}) | _items("6-0", ["i1"], None)
+              | _items("6-0", ["new"], x[1:2] * -1, {"n": 7}))
+    v = buf.view
+    got = search_view(base, {}, x[:2], 3, None, None, "cosine", tails=[v])
+    assert "i0" not in got[0][0] and "i1" not in got[1][0] and "i1" not in got[0][0]
+    assert search_view(base, {}, x[150:151], 1, None, None, "cosine", tails=[v])[0][0] == ["i0"]
+    flt = compile_filter({"n": {"$gte": 0}})
+    got = search_view(base, {}, x[150:151], 5, flt, None, "cosine", tails=[v])[0][0]
+    assert "i0" not in got  # its new metadata does not match
+    # a newer overlay (session, strong tail) wins over the tail
+    own = {"i0": OverlayItem("7-0", None, None)}
+    assert "i0" not in search_view(base, own, x[150:151], 5, None, None, "cosine", tails=[v])[0][0]
+
+
+def test_after_keeps_only_newer_rows() -> None:
+    buf = TailBuffer("1-0", DIM, "cosine")
+    x = _unit(4, 4)
+    buf.apply("2-0", _items("2-0", ["a", "b"], x[:2]))
+    buf.apply("3-0", _items("3-0", ["c"], x[2:3]) | _items("3-0", ["a"], None))
+    small = buf.after("2-0")
+    assert small.start == "2-0" and small.view.pos == "3-0" and sorted(small.view.ids()) == ["a", "c"]
+    assert small.view.n_live == 1 and small.view.item("a").vector is None  # type: ignore[union-attr]
+    past = buf.after("9-0")  # a base newer than everything: empty, at the base's position
+    assert past.view.n == 0 and past.view.pos == "9-0"
+
+
+def test_indexed_overlay_matches_brute_force() -> None:
+    n = INDEX_FROM + 1500
+    x = _unit(n, 5)
+    buf = TailBuffer("0-0", DIM, "cosine", ef=100)
+    live = {}
+    for s in range(0, n, 500):
+        ids = [f"r{j}" for j in range(s, min(s + 500, n))]
+        buf.apply(f"{s + 1}-0", _items(f"{s + 1}-0", ids, x[s : s + 500]))
+        live.update(zip(ids, x[s : s + 500]))
+    dead = [f"r{j}" for j in range(0, n, 10)]
+    buf.apply(f"{n + 1}-0", _items(f"{n + 1}-0", dead, None))
+    for i in dead:
+        del live[i]
+    while buf.unindexed() or buf.twin is None or buf.twin.serving < 0:
+        buf.index_step(0.05)
+    buf.index_step(0.05)  # both twins current
+    assert buf.twin is not None and min(buf.twin.covered) == buf.view.n
+    q = _unit(100, 6)
+    got = [r[0] for r in buf.view.search(q, 10)]
+    truth = _truth(live, q, 10)
+    recall = sum(len(set(g) & set(t)) for g, t in zip(got, truth)) / 1000
+    assert recall >= 0.95
+    assert not {i for row in got for i in row} & set(dead)
+    # rows appended after the index: scanned exactly, so found at once
+    y = _unit(1, 7)
+    buf.apply(f"{n + 2}-0", _items(f"{n + 2}-0", ["late"], y))
+    assert buf.unindexed() == 1
+    assert buf.view.search(y, 1)[0][0] == ["late"]
+    flt = compile_filter({"n": 1})
+    assert buf.view.search(y, 3, flt)[0][0] == []  # no row carries that metadata
