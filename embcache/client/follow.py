@@ -24,7 +24,7 @@ from ..core.errors import EmbcacheError, PermissionDenied, RedisRefused
 from ..core.tail import TailBuffer, TailView
 from ..core.views import pos_key
 from ..redis import metrics
-from ..redis.store import TAIL_LIMIT
+from ..redis.store import TAIL_LIMIT, Tail
 
 if TYPE_CHECKING:
     from .cache import PartitionCache, PartitionId, SpaceInfo
@@ -33,7 +33,8 @@ __all__ = ["Follower", "FollowStats"]
 
 log = logging.getLogger("embcache.follow")
 BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
-INDEX_BUDGET = 0.004  # seconds of overlay indexing per round, so a read is never held up for long
+INDEX_BUDGET = 0.005  # seconds of overlay indexing per round, so a read is never held up for long
+PIPELINED_TAILS = 16  # up to this many partitions, every tail read rides in the XREAD's pipeline
 
 
 class FollowStats(dict[str, Any]):
@@ -170,15 +171,42 @@ class Follower:
             self._stop.wait(BLOCK_SECONDS)
             return 0
         keys = {pid: self.cache.keys(pid) for pid in active}
-        if not pending:
-            pending = self._moved(active, keys)
-        if not pending:
-            self._index(active)
-            return 0
-        requests = [(keys[pid], active[pid].view.pos) for pid in pending]
-        tails = self.store.read_tails(requests, TAIL_LIMIT)
+        behind = any(buf.index_behind() for buf in active.values())
+        block = 0.001 if behind else BLOCK_SECONDS  # with indexing to do, only look for changes, then index
+        got: list[tuple[PartitionId, str, Tail | None]] = []
+        if not pending and self.mode == "xread" and len(active) <= PIPELINED_TAILS:
+            got = self._wait_and_read(active, keys, block)  # one round trip: wait, then every tail
+        else:
+            if not pending:
+                pending = self._moved(active, keys, block)
+            if pending:
+                requests = [(keys[pid], active[pid].view.pos) for pid in pending]
+                tails = self.store.read_tails(requests, TAIL_LIMIT)
+                got = [(pid, since, tail) for pid, (_, since), tail in zip(pending, requests, tails)]
+        updated = self._apply(got, keys) if got else 0
+        self.rounds += 1
+        if behind:
+            self._index(active, INDEX_BUDGET if got else 2 * INDEX_BUDGET)
+        return updated
+
+    def _wait_and_read(self, active: dict["PartitionId", TailBuffer], keys: dict["PartitionId", Any],
+                       block: float) -> list[tuple["PartitionId", str, Tail | None]]:
+        pids = list(active)
+        streams = {keys[pid].log: active[pid].view.pos for pid in pids}
+        requests = [(keys[pid], active[pid].view.pos) for pid in pids]
+        try:
+            _, tails = self.store.wait_and_read_tails(streams, int(block * 1000), requests)
+        except (PermissionDenied, RedisRefused) as exc:  # no XREAD for this principal, or keys across slots
+            log.info("cannot block on the change logs (%s); polling every %.3f s", exc, self.poll)
+            self.mode = "poll"
+            return []
+        return [(pid, since, tail) for pid, (_, since), tail in zip(pids, requests, tails)
+                if tail is None or tail.pos != since]
+
+    def _apply(self, got: list[tuple["PartitionId", str, Tail | None]], keys: dict["PartitionId", Any]) -> int:
         updated = 0
-        for pid, (pk, since), tail in zip(pending, requests, tails):
+        for pid, since, tail in got:
+            pk = keys[pid]
             if tail is None:  # more than one call's worth, or trimmed: page through it, else reload
                 tail = self.store.read_tail(pk, since, 1 << 30)
             if tail is None:
@@ -200,15 +228,15 @@ class Follower:
                 updated += 1
             if metrics.ENABLED:
                 metrics.set_overlay(pk.tag, buf.view.n_live, buf.nbytes, buf.unindexed())
-        self.rounds += 1
         return updated
 
-    def _moved(self, active: dict["PartitionId", TailBuffer], keys: dict["PartitionId", Any]) -> list["PartitionId"]:
+    def _moved(self, active: dict["PartitionId", TailBuffer], keys: dict["PartitionId", Any],
+               block: float) -> list["PartitionId"]:
         """The partitions whose log moved past the overlay's position: one blocking XREAD, or one poll."""
         if self.mode == "xread":
             streams = {keys[pid].log: buf.view.pos for pid, buf in active.items()}
             try:
-                moved = set(self.store.wait_logs(streams, int(BLOCK_SECONDS * 1000)))
+                moved = set(self.store.wait_logs(streams, int(block * 1000)))
             except (PermissionDenied, RedisRefused) as exc:  # no XREAD for this principal, or keys across slots
                 log.info("cannot block on the change logs (%s); polling every %.3f s", exc, self.poll)
                 self.mode = "poll"
@@ -219,12 +247,12 @@ class Follower:
         moved_pids = [pid for pid, pos in zip(pids, positions) if pos != active[pid].view.pos
                       and pos_key(pos) > pos_key(active[pid].view.pos)]
         if not moved_pids:
-            self._stop.wait(self.poll)
+            self._stop.wait(min(self.poll, block))
         return moved_pids
 
-    def _index(self, active: dict["PartitionId", TailBuffer]) -> None:
+    def _index(self, active: dict["PartitionId", TailBuffer], budget: float) -> None:
         """Index what the overlays' serving indexes lack, for a few milliseconds (between reads)."""
-        deadline = time.monotonic() + INDEX_BUDGET
+        deadline = time.monotonic() + budget
         for buf in active.values():
             if time.monotonic() > deadline:
                 break

@@ -81,7 +81,7 @@ class _Twin:
             idx.resize_index(max(2 * idx.get_max_elements(), n))
         start, added, t0 = self.covered[t], 0, time.monotonic()
         while start < n:
-            end = min(n, start + 64)
+            end = min(n, start + 16)
             rows = np.flatnonzero(live[start:end]) + start
             if len(rows):
                 idx.add_items(matrix[rows], rows, num_threads=1)
@@ -95,6 +95,17 @@ class _Twin:
             if self.serving < 0 or self.covered[t] >= self.covered[self.serving]:
                 self.serving = t
         return added
+
+
+BLAS_ROWS = 4096  # up to this many rows a single query's product goes to BLAS (one thread at this size, ~3x einsum)
+
+
+def _distances(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
+    """hnswlib's distances of each query to the rows of ``block`` (float32)."""
+    if metric != "l2" and len(queries) == 1 and len(block) <= BLAS_ROWS:
+        d: np.ndarray = (np.float32(1.0) - block @ queries[0])[None, :]
+        return d
+    return pairwise_distances(queries, block, metric)
 
 
 class TailBuffer:
@@ -169,6 +180,14 @@ class TailBuffer:
                 and self.twin.covered[1 - self.twin.serving] >= v.n:
             return 0
         return self.twin.step(v.matrix, v.live, v.n, budget_s)
+
+    def index_behind(self) -> bool:
+        """True while either index of the twin lacks rows of the current view (more indexing to do)."""
+        v = self.view
+        if v.n < INDEX_FROM:
+            return False
+        t = self.twin
+        return t is None or min(t.covered) < v.n
 
     def unindexed(self) -> int:
         """Rows of the current view that the serving index does not cover (scanned exactly by every query)."""
@@ -348,7 +367,7 @@ class TailView:
         if m < (hi - lo) // 2:  # mostly dead or filtered out: gather the few that count
             rows = np.flatnonzero(ok) + lo
             block, mask = self.matrix[rows], None
-        d = pairwise_distances(queries, block, self.buf.metric)
+        d = _distances(queries, block, self.buf.metric)
         if mask is not None and m < len(mask):
             d[:, ~mask] = np.inf
         kk = min(k, m)

@@ -426,6 +426,28 @@ class Store:
             return [_s(k) or "" for k in reply]
         return [_s(item[0]) or "" for item in reply if isinstance(item, (list, tuple)) and item]
 
+    def wait_and_read_tails(self, streams: dict[str, str], block_ms: int,
+                            requests: Sequence[tuple[PartitionKeys, str]]) -> tuple[list[str], list[Tail | None]]:
+        """:meth:`wait_logs` and :meth:`read_tails` in one pipeline: Redis runs the tail reads right after the
+        ``XREAD`` returns (a connection's commands run in order), so a change costs one round trip, not two."""
+        calls = [Call("xread", streams, count=1, block=max(1, int(block_ms)))]
+        calls += [Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, TAIL_LIMIT)
+                  for pk, since in requests]
+        with translate_errors("follow"):
+            replies = run(self._batch(calls), self.r)
+        reply = replies[0]
+        if not reply:
+            moved: list[str] = []
+        elif isinstance(reply, dict):  # RESP3
+            moved = [_s(k) or "" for k in reply]
+        else:
+            moved = [_s(item[0]) or "" for item in reply if isinstance(item, (list, tuple)) and item]
+        return moved, [self._parse_tail(r, pk) for r, (pk, _) in zip(replies[1:], requests)]
+
+    @staticmethod
+    def _batch(calls: list[Call]) -> Plan[Any]:
+        return (yield Batch(calls))
+
     def positions(self, pks: Sequence[PartitionKeys]) -> list[str]:
         """Several partitions' log positions in one pipeline (the follower's poll where it cannot block)."""
         if not pks:
