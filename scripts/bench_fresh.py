@@ -75,14 +75,22 @@ def role_writer(a: argparse.Namespace) -> None:
     vecs = new_vectors(base, 0, n_batches * BATCH, a.seed)
     ids = [f"w{a.seed}_{j}" for j in range(n_batches * BATCH)]
     sent = np.full(n_batches, np.nan)
+    committed = np.full(n_batches, np.nan)
     if a.system == "embcache":
         import embcache
 
         hub = embcache.connect(a.url, refresh_interval=3600, follow=False)
         v = hub.space(SPACE).version(a.version)
+        pid = (SPACE, a.version, "default")
 
         def write(j: int) -> None:
             v.upsert(ids[j * BATCH : (j + 1) * BATCH], vecs[j * BATCH : (j + 1) * BATCH])
+            # the commit's time: the ms part of its log position (Redis's clock, this machine's); read from the
+            # writer's own session copy, which is then dropped so it never grows
+            it = hub.session._writes.get(pid, {}).get(ids[j * BATCH])
+            if it is not None:
+                committed[j] = int(it.pos.split("-")[0]) / 1000.0
+            hub.session.drop(lambda _pid: True)
     else:
         import redis
 
@@ -93,6 +101,7 @@ def role_writer(a: argparse.Namespace) -> None:
             for i in range(j * BATCH, (j + 1) * BATCH):
                 p.hset(f"doc:{ids[i]}", mapping={"vec": vecs[i].tobytes()})
             p.execute()
+            committed[j] = time.time()  # the reply is back: committed (and indexed) by now
 
     wait_until(a.t0)
     interval = BATCH / a.rate
@@ -102,7 +111,7 @@ def role_writer(a: argparse.Namespace) -> None:
             time.sleep(d)
         sent[j] = time.time()
         write(j)
-    np.save(a.out, sent)
+    np.save(a.out, np.stack([sent, committed]))
 
 
 def role_reader(a: argparse.Namespace) -> None:
@@ -128,7 +137,7 @@ def role_reader(a: argparse.Namespace) -> None:
         def top1(q: np.ndarray) -> str | None:
             res = r.execute_command("FT.SEARCH", "idx", "*=>[KNN 1 @vec $B]", "PARAMS", "2", "B", q.tobytes(),
                                     "RETURN", "0", "DIALECT", "2")
-            return res[1].decode()[4:] if len(res) > 1 else None
+            return _rqe_top(res)
 
     top1(base[0])  # load the snapshot before the writer starts
     Path(a.out + ".ready").touch()
@@ -157,6 +166,50 @@ def role_reader(a: argparse.Namespace) -> None:
     np.save(a.out + ".polls.npy", np.array(polls))
     if a.system == "embcache":
         hub.close()
+
+
+def role_hotpath(a: argparse.Namespace) -> None:
+    """Time single eventual queries (k=10) with the embcache of the tree ``a.tree``: the fast path, no overlay."""
+    sys.path[:] = [a.tree] + [x for x in sys.path if Path(x).resolve() != REPO_ROOT]
+    for name in [m for m in sys.modules if m == "embcache" or m.startswith("embcache.")]:
+        del sys.modules[name]
+    import embcache
+
+    assert Path(embcache.__file__).resolve().is_relative_to(Path(a.tree).resolve()), embcache.__file__
+    queries = np.load(DATA / "queries.npy").astype(np.float32)
+    hub = embcache.connect(a.url, refresh_interval=3600)
+    v = hub.space(SPACE).version(a.version)
+    for q in queries[:200]:
+        v.query(q, 10, consistency="eventual")
+    pc = time.perf_counter
+    times = []
+    for i in range(3000):
+        q = queries[i % len(queries)]
+        t = pc()
+        v.query(q, 10, consistency="eventual")
+        times.append(pc() - t)
+    np.save(a.out, np.array(times))
+    hub.close()
+
+
+def _rqe_top(res: Any) -> str | None:
+    """The first id of an FT.SEARCH reply (redis-py parses it into a dict, or leaves RESP2's flat list)."""
+    if isinstance(res, dict):
+        rows = res.get(b"results") or res.get("results") or []
+        key = (rows[0].get(b"id") or rows[0].get("id")) if rows else None
+    else:
+        key = res[1] if len(res) > 1 else None
+    if key is None:
+        return None
+    text = key.decode() if isinstance(key, bytes) else str(key)
+    return text[4:]  # "doc:" + id
+
+
+def _rqe_indexing(info: Any) -> bool:
+    if isinstance(info, dict):
+        return bool(float(info.get(b"indexing", info.get("indexing", 0)) or 0))
+    pairs = dict(zip(info[::2], info[1::2]))
+    return bool(int(pairs.get(b"indexing", 0)))
 
 
 def wait_until(t: float) -> None:
@@ -240,21 +293,27 @@ class Bench:
         for p in procs:
             p.wait()
         gens = (self.generation(v) - gen0) if v is not None else None
-        sent = np.load(f"{out}-w.npy")
-        delays, polls = [], []
+        sent, committed = np.load(f"{out}-w.npy")
+        delays, from_send, polls = [], [], []
         for i in range(2):
             seen = np.load(f"{out}-r{i}.npy")
             polls += list(np.load(f"{out}-r{i}.npy.polls.npy"))
             for j, t in seen:
+                if np.isfinite(committed[int(j)]):
+                    delays.append(max(0.0, t - committed[int(j)]))
                 if np.isfinite(sent[int(j)]):
-                    delays.append(t - sent[int(j)])
+                    from_send.append(t - sent[int(j)])
         d = np.array(delays)
+        call = committed - sent
         written = int(np.isfinite(sent).sum()) * BATCH
         achieved = written / max(1e-9, float(np.nanmax(sent) - np.nanmin(sent)) + BATCH / rate)
         res = {"system": system, "rate": rate, "seconds": seconds, "achieved": achieved, "samples": len(d),
                "p50": pct(d, 50) if len(d) else float("nan"), "p95": pct(d, 95) if len(d) else float("nan"),
                "max": float(d.max()) if len(d) else float("nan"), "snapshots": gens, "load": la,
-               "poll_p50_ms": pct(polls, 50) * 1e3 if polls else float("nan")}
+               "poll_p50_ms": pct(polls, 50) * 1e3 if polls else float("nan"),
+               "from_send_p50": pct(from_send, 50) if from_send else float("nan"),
+               "from_send_p95": pct(from_send, 95) if from_send else float("nan"),
+               "send_to_commit_p50_ms": float(np.nanmedian(call)) * 1e3 if np.isfinite(call).any() else float("nan")}
         self.log(json.dumps(res))
         return res
 
@@ -317,6 +376,26 @@ class Bench:
             nf.close()
             self.hub.space(SPACE).drop_version(v.name)
 
+    def hotpath(self, baseline: str) -> None:
+        """The eventual fast path with an empty overlay, before (``baseline`` tree) and after (this tree):
+        3,000 single queries per process, processes alternating, ``--hot-rounds`` each; median of the
+        per-process medians."""
+        v = self.new_version()
+        try:
+            med: dict[str, list[float]] = {"before": [], "after": []}
+            for rnd in range(self.a.hot_rounds):
+                for name, tree in (("before", baseline), ("after", str(REPO_ROOT)))[:: 1 if rnd % 2 == 0 else -1]:
+                    out = self.tmp / f"hot-{name}-{rnd}.npy"
+                    child("hotpath", url=self.url, version=v.name, out=out, tree=tree).wait()
+                    med[name].append(pct(np.load(out), 50))
+            b_, a_ = float(np.median(med["before"])), float(np.median(med["after"]))
+            res = {"before_ms": b_ * 1e3, "after_ms": a_ * 1e3, "ratio": a_ / b_, "baseline": baseline,
+                   "runs": {k: [round(x * 1e3, 4) for x in xs] for k, xs in med.items()}, "load": loadavg()}
+            self.log(json.dumps(res))
+            self.results["hotpath"] = res
+        finally:
+            self.hub.space(SPACE).drop_version(v.name)
+
     def rqe(self) -> None:
         if not RQE_SCRIPT.exists():
             self.results["notes"].append(f"{RQE_SCRIPT} does not exist: no Redis Query Engine comparison")
@@ -342,7 +421,7 @@ class Bench:
                     for i in range(s, min(s + 1000, len(self.base))):
                         p.hset(f"doc:b{i}", mapping={"vec": self.base[i].tobytes()})
                     p.execute()
-                while int(dict(zip(*[iter(r.execute_command("FT.INFO", "idx"))] * 2)).get(b"indexing", 0)):
+                while _rqe_indexing(r.execute_command("FT.INFO", "idx")):
                     time.sleep(0.2)
                 self.log(f"RQE: {len(self.base)} items indexed in {time.perf_counter() - t0:.1f} s")
                 self.results["rqe"].append(self.visibility("rqe", url, rate, seconds))
@@ -361,19 +440,24 @@ class Bench:
                  f"{mach['redis-server']}. Load average at the end: {loadavg()} (the machine is shared).",
                  f"Data: debian-minilm, {a.n:,} x 384 float32 (cosine), one partition, one worker; new items are real "
                  "vectors moved a little, in batches of 10; two reader processes poll `eventual` queries (k=1).", "",
-                 "Commit -> visible at `eventual` in another process (the writer's send time to the first poll that "
-                 "returns the batch; a reader follows one batch at a time, the newest due):", "",
-                 "| system | write rate (achieved) | seconds | samples | p50 | p95 | max | snapshots published | "
-                 "reader poll p50 | load avg |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "Commit -> visible at `eventual` in another process: from the commit (embcache: the millisecond of "
+                 "the write's log position, Redis's clock on this machine; the Query Engine: when the writer's "
+                 "HSET pipeline returned, i.e. a little after its commit) to the first poll that returns the "
+                 "batch's first item. A reader follows one batch at a time, the newest due. \"from send\" counts "
+                 "from before the writer's call instead (an embcache upsert also checks the partition list first, "
+                 "and marks the partition dirty after).", "",
+                 "| system | write rate (achieved) | seconds | samples | p50 | p95 | max | from send p50 / p95 | "
+                 "snapshots published | reader poll p50 | load avg |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for rate, p50, p95, mx, snaps in BEFORE:
-            lines.append(f"| embcache before (issue 12) | {rate}/s | 60 | | {p50} | {p95} | {mx} | {snaps} | | |")
+            lines.append(f"| embcache before (issue 12) | {rate}/s | 60 | | {p50} | {p95} | {mx} | | {snaps} | | |")
         for r in self.results["fresh"] + self.results["rqe"]:
             name = ("embcache after (follower)" if r["system"] == "embcache"
                     else "Redis Query Engine (HNSW, index on write)")
             snaps = "" if r["snapshots"] is None else str(r["snapshots"])
             lines.append(f"| {name} | {r['rate']:,.0f}/s ({r['achieved']:,.0f}/s) | {r['seconds']:g} | {r['samples']} "
-                         f"| {_ms(r['p50'])} | {_ms(r['p95'])} | {_ms(r['max'])} | {snaps} | "
+                         f"| {_ms(r['p50'])} | {_ms(r['p95'])} | {_ms(r['max'])} | "
+                         f"{_ms(r['from_send_p50'])} / {_ms(r['from_send_p95'])} | {snaps} | "
                          f"{r['poll_p50_ms']:.2f} ms | {r['load']} |")
         if self.results["overlay"]:
             lines += ["", "Query p50 at `eventual` (k=10, single queries, interleaved A/B over "
@@ -386,6 +470,13 @@ class Bench:
                 lines.append(f"| {r['overlay_items']:,} | {r['p50_overlay_ms']:.3f} ms | {r['p50_none_ms']:.3f} ms | "
                              f"{r['ratio']:.2f}x | {targets.get(r['size'], '')} | {r['overlay_mb']:.0f} MiB | "
                              f"{r['indexed_after_s']:.1f} s | {r['load']} |")
+        hp = self.results.get("hotpath")
+        if hp:
+            lines += ["", f"The eventual fast path with an empty overlay (k=10 single queries, 3,000 per process, "
+                      f"processes alternating, {len(hp['runs']['before'])} each; median of their medians): "
+                      f"before (`{hp['baseline']}`) "
+                      f"{hp['before_ms']:.3f} ms, after (this tree, follower on) {hp['after_ms']:.3f} ms: "
+                      f"{hp['ratio']:.2f}x. Per process: {hp['runs']}. Load average {hp['load']}."]
         for n in self.results["notes"]:
             lines += ["", f"Note: {n}"]
         return "\n".join(lines) + "\n"
@@ -407,17 +498,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="comma list of phases to skip: fresh,overlay,rqe")
     p.add_argument("--rqe-port", type=int, default=6397)
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--hot-rounds", type=int, default=5)
+    p.add_argument("--baseline-tree", default="", help="an embcache checkout (e.g. /work/main) to compare the "
+                   "eventual fast path with (empty overlay), in alternating processes")
     # child roles
     p.add_argument("--role", default="")
-    for name in ("system", "url", "version", "out"):
+    for name in ("system", "url", "version", "out", "tree"):
         p.add_argument(f"--{name}", default="")
     p.add_argument("--rate", type=float, default=0)
     p.add_argument("--t0", type=float, default=0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.role:
-        a.seconds = float(a.seconds) if not isinstance(a.seconds, list) else a.seconds[0]
-        (role_writer if a.role == "writer" else role_reader)(a)
+        a.seconds = a.seconds[0] if a.seconds else 0.0
+        {"writer": role_writer, "reader": role_reader, "hotpath": role_hotpath}[a.role](a)
         return 0
     a.rates = a.rates or [200.0, 1000.0, 10000.0]
     a.seconds = a.seconds or ([5.0] * len(a.rates) if a.quick else [30.0, 30.0, 10.0][: len(a.rates)])
@@ -435,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             b.fresh()
         if "overlay" not in skip:
             b.overlay_cost()
+        if a.baseline_tree:
+            b.hotpath(a.baseline_tree)
     finally:
         b.stop()
     if "rqe" not in skip:

@@ -1,8 +1,10 @@
 """The follower: every loaded partition's change log, read live into an overlay (:mod:`embcache.core.tail`).
 
 One thread per hub. On a standalone server it waits on the change logs of every partition this process has loaded
-with one ``XREAD BLOCK`` (all keys, one connection); when one moves it reads the net effect since its position
-with ``emb_tail`` (a pipeline of one ``FCALL_RO`` per moved partition) and publishes a new overlay view. Where it
+with one ``XREAD BLOCK`` (all keys, one connection), and reads the net effect since its position with ``emb_tail``
+in the same pipeline (Redis runs them as soon as the XREAD returns: one round trip per change; past
+:data:`PIPELINED_TAILS` partitions, the moved ones' tails in a second pipeline), then publishes a new overlay view
+per partition. Where it
 cannot block on them all (Redis Cluster: a multi-key ``XREAD`` wants one slot, and each partition is its own
 slot; or a principal granted before readers got ``XREAD``) it polls the partitions' positions in one pipeline
 every ``poll`` seconds instead. Errors (Redis away, a killed connection) are retried with a backoff; once back,

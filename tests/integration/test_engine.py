@@ -88,6 +88,9 @@ def test_consistency_levels_over_the_version_graph(built, hubs, redis_url, minil
     other = hubs(redis_url, refresh_interval=3600)
     ov = other.space("eng").version(v.name)
     ov.query(q, 3, consistency="eventual")  # loads the graph in the other hub too
+    still = hubs(redis_url, refresh_interval=3600, follow=False)  # a hub that does not follow the logs
+    sv = still.space("eng").version(v.name)
+    sv.query(q, 3, consistency="eventual")
     v.delete([top])
     far = -ds.queries[1]  # the replaced item moves far away from query 1
     owner = next(p for p, rows in layout.items() if replaced in {ds.ids[r] for r in rows})
@@ -100,8 +103,15 @@ def test_consistency_levels_over_the_version_graph(built, hubs, redis_url, minil
         assert res.ids[2][0] == "late-1"
     ex = v.explain(q, 3)
     assert "version graph" in ex.plan and ex.overlay_items >= 2, ex.as_dict()
-    eventual = ov.query(q, 3, consistency="eventual")  # nothing of the other hub's writes, but no error either
+    eventual = sv.query(q, 3, consistency="eventual")  # nothing of the other hub's writes, but no error either
     assert eventual.ids[0][0] != "new-near-0"
+
+    def followed() -> bool:  # the following hub: the graph plus its partitions' followed overlays
+        res = ov.query(q, 3, consistency="eventual")
+        return res.ids[0][0] == "new-near-0" and top not in res.ids[0] and replaced not in res.ids[1]
+
+    wait_for(followed, 10, 0.01, what="the other hub's follower")
+    assert "version graph" in ov.explain(q, 3, consistency="eventual").plan
     assert v.query_by_id(["new-near-0"], 2).ids[0][0] != "new-near-0"
     with pytest.raises(NotFound):
         v.query_by_id([top], 2)

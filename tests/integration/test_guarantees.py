@@ -480,9 +480,10 @@ def test_an_id_moved_to_a_new_partition_is_refused_and_changes_nothing(hub: embc
 
 def test_strong_sees_another_hubs_writes_and_session_sees_its_own(any_redis_url: str) -> None:
     # hub B never refreshes on its own (refresh_interval=0: no refresher thread at all, a stronger form of
-    # "a large interval"): whatever it sees of A's writes comes from the strong read of the log tail
+    # "a large interval", and no follower): whatever it sees of A's writes comes from the strong read of the log
+    # tail (tests/integration/test_follow.py covers what the follower adds)
     with embcache.connect(any_redis_url, refresh_interval=FAST) as a, \
-            embcache.connect(any_redis_url, refresh_interval=0) as b:
+            embcache.connect(any_redis_url, refresh_interval=0, follow=False) as b:
         va = a.create_space("c", dim=4, metric="l2").create_version()
         ids, x = _items(11, 50, 4)
         va.upsert(ids[:30], x[:30], metadatas=[{"k": 1}] * 30, partition="p")
