@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import embcache
+import embcache.aio
 from embcache.core import snapshot
 from embcache.core.errors import InvalidInput
 from embcache.redis import snapshots
@@ -254,3 +255,22 @@ def test_the_option_at_create_space_and_in_the_cli(redis_url: str, hubs, capsys:
     assert code == 0 and "neighbours=20" in out
     code, _, err = cli(capsys, redis_url, "create-space", "clio2", "--dim", 4, "--neighbours", 101)
     assert code != 0 and "neighbours" in err
+
+
+def test_the_asyncio_client_answers_from_the_lists(listed, redis_url: str) -> None:  # noqa: ANN001
+    import asyncio
+
+    hub, v, ds = listed
+
+    async def run() -> tuple[list[list[str]], str, list[list[str]]]:
+        async with await embcache.aio.connect(redis_url, refresh_interval=3600) as ahub:
+            av = await (await ahub.space("nb")).version(v.name)
+            await av.query_by_id(ds.ids[:1], 1)  # loads the snapshot (in a thread)
+            res = await av.query_by_id(ds.ids[:3], 10, consistency="eventual")
+            ex = await av.explain(ids=ds.ids[:1], n_results=10, consistency="eventual")
+            big = await av.query_by_id(ds.ids[:1], W + 5)  # past the lists: the graph
+            return res.ids, ex.plan, big.ids
+
+    ids, plan, big = asyncio.run(run())
+    assert ids == v.query_by_id(ds.ids[:3], 10, consistency="eventual").ids
+    assert plan.startswith("neighbour list") and len(big[0]) == W + 5
