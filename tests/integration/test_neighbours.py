@@ -18,7 +18,7 @@ from embcache.core import snapshot
 from embcache.core.errors import InvalidInput
 from embcache.redis import snapshots
 from tests.datasets import MiniLMSubset
-from tests.workers_fixtures import recall_at_k
+from tests.workers_fixtures import recall_at_k, wait_for
 from workers.build import build_snapshot
 
 W = 30  # the spaces' neighbours
@@ -43,7 +43,7 @@ def _exact(x: np.ndarray, ids: list[str], alive: np.ndarray, rows: list[int], k:
 
 @pytest.fixture
 def listed(redis_url: str, hubs, minilm_subset: MiniLMSubset):  # noqa: ANN001, ANN201
-    hub = hubs(redis_url, refresh_interval=3600)
+    hub = hubs(redis_url, refresh_interval=3600, follow=False)  # its own writes reach it through session only
     v = hub.create_space("nb", dim=384, metric="cosine", neighbours=W).create_version()
     ds = minilm_subset
     v.upsert(ds.ids, ds.base, ds.metadatas)
@@ -118,6 +118,28 @@ def test_the_overlay_new_replaced_and_deleted_items(listed) -> None:  # noqa: AN
     _build(hub, v)
     ex = v.explain(ids=["fresh"], n_results=10)
     assert ex.plan.startswith("neighbour list") and ds.ids[4000] in ex.result.ids[0][:3]  # type: ignore
+
+
+def test_a_following_hub_merges_its_overlay_into_the_lists(listed, redis_url: str, hubs) -> None:  # noqa: ANN001
+    hub, v, ds = listed
+    b = hubs(redis_url, refresh_interval=3600)  # follows the log: eventual sees the other hub's writes
+    vb = b.space("nb").version(v.name)
+    own = ds.ids[100]
+    before = vb.query_by_id([own], 10, consistency="eventual").ids[0]
+    v.upsert(["fresh"], (ds.base[100] + 0.01 * ds.base[101])[None, :])
+    v.delete([before[1]])
+
+    def shown() -> bool:
+        got = vb.query_by_id([own], 10, consistency="eventual").ids[0]
+        return got[0] == "fresh" and before[1] not in got
+
+    wait_for(shown, 10, 0.01, what="B's follower")
+    ex = vb.explain(ids=[own], n_results=10, consistency="eventual")
+    assert ex.plan.startswith("neighbour list") and ex.overlay_items == 1, ex.as_dict()
+    assert ex.result.ids == vb.query_by_id([own], 10, consistency="strong").ids  # type: ignore[attr-defined]
+    res = vb.query_by_id([own], 3, consistency="eventual", include=("distances", "metadatas"))
+    assert res.ids[0][0] == "fresh" and res.metadatas == [[None] + [
+        ds.metadatas[ds.ids.index(i)] for i in res.ids[0][1:]]]
 
 
 def test_fallbacks_to_the_graph(listed) -> None:  # noqa: ANN001
