@@ -289,3 +289,37 @@ def test_follow_false_keeps_eventual_at_the_base(redis_url: str, hubs) -> None: 
         embcache.connect(redis_url, follow="yes")  # type: ignore[arg-type]
     with pytest.raises(embcache.InvalidInput):
         embcache.connect(redis_url, overlay_bytes=0)
+
+
+def test_the_overlay_bound_freezes_a_partition_and_stats_and_metrics_say_so(redis_url: str, hubs) -> None:  # noqa: ANN001
+    from prometheus_client import CollectorRegistry
+
+    from embcache.redis import metrics
+
+    reg = CollectorRegistry()
+    metrics.enable(registry=reg)
+    try:
+        a = hubs(redis_url)
+        b = hubs(redis_url, refresh_interval=60, overlay_bytes=100_000)
+        x = random_unit(400, DIM, 18)
+        va = a.create_space("bound", dim=DIM).create_version()
+        va.upsert([f"i{i}" for i in range(10)], x[:10])
+        vb = b.space("bound").version(va.name)
+        vb.query(x[:1], 1)
+        va.upsert(["first"], x[10:11])
+        wait_for(lambda: _top(vb, x[10:11], 1) == ["first"], WITHIN, 0.005, what="B's follower")
+        labels = {"space": "bound", "version": va.name, "partition": "default"}
+        assert reg.get_sample_value("embcache_overlay_items", labels) == 1
+        assert reg.get_sample_value("embcache_overlay_bytes", labels) > 0
+        for s in range(11, 391, 10):  # ~400 rows of 24 floats + tables: past 100,000 bytes
+            va.upsert([f"i{i}" for i in range(s, s + 10)], x[s : s + 10])
+        follower = b.cache.follower
+        assert follower is not None
+        wait_for(lambda: ("bound", va.name, "default") in follower.frozen, WITHIN, what="the bound")
+        (st,) = vb.stats()
+        assert st.follow is not None and st.follow["follow_frozen"] and st.follow["follow_lag_entries"] > 0
+        assert st.follow["overlay_bytes"] <= 100_000
+        assert _top(vb, x[10:11], 1) == ["first"]  # still served, as of where it stopped
+        assert vb.query(x[390:391], 1, consistency="strong").ids == [["i390"]]  # strong is not bounded by it
+    finally:
+        metrics.disable()
