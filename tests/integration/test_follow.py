@@ -323,3 +323,25 @@ def test_the_overlay_bound_freezes_a_partition_and_stats_and_metrics_say_so(redi
         assert vb.query(x[390:391], 1, consistency="strong").ids == [["i390"]]  # strong is not bounded by it
     finally:
         metrics.disable()
+
+
+@pytest.mark.cluster
+def test_on_redis_cluster_the_follower_polls_and_shows_writes(cluster_url: str, hubs) -> None:  # noqa: ANN001
+    """A multi-key XREAD wants one slot and each partition is its own: on Cluster the follower polls positions."""
+    a, b = hubs(cluster_url), hubs(cluster_url, refresh_interval=60)
+    x = random_unit(60, DIM, 19)
+    va = a.create_space("cl", dim=DIM).create_version()
+    for p in ("p1", "p2", "p3"):
+        va.upsert([f"{p}-{i}" for i in range(20)], x[:20] if p == "p1" else x[20:40] if p == "p2" else x[40:],
+                  partition=p)
+    vb = b.space("cl").version(va.name)
+    vb.query(x[:1], 1, consistency="eventual")
+    y = random_unit(3, DIM, 20)
+    for j, p in enumerate(("p1", "p2", "p3")):
+        va.upsert([f"new-{p}"], y[j : j + 1], partition=p)
+    va.delete(["p2-0"])
+    for j, p in enumerate(("p1", "p2", "p3")):
+        wait_for(lambda j=j, p=p: _top(vb, y[j : j + 1], 1) == [f"new-{p}"], WITHIN, 0.01, what=f"B's follower on {p}")
+    assert "p2-0" not in _top(vb, x[20:21], 5)
+    follower = b.cache.follower
+    assert follower is not None and follower.mode == "poll" and len(follower.buffers) == 3
