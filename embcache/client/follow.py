@@ -60,6 +60,8 @@ class Follower:
         self.rounds = 0
         self.reloads = 0
         self._pending: set[PartitionId] = set()
+        self._checked: set[PartitionId] = set()  # partitions whose sealed flag was read (sealing never ends)
+        self._sealed: set[PartitionId] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,6 +124,14 @@ class Follower:
         """Match the overlays to the loaded bases: follow new partitions, forget evicted ones, and shrink an
         overlay whose bases moved on (a new snapshot) to the changes after them. Called by both threads."""
         wanted = self._wanted()
+        for pid in [p for p in wanted if p not in self.buffers and p not in self._checked]:
+            # a sealed partition never changes legitimately: it is not followed, so that data a writer with raw
+            # access changed after sealing never reaches eventual readers (the worker refuses to publish it)
+            if self.store.sealed(self.cache.keys(pid)):
+                self._sealed.add(pid)
+            self._checked.add(pid)
+        for pid in self._sealed:
+            wanted.pop(pid, None)
         with self._lock:
             for pid in [p for p in self.buffers if p not in wanted]:
                 self._drop(pid)

@@ -448,6 +448,11 @@ class Store:
     def _batch(calls: list[Call]) -> Plan[Any]:
         return (yield Batch(calls))
 
+    def sealed(self, pk: PartitionKeys) -> bool:
+        """True when the partition's version is sealed (its flag exists)."""
+        with translate_errors("sealed"):
+            return bool(self.r.exists(pk.sealed))
+
     def positions(self, pks: Sequence[PartitionKeys]) -> list[str]:
         """Several partitions' log positions in one pipeline (the follower's poll where it cannot block)."""
         if not pks:
