@@ -146,6 +146,8 @@ def test_query_by_id_at_eventual_sends_nothing_to_redis(built, minilm_subset: Mi
     hub, v, _ = built
     ds = minilm_subset
     v.query(ds.queries[0], 1, consistency="eventual")  # bases loaded
+    if hub.cache.follower is not None:  # its thread shares the client: stopped, so only queries are counted
+        hub.cache.follower.close()
     r = hub.store.r
     sent: list[object] = []  # every command of this hub's client (workers share the server, so not INFO)
     real_execute, real_pipeline = r.execute_command, r.pipeline
