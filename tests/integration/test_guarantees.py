@@ -66,12 +66,12 @@ def test_one_upsert_call_is_observed_all_or_nothing(hub: embcache.Hub, any_redis
     ids, x = _items(2, 3000, 64)
     pk = hub.keys.partition("atomic", v.name, "p")
 
-    def observe(write: Callable[[], None]) -> tuple[list[int], int]:
+    def observe(write: Callable[[list[int]], None]) -> tuple[list[int], int]:
         seen: list[int] = []
         during = 0
         stop = threading.Event()
         started = threading.Event()
-        writer = threading.Thread(target=write)
+        writer = threading.Thread(target=write, args=(seen,))
 
         def watch() -> None:
             nonlocal during
@@ -93,17 +93,20 @@ def test_one_upsert_call_is_observed_all_or_nothing(hub: embcache.Hub, any_redis
         watcher.join()
         return seen, during
 
-    seen, during = observe(lambda: v.upsert(ids, x, partition="p"))
+    seen, during = observe(lambda _: v.upsert(ids, x, partition="p"))
     assert during > 0, "the observer took no sample while the write ran"
     assert set(seen) == {500, 3500}, f"counts observed in between: {sorted(set(seen) - {500, 3500})}"
 
     v.delete(ids, partition="p")
     assert v.count() == 500
 
-    def three_calls() -> None:
+    def three_calls(seen: list[int]) -> None:
         for s in (slice(0, 1000), slice(1000, 2000), slice(2000, 3000)):
             v.upsert(ids[s], x[s], partition="p")
-            time.sleep(0.02)
+            # wait until the observer has sampled this state (a fixed sleep missed it on a loaded machine)
+            n, deadline = len(seen), time.monotonic() + 10
+            while len(seen) < n + 4 and time.monotonic() < deadline:
+                time.sleep(0.005)
 
     seen, _ = observe(three_calls)
     assert {1500, 2500} <= set(seen), "control: separate calls must be visible one by one"
