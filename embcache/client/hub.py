@@ -646,7 +646,7 @@ class Version:
             mat = codec.normalise(mat)
         blobs = codec.encode_vectors(mat, self.space.dtype)
         hub, store = self.hub, self.hub.store
-        yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
+        claim = yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
         added = yield from hub.partitions.register(pid)
         try:
@@ -657,6 +657,8 @@ class Version:
             if added:
                 yield from hub.partitions.unregister_empty(pid)
             raise
+        if claim:
+            yield from self._claim(partition, id_list)
         yield from self._mark_dirty(partition)
         if len(id_list) > SESSION_ITEMS:
             hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
@@ -688,8 +690,30 @@ class Version:
             if pos is not None:
                 yield from self._mark_dirty(p)
                 self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                if gone:
+                    yield from self._unclaim(p, gone)
             total += len(gone)
         return total
+
+    def _claim(self, partition: str, ids: list[str]) -> Plan[None]:
+        """Record the written ids in the owners map. A failure is logged, not raised: the write committed, and
+        the partition's next build claims them (until then an upsert elsewhere is checked against the map only)."""
+        store = self.hub.store
+        try:
+            yield from store.claim.plan(store, self.space.name, self.name, partition, ids)
+        except EmbcacheError as exc:
+            _log.warning("wrote to %s/%s/%s, but could not claim the ids in the owners map: %s", self.space.name,
+                         self.name, partition, exc)
+
+    def _unclaim(self, partition: str, ids: list[str]) -> Plan[None]:
+        """Drop deleted ids from the owners map. A failure is logged, not raised: the delete committed, and a stale
+        claim only costs the next upsert of the id elsewhere one lookup."""
+        store = self.hub.store
+        try:
+            yield from store.unclaim.plan(store, self.space.name, self.name, partition, ids)
+        except EmbcacheError as exc:
+            _log.warning("deleted from %s/%s/%s, but the owners map kept the claims: %s", self.space.name, self.name,
+                        partition, exc)
 
     def _mark_dirty(self, partition: str) -> Plan[None]:
         """Ask for a build after a write that committed. A refused mark (memory limit, outage) is logged, not
@@ -760,19 +784,34 @@ class Version:
         and a corrupt-snapshot report if a reader refused one."""
         return [partition_stats(self.hub.store, p, self._pk(p)) for p in self._run(self._partitions_arg(None))]
 
-    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[None]:
-        # a principal limited to some partitions can only check those (it cannot see the others)
+    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[bool]:
+        """Refuse ids that live in another partition, in round trips that do not grow with the version's
+        partitions: one read of the version's owners map, then at most one lookup where it points (claims are
+        hints: a claim by another partition is verified there). When the map cannot answer (see
+        :class:`~embcache.redis.store.Claim`), and for a principal limited to some partitions (it may not read
+        the map), every partition it can see is asked. Returns whether to claim the ids once they are written."""
         store = self.hub.store
-        for p in (yield from self._partitions_arg(None)):
-            if p == partition:
-                continue
-            there = yield from store.existing.plan(store, self._pk(p), ids)
-            found = [i for i, t in zip(ids, there) if t]
-            if found:
-                raise InvalidInput(
-                    f"id {found[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
-                    "an item lives in one partition: delete it there first"
-                )
+        others = None
+        if self.space.allowed_partitions() is None:
+            others = (yield from store.owners_check.plan(store, self.space.name, self.name, partition, ids)).others
+        ask: dict[str, list[str]] = {}
+        if others is None:
+            ask = {p: ids for p in (yield from self._partitions_arg(None)) if p != partition}
+        else:
+            for i, owner in others.items():
+                if owner:  # "": a claim that names no partition, stale by definition
+                    ask.setdefault(owner, []).append(i)
+        if ask:
+            names = sorted(ask)
+            there = yield from store.existing.plan(store, [(self._pk(p), ask[p]) for p in names])
+            for p, found in zip(names, there):
+                hits = [i for i, t in zip(ask[p], found) if t]
+                if hits:
+                    raise InvalidInput(
+                        f"id {hits[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
+                        "an item lives in one partition: delete it there first"
+                    )
+        return others is not None
 
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
