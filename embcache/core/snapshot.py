@@ -3,14 +3,17 @@
 A snapshot is one blob cut into chunks of at most 8 MiB (far under Redis's 512 MB value limit)::
 
     [hnswlib index file][labels int64 little-endian][ids JSON list][metadatas JSON list]
+    ([neighbour rows int32 (count, w)][neighbour distances float32 (count, w)])
 
-and a manifest (generation, change-log position, count, dim, metric, parameters, section sizes, sha256 of the
-blob, builder, build time). Chunks are written first with an expiry, so a builder that dies leaves nothing
-that outlives the expiry; the ``emb_publish`` function then checks the generation it built on is still
-current, makes the chunks permanent, gives the previous generation's chunks a grace period before they expire,
-trims the change log behind the previous generation and swaps the pointer (the manifest key) in one step.
-Readers fetch the manifest, then its chunks, and verify the checksum before they use a byte: they see the old
-snapshot or the new one, never a mix, and a corrupt one is refused.
+(the last two sections only when the space asks for ``neighbours``: row ``i`` lists the rows, in the ids table,
+of item ``i``'s ``w`` nearest other items, nearest first, ``-1`` after the last one, and their distances; ``w``
+is the manifest's ``neighbours``) and a manifest (generation, change-log position, count, dim, metric,
+parameters, section sizes, sha256 of the blob, builder, build time). Chunks are written first with an expiry, so
+a builder that dies leaves nothing that outlives the expiry; the ``emb_publish`` function then checks the
+generation it built on is still current, makes the chunks permanent, gives the previous generation's chunks a
+grace period before they expire, trims the change log behind the previous generation and swaps the pointer (the
+manifest key) in one step. Readers fetch the manifest, then its chunks, and verify the checksum before they use a
+byte: they see the old snapshot or the new one, never a mix, and a corrupt one is refused.
 
 This module is the format (pack, unpack, verify) and the loaded base that answers searches; reading and
 publishing in Redis is :mod:`embcache.redis.snapshots`.
@@ -38,14 +41,14 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from .codec import MAX_DIM, METRICS
+from .codec import MAX_DIM, MAX_NEIGHBOURS, METRICS
 from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
 from .hnswfile import level0_vectors
 from .search import Ranked
 
 __all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "load_index_file", "pending_uploads",
-           "valid_pos", "CHUNK_BYTES", "UPLOAD_FIELD"]
+           "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
@@ -56,7 +59,8 @@ _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 _POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _SID_RE = re.compile(r"([0-9]{1,16})\.[0-9a-f]{1,32}")
-_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label")
+_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label",
+               "neighbours")
 _LIMIT = 1 << 40  # no count, size or label of a real snapshot comes near it
 
 
@@ -82,19 +86,22 @@ class Manifest:
     ef_construction: int
     chunks: int
     nbytes: int
-    sections: tuple[int, int, int, int]
+    sections: tuple[int, ...]  # 4 sizes, 6 with neighbour lists
     sha256: str
     builder: str
     built_at: float
     build_seconds: float
     deleted: int = 0
     max_label: int = 0
+    neighbours: int = 0  # width of the neighbour lists; 0: the snapshot has none
     digest: str = ""
 
     def _fields(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["sections"] = list(self.sections)
         d.pop("digest")
+        if not self.neighbours:  # absent when 0: a snapshot without lists keeps the manifest (and digest) it had
+            d.pop("neighbours")
         return d
 
     def compute_digest(self) -> str:
@@ -115,9 +122,9 @@ class Manifest:
         sizes add up and the digest matches. (:meth:`check` then compares it with the space.)"""
         try:
             d = json.loads(raw)
-            if not isinstance(d, dict) or set(d) != _FIELD_NAMES:
+            if not isinstance(d, dict) or set(d) | {"neighbours"} != _FIELD_NAMES:
                 raise ValueError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}")
-            if not (isinstance(d["sections"], list) and len(d["sections"]) == 4):
+            if not (isinstance(d["sections"], list) and len(d["sections"]) == (6 if d.get("neighbours") else 4)):
                 raise ValueError("sections")
             d["sections"] = tuple(d["sections"])
             m = cls(**d)
@@ -148,8 +155,11 @@ class Manifest:
         if self.metric not in METRICS or not 1 <= self.dim <= MAX_DIM or not 2 <= self.M <= 128 \
                 or not 1 <= self.ef_construction <= 10_000:
             raise ValueError("index parameters out of bounds")
+        if not 0 <= self.neighbours <= MAX_NEIGHBOURS:
+            raise ValueError(f"neighbours={self.neighbours}")
         if sum(self.sections) != self.nbytes or self.chunks != max(1, -(-self.nbytes // CHUNK_BYTES)) \
-                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size:
+                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size \
+                or self.sections[4:] != ((4 * self.count * self.neighbours,) * 2 if self.neighbours else ()):
             raise ValueError("sizes do not add up")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256) or self.digest != self.compute_digest():
             raise ValueError("digest mismatch")
@@ -195,6 +205,7 @@ class HnswBase:
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
         manifest: Manifest, ef: int, vectors: np.ndarray | None = None,
+        neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.manifest = manifest
@@ -222,6 +233,24 @@ class HnswBase:
         self._ef = ef
         index.set_ef(ef)
         self._ef_lock = threading.Lock()
+        # neighbour lists by label: nb_labels[label] the labels of the item's nearest others (-1 past the end),
+        # nb_dists their distances, nb_len how many there are; None without lists
+        self.nb_labels: np.ndarray | None = None
+        self.nb_dists: np.ndarray | None = None
+        self.nb_len: np.ndarray | None = None
+        self.nb_complete = False  # the lists hold every other item (a partition of at most w + 1 items)
+        if neighbours is not None:
+            rows, dists = neighbours
+            w = rows.shape[1]
+            self.nb_labels = np.full((size, w), -1, dtype=np.int64)
+            self.nb_labels[self.labels] = np.where(rows >= 0, self.labels[np.maximum(rows, 0)], -1)
+            self.nb_dists = np.full((size, w), np.inf, dtype=np.float32)
+            self.nb_dists[self.labels] = dists
+            self.nb_len = np.zeros(size, dtype=np.int64)
+            self.nb_len[self.labels] = (rows >= 0).sum(axis=1)
+            self.nb_complete = w >= len(ids) - 1
+            for a in (self.nb_labels, self.nb_dists, self.nb_len):
+                a.flags.writeable = False  # shared by every query (answers copy what they return)
 
     @property
     def count(self) -> int:
@@ -236,6 +265,8 @@ class HnswBase:
     def nbytes(self) -> int:
         # hnswlib's memory, the float16 vectors, the id/label/metadata tables (~400 B an item), compiled filters
         extra = (self.vectors.nbytes if self.vectors is not None else 0) + self.masks.nbytes
+        if self.nb_labels is not None:
+            extra += self.nb_labels.nbytes + self.nb_dists.nbytes + self.nb_len.nbytes  # type: ignore[union-attr]
         return self.index_bytes + extra + 400 * len(self.ids) + (self._fields.nbytes if self._fields else 0)
 
     @property
@@ -342,23 +373,30 @@ def load_index_file(data: bytes | memoryview, metric: str, dim: int, max_element
 def pack(
     index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[Any], *, generation: int, pos: str,
     dim: int, metric: str, M: int, ef_construction: int, builder: str, build_seconds: float, deleted: int,
-    max_label: int,
+    max_label: int, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[bytes], Manifest]:
-    """Serialise a snapshot into chunks and its manifest."""
+    """Serialise a snapshot into chunks and its manifest. ``neighbours`` are the lists ``(rows, distances)``,
+    both ``(len(ids), w)``, row ``i`` for ``ids[i]`` (see the module docstring), or None for none."""
     sections = [
         index_bytes(index),
         np.ascontiguousarray(labels, dtype="<i8").tobytes(),
         json.dumps(ids, ensure_ascii=False).encode(),
         json.dumps(metas, ensure_ascii=False, separators=(",", ":")).encode(),
     ]
+    width = 0
+    if neighbours is not None and neighbours[0].shape[1] > 0:
+        rows, dists = neighbours
+        check_neighbour_lists(rows, dists, len(ids))  # never publish what readers would refuse
+        width = rows.shape[1]
+        sections += [np.ascontiguousarray(rows, dtype="<i4").tobytes(), np.ascontiguousarray(dists, "<f4").tobytes()]
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
         generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim,
         metric=metric, M=M, ef_construction=ef_construction,
-        chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
+        chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
-        build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
+        build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label, neighbours=width,
     ).sealed()
     return chunks, manifest
 
@@ -369,7 +407,7 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     The chunks stream into the checksum and the index file one by one: no copy of the whole blob is made."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
-    a, b, c, d = manifest.sections
+    a, b, c, d = manifest.sections[:4]
     check_index_header(bytes(memoryview(chunks[0])[: _HNSW_HEADER.size]), manifest)  # type: ignore[arg-type]
     digest = hashlib.sha256()
     tables = bytearray()
@@ -394,13 +432,51 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
             raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has unreadable tables: {exc}") from None
         if not (len(labels) == len(ids) == len(metas) == manifest.count):
             raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
+        lists = None
+        if manifest.neighbours:
+            start, w = b + c + d, manifest.neighbours
+            size = manifest.count * w
+            rows = np.frombuffer(tables, dtype="<i4", count=size, offset=start).reshape(manifest.count, w)
+            dists = np.frombuffer(tables, dtype="<f4", count=size, offset=start + 4 * size).reshape(manifest.count, w)
+            lists = (rows.astype(np.int64), dists.astype(np.float32))
+            try:
+                check_neighbour_lists(*lists, manifest.count)
+            except ValueError as exc:
+                raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has bad neighbour lists: {exc}") \
+                    from None
         headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
         index = _load_index(path, manifest.metric, manifest.dim, headroom, for_update)
         n_slots = int(labels.max()) + 1 if len(labels) else 0
         vectors = None if for_update else _level0(path, manifest.dim, n_slots)
     finally:
         os.unlink(path)
-    return HnswBase(index, labels, ids, metas, manifest, ef, vectors=vectors)
+    return HnswBase(index, labels, ids, metas, manifest, ef, vectors=vectors, neighbours=lists)
+
+
+def check_neighbour_lists(rows: np.ndarray, dists: np.ndarray, count: int) -> None:
+    """ValueError unless ``(rows, dists)`` are neighbour lists of ``count`` items: the same shape ``(count, w)``,
+    rows in ``[0, count)`` and never the item itself, each list a prefix followed by ``-1`` only, distances finite
+    and ascending along the prefix (``inf`` after it). A snapshot's lists are read back from Redis: an index out
+    of range would read past the tables, so a hostile list is refused before anything uses it."""
+    if rows.ndim != 2 or rows.shape != dists.shape or rows.shape[0] != count:
+        raise ValueError(f"shape {rows.shape}/{dists.shape} for {count} items")
+    if not rows.size:
+        return
+    valid = rows >= 0
+    if (rows < -1).any() or (rows >= count).any():
+        raise ValueError("a row out of range")
+    if (valid[:, 1:] & ~valid[:, :-1]).any():
+        raise ValueError("an entry after the end of a list")
+    if (rows == np.arange(count)[:, None]).any():
+        raise ValueError("an item listed as its own neighbour")
+    d = np.where(valid, dists, np.inf)
+    if not np.isfinite(dists[valid]).all() or (d[:, 1:] < d[:, :-1]).any():
+        raise ValueError("distances that are not finite and ascending")
+    ordered = np.sort(rows, axis=1)
+    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+        raise ValueError("an item listed twice")
+    if not np.isinf(dists[~valid]).all():
+        raise ValueError("a distance past the end of a list")
 
 
 def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:
