@@ -611,6 +611,7 @@ class Version:
         self.state = record.state
         self.description = record.description
         self._probes: dict[tuple[tuple[str, ...], bool], StrongProbe] = {}  # partitions -> their strong probe
+        self._plain: dict[tuple[int, str], Query] = {}  # query_by_id's Query for the default options, per (k, level)
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -1121,10 +1122,13 @@ class Version:
         k = codec.check_n_results(n_results)
         if partitions is None and where is None and ef is None and exclude is None and include == ("distances",) \
                 and consistency in CONSISTENCY_LEVELS:  # the defaults: nothing else to check (the hot path)
-            empty = _NO_VECTORS.get(self.space.dim)
-            if empty is None:
-                empty = _no_vectors(self.space.dim)
-            return id_list, Query(empty, k, None, None, None, consistency, ("distances",))
+            q = self._plain.get((k, consistency))  # a Query is immutable: one per (k, level) serves every call
+            if q is None:
+                if len(self._plain) >= 64:
+                    self._plain.clear()
+                q = self._plain[(k, consistency)] = Query(np.zeros((0, self.space.dim), np.float32), k, None, None,
+                                                          None, str(consistency), ("distances",))
+            return id_list, q
         q = Query.build(np.zeros((0, self.space.dim), np.float32), k, partitions=partitions, where=where, ef=ef,
                         consistency=consistency, include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
         return id_list, q
@@ -1157,23 +1161,26 @@ class Version:
         lists = getattr(base, "nb_labels", None)
         if lists is None:
             return None
-        overlays = _without_io(self._overlays([_Source(base, [searched[0]], None)], q, {}, False))
+        src = _Source(base, [searched[0]], None)
+        overlays = _without_io(self._overlays([src], q, {}, False))
         if overlays is None:
             return None
         ov = overlays[0]
+        # followed change logs the overlay stage attached to the source (views with ``item``, ``search``), if any
+        tails = list(getattr(src, "tails", {}).values())
         rows = []
         for id_ in id_list:
             lab = base.label.get(id_)  # type: ignore[union-attr]
-            if lab is None or id_ in ov:
+            if lab is None or id_ in ov or any(id_ in t for t in tails):
                 return None  # not in this snapshot, or changed since: the general path finds its vector
-            row = _from_list(base, lab, id_, ov, q)
+            row = _from_list(base, lab, id_, ov, q, tails)
             if row is None:
                 return None
             rows.append(row)
         if ex is not None:
             ex.steps.append(Step(f"partition {searched[0]}: {base.describe()}", "neighbour list",  # type: ignore
                                  base.count, base.count, int(base.nb_len[lab])))  # type: ignore[union-attr]
-            ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None)
+            ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None) + sum(t.n_live for t in tails)
         k = q.k
         if len(rows) == 1 and len(rows[0][1]) == k:
             res = QueryResult(ids=[rows[0][0]], distances=rows[0][1].reshape(1, k).copy(), metric=self.space.metric)
@@ -1181,8 +1188,7 @@ class Version:
             res = QueryResult(ids=[r[0] for r in rows], distances=_pad([r[1] for r in rows], k),
                               metric=self.space.metric)
         if "metadatas" in q.include:
-            res.metadatas = [[ov[i].metadata if i in ov else base.metadata(i) for i in row]  # type: ignore
-                             for row in res.ids]
+            res.metadatas = [[_metadata(i, ov, tails, base) for i in row] for row in res.ids]
         return res
 
     def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
@@ -1435,39 +1441,47 @@ def _merge_overlay(into: Overlay, ov: Overlay) -> None:
         into[id_] = it
 
 
-_NO_VECTORS: dict[int, np.ndarray] = {}  # an empty (0, dim) query matrix per dim: query_by_id's Query holds one
-
-
-def _no_vectors(dim: int) -> np.ndarray:
-    empty = np.zeros((0, dim), np.float32)
-    empty.flags.writeable = False
-    _NO_VECTORS[dim] = empty
-    return empty
-
-
-def _from_list(base: Any, lab: int, own: str, ov: Overlay, q: Query) -> tuple[list[str], np.ndarray] | None:
-    """One row of a neighbour-list answer (see :meth:`Version._listed`), None when the list falls short."""
+def _from_list(base: Any, lab: int, own: str, ov: Overlay, q: Query,
+               tails: Sequence[Any] = ()) -> tuple[list[str], np.ndarray] | None:
+    """One row of a neighbour-list answer (see :meth:`Version._listed`), None when the list falls short.
+    ``ov`` is the query's overlay, ``tails`` the followed change logs under it (the overlay wins over them)."""
     k, n = q.k, int(base.nb_len[lab])
     labs, dists = base.nb_labels[lab, :n], base.nb_dists[lab, :n]
-    if not ov and not q.exclude and q.where is None:  # the common case: the list's head is the answer
+    if not ov and not tails and not q.exclude and q.where is None:  # the common case: the list's head
         if n < k and not base.nb_complete:
             return None
         return base.id_of[labs[:k]].tolist(), dists[:k]
     ids = base.id_of[labs].tolist()
     pred = q.where.predicate if q.where is not None else None
     keep = [j for j, (i, lb) in enumerate(zip(ids, labs.tolist())) if i not in ov and i not in q.exclude
-            and (pred is None or pred(base.meta_of[lb]))]
+            and not any(i in t for t in tails) and (pred is None or pred(base.meta_of[lb]))]
     if len(keep) < k and not base.nb_complete:
         return None  # items beyond the list may rank before what is left: search the graph
     keep = keep[:k]
-    listed: Ranked = ([ids[j] for j in keep], dists[keep])
+    parts: list[Ranked] = [([ids[j] for j in keep], dists[keep])]
     extra = [(i, it) for i, it in ov.items() if it.vector is not None and i != own and i not in q.exclude
              and (pred is None or pred(it.metadata))]
-    if not extra:
-        return listed
-    mat = np.stack([it.vector for _, it in extra]).astype(np.float32)  # type: ignore[misc]
-    found, d = exact_search(mat, base.vector(own)[None, :], k, base.metric)
-    return merge_ranked([listed, ([extra[j][0] for j in found[0]], d[0])], k)
+    if not extra and not any(t.n_live for t in tails):
+        return parts[0]
+    vec = base.vector(own)[None, :]  # hnswlib's float32 copy: the exact distances the graph path would give
+    if extra:
+        mat = np.stack([it.vector for _, it in extra]).astype(np.float32)  # type: ignore[misc]
+        found, d = exact_search(mat, vec, k, base.metric)
+        parts.append(([extra[j][0] for j in found[0]], d[0]))
+    hidden = q.exclude | ov.keys() | {own}
+    parts += [t.search(vec, k, q.where, hidden)[0] for t in tails if t.n_live]
+    return merge_ranked(parts, k)
+
+
+def _metadata(id_: str, ov: Overlay, tails: Sequence[Any], base: Any) -> dict[str, Any] | None:
+    """An answer's metadata, from the newest place that holds the id (overlay, followed log, snapshot)."""
+    if id_ in ov:
+        return ov[id_].metadata
+    for t in tails:
+        it = t.item(id_)
+        if it is not None:
+            return it.metadata
+    return base.metadata(id_)
 
 
 def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResult:
