@@ -214,11 +214,11 @@ def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report:
             v.query(probe, 10, consistency=level)
             t.append(time.perf_counter() - t0)
         report.latency_us[level] = round(float(np.median(t)) * 1e6, 1)
-    famous_id = [str(by_title[FAMOUS[0]])]
+    probe_id = [str(by_title[FAMOUS[0]])]
     t = []
     for _ in range(200):
         t0 = time.perf_counter()
-        v.query_by_id(famous_id, 10, consistency="eventual")
+        v.query_by_id(probe_id, 10, consistency="eventual")
         t.append(time.perf_counter() - t0)
     report.similar_us = round(float(np.median(t)) * 1e6, 1)
     if not quiet:

@@ -149,10 +149,28 @@ class Run:
         for w in WIDTHS:
             res = versions[w].query_by_id([ids[int(j)] for j in probes], K, consistency="eventual")
             rec[f"neighbours={w}"] = recall(res.ids, truth, row_of)
+        stages = self.stages(listed, [ids[int(j)] for j in probes])
         # an incremental build: 2 % deleted, 2 % replaced, 5 % new (from the rows past n, or jittered copies)
         inc = self.incremental(label, listed, x, ids, rng)
         return {"n": n, "dim": x.shape[1], "raw_build_s": raw_build, "builds": builds, "latency": lat,
-                "recall": rec, "incremental": inc}
+                "recall": rec, "incremental": inc, "stages": stages}
+
+    def stages(self, v: Any, probe_ids: list[str]) -> dict[str, float]:
+        """Where a neighbour-list query_by_id spends its time: median us of each stage, called as query_by_id
+        calls them (interleaved, the same probes)."""
+        from embcache.core import codec
+
+        q = v._by_id_query([probe_ids[0]], K, None, None, None, "eventual", ("distances",), None)[1]
+        runners: dict[str, Callable[[Any], Any]] = {
+            "validation (check_ids, check_n_results)": lambda i: (codec.check_ids([i], allow_duplicates=True),
+                                                                   codec.check_n_results(K)),
+            "validation + Query (_by_id_query)": lambda i: v._by_id_query([i], K, None, None, None, "eventual",
+                                                                          ("distances",), None),
+            "list lookup + overlay stage + result (_listed)": lambda i: v._listed([i], q),
+            "query_by_id, all of it": lambda i: v.query_by_id([i], K, consistency="eventual"),
+        }
+        lat = interleaved_latency(runners, np.asarray(probe_ids, dtype=object), self.a.rounds, 20)
+        return {name: pct(samples, 50) * 1e6 for name, samples in lat.items()}
 
     def incremental(self, label: str, v: Any, x: np.ndarray, ids: list[str], rng: np.random.Generator) -> dict:
         n = len(ids)
@@ -231,6 +249,9 @@ def report(a: argparse.Namespace, results: dict[str, dict[str, Any]], started: s
             b = r["builds"][w]
             lines.append(f"| {w} | {b['build_s']:.1f} | {b['snapshot_mb']:.1f} | {b['lists_mb']:.1f} | "
                          f"{r['recall'][f'neighbours={w}']:.3f} |")
+        lines += ["", "Where a neighbour-list `query_by_id` spends its time (median us of each stage, interleaved):",
+                  "", "| stage | p50 us |", "|---|---|"]
+        lines += [f"| {name} | {us:.1f} |" for name, us in r["stages"].items()]
         inc = r["incremental"]
         lines += ["", f"- raw hnswlib build of the same items (this process, all cores): {r['raw_build_s']:.1f} s",
                   f"- incremental build of neighbours=30 after {inc['changes']}: {inc['kind']}, {inc['seconds']:.1f} s;"

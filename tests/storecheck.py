@@ -98,7 +98,8 @@ def raw_client(url: str) -> redis.Redis | RedisCluster:
     return redis.Redis.from_url(url)
 
 
-def _node_urls(url: str) -> list[str]:
+def node_urls(url: str) -> list[str]:
+    """The URL of every primary behind ``url`` (itself when it is not a cluster)."""
     if not is_cluster_url(url):
         return [url]
     with RedisCluster.from_url(url) as rc:
@@ -111,7 +112,7 @@ def db_snapshot(url: str) -> dict[str, Any]:
     TTLs are recorded as -1 (none) or "expiring" (their exact value ticks; a changed TTL state still shows).
     """
     snap: dict[str, Any] = {}
-    for node_url in sorted(_node_urls(url)):
+    for node_url in sorted(node_urls(url)):
         with redis.Redis.from_url(node_url) as r:
             keys: dict[bytes, tuple[bytes | None, object]] = {}
             for key in r.scan_iter(count=1000):

@@ -624,6 +624,7 @@ class Version:
         self.state = record.state
         self.description = record.description
         self._probes: dict[tuple[tuple[str, ...], bool], StrongProbe] = {}  # partitions -> their strong probe
+        self._plain: dict[tuple[int, str], Query] = {}  # query_by_id's Query for the default options, per (k, level)
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -665,7 +666,7 @@ class Version:
             mat = codec.normalise(mat)
         blobs = codec.encode_vectors(mat, self.space.dtype)
         hub, store = self.hub, self.hub.store
-        yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
+        claim = yield from self._refuse_ids_elsewhere(partition, id_list)  # before registering: a refusal adds nothing
         pid = self._pid(partition)
         added = yield from hub.partitions.register(pid)
         try:
@@ -676,6 +677,8 @@ class Version:
             if added:
                 yield from hub.partitions.unregister_empty(pid)
             raise
+        if claim:
+            yield from self._claim(partition, id_list)
         yield from self._mark_dirty(partition)
         if len(id_list) > SESSION_ITEMS:
             hub.session.remember(pid, {}, pos, overflow=True)  # a bulk load: session reads the log tail instead
@@ -707,8 +710,30 @@ class Version:
             if pos is not None:
                 yield from self._mark_dirty(p)
                 self.hub.session.remember(self._pid(p), {i: OverlayItem(pos, None, None) for i in gone}, pos)
+                if gone:
+                    yield from self._unclaim(p, gone)
             total += len(gone)
         return total
+
+    def _claim(self, partition: str, ids: list[str]) -> Plan[None]:
+        """Record the written ids in the owners map. A failure is logged, not raised: the write committed, and
+        the partition's next build claims them (until then an upsert elsewhere is checked against the map only)."""
+        store = self.hub.store
+        try:
+            yield from store.claim.plan(store, self.space.name, self.name, partition, ids)
+        except EmbcacheError as exc:
+            _log.warning("wrote to %s/%s/%s, but could not claim the ids in the owners map: %s", self.space.name,
+                         self.name, partition, exc)
+
+    def _unclaim(self, partition: str, ids: list[str]) -> Plan[None]:
+        """Drop deleted ids from the owners map. A failure is logged, not raised: the delete committed, and a stale
+        claim only costs the next upsert of the id elsewhere one lookup."""
+        store = self.hub.store
+        try:
+            yield from store.unclaim.plan(store, self.space.name, self.name, partition, ids)
+        except EmbcacheError as exc:
+            _log.warning("deleted from %s/%s/%s, but the owners map kept the claims: %s", self.space.name, self.name,
+                        partition, exc)
 
     def _mark_dirty(self, partition: str) -> Plan[None]:
         """Ask for a build after a write that committed. A refused mark (memory limit, outage) is logged, not
@@ -790,19 +815,34 @@ class Version:
             out.append(st)
         return out
 
-    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[None]:
-        # a principal limited to some partitions can only check those (it cannot see the others)
+    def _refuse_ids_elsewhere(self, partition: str, ids: list[str]) -> Plan[bool]:
+        """Refuse ids that live in another partition, in round trips that do not grow with the version's
+        partitions: one read of the version's owners map, then at most one lookup where it points (claims are
+        hints: a claim by another partition is verified there). When the map cannot answer (see
+        :class:`~embcache.redis.store.Claim`), and for a principal limited to some partitions (it may not read
+        the map), every partition it can see is asked. Returns whether to claim the ids once they are written."""
         store = self.hub.store
-        for p in (yield from self._partitions_arg(None)):
-            if p == partition:
-                continue
-            there = yield from store.existing.plan(store, self._pk(p), ids)
-            found = [i for i, t in zip(ids, there) if t]
-            if found:
-                raise InvalidInput(
-                    f"id {found[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
-                    "an item lives in one partition: delete it there first"
-                )
+        others = None
+        if self.space.allowed_partitions() is None:
+            others = (yield from store.owners_check.plan(store, self.space.name, self.name, partition, ids)).others
+        ask: dict[str, list[str]] = {}
+        if others is None:
+            ask = {p: ids for p in (yield from self._partitions_arg(None)) if p != partition}
+        else:
+            for i, owner in others.items():
+                if owner:  # "": a claim that names no partition, stale by definition
+                    ask.setdefault(owner, []).append(i)
+        if ask:
+            names = sorted(ask)
+            there = yield from store.existing.plan(store, [(self._pk(p), ask[p]) for p in names])
+            for p, found in zip(names, there):
+                hits = [i for i, t in zip(ask[p], found) if t]
+                if hits:
+                    raise InvalidInput(
+                        f"id {hits[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
+                        "an item lives in one partition: delete it there first"
+                    )
+        return others is not None
 
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:
@@ -1106,10 +1146,13 @@ class Version:
         k = codec.check_n_results(n_results)
         if partitions is None and where is None and ef is None and exclude is None and include == ("distances",) \
                 and consistency in CONSISTENCY_LEVELS:  # the defaults: nothing else to check (the hot path)
-            empty = _NO_VECTORS.get(self.space.dim)
-            if empty is None:
-                empty = _no_vectors(self.space.dim)
-            return id_list, Query(empty, k, None, None, None, consistency, ("distances",))
+            q = self._plain.get((k, consistency))  # a Query is immutable: one per (k, level) serves every call
+            if q is None:
+                if len(self._plain) >= 64:
+                    self._plain.clear()
+                q = self._plain[(k, consistency)] = Query(np.zeros((0, self.space.dim), np.float32), k, None, None,
+                                                          None, str(consistency), ("distances",))
+            return id_list, q
         q = Query.build(np.zeros((0, self.space.dim), np.float32), k, partitions=partitions, where=where, ef=ef,
                         consistency=consistency, include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
         return id_list, q
@@ -1147,7 +1190,8 @@ class Version:
         if overlays is None:
             return None
         ov = overlays[0]
-        tails = list(src.tails.values())  # the follower's changes: newer than the lists, older than ``ov``
+        # followed change logs the overlay stage attached to the source (views with ``item``, ``search``), if any
+        tails = list(getattr(src, "tails", {}).values())
         rows = []
         for id_ in id_list:
             lab = base.label.get(id_)  # type: ignore[union-attr]
@@ -1160,8 +1204,7 @@ class Version:
         if ex is not None:
             ex.steps.append(Step(f"partition {searched[0]}: {base.describe()}", "neighbour list",  # type: ignore
                                  base.count, base.count, int(base.nb_len[lab])))  # type: ignore[union-attr]
-            ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None)
-            ex.overlay_items += sum(t.n_live for t in tails)
+            ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None) + sum(t.n_live for t in tails)
         k = q.k
         if len(rows) == 1 and len(rows[0][1]) == k:
             res = QueryResult(ids=[rows[0][0]], distances=rows[0][1].reshape(1, k).copy(), metric=self.space.metric)
@@ -1169,8 +1212,7 @@ class Version:
             res = QueryResult(ids=[r[0] for r in rows], distances=_pad([r[1] for r in rows], k),
                               metric=self.space.metric)
         if "metadatas" in q.include:
-            where_is = _locator([base], [ov], [src.tails])
-            res.metadatas = [[where_is(i, "metadata") for i in row] for row in res.ids]
+            res.metadatas = [[_metadata(i, ov, tails, base) for i in row] for row in res.ids]
         return res
 
     def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
@@ -1459,20 +1501,10 @@ def _merge_overlay(into: Overlay, ov: Overlay) -> None:
         into[id_] = it
 
 
-_NO_VECTORS: dict[int, np.ndarray] = {}  # an empty (0, dim) query matrix per dim: query_by_id's Query holds one
-
-
-def _no_vectors(dim: int) -> np.ndarray:
-    empty = np.zeros((0, dim), np.float32)
-    empty.flags.writeable = False
-    _NO_VECTORS[dim] = empty
-    return empty
-
-
 def _from_list(base: Any, lab: int, own: str, ov: Overlay, q: Query,
-               tails: Sequence[TailView] = ()) -> tuple[list[str], np.ndarray] | None:
+               tails: Sequence[Any] = ()) -> tuple[list[str], np.ndarray] | None:
     """One row of a neighbour-list answer (see :meth:`Version._listed`), None when the list falls short.
-    ``tails``: the follower's views of the partition (their ids are hidden in the list, their items merged)."""
+    ``ov`` is the query's overlay, ``tails`` the followed change logs under it (the overlay wins over them)."""
     k, n = q.k, int(base.nb_len[lab])
     labs, dists = base.nb_labels[lab, :n], base.nb_dists[lab, :n]
     if not ov and not tails and not q.exclude and q.where is None:  # the common case: the list's head
@@ -1486,20 +1518,30 @@ def _from_list(base: Any, lab: int, own: str, ov: Overlay, q: Query,
     if len(keep) < k and not base.nb_complete:
         return None  # items beyond the list may rank before what is left: search the graph
     keep = keep[:k]
-    listed: Ranked = ([ids[j] for j in keep], dists[keep])
+    parts: list[Ranked] = [([ids[j] for j in keep], dists[keep])]
     extra = [(i, it) for i, it in ov.items() if it.vector is not None and i != own and i not in q.exclude
              and (pred is None or pred(it.metadata))]
     if not extra and not any(t.n_live for t in tails):
-        return listed
-    vec = base.vector(own)[None, :]
-    ranked = [listed]
+        return parts[0]
+    vec = base.vector(own)[None, :]  # hnswlib's float32 copy: the exact distances the graph path would give
     if extra:
         mat = np.stack([it.vector for _, it in extra]).astype(np.float32)  # type: ignore[misc]
         found, d = exact_search(mat, vec, k, base.metric)
-        ranked.append(([extra[j][0] for j in found[0]], d[0]))
-    hidden = set(q.exclude) | set(ov) | {own}
-    ranked += [t.search(vec, k, q.where, hidden)[0] for t in tails if t.n_live]
-    return merge_ranked(ranked, k)
+        parts.append(([extra[j][0] for j in found[0]], d[0]))
+    hidden = q.exclude | ov.keys() | {own}
+    parts += [t.search(vec, k, q.where, hidden)[0] for t in tails if t.n_live]
+    return merge_ranked(parts, k)
+
+
+def _metadata(id_: str, ov: Overlay, tails: Sequence[Any], base: Any) -> dict[str, Any] | None:
+    """An answer's metadata, from the newest place that holds the id (overlay, followed log, snapshot)."""
+    if id_ in ov:
+        return ov[id_].metadata
+    for t in tails:
+        it = t.item(id_)
+        if it is not None:
+            return it.metadata
+    return base.metadata(id_)
 
 
 def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResult:

@@ -27,6 +27,7 @@ Layout (default prefix ``emb``)::
     emb:{movies/v1}:vgraph:4.a1b2c3:0         string chunk 0 of version graph 4.a1b2c3
     emb:{movies/v1}:vglease                   string held (with a TTL) by the worker updating the version graph
     emb:{movies/v1}:vgdirty                   string set when a partition build found the version graph busy
+    emb:{movies/v1}:owners                    hash   item id -> the partition holding it (hints; '' = complete map)
 
 The text between braces is the Redis Cluster hash tag: every key of one partition of one version lives in one
 slot, so a partition's writes are atomic even on a cluster, and every space-level key lives in the space's slot.
@@ -54,7 +55,8 @@ _HUB_KINDS = frozenset({"spaces", "principals", "dispatcher"})
 _SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "grants", "events"})
 _SPACE_NAMED_KINDS = frozenset({"alias", "parts", "vstate"})  # followed by one name
 _PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap", "lease", "sealed"})
-_VERSION_KINDS = {"vgraph": "version_graph", "vglease": "version_graph_lease", "vgdirty": "version_graph_dirty"}
+_VERSION_KINDS = {"vgraph": "version_graph", "vglease": "version_graph_lease", "vgdirty": "version_graph_dirty",
+                  "owners": "owners"}
 _SNAPSHOT_ID_RE = re.compile(r"[0-9]+(\.[0-9a-z]+)?")  # generation, then the build's nonce
 
 
@@ -236,6 +238,17 @@ class Keys:
     def version_graph_dirty(self, space: str, version: str) -> str:
         """Set by a partition build that found the version graph's lease taken: its holder builds again."""
         return self._version(space, version, "vgdirty")
+
+    def owners(self, space: str, version: str) -> str:
+        """Hash item id -> the partition that claimed it (emb_claim), so an upsert checks every other partition
+        of the version in one call; the field ``''`` says the map covers the version since its creation. It lives
+        under the version's tag, outside what a partition-limited principal may read (it names every item)."""
+        return self._version(space, version, "owners")
+
+    def owners_pattern(self, space: str) -> str:
+        """Glob over the owners maps of every version of ``space`` (for ACL)."""
+        check_name(space, "space name")
+        return f"{self.prefix}:{{{space}/*}}:owners"
 
     def version_graph_pattern(self, space: str) -> str:
         """Glob over the version graphs (manifests and chunks) of every version of ``space`` (for ACL)."""

@@ -107,8 +107,10 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     """The ACL selectors of one grant.
 
     Each write command is allowed only on the key kinds it is meant for (``HSET`` on hashes, ``XADD`` on the
-    log, ``SADD`` on the partition lists, ``ZADD`` on the dirty set), so a principal cannot create one of its
-    keys with the wrong type (a hash where the dispatcher expects a sorted set). ``FCALL`` asks read and write
+    log, ``SADD`` on the partition lists, ``ZADD`` on the dirty set, ``HSET``/``HDEL`` on the owners maps), so
+    a principal cannot create one of its keys with the wrong type (a hash where the dispatcher expects a sorted
+    set). The owners maps and version graphs name every item of a version: only principals granted every
+    partition may read or write them. ``FCALL`` asks read and write
     access to every key it is given, so one selector gives it (and nothing else) all the keys the role's
     functions take; each ``redis.call`` inside is then checked against the selectors of its own command.
     Admins get ``SETNX`` and ``APPEND`` on the state strings and never ``SET`` or ``DEL``: sealing cannot be
@@ -121,8 +123,9 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     def sel(patterns: list[str], commands: list[str]) -> str:
         return "(" + " ".join([f"%RW~{k}" for k in patterns] + commands) + ")"
 
-    # the version graph spans every partition: readable only by principals granted them all
-    graphs = [f"%R~{keys.version_graph_pattern(s)}"] if grant.partitions is None else []
+    # the version graph and the owners map span every partition: readable only by principals granted them all
+    graphs = [f"%R~{keys.version_graph_pattern(s)}", f"%R~{keys.owners_pattern(s)}"] if grant.partitions is None \
+        else []
     read = "(" + " ".join([f"%R~{space}*"] + [f"%R~{b}*" for b in bases] + graphs + _READ) + ")"
     # XREAD (the follower's one blocking read for all its partitions) on the granted partitions' logs only
     follow = "(" + " ".join([f"%R~{b}log" for b in bases] + ["+xread"]) + ")"
@@ -137,6 +140,9 @@ def _selectors(keys: Keys, grant: Grant) -> list[str]:
     stamp = []  # SETNX / APPEND: create or extend, never overwrite
     selectors = [read, follow, sel(part("vec", "meta"), ["+hset", "+hdel"]), sel(part("log"), ["+xadd"]),
                  sel([f"{space}parts:*"], ["+sadd"]), sel([keys.dirty(s)], ["+zadd"])]
+    if grant.partitions is None:  # the owners maps name every item: only for principals granted all partitions
+        fcall.append(keys.owners_pattern(s))
+        selectors.append(sel([keys.owners_pattern(s)], ["+hset", "+hdel"]))
     if grant.role == "admin":
         fcall += [keys.versions(s), keys.seq(s), keys.aliases(s), f"{space}alias:*"]
         hset += [keys.versions(s), keys.aliases(s)]

@@ -23,7 +23,9 @@ from ..core.errors import (
     EmbcacheError,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     SpaceNotFound,
+    Unavailable,
     VersionNotFound,
 )
 from ..core.keys import NAME_PATTERN, check_name
@@ -232,8 +234,19 @@ class Catalogue:
                 )
             except Conflict:
                 continue
+            self._start_owners_map(space, _d(created) or chosen)
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
+
+    def _start_owners_map(self, space: str, version: str) -> None:
+        """Mark the new version's owners map complete (its '' field), so upserts check other partitions with one
+        call. It is another slot than the version record, so this is a second step: if it fails (an admin limited
+        to some partitions may not write the map), the version works as one from before maps did."""
+        try:
+            with translate_errors(f"create version in {space}"):
+                self.r.hset(self.k.owners(space, version), "", "complete")
+        except (PermissionDenied, Unavailable) as exc:
+            log.warning("version %s/%s: no owners map (%s); upserts will ask every partition", space, version, exc)
 
     def drop_version(self, space: str, version: str) -> None:
         """Delete a version: its partitions' data and snapshots first, then its dirty marks, its place in the
@@ -251,6 +264,7 @@ class Catalogue:
             for alias in self.r.hkeys(k.aliases(space)):
                 self.r.lrem(k.alias_history(space, alias.decode()), 0, version)
             self.r.delete(k.parts(space, version), k.vstate(space, version))
+            self.r.delete(k.owners(space, version))  # another slot than the two above
             self.r.hdel(k.versions(space), version)
 
     @planned

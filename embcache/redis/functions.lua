@@ -388,6 +388,37 @@ local function create_version(keys, args)
   return name
 end
 
+-- The owners map of a version (id -> partition) lets an upsert check that its ids live nowhere else with one
+-- read, however many partitions the version has (embcache/redis/store.py: owners_check, claim). Its claims are
+-- hints that the client verifies; this function is the one step that must be atomic: dropping a deleted id's
+-- claim only while it still names the partition it was deleted from. The map lives under the version's tag.
+local function owners_key(keys)
+  return #keys == 1 and string.match(keys[1], ':{[^{}/]+/[^{}/]+}:owners$') ~= nil
+end
+
+-- KEYS: owners. ARGV: a partition, then 1..1000 ids deleted from it: their claims go, unless another partition
+-- has claimed them meanwhile. Returns how many claims were removed.
+local function unclaim(keys, args)
+  if not owners_key(keys) then
+    return bad('emb_unclaim takes 1 key (a version\'s owners map)')
+  end
+  if #args < 2 or #args > MAX_ITEMS + 1 or not valid_name(args[1]) then
+    return bad('emb_unclaim: ARGV is a partition, then 1..' .. MAX_ITEMS .. ' ids')
+  end
+  for i = 2, #args do
+    if not stored_id(args[i]) then
+      return bad('emb_unclaim: invalid id')
+    end
+  end
+  local gone = 0
+  for i = 2, #args do
+    if redis.call('HGET', keys[1], args[i]) == args[1] then
+      gone = gone + redis.call('HDEL', keys[1], args[i])
+    end
+  end
+  return gone
+end
+
 -- KEYS: vstate, parts. ARGV: partition. Adds the partition to an open version. The state is a plain string:
 -- writers may pass it to this function (FCALL wants write access to every key it is given) but hold no
 -- command that could change a string.
@@ -553,6 +584,7 @@ redis.register_function('emb_delete', delete)
 redis.register_function{function_name='emb_get', callback=get, flags={'no-writes'}}
 redis.register_function{function_name='emb_tail', callback=tail, flags={'no-writes'}}
 redis.register_function('emb_create_version', create_version)
+redis.register_function('emb_unclaim', unclaim)
 redis.register_function('emb_register', register)
 redis.register_function('emb_seal', seal)
 redis.register_function('emb_sealed', sealed_done)

@@ -8,6 +8,7 @@ server has an ACL file (the embedded server has one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import redis.cluster
 from redis import exceptions as rexc
 
-from ..core.errors import InvalidInput, PrincipalNotFound
+from ..core.errors import InvalidInput, InvalidName, PrincipalNotFound
 from .acl import (
     Credentials,
     Grant,
@@ -93,10 +94,22 @@ class Principals:
                 rec = {"hash": hash_secret(secret), "grants": {}, "created": time.time()}
             if rec.get("worker"):
                 raise InvalidInput(f"{name!r} is the worker principal; choose another name")
+            old = rec["grants"].get(grant.space)
             rec["grants"][grant.space] = grant.as_dict()
             persisted = self._apply(name, rec)
             self.r.hset(self.k.grants(grant.space), name, json.dumps(grant.as_dict()))
+            if old != grant.as_dict():
+                self._owners_maps_incomplete(grant.space, old)
         return Credentials(name, secret, persisted)
+
+    def _owners_maps_incomplete(self, space: str, old: Any) -> None:
+        """A partition-limited writer or admin lost its grant: the ids it wrote are in no version's owners map (it
+        could not write them), so mark every version's map as incomplete (upserts then ask every partition)."""
+        if not (isinstance(old, dict) and old.get("role") in ("writer", "admin") and old.get("partitions")):
+            return
+        for v in self.r.hkeys(self.k.versions(space)):
+            with contextlib.suppress(InvalidName):
+                self.r.hdel(self.k.owners(space, v.decode(errors="replace")), "")
 
     def revoke(self, name: str, space: str | None = None) -> None:
         """Remove ``name``'s grant on ``space`` (all grants and the user itself when ``space`` is None)."""
@@ -109,8 +122,9 @@ class Principals:
             if space is not None and space not in rec["grants"]:
                 raise PrincipalNotFound(f"principal {name!r} has no grant on space {space!r}")
             for s in spaces:
-                rec["grants"].pop(s, None)
+                old = rec["grants"].pop(s, None)
                 self.r.hdel(self.k.grants(s), name)
+                self._owners_maps_incomplete(s, old)
             if rec["grants"] or (rec.get("worker") and space is not None):
                 self._apply(name, rec)
             else:

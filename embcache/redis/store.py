@@ -41,7 +41,7 @@ from ..core.errors import (
     Unavailable,
     VersionSealed,
 )
-from ..core.keys import Keys, PartitionKeys
+from ..core.keys import NAME_PATTERN, Keys, PartitionKeys
 from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "client_options", "translate_errors", "before_send",
@@ -53,6 +53,7 @@ LIB_CODE = _LIB_TEMPLATE.replace("__LIB_VERSION__", LIB_VERSION)
 log = logging.getLogger("embcache.store")
 
 T = TypeVar("T")
+_NAME = re.compile(NAME_PATTERN)
 WRITE_CHUNK_ITEMS = 1000  # items per FCALL: bounds argument lists; a partition's chunks commit in one MULTI/EXEC
 WRITE_CHUNK_BYTES = 8 << 20
 READ_CHUNK_ITEMS = 4000  # ids per emb_get call: Lua's unpack() takes at most ~8000 values
@@ -246,6 +247,29 @@ def _s(x: bytes | str | None) -> str | None:
     return x.decode() if isinstance(x, bytes) else x
 
 
+def _limited_writers(grants: dict[bytes, bytes]) -> bool:
+    for g in grants.values():
+        try:
+            rec = json.loads(g)
+            if rec.get("role") in ("writer", "admin") and rec.get("partitions") is not None:
+                return True
+        except (ValueError, AttributeError):
+            return True  # a grant that cannot be read might be a limited writer's: assume one
+    return False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Store.owners_check` found.
+
+    ``others``: id -> the other partition that claims it, ``""`` for a claim that names no valid partition;
+    None when the map cannot answer: it is not complete (a version from before owners maps, or one whose map a
+    revoked partition-limited writer left incomplete), or the space has writers limited to some partitions
+    (they may not write the map, so their ids are not in it)."""
+
+    others: dict[str, str] | None
+
+
 class Store:
     """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
 
@@ -344,11 +368,50 @@ class Store:
         return gone, positions[-1] if positions else None
 
     @planned
-    def existing(self, pk: PartitionKeys, ids: list[str]) -> Plan[list[bool]]:
-        """Which of ``ids`` exist in the partition."""
+    def owners_check(self, space: str, version: str, partition: str, ids: list[str]) -> Plan[Claim]:
+        """The claims on ``ids`` in the version's owners map that name another partition, read with what a
+        caller needs to trust them in one round trip: whether the map is complete and the space's grants.
+        Writes nothing (a write refused afterwards must leave the database as it was)."""
+        owners = self.keys.owners(space, version)
+        calls = [Call("hexists", owners, ""), Call("hgetall", self.keys.grants(space))]
+        calls += [Call("hmget", owners, *ids[i : i + READ_CHUNK_ITEMS]) for i in range(0, len(ids), READ_CHUNK_ITEMS)]
+        with translate_errors("upsert"):
+            complete, grants, *claims = yield Batch(calls)
+        if not complete or _limited_writers(grants):
+            return Claim(None)
+        owner = [o.decode(errors="replace") if isinstance(o, bytes) else o for chunk in claims for o in chunk]
+        # a full writer may HSET the map by hand: an owner that is no partition name is no owner ("")
+        return Claim({i: o if _NAME.fullmatch(o) else ""
+                      for i, o in zip(ids, owner) if o is not None and o != partition})
+
+    @planned
+    def claim(self, space: str, version: str, partition: str, ids: list[str]) -> Plan[None]:
+        """Record in the version's owners map that ``partition`` holds ``ids`` (after they were written)."""
+        owners = self.keys.owners(space, version)
+        calls = [Call("hset", owners, mapping={i: partition for i in ids[j : j + WRITE_CHUNK_ITEMS]})
+                 for j in range(0, len(ids), WRITE_CHUNK_ITEMS)]
+        with translate_errors("upsert", write=True):
+            yield Batch(calls)
+
+    @planned
+    def unclaim(self, space: str, version: str, partition: str, ids: list[str]) -> Plan[None]:
+        """Drop the claims of ``partition`` on ``ids`` (deleted from it) from the version's owners map."""
+        owners = self.keys.owners(space, version)
+        calls = [Call("fcall", "emb_unclaim", 1, owners, partition, *ids[i : i + WRITE_CHUNK_ITEMS])
+                 for i in range(0, len(ids), WRITE_CHUNK_ITEMS)]
+        with translate_errors("delete", write=True):
+            yield Batch(calls)
+
+    @planned
+    def existing(self, asks: list[tuple[PartitionKeys, list[str]]]) -> Plan[list[list[bool]]]:
+        """For each (partition, ids): which of the ids exist there; all in one round trip."""
         with translate_errors("lookup"):
-            res = yield Batch([Call("hexists", pk.vec, i) for i in ids])
-        return [bool(x) for x in res]
+            res = yield Batch([Call("hexists", pk.vec, i) for pk, ids in asks for i in ids])
+        out, at = [], 0
+        for _, ids in asks:
+            out.append([bool(x) for x in res[at : at + len(ids)]])
+            at += len(ids)
+        return out
 
     @planned
     def read_items(self, pk: PartitionKeys, ids: list[str]) -> Plan[tuple[list[bytes | None], list[bytes | None]]]:

@@ -31,7 +31,7 @@ from embcache import (
 )
 from embcache.core.errors import ItemNotFound, PartitionNotFound, SpaceNotFound, VersionNotFound
 from embcache.redis.server import RedisServer, ensure_embedded, find_redis_server, free_port
-from tests.storecheck import assert_db_unchanged, assert_knn, brute_distances, db_snapshot, raw_client
+from tests.storecheck import assert_db_unchanged, assert_knn, brute_distances, db_snapshot, node_urls, raw_client
 
 FAST = 0.05  # refresh interval: Hub.close() waits for the refresher thread, which sleeps up to this long
 
@@ -66,12 +66,12 @@ def test_one_upsert_call_is_observed_all_or_nothing(hub: embcache.Hub, any_redis
     ids, x = _items(2, 3000, 64)
     pk = hub.keys.partition("atomic", v.name, "p")
 
-    def observe(write: Callable[[], None]) -> tuple[list[int], int]:
+    def observe(write: Callable[[list[int]], None]) -> tuple[list[int], int]:
         seen: list[int] = []
         during = 0
         stop = threading.Event()
         started = threading.Event()
-        writer = threading.Thread(target=write)
+        writer = threading.Thread(target=write, args=(seen,))
 
         def watch() -> None:
             nonlocal during
@@ -93,17 +93,20 @@ def test_one_upsert_call_is_observed_all_or_nothing(hub: embcache.Hub, any_redis
         watcher.join()
         return seen, during
 
-    seen, during = observe(lambda: v.upsert(ids, x, partition="p"))
+    seen, during = observe(lambda _: v.upsert(ids, x, partition="p"))
     assert during > 0, "the observer took no sample while the write ran"
     assert set(seen) == {500, 3500}, f"counts observed in between: {sorted(set(seen) - {500, 3500})}"
 
     v.delete(ids, partition="p")
     assert v.count() == 500
 
-    def three_calls() -> None:
+    def three_calls(seen: list[int]) -> None:
         for s in (slice(0, 1000), slice(1000, 2000), slice(2000, 3000)):
             v.upsert(ids[s], x[s], partition="p")
-            time.sleep(0.02)
+            # wait until the observer has sampled this state (a fixed sleep missed it on a loaded machine)
+            n, deadline = len(seen), time.monotonic() + 10
+            while len(seen) < n + 4 and time.monotonic() < deadline:
+                time.sleep(0.005)
 
     seen, _ = observe(three_calls)
     assert {1500, 2500} <= set(seen), "control: separate calls must be visible one by one"
@@ -474,6 +477,48 @@ def test_an_id_moved_to_a_new_partition_is_refused_and_changes_nothing(hub: embc
         v.upsert(["a"], e[:1], partition="p3")
     assert v.partitions() == ["p1", "p2"]
     assert_db_unchanged(before, db_snapshot(any_redis_url), "upsert of an id living in another partition")
+
+
+def test_the_owners_map_checks_every_partition_in_one_call(hub: embcache.Hub, any_redis_url: str) -> None:
+    """The id -> partition map makes an upsert's "lives elsewhere?" check cost the same however many partitions
+    the version has; a stale claim (planted, or left by a delete) never refuses a write; a version without a
+    complete map (from before maps existed) is still checked partition by partition."""
+    v = hub.create_space("own", dim=3, metric="l2").create_version()
+    e = np.eye(3, dtype=np.float32)
+    for p in range(40):
+        v.upsert([f"i{p}"], e[:1], partition=f"p{p}")
+    raw = raw_client(any_redis_url)
+    nodes = [redis.Redis.from_url(u) for u in node_urls(any_redis_url)]  # command statistics are per node
+    owners = hub.keys.owners("own", v.name)
+    assert raw.hget(owners, "i7") == b"p7" and raw.hget(owners, "") == b"complete"
+
+    def commands(call: Callable[[], object]) -> int:
+        """The lookups and writes ``call`` makes Redis run (the hub's refresher thread sends none of these)."""
+        kinds = ("fcall", "hexists", "hmget", "hset", "zadd")
+
+        def count() -> int:
+            stats = [n.info("commandstats") for n in nodes]
+            return sum(int(st.get(f"cmdstat_{c}", {}).get("calls", 0)) for st in stats for c in kinds)
+        before = count()
+        call()
+        return count() - before
+
+    few = commands(lambda: v.upsert(["n1"], e[:1], partition="p0"))
+    many = commands(lambda: v.upsert(["n2", "n3"], e[:2], partition="p39"))
+    assert few == many and few <= 8, (few, many)
+    with pytest.raises(InvalidInput, match="'i3'.*partition 'p3'"):
+        v.upsert(["i3"], e[:1], partition="p4")
+    raw.hset(owners, "ghost", "p5")  # a claim with nothing behind it
+    raw.hset(owners, "ghost2", "no such {name}")
+    v.upsert(["ghost", "ghost2"], e[:2], partition="p6")
+    assert raw.hget(owners, "ghost") == b"p6" and v.get(["ghost", "ghost2"]).partitions == ["p6", "p6"]
+    v.delete(["i9"])
+    assert raw.hget(owners, "i9") is None
+    v.upsert(["i9"], e[:1], partition="p10")  # deleted first: may move
+    raw.hdel(owners, "")  # as if the version predated the map: every partition is asked
+    with pytest.raises(InvalidInput, match="'i3'.*partition 'p3'"):
+        v.upsert(["i3"], e[:1], partition="p4")
+    assert commands(lambda: v.upsert(["n4"], e[:1], partition="p0")) >= few + 38
 
 
 # --- 2. consistency levels across two hubs (exact bases, no workers) --------------------------------------

@@ -323,6 +323,12 @@ def test_functions_refuse_malformed_and_oversized_calls(world: World) -> None:
         ad.raw(r, "FCALL", "emb_create_version", 3, *vk, "bad name", "{}", "", expect="EMBARGS")
         ad.raw(r, "FCALL", "emb_create_version", 3, *vk, "v3", "{}", "two", expect="EMBARGS")
         ad.raw(r, "FCALL", "emb_create_version", 4, K.space("alpha"), *vk, "v3", "{}", "", expect="NOPERM")
+        # the owners map: only a deleted id's claim is dropped by a function (one map as its key, 1..1000 ids)
+        own = K.owners("alpha", "v1")
+        for keys, args in [([own], ("p1",)), ([own], ("p1", *[f"x{i}" for i in range(1001)])),
+                           ([own], ("!bad", "x")), ([own], ("p1", "y" * 513)), ([], ("p1", "x")),
+                           ([own, own], ("p1", "x")), ([K.vstate("alpha", "v1")], ("p1", "x"))]:
+            ad.raw(r, "FCALL", "emb_unclaim", len(keys), *keys, *args, expect="EMBARGS")
         ad.raw(r, "FCALL", "emb_seal", 3, K.versions("alpha"), K.parts("alpha", "v1"), K.vstate("alpha", "v1"),
                expect="EMBARGS")
         ad.raw(r, "FCALL", "emb_set_alias", 3, K.versions("alpha"), K.aliases("alpha"),
@@ -384,6 +390,30 @@ def test_crafted_log_entries_are_skipped_and_tails_are_bounded(world: World, con
 # --------------------------------------------------------------------------------------------------------------
 # 11.9 bad partition names; a seal cut short
 # --------------------------------------------------------------------------------------------------------------
+def test_the_owners_map_is_for_principals_granted_every_partition(world: World, connect) -> None:  # noqa: ANN001, F811
+    """10.4: the owners map names every item of a version, so a principal limited to some partitions can neither
+    read nor write it. While such a writer exists its ids are not in the map, so upserts ask every partition;
+    revoking it marks the space's maps incomplete for good (they miss what it wrote)."""
+    w = world
+    own = K.owners("alpha", "v1")
+    assert w.raw.hexists(own, "")
+    with raw(w, "writer_p1") as r:
+        att = Attacker("writer_p1")
+        for cmd in [("HGETALL", own), ("HGET", own, "x1"), ("HMGET", own, "x1"), ("HSET", own, "x", "p1"),
+                    ("HDEL", own, ""), ("FCALL", "emb_unclaim", 1, own, "p1", "x1")]:
+            att.raw(r, *cmd)
+    wp = connect(w.url, username=PRINCIPAL["writer_p1"], password=w.password("writer_p1"))
+    wp.space("alpha").version("v1").upsert(["only-p1"], vec(2), partition="p1")
+    assert w.raw.hget(own, "only-p1") is None  # it may not claim it
+    full = connect(w.url, username=PRINCIPAL["writer"], password=w.password("writer")).space("alpha").version("v1")
+    with pytest.raises(InvalidInput, match="'only-p1'.*partition 'p1'"):
+        full.upsert(["only-p1"], vec(2), partition="p2")
+    w.op.revoke(PRINCIPAL["writer_p1"], space="alpha")
+    assert not w.raw.hexists(own, "")
+    with pytest.raises(InvalidInput, match="'only-p1'.*partition 'p1'"):
+        full.upsert(["only-p1"], vec(2), partition="p2")
+
+
 def test_bad_partition_names_are_skipped_and_reported(world: World, connect, caplog) -> None:  # noqa: ANN001, F811
     w = world
     with raw(w, "writer_p1") as r:  # SADD on the partition lists is a writer's right (emb_register needs it)
