@@ -87,10 +87,12 @@ class AsyncHub:
         return await arun(plan, self.redis)
 
     async def create_space(self, name: str, dim: int, metric: str = "cosine", *, dtype: str = "float32", M: int = 16,
-                           ef_construction: int = 200, ef: int = 64, exist_ok: bool = False) -> "AsyncSpace":
+                           ef_construction: int = 200, ef: int = 64, neighbours: int = 0,
+                           exist_ok: bool = False) -> "AsyncSpace":
         """:meth:`embcache.Hub.create_space`."""
         space = await asyncio.to_thread(self.sync.create_space, name, dim, metric, dtype=dtype, M=M,
-                                        ef_construction=ef_construction, ef=ef, exist_ok=exist_ok)
+                                        ef_construction=ef_construction, ef=ef, neighbours=neighbours,
+                                        exist_ok=exist_ok)
         return AsyncSpace(self, space)
 
     async def space(self, name: str) -> "AsyncSpace":
@@ -151,6 +153,7 @@ class AsyncSpace:
         self.sync = space
         self.name, self.dim, self.metric, self.dtype = space.name, space.dim, space.metric, space.dtype
         self.M, self.ef_construction, self.ef = space.M, space.ef_construction, space.ef
+        self.neighbours = space.neighbours
 
     def __repr__(self) -> str:
         return f"Async{self.sync!r}"
@@ -297,17 +300,24 @@ class AsyncVersion:
                 return res
         return (await self._run("query", v._search(q))).result
 
-    async def explain(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
-                      where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
+    async def explain(self, query_embeddings: Any = None, n_results: int = 10, *, ids: Sequence[str] | None = None,
+                      partitions: Sequence[str] | None = None, where: dict[str, Any] | None = None,
+                      ef: int | None = None, consistency: str = "session",
                       exclude: Sequence[str] | None = None) -> Explain:
         """:meth:`embcache.Version.explain` (in a worker thread: it may load bases)."""
-        return await asyncio.to_thread(self.sync.explain, query_embeddings, n_results, partitions=partitions,
+        return await asyncio.to_thread(self.sync.explain, query_embeddings, n_results, ids=ids, partitions=partitions,
                                        where=where, ef=ef, consistency=consistency, exclude=exclude)
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
                           where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
                           include: Sequence[str] = ("distances",), exclude: Sequence[str] | None = None) -> QueryResult:
         """:meth:`embcache.Version.query_by_id`."""
+        v = self.sync
+        if v.space.neighbours and consistency != "strong":  # the neighbour lists: no I/O, fine on the loop
+            id_list, q = v._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
+            res = v._listed(id_list, q)
+            if res is not None:
+                return res
         return await self._run("query_by_id", self.sync._query_by_id(ids, n_results, partitions, where, ef,
                                                                      consistency, include, exclude))
 

@@ -61,6 +61,7 @@ class Report:
     similar: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # version -> title -> titles
     recommended: dict[str, list[str]] = field(default_factory=dict)
     latency_us: dict[str, float] = field(default_factory=dict)
+    similar_us: float = 0.0  # median query_by_id from the neighbour lists
     recommend_us: dict[str, float] = field(default_factory=dict)  # strategy -> one Version.recommend call
     drift: dict[str, Any] = field(default_factory=dict)  # Space.compare("v1", "v2").as_dict()
     live_after: list[str] = field(default_factory=list)
@@ -129,7 +130,7 @@ def run(url: str | None = None, *, n_workers: int = 2, min_ratings: int = 10, us
             if name in hub.spaces():
                 hub.drop_space(name)  # a rerun starts afresh
         say("\n1. learn movie embeddings and store them as v1")
-        space = hub.create_space(SPACE, dim=32, metric="cosine")
+        space = hub.create_space(SPACE, dim=32, metric="cosine", neighbours=30)  # similar movies from lists
         v1, f1 = _store_version(space, ratings, 5.0, min_ratings, say)
         report.items = v1.count()
         _build(v1, say, report)
@@ -213,9 +214,18 @@ def _similar(space: Space, ratings: Ratings, say: Callable[[str], None], report:
             v.query(probe, 10, consistency=level)
             t.append(time.perf_counter() - t0)
         report.latency_us[level] = round(float(np.median(t)) * 1e6, 1)
+    famous_ids = [str(by_title[FAMOUS[0]])]
+    t = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        v.query_by_id(famous_ids, 10, consistency="eventual")
+        t.append(time.perf_counter() - t0)
+    report.similar_us = round(float(np.median(t)) * 1e6, 1)
     if not quiet:
         say("  latency of one 10-NN query (median of 200): " +
             ", ".join(f"{k} {v:.0f} us" for k, v in report.latency_us.items()))
+        say(f"  latency of one similar-movies lookup by id, from the neighbour lists (median of 200): "
+            f"{report.similar_us:.0f} us")
     return out
 
 

@@ -28,6 +28,8 @@ from embcache.redis import snapshots
 from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from embcache.redis.store import PartitionData, Store
 
+from . import neighbours as nbl
+
 __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 
 log = logging.getLogger("embcache.workers")
@@ -134,17 +136,17 @@ def build_snapshot(
     if state is None:
         state = _full(store, space, pk, data)
         kind = "full"
-    index, labels, ids, metas, pos, deleted, max_label, label, meta = state
+    index, labels, ids, metas, pos, deleted, max_label, label, meta, lists = state
     generation += 1
     chunks, manifest = snapshot.pack(
         index, labels, ids, metas, generation=generation, pos=pos, dim=space.dim, metric=space.metric, M=space.M,
         ef_construction=space.ef_construction, builder=BUILDER, build_seconds=time.perf_counter() - t0,
-        deleted=deleted, max_label=max_label,
+        deleted=deleted, max_label=max_label, neighbours=nbl.as_rows(lists, labels) if lists is not None else None,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
     snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
                      previous_raw=previous_raw, stale=stale)
-    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes))
+    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes, lists))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
     seconds = time.perf_counter() - t0
@@ -152,8 +154,9 @@ def build_snapshot(
     return BuildResult(partition, kind, generation, len(ids), pos, seconds)
 
 
-# index, labels, ids, metadatas, log position, deleted, max label, id -> label, id -> metadata
-State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, dict[str, int], dict[str, Any]]
+# index, labels, ids, metadatas, log position, deleted, max label, id -> label, id -> metadata, neighbour lists
+State = tuple[hnswlib.Index, np.ndarray, list[str], list[Any], str, int, int, dict[str, int], dict[str, Any],
+              "nbl.Lists | None"]
 
 
 def _verified(store: Store, vrec: VersionRecord, partition: str, pk: PartitionKeys) -> PartitionData:
@@ -191,7 +194,10 @@ def _full(store: Store, space: SpaceRecord, pk: PartitionKeys, data: PartitionDa
     if n:
         index.add_items(mat, labels, num_threads=_threads())
     metas = [codec.parse_stored_metadata(m, pk.tag) for i, m in enumerate(data.metadatas) if i not in skip]
-    return (index, labels, ids, metas, data.pos, 0, n - 1, dict(zip(ids, labels.tolist())), dict(zip(ids, metas)))
+    w = nbl.list_width(space.neighbours, n)
+    lists = nbl.full_lists(index, mat, labels, n, w, space.ef, _threads()) if w else None
+    return (index, labels, ids, metas, data.pos, 0, n - 1, dict(zip(ids, labels.tolist())), dict(zip(ids, metas)),
+            lists)
 
 
 @dataclass
@@ -204,6 +210,7 @@ class Kept:
     label: dict[str, int]
     meta: dict[str, Any]
     nbytes: int
+    lists: "nbl.Lists | None" = None
 
 
 _kept: OrderedDict[str, Kept] = OrderedDict()
@@ -223,7 +230,7 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     build is due instead."""
     kept = _kept.pop(pk.tag, None)  # taken out: it is about to change, and is put back only once published
     if base is None and kept is not None and kept.sid == previous.sid:
-        index, label, meta = kept.index, kept.label, kept.meta
+        index, label, meta, lists = kept.index, kept.label, kept.meta, kept.lists
     else:
         if base is None:
             try:
@@ -236,13 +243,14 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
             return None
         index, label = base.index, dict(base.label)
         meta = {id_: m for id_, m in zip(base.ids, base.metas)}
+        lists = (base.nb_labels, base.nb_dists) if base.nb_labels is not None and base.nb_dists is not None else None
     tail = store.read_tail(pk, previous.pos, limit=1 << 30)
     if tail is None:
         return None
     index.set_num_threads(_threads())
     deleted = previous.deleted
     next_label = previous.max_label + 1
-    new_ids, new_vecs, upd_labels, upd_vecs = [], [], [], []
+    new_ids, new_vecs, upd_labels, upd_vecs, gone = [], [], [], [], []
     for id_, vec, m in zip(tail.ids, tail.vectors, tail.metadatas):
         decoded, bad = codec.decode_stored([vec], space.dim, space.dtype, pk.tag) if vec is not None else (None, [0])
         if bad:  # deleted, or a corrupt stored vector (treated as absent, as readers treat it)
@@ -251,6 +259,7 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
             if lab is not None:
                 index.mark_deleted(lab)
                 deleted += 1
+                gone.append(lab)
             continue
         v = decoded[0]  # type: ignore[index]
         meta[id_] = codec.parse_stored_metadata(m, pk.tag)
@@ -276,4 +285,10 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
         deleted -= reused
     ids = list(label)
     labels = np.fromiter((label[i] for i in ids), dtype=np.int64, count=len(ids))
-    return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta
+    w = nbl.list_width(space.neighbours, len(ids))
+    if w:
+        lists = nbl.update_lists(index, lists, labels, gone, upd_labels,
+                                 new_ids, next_label, w, space.ef, _threads())
+    else:
+        lists = None
+    return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta, lists

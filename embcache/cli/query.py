@@ -70,7 +70,8 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
           explain: bool) -> None:
     """Nearest neighbours of stored ids (--id) or of vectors in a .npy file (--vectors). Distances are the
     space's: squared L2 for l2, 1 - inner product for ip, 1 - cosine similarity for cosine (smaller is nearer).
-    --explain runs Version.explain on the same query vectors (for --id: the stored items' vectors)."""
+    --explain runs Version.explain on the same query (for --id: explain(ids=...), which names the neighbour
+    lists when they answer)."""
     if bool(ids) == bool(vectors):
         raise click.UsageError("give either --id ID [--id ID ...] or --vectors FILE.npy")
     try:
@@ -93,10 +94,8 @@ def query(settings: Settings, space: str, version: str | None, ids: tuple[str, .
         ms = (time.perf_counter() - t0) * 1000
         plan = None
         if explain:
-            if ids:
-                qv = v.get(list(ids), include=("embeddings",)).embeddings
             kw.pop("include")
-            plan = v.explain(qv, **kw).as_dict()
+            plan = (v.explain(ids=list(ids), **kw) if ids else v.explain(qv, **kw)).as_dict()
     rows = [{"query": lab, "results": [{"id": i, "distance": float(d), "metadata": m}
                                        for i, d, m in zip(got, dist, metas)]}
             for lab, got, dist, metas in zip(labels, res.ids, res.distances, res.metadatas or [])]

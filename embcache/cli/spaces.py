@@ -17,7 +17,8 @@ def spaces(settings: Settings) -> None:
     """List spaces."""
     with hub(settings) as h:
         rows = [h.space(n).record.model_dump() for n in h.spaces()]
-    out(settings, rows, lambda r: format_table(r, ["name", "dim", "metric", "dtype", "M", "ef_construction", "ef"]))
+    out(settings, rows, lambda r: format_table(r, ["name", "dim", "metric", "dtype", "M", "ef_construction", "ef",
+                                                          "neighbours"]))
 
 
 @click.command("create-space")
@@ -29,13 +30,15 @@ def spaces(settings: Settings) -> None:
 @click.option("--M", "m", type=int, default=16, show_default=True, help="HNSW links per node")
 @click.option("--ef-construction", type=int, default=200, show_default=True)
 @click.option("--ef", type=int, default=64, show_default=True, help="default query ef")
+@click.option("--neighbours", type=int, default=0, show_default=True,
+              help="precomputed neighbours per item (0 = off, at most 100): query_by_id answers from these lists")
 @click.option("--exist-ok", is_flag=True, help="a space of that name with the same parameters is fine (re-runs)")
 def create_space(settings: Settings, name: str, dim: int, metric: str, dtype: str, m: int, ef_construction: int,
-                 ef: int, exist_ok: bool) -> None:
+                 ef: int, neighbours: int, exist_ok: bool) -> None:
     """Create a space."""
     with hub(settings) as h:
         sp = h.create_space(name, dim, metric, dtype=dtype, M=m, ef_construction=ef_construction, ef=ef,
-                            exist_ok=exist_ok)
+                            neighbours=neighbours, exist_ok=exist_ok)
         verb = "space" if exist_ok else "created space"
         out(settings, sp.record.model_dump(), lambda r: f"{verb} {r['name']} (dim={r['dim']}, {r['metric']})")
 
@@ -53,7 +56,7 @@ def describe(settings: Settings, space: str) -> None:
 
     def table(d: dict[str, Any]) -> str:
         head = (f"space {d['name']}: dim={d['dim']} metric={d['metric']} dtype={d['dtype']} M={d['M']} "
-                f"ef_construction={d['ef_construction']} ef={d['ef']}")
+                f"ef_construction={d['ef_construction']} ef={d['ef']} neighbours={d.get('neighbours', 0)}")
         aliases = ", ".join(f"{a} -> {v}" for a, v in d["aliases"].items()) or "(none)"
         return f"{head}\naliases: {aliases}\n{format_table(d['versions'])}"
 

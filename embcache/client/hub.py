@@ -45,7 +45,7 @@ from ..core.errors import (
 )
 from ..core.examples import Strategy
 from ..core.keys import Keys, PartitionKeys, check_name
-from ..core.search import merge_ranked
+from ..core.search import Ranked, exact_search, merge_ranked
 from ..core.vgraph import VersionBase
 from ..core.views import Overlay, OverlayItem, pos_key, search_view
 from ..redis import metrics
@@ -231,16 +231,21 @@ class Hub:
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 64,
+        neighbours: int = 0,
         exist_ok: bool = False,
     ) -> "Space":
         """Create a space; :class:`~embcache.errors.AlreadyExists` if the name is taken.
+
+        ``neighbours`` (0 = off, at most 100): the workers also store each item's ``neighbours`` nearest items in
+        its partition's snapshot, and :meth:`Version.query_by_id` answers from those lists (microseconds instead
+        of a graph search) when they cover ``n_results``.
 
         With ``exist_ok`` (get-or-create, for apps that create their space at every start) an existing space of
         that name is returned when its parameters are the ones asked for; one with other parameters is still
         :class:`~embcache.errors.AlreadyExists`, naming the difference.
         """
         check_name(name, "space name")
-        params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef)
+        params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef, neighbours)
         record = SpaceRecord(name=name, created=time.time(), **params)
         try:
             self.catalogue.create_space(record)
@@ -413,6 +418,7 @@ class Space:
         self.M = record.M
         self.ef_construction = record.ef_construction
         self.ef = record.ef
+        self.neighbours = record.neighbours
         self.info = SpaceInfo(record.dim, record.dtype, record.metric, record.ef)
         self.grant: dict[str, Any] | None = None  # this hub's principal's grant, when it is not the operator
         if hub.username not in (None, "default"):
@@ -929,9 +935,10 @@ class Version:
     @_guard("query")
     def explain(
         self,
-        query_embeddings: Any,
+        query_embeddings: Any = None,
         n_results: int = 10,
         *,
+        ids: Sequence[str] | None = None,
         partitions: Sequence[str] | None = None,
         where: dict[str, Any] | None = None,
         ef: int | None = None,
@@ -941,11 +948,40 @@ class Version:
         """Run the query and say how it was answered: an :class:`~embcache.core.engine.Explain` whose ``plan``
         is one line (``"graph on version graph (59000 items, 58 partitions, generation 3)"``), ``steps`` the
         structures searched (exact or graph, matches, candidates examined, filter cache hit), and ``result``
-        the :class:`QueryResult`. ``explain(...).as_dict()`` is JSON-ready."""
+        the :class:`QueryResult`. ``explain(...).as_dict()`` is JSON-ready. With ``ids`` instead of query
+        embeddings it explains :meth:`query_by_id` (``"neighbour list on partition p: ..."`` when the precomputed
+        lists answer)."""
+        if (ids is None) == (query_embeddings is None):
+            raise InvalidInput("explain takes query_embeddings or ids (for query_by_id), not both or neither")
+        if ids is not None:
+            id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, ("distances",), exclude)
+            ex = Explain(q.consistency)
+            res = self._listed(id_list, q, ex) if self.space.neighbours and q.consistency != "strong" else None
+            if res is None:
+                ex.steps.clear()
+                ex.overlay_items = 0
+                res = self._by_id_explained(id_list, q, ex)
+            ex.result = res  # type: ignore[attr-defined]
+            return ex
         q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, ("distances",), exclude)
         ex = Explain(q.consistency)
         ex.result = self._answer(q, ex)  # type: ignore[attr-defined]
         return ex
+
+    def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain) -> QueryResult:
+        """query_by_id's graph path, explained: the stored vectors as a query of ``n_results + 1``."""
+        vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
+        missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
+        if missing:
+            got = self.get(missing, include=("embeddings",))
+            assert got.embeddings is not None
+            vectors.update(zip(got.ids, got.embeddings))
+        absent = [i for i in id_list if i not in vectors]
+        if absent:
+            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
+        queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)
+        res = self._answer(replace(q, vectors=queries, k=q.k + 1), ex)
+        return _drop_own(res, id_list, q.k)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -1029,12 +1065,16 @@ class Version:
         """Neighbours of stored items (each item itself excluded, and the ids in ``exclude``), one row per id.
 
         At ``eventual`` and ``session`` the items' vectors come from the loaded bases (and this hub's own
-        writes) when they hold them: no Redis round trip. :class:`~embcache.errors.NotFound` if an id is not
-        stored in this version.
+        writes) when they hold them: no Redis round trip. In a space with ``neighbours`` the answer comes from the
+        snapshot's precomputed lists when they cover ``n_results`` (after ``where``, ``exclude`` and this query's
+        overlay are applied; ``ef`` does not apply to them), merged with the overlay's items, and from the graph
+        otherwise. :class:`~embcache.errors.NotFound` if an id is not stored in this version.
         """
         t0 = time.perf_counter()
         id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
-        res = None if q.consistency == "strong" else _without_io(self._by_id(id_list, q))
+        res = self._listed(id_list, q) if self.space.neighbours and q.consistency != "strong" else None
+        if res is None and q.consistency != "strong":
+            res = _without_io(self._by_id(id_list, q))
         if res is None:
             res = self._run(self._by_id(id_list, q))
         if metrics.ENABLED:
@@ -1045,6 +1085,12 @@ class Version:
                      include: Any, exclude: Any) -> tuple[list[str], Query]:
         id_list = codec.check_ids(ids, allow_duplicates=True)
         k = codec.check_n_results(n_results)
+        if partitions is None and where is None and ef is None and exclude is None and include == ("distances",) \
+                and consistency in CONSISTENCY_LEVELS:  # the defaults: nothing else to check (the hot path)
+            empty = _NO_VECTORS.get(self.space.dim)
+            if empty is None:
+                empty = _no_vectors(self.space.dim)
+            return id_list, Query(empty, k, None, None, None, consistency, ("distances",))
         q = Query.build(np.zeros((0, self.space.dim), np.float32), k, partitions=partitions, where=where, ef=ef,
                         consistency=consistency, include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
         return id_list, q
@@ -1054,6 +1100,56 @@ class Version:
         """:meth:`query_by_id` as a plan (for the asyncio client)."""
         id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
         return (yield from self._by_id(id_list, q))
+
+    def _listed(self, id_list: list[str], q: Query, ex: Explain | None = None) -> QueryResult | None:
+        """:meth:`query_by_id` from the neighbour lists of the loaded snapshot, with no I/O; None when they cannot
+        answer (no lists, several partitions searched, the item changed in the overlay, a list too short once
+        the overlay, ``exclude`` and ``where`` are applied): the caller then searches the graph.
+
+        A list is the item's nearest others in the snapshot, nearest first, so what is left of it after dropping
+        items is still the nearest of those that remain: when ``n_results`` of them are left (or the list holds
+        the whole partition) they are the answer among the snapshot's items, and the overlay's items (written
+        after the snapshot) are searched exactly against the item's vector and merged in."""
+        if "embeddings" in q.include:
+            return None
+        parts = self.hub.partitions.cached(self.space.name, self.name)
+        if parts is None:
+            return None
+        searched = parts if q.partitions is None else q.partitions
+        granted = self.space.allowed_partitions()
+        if len(searched) != 1 or searched[0] not in parts or (granted is not None and searched[0] not in granted):
+            return None  # a list covers its own partition only (and the general path names what is refused)
+        base = self.hub.cache.cached(self._pid(searched[0]))
+        lists = getattr(base, "nb_labels", None)
+        if lists is None:
+            return None
+        overlays = _without_io(self._overlays([_Source(base, [searched[0]], None)], q, {}, False))
+        if overlays is None:
+            return None
+        ov = overlays[0]
+        rows = []
+        for id_ in id_list:
+            lab = base.label.get(id_)  # type: ignore[union-attr]
+            if lab is None or id_ in ov:
+                return None  # not in this snapshot, or changed since: the general path finds its vector
+            row = _from_list(base, lab, id_, ov, q)
+            if row is None:
+                return None
+            rows.append(row)
+        if ex is not None:
+            ex.steps.append(Step(f"partition {searched[0]}: {base.describe()}", "neighbour list",  # type: ignore
+                                 base.count, base.count, int(base.nb_len[lab])))  # type: ignore[union-attr]
+            ex.overlay_items += sum(1 for it in ov.values() if it.vector is not None)
+        k = q.k
+        if len(rows) == 1 and len(rows[0][1]) == k:
+            res = QueryResult(ids=[rows[0][0]], distances=rows[0][1].reshape(1, k).copy(), metric=self.space.metric)
+        else:
+            res = QueryResult(ids=[r[0] for r in rows], distances=_pad([r[1] for r in rows], k),
+                              metric=self.space.metric)
+        if "metadatas" in q.include:
+            res.metadatas = [[ov[i].metadata if i in ov else base.metadata(i) for i in row]  # type: ignore
+                             for row in res.ids]
+        return res
 
     def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
         vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
@@ -1303,6 +1399,41 @@ def _merge_overlay(into: Overlay, ov: Overlay) -> None:
         if it.vector is None and id_ in into and into[id_].vector is not None:
             continue
         into[id_] = it
+
+
+_NO_VECTORS: dict[int, np.ndarray] = {}  # an empty (0, dim) query matrix per dim: query_by_id's Query holds one
+
+
+def _no_vectors(dim: int) -> np.ndarray:
+    empty = np.zeros((0, dim), np.float32)
+    empty.flags.writeable = False
+    _NO_VECTORS[dim] = empty
+    return empty
+
+
+def _from_list(base: Any, lab: int, own: str, ov: Overlay, q: Query) -> tuple[list[str], np.ndarray] | None:
+    """One row of a neighbour-list answer (see :meth:`Version._listed`), None when the list falls short."""
+    k, n = q.k, int(base.nb_len[lab])
+    labs, dists = base.nb_labels[lab, :n], base.nb_dists[lab, :n]
+    if not ov and not q.exclude and q.where is None:  # the common case: the list's head is the answer
+        if n < k and not base.nb_complete:
+            return None
+        return base.id_of[labs[:k]].tolist(), dists[:k]
+    ids = base.id_of[labs].tolist()
+    pred = q.where.predicate if q.where is not None else None
+    keep = [j for j, (i, lb) in enumerate(zip(ids, labs.tolist())) if i not in ov and i not in q.exclude
+            and (pred is None or pred(base.meta_of[lb]))]
+    if len(keep) < k and not base.nb_complete:
+        return None  # items beyond the list may rank before what is left: search the graph
+    keep = keep[:k]
+    listed: Ranked = ([ids[j] for j in keep], dists[keep])
+    extra = [(i, it) for i, it in ov.items() if it.vector is not None and i != own and i not in q.exclude
+             and (pred is None or pred(it.metadata))]
+    if not extra:
+        return listed
+    mat = np.stack([it.vector for _, it in extra]).astype(np.float32)  # type: ignore[misc]
+    found, d = exact_search(mat, base.vector(own)[None, :], k, base.metric)
+    return merge_ranked([listed, ([extra[j][0] for j in found[0]], d[0])], k)
 
 
 def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResult:

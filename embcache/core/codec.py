@@ -20,6 +20,7 @@ from .errors import DimensionMismatch, InvalidInput
 
 __all__ = [
     "METRICS",
+    "MAX_NEIGHBOURS",
     "DTYPES",
     "MAX_ID_BYTES",
     "MAX_METADATA_BYTES",
@@ -39,6 +40,7 @@ DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dt
 MAX_ID_BYTES = 512
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DIM = 65536
+MAX_NEIGHBOURS = 100  # precomputed neighbours per item (a space option; 0 = none)
 log = logging.getLogger("embcache.data")
 MAX_METADATA_DEPTH = 32  # nesting of dicts and lists in one item's metadata
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters: never in an id
@@ -267,9 +269,11 @@ def check_n_results(n_results: object) -> int:
 
 
 def check_space_params(
-    dim: object, metric: object, dtype: object, M: object, ef_construction: object, ef: object
+    dim: object, metric: object, dtype: object, M: object, ef_construction: object, ef: object,
+    neighbours: object = 0,
 ) -> dict[str, Any]:
-    """Validated parameters of a new space."""
+    """Validated parameters of a new space. ``neighbours`` (0 = off, at most :data:`MAX_NEIGHBOURS`) is how many
+    precomputed neighbours the workers store per item (see :mod:`embcache.core.snapshot`)."""
 
     def positive_int(name: str, value: object, lo: int, hi: int) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
@@ -287,6 +291,7 @@ def check_space_params(
         "M": positive_int("M", M, 2, 128),
         "ef_construction": positive_int("ef_construction", ef_construction, 1, 10_000),
         "ef": positive_int("ef", ef, 1, 10_000),
+        "neighbours": positive_int("neighbours", neighbours, 0, MAX_NEIGHBOURS),
     }
 
 

@@ -3,14 +3,17 @@
 A snapshot is one blob cut into chunks of at most 8 MiB (far under Redis's 512 MB value limit)::
 
     [hnswlib index file][labels int64 little-endian][ids JSON list][metadatas JSON list]
+    ([neighbour rows int32 (count, w)][neighbour distances float32 (count, w)])
 
-and a manifest (generation, change-log position, count, dim, metric, parameters, section sizes, sha256 of the
-blob, builder, build time). Chunks are written first with an expiry, so a builder that dies leaves nothing
-that outlives the expiry; the ``emb_publish`` function then checks the generation it built on is still
-current, makes the chunks permanent, gives the previous generation's chunks a grace period before they expire,
-trims the change log behind the previous generation and swaps the pointer (the manifest key) in one step.
-Readers fetch the manifest, then its chunks, and verify the checksum before they use a byte: they see the old
-snapshot or the new one, never a mix, and a corrupt one is refused.
+(the last two sections only when the space asks for ``neighbours``: row ``i`` lists the rows, in the ids table,
+of item ``i``'s ``w`` nearest other items, nearest first, ``-1`` after the last one, and their distances; ``w``
+is the manifest's ``neighbours``) and a manifest (generation, change-log position, count, dim, metric,
+parameters, section sizes, sha256 of the blob, builder, build time). Chunks are written first with an expiry, so
+a builder that dies leaves nothing that outlives the expiry; the ``emb_publish`` function then checks the
+generation it built on is still current, makes the chunks permanent, gives the previous generation's chunks a
+grace period before they expire, trims the change log behind the previous generation and swaps the pointer (the
+manifest key) in one step. Readers fetch the manifest, then its chunks, and verify the checksum before they use a
+byte: they see the old snapshot or the new one, never a mix, and a corrupt one is refused.
 
 This module is the format (pack, unpack, verify) and the loaded base that answers searches; reading and
 publishing in Redis is :mod:`embcache.redis.snapshots`.
@@ -41,14 +44,14 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from .codec import MAX_DIM, METRICS
+from .codec import MAX_DIM, MAX_NEIGHBOURS, METRICS
 from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
 from .hnswfile import index_params, level0_copy, level0_layout, level0_vectors
 from .search import Ranked
 
 __all__ = ["Manifest", "HnswBase", "Receiver", "pack", "unpack", "check_index_header", "load_index_file",
-           "pending_uploads", "valid_pos", "CHUNK_BYTES", "UPLOAD_FIELD"]
+           "pending_uploads", "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
@@ -59,7 +62,8 @@ _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 _POS_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _SID_RE = re.compile(r"([0-9]{1,16})\.[0-9a-f]{1,32}")
-_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label")
+_INT_FIELDS = ("generation", "count", "dim", "M", "ef_construction", "chunks", "nbytes", "deleted", "max_label",
+               "neighbours")
 _LIMIT = 1 << 40  # no count, size or label of a real snapshot comes near it
 
 
@@ -85,19 +89,22 @@ class Manifest:
     ef_construction: int
     chunks: int
     nbytes: int
-    sections: tuple[int, int, int, int]
+    sections: tuple[int, ...]  # 4 sizes, 6 with neighbour lists
     sha256: str
     builder: str
     built_at: float
     build_seconds: float
     deleted: int = 0
     max_label: int = 0
+    neighbours: int = 0  # width of the neighbour lists; 0: the snapshot has none
     digest: str = ""
 
     def _fields(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["sections"] = list(self.sections)
         d.pop("digest")
+        if not self.neighbours:  # absent when 0: a snapshot without lists keeps the manifest (and digest) it had
+            d.pop("neighbours")
         return d
 
     def compute_digest(self) -> str:
@@ -118,9 +125,9 @@ class Manifest:
         sizes add up and the digest matches. (:meth:`check` then compares it with the space.)"""
         try:
             d = json.loads(raw)
-            if not isinstance(d, dict) or set(d) != _FIELD_NAMES:
+            if not isinstance(d, dict) or set(d) | {"neighbours"} != _FIELD_NAMES:
                 raise ValueError(f"fields {sorted(d) if isinstance(d, dict) else type(d).__name__}")
-            if not (isinstance(d["sections"], list) and len(d["sections"]) == 4):
+            if not (isinstance(d["sections"], list) and len(d["sections"]) == (6 if d.get("neighbours") else 4)):
                 raise ValueError("sections")
             d["sections"] = tuple(d["sections"])
             m = cls(**d)
@@ -151,8 +158,11 @@ class Manifest:
         if self.metric not in METRICS or not 1 <= self.dim <= MAX_DIM or not 2 <= self.M <= 128 \
                 or not 1 <= self.ef_construction <= 10_000:
             raise ValueError("index parameters out of bounds")
+        if not 0 <= self.neighbours <= MAX_NEIGHBOURS:
+            raise ValueError(f"neighbours={self.neighbours}")
         if sum(self.sections) != self.nbytes or self.chunks != max(1, -(-self.nbytes // CHUNK_BYTES)) \
-                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size:
+                or self.sections[1] != 8 * self.count or self.sections[0] < _HNSW_HEADER.size \
+                or self.sections[4:] != ((4 * self.count * self.neighbours,) * 2 if self.neighbours else ()):
             raise ValueError("sizes do not add up")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256) or self.digest != self.compute_digest():
             raise ValueError("digest mismatch")
@@ -198,6 +208,7 @@ class HnswBase:
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
         manifest: Manifest, ef: int, vectors: np.ndarray | Future[np.ndarray] | None = None,
+        neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.manifest = manifest
@@ -231,6 +242,24 @@ class HnswBase:
         self._ef = ef
         index.set_ef(ef)
         self._ef_lock = threading.Lock()
+        # neighbour lists by label: nb_labels[label] the labels of the item's nearest others (-1 past the end),
+        # nb_dists their distances, nb_len how many there are; None without lists
+        self.nb_labels: np.ndarray | None = None
+        self.nb_dists: np.ndarray | None = None
+        self.nb_len: np.ndarray | None = None
+        self.nb_complete = False  # the lists hold every other item (a partition of at most w + 1 items)
+        if neighbours is not None:
+            rows, dists = neighbours
+            w = rows.shape[1]
+            self.nb_labels = np.full((size, w), -1, dtype=np.int64)
+            self.nb_labels[self.labels] = np.where(rows >= 0, self.labels[np.maximum(rows, 0)], -1)
+            self.nb_dists = np.full((size, w), np.inf, dtype=np.float32)
+            self.nb_dists[self.labels] = dists
+            self.nb_len = np.zeros(size, dtype=np.int64)
+            self.nb_len[self.labels] = (rows >= 0).sum(axis=1)
+            self.nb_complete = w >= len(ids) - 1
+            for a in (self.nb_labels, self.nb_dists, self.nb_len):
+                a.flags.writeable = False  # shared by every query (answers copy what they return)
 
     @property
     def vectors(self) -> np.ndarray | None:
@@ -257,6 +286,8 @@ class HnswBase:
     def nbytes(self) -> int:
         # hnswlib's memory, the float16 vectors, the id/label/metadata tables (~400 B an item), compiled filters
         extra = self._vectors_nbytes + self.masks.nbytes
+        if self.nb_labels is not None:
+            extra += self.nb_labels.nbytes + self.nb_dists.nbytes + self.nb_len.nbytes  # type: ignore[union-attr]
         return self.index_bytes + extra + 400 * len(self.ids) + (self._fields.nbytes if self._fields else 0)
 
     @property
@@ -363,23 +394,30 @@ def load_index_file(data: bytes | memoryview, metric: str, dim: int, max_element
 def pack(
     index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[Any], *, generation: int, pos: str,
     dim: int, metric: str, M: int, ef_construction: int, builder: str, build_seconds: float, deleted: int,
-    max_label: int,
+    max_label: int, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[bytes], Manifest]:
-    """Serialise a snapshot into chunks and its manifest."""
+    """Serialise a snapshot into chunks and its manifest. ``neighbours`` are the lists ``(rows, distances)``,
+    both ``(len(ids), w)``, row ``i`` for ``ids[i]`` (see the module docstring), or None for none."""
     sections = [
         index_bytes(index),
         np.ascontiguousarray(labels, dtype="<i8").tobytes(),
         json.dumps(ids, ensure_ascii=False).encode(),
         json.dumps(metas, ensure_ascii=False, separators=(",", ":")).encode(),
     ]
+    width = 0
+    if neighbours is not None and neighbours[0].shape[1] > 0:
+        rows, dists = neighbours
+        check_neighbour_lists(rows, dists, len(ids))  # never publish what readers would refuse
+        width = rows.shape[1]
+        sections += [np.ascontiguousarray(rows, dtype="<i4").tobytes(), np.ascontiguousarray(dists, "<f4").tobytes()]
     blob = b"".join(sections)
     chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     manifest = Manifest(
         generation=generation, sid=f"{generation}.{secrets.token_hex(4)}", pos=pos, count=len(ids), dim=dim,
         metric=metric, M=M, ef_construction=ef_construction,
-        chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),  # type: ignore[arg-type]
+        chunks=len(chunks), nbytes=len(blob), sections=tuple(len(s) for s in sections),
         sha256=hashlib.sha256(blob).hexdigest(), builder=builder, built_at=time.time(),
-        build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label,
+        build_seconds=round(build_seconds, 4), deleted=deleted, max_label=max_label, neighbours=width,
     ).sealed()
     return chunks, manifest
 
@@ -411,7 +449,7 @@ class Receiver:
         a = manifest.sections[0]
         self._table_chunks = set(range(min(a // CHUNK_BYTES, manifest.chunks - 1), manifest.chunks)) \
             if manifest.nbytes > a else set()
-        self._tables: tuple[np.ndarray, Any, Any] | SnapshotCorrupt | None = None
+        self._tables: tuple[np.ndarray, Any, Any, Any] | SnapshotCorrupt | None = None
         self._digest = hashlib.sha256()
         self._queue: queue.SimpleQueue[memoryview | None] | None = None
         self._hasher: threading.Thread | None = None
@@ -460,9 +498,9 @@ class Receiver:
         if not self._table_chunks and self._tables is None:
             self._tables = self._parse_tables()
 
-    def _parse_tables(self) -> tuple[np.ndarray, Any, Any] | SnapshotCorrupt:
-        """The label, id and metadata tables (not yet verified: :meth:`load` uses them once the digest matched),
-        or the error they raised."""
+    def _parse_tables(self) -> tuple[np.ndarray, Any, Any, Any] | SnapshotCorrupt:
+        """The label, id and metadata tables and the neighbour lists (not yet verified: :meth:`load` uses them
+        once the digest matched), or the error they raised."""
         m = self.manifest
         a, b, c, d = m.sections[:4]
         with self._buf[a:] as tables:
@@ -472,7 +510,19 @@ class Receiver:
                 metas = json.loads(bytes(tables[b + c : b + c + d]))
             except (ValueError, RecursionError) as exc:
                 return SnapshotCorrupt(f"snapshot generation {m.generation} has unreadable tables: {str(exc)[:200]}")
-        return labels, ids, metas
+            lists = None
+            if m.neighbours:
+                start, w = b + c + d, m.neighbours
+                size = m.count * w
+                rows = np.frombuffer(tables, dtype="<i4", count=size, offset=start).reshape(m.count, w)
+                dists = np.frombuffer(tables, dtype="<f4", count=size, offset=start + 4 * size).reshape(m.count, w)
+                lists = (rows.astype(np.int64), dists.astype(np.float32))  # copies: the buffer is unmapped later
+                del rows, dists
+                try:
+                    check_neighbour_lists(*lists, m.count)
+                except ValueError as exc:
+                    return SnapshotCorrupt(f"snapshot generation {m.generation} has bad neighbour lists: {exc}")
+        return labels, ids, metas, lists
 
     def write(self, i: int, chunk: bytes | bytearray | memoryview) -> None:
         """Chunk ``i`` as a whole (fetched by a client that returns values)."""
@@ -509,7 +559,7 @@ class Receiver:
             if self._finish_digest() != m.sha256:
                 raise SnapshotCorrupt(f"snapshot generation {gen} failed its sha256 check")
             raise self._tables
-        labels, ids, metas = self._tables
+        labels, ids, metas, lists = self._tables
         if not (isinstance(ids, list) and isinstance(metas, list)
                 and len(labels) == len(ids) == len(metas) == m.count):
             raise SnapshotCorrupt(f"snapshot generation {gen} has inconsistent tables")
@@ -539,7 +589,7 @@ class Receiver:
             threading.Thread(target=self._copy_vectors, args=(vectors, holder, m.dim, n_slots),
                              name="embcache-f16", daemon=True).start()
         index_file.release()
-        return HnswBase(index, labels, ids, metas, m, ef, vectors=vectors)
+        return HnswBase(index, labels, ids, metas, m, ef, vectors=vectors, neighbours=lists)
 
     def _copy_vectors(self, out: Future[np.ndarray], holder: list[tuple[np.ndarray, np.ndarray, int]], dim: int,
                       n_slots: int) -> None:
@@ -580,6 +630,32 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
         for i, chunk in enumerate(chunks):
             receiver.write(i, chunk)  # type: ignore[arg-type]
         return receiver.load(ef=ef, for_update=for_update)
+
+
+def check_neighbour_lists(rows: np.ndarray, dists: np.ndarray, count: int) -> None:
+    """ValueError unless ``(rows, dists)`` are neighbour lists of ``count`` items: the same shape ``(count, w)``,
+    rows in ``[0, count)`` and never the item itself, each list a prefix followed by ``-1`` only, distances finite
+    and ascending along the prefix (``inf`` after it). A snapshot's lists are read back from Redis: an index out
+    of range would read past the tables, so a hostile list is refused before anything uses it."""
+    if rows.ndim != 2 or rows.shape != dists.shape or rows.shape[0] != count:
+        raise ValueError(f"shape {rows.shape}/{dists.shape} for {count} items")
+    if not rows.size:
+        return
+    valid = rows >= 0
+    if (rows < -1).any() or (rows >= count).any():
+        raise ValueError("a row out of range")
+    if (valid[:, 1:] & ~valid[:, :-1]).any():
+        raise ValueError("an entry after the end of a list")
+    if (rows == np.arange(count)[:, None]).any():
+        raise ValueError("an item listed as its own neighbour")
+    d = np.where(valid, dists, np.inf)
+    if not np.isfinite(dists[valid]).all() or (d[:, 1:] < d[:, :-1]).any():
+        raise ValueError("distances that are not finite and ascending")
+    ordered = np.sort(rows, axis=1)
+    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+        raise ValueError("an item listed twice")
+    if not np.isinf(dists[~valid]).all():
+        raise ValueError("a distance past the end of a list")
 
 
 def pending_uploads(state: dict[str, str]) -> dict[str, tuple[int, int]]:

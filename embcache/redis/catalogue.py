@@ -64,6 +64,7 @@ class SpaceRecord(BaseModel):
     M: int = Field(16, ge=2, le=128)
     ef_construction: int = Field(200, ge=1, le=10_000)
     ef: int = Field(64, ge=1, le=10_000)
+    neighbours: int = Field(0, ge=0, le=codec.MAX_NEIGHBOURS)  # precomputed neighbours per item, 0 = none
     created: float = 0.0
 
 

@@ -53,6 +53,7 @@ def test_the_demo_end_to_end(redis_url: str, capsys: pytest.CaptureFixture[str])
     assert f"{SPACE}: v1 -> v2" in text and "refused" in text
     assert set(report.latency_us) == {"eventual", "session", "strong"}
     assert all(x > 0 for x in report.latency_us.values())
+    assert 0 < report.similar_us and "from the neighbour lists" in text
 
     # the reader could query but its write was refused
     assert report.reader["query"] == "ok, 3 results"

@@ -421,7 +421,8 @@ def test_n_results_bad(n: object) -> None:
 
 def test_space_params_ok() -> None:
     out = check_space_params(64, "cosine", "float32", 16, 200, 64)
-    assert out == {"dim": 64, "metric": "cosine", "dtype": "float32", "M": 16, "ef_construction": 200, "ef": 64}
+    assert out == {"dim": 64, "metric": "cosine", "dtype": "float32", "M": 16, "ef_construction": 200, "ef": 64,
+                   "neighbours": 0}
     out = check_space_params(np.int64(3), "l2", "float16", 2, 1, 1)
     assert out["dim"] == 3 and type(out["dim"]) is int and out["dtype"] == "float16"
     assert check_space_params(65536, "ip", "float32", 128, 10_000, 10_000)["dim"] == 65536
