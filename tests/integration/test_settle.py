@@ -143,3 +143,48 @@ def test_a_direct_dispatcher_settles_and_serves_an_explicit_build_at_once(redis_
     assert d.tick() == 0
     v2.build(wait=False)
     assert d.tick() == 1  # the explicit request: no settling
+
+
+@pytest.mark.parametrize("tails", ["shrinking", "growing"])
+def test_a_build_overtaken_by_writes_catches_up_before_publishing(redis_url, hubs, monkeypatch,  # noqa: ANN001
+                                                                   tails: str) -> None:
+    """Writes that land while an index is built are added to it before it is published while each round adds
+    fewer items than the last (one generation for a load that outlasts its first build); tails that grow (a
+    stream as fast as indexing) stop the chase after one more round."""
+    from workers import build as wb
+
+    hub = hubs(redis_url, refresh_interval=0)
+    v = hub.create_space("overtaken", dim=DIM, metric="cosine").create_version()
+    pk = hub.keys.partition("overtaken", v.name, "default")
+    record = hub.catalogue.get_space("overtaken")
+    x = random_unit(4000, DIM, 7)
+    v.upsert([f"i{i}" for i in range(1000)], x[:1000])
+    sizes = iter([600, 300, 100] if tails == "shrinking" else [100, 300, 600])
+    written = [1000]
+    real_full, real_incremental = wb._full, wb._incremental
+
+    def write_more() -> None:  # writes "landing during" this step of the build
+        n = next(sizes, 0)
+        if n:
+            v.upsert([f"i{i}" for i in range(written[0], written[0] + n)], x[written[0] : written[0] + n])
+            written[0] += n
+
+    def full(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        state = real_full(*a, **kw)
+        write_more()
+        return state
+
+    def incremental(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        state = real_incremental(*a, **kw)
+        write_more()
+        return state
+
+    monkeypatch.setattr(wb, "_full", full)
+    monkeypatch.setattr(wb, "_incremental", incremental)
+    result = wb.build_snapshot(hub.store, record, v.name, "default")
+    m = read_manifest(hub.store.r, pk)
+    assert result.generation == m.generation == 1
+    if tails == "shrinking":  # 1000 built, then 600, 300 and 100 caught up: all of it in the one generation
+        assert m.count == written[0] == 2000 and m.pos == last_log_position(hub.store.r, pk)
+    else:  # 1000 built, 100 caught up, then 300 (more than the last round: the chase stops), 600 not waited for
+        assert m.count == 1400 and written[0] == 2000 and m.pos != last_log_position(hub.store.r, pk)
