@@ -146,9 +146,10 @@ def rss_bytes(pid: int | None = None, *, tree: bool = True) -> int:
 class WorkerProc:
     """One ``python -m workers`` subprocess (its own process group); stop() ends it and its descendants."""
 
-    def __init__(self, url: str, log_path: Path) -> None:
+    def __init__(self, url: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBCACHE_")}
-        env.update(EMBCACHE_URL=url, PYTHONUNBUFFERED="1")
+        env.update(EMBCACHE_URL=url, PYTHONUNBUFFERED="1", **extra)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hnswlib
 import numpy as np
@@ -136,6 +136,8 @@ def build_snapshot(
     if state is None:
         state = _full(store, space, pk, data)
         kind = "full"
+    if vrec.state != "sealed":
+        state = _catch_up(store, space, pk, state)
     index, labels, ids, metas, pos, deleted, max_label, label, meta, lists = state
     generation += 1
     chunks, manifest = snapshot.pack(
@@ -211,6 +213,45 @@ class Kept:
     meta: dict[str, Any]
     nbytes: int
     lists: "nbl.Lists | None" = None
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where an index being built stands (what ``_incremental`` reads of a manifest), to add a tail to it."""
+
+    sid: str
+    pos: str
+    deleted: int
+    max_label: int
+
+
+CATCH_UP_ROUNDS = 8  # tails a build adds before it publishes (each one smaller than the last)
+_CATCH_UP = "catch-up"  # the Kept sid of an index being caught up (no published snapshot has it)
+
+
+def _catch_up(store: Store, space: SpaceRecord, pk: PartitionKeys, state: State) -> State:
+    """Add the writes that landed while the index was built before publishing it, as long as each round adds
+    fewer items than the one before (issue 12.6: a build overtaken by a bulk load publishes once, at its end,
+    instead of a generation the next build supersedes at once; a stream that writes as fast as the index takes it
+    is published after one more round, since its tails do not shrink). The rounds are incremental builds from the
+    state in memory, at most ``CATCH_UP_ROUNDS``."""
+    last = len(state[2])  # the build's own work, in items
+    for _ in range(CATCH_UP_ROUNDS):
+        index, _labels, _ids, _metas, pos, deleted, max_label, label, meta, lists = state
+        if store.unindexed(pk, pos, 1) == 0:
+            break
+        _kept[pk.tag] = Kept(_CATCH_UP, index, label, meta, 0, lists)
+        resumed = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(_CATCH_UP, pos, deleted, max_label)))
+        if resumed is None:  # compaction due (the index may have taken the tail's deletes): build it afresh
+            _kept.pop(pk.tag, None)
+            return _full(store, space, pk)
+        state = resumed
+        work = (state[6] - max_label) + abs(state[5] - deleted)  # new labels, tombstones made or reused
+        log.info("%s: caught up %s (%d items) before publishing", pk.tag, state[4], work)
+        if work >= last:
+            break  # not shrinking: publish what is built
+        last = work
+    return state
 
 
 _kept: OrderedDict[str, Kept] = OrderedDict()

@@ -40,8 +40,14 @@ def redis_command(action: str, home: str | None, port: int | None) -> None:
 @click.option("--no-dispatch", is_flag=True, help="do not run the dispatcher in this worker")
 @click.option("--metrics-port", type=int, envvar="EMBCACHE_METRICS_PORT", default=None,
               help="serve Prometheus metrics on this port (default: EMBCACHE_METRICS_PORT; off)")
+@click.option("--settle", type=float, envvar="EMBCACHE_BUILD_SETTLE", default=None, metavar="SECONDS",
+              help="enqueue a partition's build once its writes have paused this long (default: "
+                   "EMBCACHE_BUILD_SETTLE, else 0.5)")
+@click.option("--max-delay", type=float, envvar="EMBCACHE_BUILD_MAX_DELAY", default=None, metavar="SECONDS",
+              help="but at most this long after its first unindexed write (default: EMBCACHE_BUILD_MAX_DELAY, "
+                   "else 3)")
 def worker_command(settings: Settings, queue_url: str | None, burst: bool, fork: bool, no_dispatch: bool,
-                   metrics_port: int | None) -> None:
+                   metrics_port: int | None, settle: float | None, max_delay: float | None) -> None:
     """Run an RQ worker on the embcache queue, with the dispatcher."""
     from ..redis.dispatcher import run_worker  # the CLI is the one place that starts workers
 
@@ -56,4 +62,4 @@ def worker_command(settings: Settings, queue_url: str | None, burst: bool, fork:
 
         metrics.enable(port=metrics_port)
     run_worker(url, queue_url, burst=burst, simple=not fork, dispatch=not no_dispatch, username=username,
-               password=password)
+               password=password, settle=settle, max_delay=max_delay)

@@ -761,6 +761,11 @@ class Version:
               on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
         """Ask the workers to (re)index every partition with unindexed changes.
 
+        Without this call the workers build a partition once its writes have paused for their settle time
+        (``embcache worker --settle``, 0.5 s by default; at most ``--max-delay`` after its first unindexed write),
+        so a bulk load in many upsert calls is one build; this request is served at once, so call it after the
+        last write of a load to get its snapshot without waiting for the settle time.
+
         With ``wait`` (default), block until the snapshots cover everything written before the call
         (:class:`~embcache.errors.BuildTimeout` after ``timeout`` seconds); otherwise return at once a
         :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
@@ -776,8 +781,8 @@ class Version:
         store = self.hub.store
         keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
         targets = {p: store.position(pk) for p, pk in keys.items()}
-        for p in keys:
-            store.mark_dirty(self.space.name, self.name, p)
+        for p in keys:  # urgent: the dispatcher does not wait for the partition's writes to settle
+            store.mark_dirty(self.space.name, self.name, p, urgent=True)
         handle = BuildHandle(store, keys, targets)
         if wait and not handle.done:
             self._require_dispatcher(min(5.0, timeout) if timeout is not None else 5.0)

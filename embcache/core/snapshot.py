@@ -28,13 +28,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
+import queue
 import re
 import secrets
 import struct
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +47,11 @@ import numpy as np
 from .codec import MAX_DIM, MAX_NEIGHBOURS, METRICS
 from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
-from .hnswfile import level0_vectors
+from .hnswfile import index_params, level0_copy, level0_layout, level0_vectors
 from .search import Ranked
 
-__all__ = ["Manifest", "HnswBase", "pack", "unpack", "check_index_header", "load_index_file", "pending_uploads",
-           "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
+__all__ = ["Manifest", "HnswBase", "Receiver", "pack", "unpack", "check_index_header", "load_index_file",
+           "pending_uploads", "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
@@ -204,7 +207,7 @@ class HnswBase:
 
     def __init__(
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
-        manifest: Manifest, ef: int, vectors: np.ndarray | None = None,
+        manifest: Manifest, ef: int, vectors: np.ndarray | Future[np.ndarray] | None = None,
         neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.index = index
@@ -217,16 +220,22 @@ class HnswBase:
         size = int(labels.max()) + 1 if len(labels) else 0
         self.id_of = np.empty(size, dtype=object)  # label -> id, None for deleted slots
         self.id_of[self.labels] = ids
-        self.meta_of: list[dict[str, Any] | None] = [None] * size
-        for lab, m in zip(self.labels.tolist(), metas):
-            self.meta_of[lab] = m
+        label_list = self.labels.tolist()
+        dense = size == len(label_list) and bool(np.array_equal(self.labels, np.arange(size)))
+        self.meta_of: list[dict[str, Any] | None] = list(metas) if dense else [None] * size
+        if not dense:  # tombstoned or reused slots: place each item at its label
+            for lab, m in zip(label_list, metas):
+                self.meta_of[lab] = m
         self.metas = metas  # aligned with labels
-        self.label = {id_: int(lab) for id_, lab in zip(ids, self.labels.tolist())}
+        self.label: dict[str, int] = dict(zip(ids, label_list))
         self.slot = self.label
         self.live = np.zeros(size, dtype=bool)
         self.live[self.labels] = True
-        self.live_slots = np.sort(self.labels)
-        self.vectors = vectors  # float16 (slots, dim), row = label; None in a worker's private copy
+        self.live_slots = self.labels.copy() if dense else np.sort(self.labels)
+        # float16 (slots, dim), row = label; None in a worker's private copy. A reader gets it as a Future: the
+        # copy is made beside the first queries, which do not need it (see Receiver.load)
+        self._vectors: np.ndarray | Future[np.ndarray] | None = vectors
+        self._vectors_nbytes = 2 * size * manifest.dim if vectors is not None else 0
         self.masks = MaskCache()
         self._fields: FieldIndex | None = None
         self.default_ef = ef
@@ -253,6 +262,18 @@ class HnswBase:
                 a.flags.writeable = False  # shared by every query (answers copy what they return)
 
     @property
+    def vectors(self) -> np.ndarray | None:
+        """The float16 copy of the vectors (waits for it while it is still being made); None when there is none."""
+        v = self._vectors
+        if isinstance(v, Future):
+            try:
+                v = v.result()
+            except Exception:  # noqa: BLE001 - e.g. MemoryError: hnswlib's own vectors serve (slower)
+                v = None
+            self._vectors = v
+        return v
+
+    @property
     def count(self) -> int:
         return len(self.ids)
 
@@ -264,7 +285,7 @@ class HnswBase:
     @property
     def nbytes(self) -> int:
         # hnswlib's memory, the float16 vectors, the id/label/metadata tables (~400 B an item), compiled filters
-        extra = (self.vectors.nbytes if self.vectors is not None else 0) + self.masks.nbytes
+        extra = self._vectors_nbytes + self.masks.nbytes
         if self.nb_labels is not None:
             extra += self.nb_labels.nbytes + self.nb_dists.nbytes + self.nb_len.nbytes  # type: ignore[union-attr]
         return self.index_bytes + extra + 400 * len(self.ids) + (self._fields.nbytes if self._fields else 0)
@@ -401,56 +422,214 @@ def pack(
     return chunks, manifest
 
 
-def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False) -> HnswBase:
-    """Verify and parse a snapshot; :class:`SnapshotCorrupt` when a chunk is missing or the checksum fails.
+class Receiver:
+    """Where a snapshot's chunks land while they are fetched: one buffer of anonymous memory, every byte
+    through sha256 in a thread beside the fetch (``hashlib`` releases the GIL), the tables parsed as soon as
+    their chunks are in (they are fetched first), and nothing handed to hnswlib before the digest, the index
+    file's structure (:func:`~embcache.core.hnswfile.index_params`) and the tables have been checked.
 
-    The chunks stream into the checksum and the index file one by one: no copy of the whole blob is made."""
+    The index is built with ``hnswlib.Index(params)`` from views of the buffer (hnswlib copies what it keeps):
+    no temporary file, no second copy of the blob, and never ``pickle``. The I/O layer asks :meth:`segments`
+    for chunk ``i``'s destination, fills it (``recv_into``) and calls :meth:`received`, or hands whole chunks to
+    :meth:`write`. Always :meth:`close` it (or use it as a context)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.sizes = [max(0, min(CHUNK_BYTES, manifest.nbytes - i * CHUNK_BYTES)) for i in range(manifest.chunks)]
+        self._done = 0
+        self._views: list[memoryview] = []
+        self._keep = False  # the float16 copy is still being made from the buffer
+        self._release_lock = threading.Lock()
+        # anonymous memory, unmapped as soon as the index is loaded (no huge pages: where the kernel compacts
+        # memory to make them, faulting them in cost more than it saved)
+        self._map: mmap.mmap | None = mmap.mmap(-1, max(1, manifest.nbytes))
+        self._buf = memoryview(self._map)[: manifest.nbytes]
+        self._arrived: dict[int, list[memoryview]] = {}  # chunks received but not hashed yet (out of order)
+        self._hashed = 0  # chunks before this one went to the hasher
+        a = manifest.sections[0]
+        self._table_chunks = set(range(min(a // CHUNK_BYTES, manifest.chunks - 1), manifest.chunks)) \
+            if manifest.nbytes > a else set()
+        self._tables: tuple[np.ndarray, Any, Any, Any] | SnapshotCorrupt | None = None
+        self._digest = hashlib.sha256()
+        self._queue: queue.SimpleQueue[memoryview | None] | None = None
+        self._hasher: threading.Thread | None = None
+        if manifest.chunks > 1:
+            self._queue = queue.SimpleQueue()
+            self._hasher = threading.Thread(target=self._hash_loop, name="embcache-sha256", daemon=True)
+            self._hasher.start()
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _hash_loop(self) -> None:
+        assert self._queue is not None
+        while (view := self._queue.get()) is not None:
+            self._digest.update(view)
+
+    def order(self) -> list[int]:
+        """The order to fetch the chunks in: those holding the tables first, so that they are parsed while the
+        index's chunks are still on their way."""
+        tables = sorted(self._table_chunks)
+        return tables + [i for i in range(self.manifest.chunks) if i not in self._table_chunks]
+
+    def segments(self, i: int) -> list[memoryview]:
+        """Where chunk ``i``'s bytes go."""
+        view = self._buf[i * CHUNK_BYTES : i * CHUNK_BYTES + self.sizes[i]]
+        self._views.append(view)
+        return [view]
+
+    def received(self, i: int, segments: list[memoryview]) -> None:
+        """Chunk ``i`` has filled its :meth:`segments` (chunks may arrive in any order, each once)."""
+        if not 0 <= i < self.manifest.chunks or i < self._hashed or i in self._arrived:
+            raise ValueError(f"chunk {i} received twice or out of range")
+        self._done += 1
+        self._arrived[i] = segments
+        while self._hashed in self._arrived:  # sha256 runs over the blob in order
+            for view in self._arrived.pop(self._hashed):
+                if self._queue is not None:
+                    self._queue.put(view)
+                else:
+                    self._digest.update(view)
+            self._hashed += 1
+        self._table_chunks.discard(i)
+        if not self._table_chunks and self._tables is None:
+            self._tables = self._parse_tables()
+
+    def _parse_tables(self) -> tuple[np.ndarray, Any, Any, Any] | SnapshotCorrupt:
+        """The label, id and metadata tables and the neighbour lists (not yet verified: :meth:`load` uses them
+        once the digest matched), or the error they raised."""
+        m = self.manifest
+        a, b, c, d = m.sections[:4]
+        with self._buf[a:] as tables:
+            try:
+                labels = np.frombuffer(tables, dtype="<i8", count=b // 8).astype(np.int64)
+                ids = json.loads(bytes(tables[b : b + c]))
+                metas = json.loads(bytes(tables[b + c : b + c + d]))
+            except (ValueError, RecursionError) as exc:
+                return SnapshotCorrupt(f"snapshot generation {m.generation} has unreadable tables: {str(exc)[:200]}")
+            lists = None
+            if m.neighbours:
+                start, w = b + c + d, m.neighbours
+                size = m.count * w
+                rows = np.frombuffer(tables, dtype="<i4", count=size, offset=start).reshape(m.count, w)
+                dists = np.frombuffer(tables, dtype="<f4", count=size, offset=start + 4 * size).reshape(m.count, w)
+                lists = (rows.astype(np.int64), dists.astype(np.float32))  # copies: the buffer is unmapped later
+                del rows, dists
+                try:
+                    check_neighbour_lists(*lists, m.count)
+                except ValueError as exc:
+                    return SnapshotCorrupt(f"snapshot generation {m.generation} has bad neighbour lists: {exc}")
+        return labels, ids, metas, lists
+
+    def write(self, i: int, chunk: bytes | bytearray | memoryview) -> None:
+        """Chunk ``i`` as a whole (fetched by a client that returns values)."""
+        if len(chunk) != self.sizes[i]:
+            raise SnapshotCorrupt(f"snapshot generation {self.manifest.generation}: chunk {i} has {len(chunk)} bytes, "
+                                  f"its manifest says {self.sizes[i]}")
+        segs = self.segments(i)
+        segs[0][:] = chunk
+        self.received(i, segs)
+
+    def _finish_digest(self) -> str:
+        if self._queue is not None and self._hasher is not None:
+            self._queue.put(None)
+            self._hasher.join()
+            self._queue = None
+        return self._digest.hexdigest()
+
+    def load(self, *, ef: int, for_update: bool = False) -> HnswBase:
+        """Verify what was received and load it: :class:`SnapshotCorrupt` when a chunk is missing, the sha256
+        fails, or the index file or the tables disagree with the manifest or with themselves."""
+        m = self.manifest
+        a = m.sections[0]
+        gen = m.generation
+        if self._done != m.chunks:
+            self._finish_digest()
+            raise SnapshotCorrupt(f"snapshot generation {gen} is missing chunks")
+        # parsing (our code, on untrusted bytes: it raises, never crashes) runs while the hasher finishes; hnswlib
+        # sees nothing before the digest matched
+        index_file = self._buf[:a]
+        check_index_header(bytes(index_file[: _HNSW_HEADER.size]), m)
+        if self._tables is None:
+            self._tables = self._parse_tables()
+        if isinstance(self._tables, SnapshotCorrupt):
+            if self._finish_digest() != m.sha256:
+                raise SnapshotCorrupt(f"snapshot generation {gen} failed its sha256 check")
+            raise self._tables
+        labels, ids, metas, lists = self._tables
+        if not (isinstance(ids, list) and isinstance(metas, list)
+                and len(labels) == len(ids) == len(metas) == m.count):
+            raise SnapshotCorrupt(f"snapshot generation {gen} has inconsistent tables")
+        n_slots = int(labels.max()) + 1 if len(labels) else 0
+        if m.metric not in ("cosine", "l2", "ip"):  # embcache's metric names are hnswlib's
+            raise SnapshotCorrupt(f"snapshot manifest names an unknown metric {m.metric!r}")
+        try:
+            params = index_params(index_file, m.metric, m.dim, allow_replace_deleted=for_update,
+                                  max_elements=m.count + m.deleted + 1024 if for_update else 0)
+            layout = None if for_update else level0_layout(index_file, m.dim, n_slots)
+        except ValueError as exc:
+            raise SnapshotCorrupt(f"snapshot generation {gen}: its index file is not a valid hnswlib index: "
+                                  f"{exc}") from None
+        if self._finish_digest() != m.sha256:
+            raise SnapshotCorrupt(f"snapshot generation {gen} failed its sha256 check")
+        try:
+            index = hnswlib.Index(params)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise SnapshotCorrupt(f"hnswlib could not load the snapshot index: {exc}") from None
+        del params
+        vectors: Future[np.ndarray] | None = None
+        if layout is not None:  # the float16 copy: checked above, cast beside the first queries
+            vectors = Future()
+            self._keep = True
+            holder = [layout]  # the thread drops the last reference to the buffer's block before unmapping it
+            del layout
+            threading.Thread(target=self._copy_vectors, args=(vectors, holder, m.dim, n_slots),
+                             name="embcache-f16", daemon=True).start()
+        index_file.release()
+        return HnswBase(index, labels, ids, metas, m, ef, vectors=vectors, neighbours=lists)
+
+    def _copy_vectors(self, out: Future[np.ndarray], holder: list[tuple[np.ndarray, np.ndarray, int]], dim: int,
+                      n_slots: int) -> None:
+        try:
+            out.set_result(level0_copy(*holder.pop(), dim, n_slots))
+        except BaseException as exc:  # noqa: BLE001 - MemoryError: the base falls back to hnswlib's vectors
+            out.set_exception(exc)
+        finally:
+            self._keep = False
+            self._release()
+
+    def close(self) -> None:
+        """Free the buffer (at once, or when the float16 copy is made)."""
+        self._finish_digest()
+        if not self._keep:
+            self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:
+            try:
+                for view in self._views:
+                    view.release()
+                self._views.clear()
+                self._buf.release()
+                if self._map is not None:
+                    self._map.close()
+                    self._map = None
+            except (BufferError, ValueError):  # still exported (an exception's frames): the collector unmaps it
+                pass
+
+
+def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False) -> HnswBase:
+    """Verify and parse a snapshot from its chunks; :class:`SnapshotCorrupt` when a chunk is missing or the
+    checksum fails (the same checks as a :class:`Receiver` fed while fetching)."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"snapshot generation {manifest.generation} is missing chunks")
-    a, b, c, d = manifest.sections[:4]
-    check_index_header(bytes(memoryview(chunks[0])[: _HNSW_HEADER.size]), manifest)  # type: ignore[arg-type]
-    digest = hashlib.sha256()
-    tables = bytearray()
-    fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            offset = 0
-            for chunk in chunks:
-                view = memoryview(chunk)  # type: ignore[arg-type]
-                digest.update(view)
-                cut = max(0, min(len(view), a - offset))
-                f.write(view[:cut])
-                tables += view[cut:]
-                offset += len(view)
-        if offset != manifest.nbytes or digest.hexdigest() != manifest.sha256:
-            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} failed its sha256 check")
-        try:
-            labels = np.frombuffer(tables, dtype="<i8", count=b // 8).astype(np.int64)
-            ids = json.loads(tables[b : b + c])
-            metas = json.loads(tables[b + c : b + c + d])
-        except ValueError as exc:
-            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has unreadable tables: {exc}") from None
-        if not (len(labels) == len(ids) == len(metas) == manifest.count):
-            raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has inconsistent tables")
-        lists = None
-        if manifest.neighbours:
-            start, w = b + c + d, manifest.neighbours
-            size = manifest.count * w
-            rows = np.frombuffer(tables, dtype="<i4", count=size, offset=start).reshape(manifest.count, w)
-            dists = np.frombuffer(tables, dtype="<f4", count=size, offset=start + 4 * size).reshape(manifest.count, w)
-            lists = (rows.astype(np.int64), dists.astype(np.float32))
-            try:
-                check_neighbour_lists(*lists, manifest.count)
-            except ValueError as exc:
-                raise SnapshotCorrupt(f"snapshot generation {manifest.generation} has bad neighbour lists: {exc}") \
-                    from None
-        headroom = manifest.count + manifest.deleted + 1024 if for_update else 0
-        index = _load_index(path, manifest.metric, manifest.dim, headroom, for_update)
-        n_slots = int(labels.max()) + 1 if len(labels) else 0
-        vectors = None if for_update else _level0(path, manifest.dim, n_slots)
-    finally:
-        os.unlink(path)
-    return HnswBase(index, labels, ids, metas, manifest, ef, vectors=vectors, neighbours=lists)
+    with Receiver(manifest) as receiver:
+        for i, chunk in enumerate(chunks):
+            receiver.write(i, chunk)  # type: ignore[arg-type]
+        return receiver.load(ef=ef, for_update=for_update)
 
 
 def check_neighbour_lists(rows: np.ndarray, dists: np.ndarray, count: int) -> None:

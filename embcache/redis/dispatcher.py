@@ -7,6 +7,13 @@ deterministic id, so at most one build per partition is queued or running. A mar
 picked up after it; a mark found while a job is still queued is covered by that job. A periodic reconciliation
 marks any partition whose change log is ahead of its snapshot,
 which covers a writer that died between its write and its mark, and a worker killed mid-build.
+
+**Settling.** A partition's build is enqueued only once its log has been quiet for ``settle`` seconds, or
+``max_delay`` seconds after its first write not in the published snapshot (measured on Redis's clock from the
+log's entry ids, and bounded by the dispatcher's own clock since it first saw the mark, whatever the log says), so
+a bulk load in many upsert calls is one build rather than one per call that the next one supersedes, and a
+steady write stream still gets a build every ``max_delay`` seconds. A mark with score 0 (``Version.build()``
+asks so) is dispatched at once.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from rq.job import Job, JobStatus
 
 from ..core.errors import EmbcacheError, InvalidInput, SnapshotCorrupt
 from ..core.keys import NAME_PATTERN
+from ..core.snapshot import Manifest
 from ..core.views import pos_key
 from . import metrics, settings, snapshots
 from .catalogue import Catalogue
@@ -62,8 +70,13 @@ class Dispatcher:
     """Polls dirty sets every ``interval`` seconds; reconciles every ``reconcile_every`` seconds."""
 
     def __init__(self, store: Store, queue: Queue, interval: float = 0.05, reconcile_every: float = 5.0,
-                 job_timeout: int = 3600) -> None:
+                 job_timeout: int = 3600, settle: float = 0.0, max_delay: float = 0.0) -> None:
+        """``settle``/``max_delay``: see the module docstring (0: enqueue at once; ``embcache worker`` passes
+        its :class:`~embcache.redis.settings.WorkerSettings`)."""
         self.store = store
+        self.settle = settle
+        self.max_delay = max(max_delay, settle)
+        self._first_seen: dict[tuple[str, bytes], float] = {}  # (space, mark) -> when this dispatcher first saw it
         self.queue = queue
         self.interval = interval
         self.reconcile_every = reconcile_every
@@ -124,7 +137,12 @@ class Dispatcher:
             r.delete(dirty)  # the reconciliation marks again whatever is behind its log
             return 0
         enqueued = 0
-        for member in r.zrange(dirty, 0, MAX_MARKS - 1):
+        marks = r.zrange(dirty, 0, MAX_MARKS - 1, withscores=True)
+        seen = {(space, member) for member, _ in marks}
+        for key in [x for x in self._first_seen if x[0] == space and x not in seen]:
+            del self._first_seen[key]  # marks gone (dispatched by another leader, the space dropped)
+        now_ms: list[int] = []  # Redis's clock, read once per space when a mark needs it
+        for member, score in marks:
             names = k.parse_dirty_member(member)
             version, partition = names if names is not None else ("", "")
             if names is None or not self.catalogue.has_partition(space, version, partition):
@@ -134,11 +152,45 @@ class Dispatcher:
             state = self._state(space, version, partition)
             if state in ("running", "dequeued"):
                 continue  # it may have read the log already: keep the mark for a build after it
+            if state == "idle" and not self._due(space, version, partition, member, score, now_ms):
+                continue  # its writes are still settling: keep the mark
             r.zrem(dirty, member)
+            self._first_seen.pop((space, member), None)
             if state == "idle":  # a queued job has not read the log yet and will cover the mark
                 self._enqueue(space, version, partition)
                 enqueued += 1
         return enqueued
+
+    def _due(self, space: str, version: str, partition: str, member: bytes, score: float,
+             now_ms: list[int]) -> bool:
+        """True when the partition's build should be enqueued now (see Settling in the module docstring)."""
+        if self.max_delay <= 0 or score <= 0:  # no settling, or an explicit build() asks for it now
+            return True
+        now = time.monotonic()
+        if now - self._first_seen.setdefault((space, member), now) >= self.max_delay:
+            return True  # our own clock bounds the wait, whatever a writer put in the log
+        r = self.store.r
+        pk = self.store.keys.partition(space, version, partition)
+        pipe = r.pipeline(transaction=False)
+        pipe.get(pk.snap)
+        pipe.xrevrange(pk.log, "+", "-", count=1)
+        if not now_ms:
+            pipe.time()
+        raw, last, *clock = pipe.execute()
+        if clock:
+            now_ms.append(int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000)
+        try:
+            built = Manifest.from_json(raw).pos if raw is not None else "0-0"
+        except SnapshotCorrupt:
+            return True  # replaced by the next build
+        if not last or pos_key(last[0][0].decode()) <= pos_key(built):
+            return True  # nothing to index (a corrupt report, a reconciliation): the build decides
+        first = r.xrange(pk.log, min="(" + built, max="+", count=1)
+        if not first:
+            return True
+        quiet = now_ms[0] - pos_key(last[0][0].decode())[0]
+        waited = now_ms[0] - pos_key(first[0][0].decode())[0]
+        return quiet >= self.settle * 1000 or waited >= self.max_delay * 1000
 
     def _state(self, space: str, version: str, partition: str) -> str:
         """"queued", "running", "dequeued" (taken by a worker that has not started it yet) or "idle" for the
@@ -252,8 +304,12 @@ class Dispatcher:
 
 def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, simple: bool = True,
                dispatch: bool = True, name: str | None = None, username: str | None = None,
-               password: str | None = None, **kw: Any) -> None:
+               password: str | None = None, settle: float | None = None, max_delay: float | None = None,
+               **kw: Any) -> None:
     """What ``embcache worker`` runs: an RQ worker on the embcache queue with the dispatcher beside it.
+
+    ``settle``/``max_delay`` (default: ``EMBCACHE_BUILD_SETTLE``/``EMBCACHE_BUILD_MAX_DELAY``, else 0.5 and 3
+    seconds) are how long the dispatcher lets a partition's writes settle before enqueuing its build.
 
     ``username``/``password`` (default: ``EMBCACHE_USERNAME``/``EMBCACHE_PASSWORD``) are the data Redis's; the
     queue's are ``EMBCACHE_QUEUE_USERNAME``/``EMBCACHE_QUEUE_PASSWORD``, and when the queue is the data Redis
@@ -270,6 +326,10 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
         raise InvalidInput("no data Redis: pass --url or set EMBCACHE_URL")
     username = username if username is not None else env.username
     password = password if password is not None else env.password
+    conf = settings.WorkerSettings(
+        data_url, username, password,
+        settle_seconds=env.settle_seconds if settle is None else settle,
+        max_delay_seconds=env.max_delay_seconds if max_delay is None else max_delay)
     store = Store(open_client(data_url, username=username, password=password),
                   Keys(os.environ.get("EMBCACHE_PREFIX", "emb")))
     store.ensure_functions()
@@ -300,8 +360,9 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     with translate_errors("connect to the queue's Redis"):
         qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
-    settings.use(settings.WorkerSettings(data_url, username, password))  # what this process's jobs connect with
-    dispatcher = Dispatcher(store, queue, **kw).start() if dispatch else None
+    settings.use(conf)  # what this process's jobs connect with, and how long its dispatcher lets writes settle
+    dispatcher = Dispatcher(store, queue, settle=conf.settle_seconds, max_delay=conf.max_delay_seconds,
+                            **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
     logging.getLogger("rq.worker").addFilter(_OneLine())
     failures = 0

@@ -11,24 +11,61 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-__all__ = ["WorkerSettings", "use", "current"]
+from ..core.errors import InvalidInput
+
+__all__ = ["WorkerSettings", "use", "current", "SETTLE_SECONDS", "MAX_DELAY_SECONDS"]
+
+
+#: Seconds a partition's change log must have been quiet before its build is enqueued (a bulk load in many
+#: calls becomes one build, not one per call).
+SETTLE_SECONDS = 0.5
+#: Seconds at most between a partition's first unindexed write and its build being enqueued, however busy its
+#: log: a steady write stream still gets builds.
+MAX_DELAY_SECONDS = 3.0
+_MAX_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Where a worker's data lives. ``url`` None: the data is on the queue's own Redis."""
+    """Where a worker's data lives (``url`` None: the data is on the queue's own Redis), and how long its
+    dispatcher lets a partition's writes settle before enqueuing a build (``settle_seconds``, at most
+    ``max_delay_seconds`` after the first unindexed write; an explicit ``Version.build()`` does not wait)."""
 
     url: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    settle_seconds: float = SETTLE_SECONDS
+    max_delay_seconds: float = MAX_DELAY_SECONDS
+
+    def __post_init__(self) -> None:
+        for name in ("settle_seconds", "max_delay_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= _MAX_SECONDS:
+                raise InvalidInput(f"{name} must be a number of seconds from 0 to {_MAX_SECONDS:.0f}, got {v!r:.40}")
+        if self.max_delay_seconds < self.settle_seconds:
+            raise InvalidInput(f"max_delay_seconds ({self.max_delay_seconds}) must not be less than settle_seconds "
+                               f"({self.settle_seconds})")
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
-        """``EMBCACHE_URL``, ``EMBCACHE_USERNAME``, ``EMBCACHE_PASSWORD`` (or ``EMBCACHE_PASSWORD_FILE``)."""
+        """``EMBCACHE_URL``, ``EMBCACHE_USERNAME``, ``EMBCACHE_PASSWORD`` (or ``EMBCACHE_PASSWORD_FILE``),
+        ``EMBCACHE_BUILD_SETTLE`` and ``EMBCACHE_BUILD_MAX_DELAY`` (seconds)."""
         from .connection import env_credentials
 
         username, password = env_credentials()
-        return cls(os.environ.get("EMBCACHE_URL") or None, username, password)
+        return cls(os.environ.get("EMBCACHE_URL") or None, username, password,
+                   settle_seconds=_seconds("EMBCACHE_BUILD_SETTLE", SETTLE_SECONDS),
+                   max_delay_seconds=_seconds("EMBCACHE_BUILD_MAX_DELAY", MAX_DELAY_SECONDS))
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number of seconds, got {raw[:40]!r}") from None
 
 
 _installed: WorkerSettings | None = None

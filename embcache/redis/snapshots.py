@@ -7,20 +7,28 @@ the log's last entry, and the bookkeeping of uploads that a build killed before 
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import redis
+from redis import exceptions as rexc
 from redis.exceptions import ResponseError
 
 from ..core.errors import PublishConflict, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..core.snapshot import UPLOAD_FIELD, HnswBase, Manifest, pending_uploads, unpack
+from ..core.snapshot import UPLOAD_FIELD, HnswBase, Manifest, Receiver, pending_uploads
 from .store import lua_error
 
-__all__ = ["read_manifest", "load", "write_chunks", "publish", "remove_uploads", "check_position",
-           "last_log_position", "ORPHAN_TTL", "GRACE_SECONDS"]
+__all__ = ["read_manifest", "load", "fetch_chunks", "write_chunks", "publish", "remove_uploads", "check_position",
+           "last_log_position", "ORPHAN_TTL", "GRACE_SECONDS", "FETCH_WINDOW"]
 
 ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
+#: Chunk requests a reader keeps in flight: Redis holds at most this many chunks (8 MiB each) in the reader's
+#: output buffer, however large the partition (one MGET or pipeline of all chunks made it hold the whole
+#: snapshot, and hit client-output-buffer limits past ~1 GB), and the next request is always queued behind the
+#: current reply, so the stream never waits for a round trip.
+FETCH_WINDOW = 4
 
 
 def read_manifest(r: Any, pk: PartitionKeys) -> Manifest | None:
@@ -57,20 +65,127 @@ def load(r: Any, pk: PartitionKeys, *, ef: int, dim: int, metric: str, for_updat
         if manifest is None:
             return None
         manifest.check(dim, metric)
-        keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
-        pipe = r.pipeline(transaction=False)  # one round trip (GETs, not MGET: a Cluster pipeline refuses MGET)
-        for key in keys:
-            pipe.get(key)
-        pipe.xrevrange(pk.log, "+", "-", count=1)
-        *chunks, last = pipe.execute()
-        if any(c is None for c in chunks):
-            latest = read_manifest(r, pk)
-            if latest is not None and latest.generation != manifest.generation:
-                manifest = latest
-                continue
-        check_position(manifest, last[0][0].decode() if last else "0-0")
-        return unpack(chunks, manifest, ef=ef, for_update=for_update)
+        with Receiver(manifest) as receiver:
+            if not fetch_chunks(r, pk, manifest, receiver):
+                latest = read_manifest(r, pk)
+                if latest is not None and latest.generation != manifest.generation:
+                    manifest = latest
+                    continue
+            check_position(manifest, last_log_position(r, pk))
+            return receiver.load(ef=ef, for_update=for_update)
     raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
+
+
+def fetch_chunks(r: Any, pk: PartitionKeys, manifest: Manifest, receiver: Receiver) -> bool:
+    """Fetch the manifest's chunks into ``receiver`` (in its order: tables first), with at most
+    :data:`FETCH_WINDOW` requests in flight; False when one is missing (the pointer moved and its chunks
+    expired). Every chunk's size is checked against the manifest before a byte of it is read.
+
+    On a standalone server the replies are read straight from the connection's socket into the receiver's
+    buffers (``recv_into``: one copy from the kernel, none by a reply parser); otherwise (Cluster) GETs are
+    pipelined in windows and their values copied in."""
+    keys = [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
+    if type(r) is redis.Redis:
+        return _stream(r, keys, receiver)
+    order = receiver.order()
+    for start in range(0, len(order), FETCH_WINDOW):
+        pipe = r.pipeline(transaction=False)  # GETs, not MGET: a Cluster pipeline refuses MGET
+        batch = order[start : start + FETCH_WINDOW]
+        for i in batch:
+            pipe.get(keys[i])
+        for i, value in zip(batch, pipe.execute()):
+            if value is None:
+                return False
+            receiver.write(i, value)
+    return True
+
+
+def _stream(r: Any, keys: list[str], receiver: Receiver) -> bool:
+    conn = r.connection_pool.get_connection()
+    clean = False
+    try:
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            raise rexc.ConnectionError("not connected")
+        try:
+            clean = _stream_on(sock, keys, receiver)
+        except TimeoutError as exc:  # socket.timeout
+            raise rexc.TimeoutError(f"reading a snapshot: {exc}") from None
+        except OSError as exc:
+            raise rexc.ConnectionError(f"reading a snapshot: {exc}") from None
+        return clean
+    finally:
+        if not clean:  # replies left unread (a missing chunk, an error, a bad size): the connection is dropped
+            conn.disconnect()
+        r.connection_pool.release(conn)
+
+
+def _get(key: str) -> bytes:
+    k = key.encode()
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k)
+
+
+def _line(sock: socket.socket, pending: bytearray) -> bytes:
+    while (j := pending.find(b"\r\n")) < 0:
+        if len(pending) > 4096:
+            raise rexc.InvalidResponse("a reply line longer than 4096 bytes")
+        data = sock.recv(256)  # small: the payload that follows goes straight into its buffer
+        if not data:
+            raise rexc.ConnectionError("the connection closed while reading a snapshot")
+        pending += data
+    line = bytes(pending[:j])
+    del pending[: j + 2]
+    return line
+
+
+def _fill(sock: socket.socket, view: memoryview, pending: bytearray) -> None:
+    got = min(len(pending), len(view))
+    if got:
+        view[:got] = pending[:got]
+        del pending[:got]
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise rexc.ConnectionError("the connection closed while reading a snapshot")
+        got += n
+
+
+def _stream_on(sock: socket.socket, keys: list[str], receiver: Receiver) -> bool:
+    """True when every chunk was read and the connection is clean; False when one is missing."""
+    from redis._parsers.base import BaseParser
+
+    pending = bytearray()
+    order = receiver.order()
+    sent = min(FETCH_WINDOW, len(keys))
+    sock.sendall(b"".join(_get(keys[j]) for j in order[:sent]))
+    for i in order:
+        line = _line(sock, pending)
+        if line[:1] == b"-":
+            raise BaseParser.parse_error(line[1:].decode(errors="replace"))
+        if line[:1] == b"!" and line[1:].isdigit() and int(line[1:]) <= 4096:  # RESP3's blob error
+            message = bytearray(int(line[1:]) + 2)
+            _fill(sock, memoryview(message), pending)
+            raise BaseParser.parse_error(message[:-2].decode(errors="replace"))
+        if line in (b"$-1", b"_"):  # nil in RESP2, null in RESP3 (redis-py 8 speaks RESP3 where it can)
+            return False
+        if line[:1] != b"$" or not line[1:].isdigit() or len(line) > 21:
+            raise rexc.InvalidResponse(f"unexpected reply to GET: {line[:40]!r}")
+        size = int(line[1:])
+        if size != receiver.sizes[i]:
+            raise SnapshotCorrupt(f"snapshot generation {receiver.manifest.generation}: chunk {i} has {size} bytes, "
+                                  f"its manifest says {receiver.sizes[i]}")
+        segments = receiver.segments(i)
+        for view in segments:
+            _fill(sock, view, pending)
+        crlf = bytearray(2)
+        _fill(sock, memoryview(crlf), pending)
+        if crlf != b"\r\n":
+            raise rexc.InvalidResponse("a bulk reply not ended by CRLF")
+        receiver.received(i, segments)
+        if sent < len(keys):
+            sock.sendall(_get(keys[order[sent]]))
+            sent += 1
+    return not pending
 
 
 def write_chunks(r: Any, pk: PartitionKeys, sid: str, chunks: list[bytes]) -> None:

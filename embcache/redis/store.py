@@ -609,11 +609,16 @@ class Store:
                              metadatas=[metas.get(i) for i in ids])
 
     @planned
-    def mark_dirty(self, space: str, version: str, partition: str) -> Plan[None]:
-        """Tell the dispatcher the partition has changes to index (the first mark's time is kept)."""
+    def mark_dirty(self, space: str, version: str, partition: str, urgent: bool = False) -> Plan[None]:
+        """Tell the dispatcher the partition has changes to index (the first mark's time is kept). ``urgent``
+        (an explicit build request) sets the mark's score to 0, which the dispatcher serves without letting the
+        partition's writes settle first."""
         with translate_errors("mark dirty", write=True):
-            mark = {self.keys.dirty_member(version, partition): time.time()}
-            yield Call("zadd", self.keys.dirty(space), mark, nx=True)
+            member = self.keys.dirty_member(version, partition)
+            if urgent:
+                yield Call("zadd", self.keys.dirty(space), {member: 0}, lt=True)
+            else:
+                yield Call("zadd", self.keys.dirty(space), {member: time.time()}, nx=True)
 
     def flag_sealed(self, pk: PartitionKeys) -> None:
         """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
