@@ -824,19 +824,15 @@ class Version:
         """Refuse ids that live in another partition, in round trips that do not grow with the version's
         partitions: one read of the version's owners map, then at most one lookup where it points (claims are
         hints: a claim by another partition is verified there). When the map cannot answer (see
-        :class:`~embcache.redis.store.Claim`), and for a principal limited to some partitions (it may not read
-        the map), every partition it can see is asked. Returns whether to claim the ids once they are written."""
+        :meth:`~embcache.redis.store.Store.owners_check`), and for a principal limited to some partitions (it may
+        not read the map), every partition it can see is asked. Returns whether to claim the ids once written."""
         store = self.hub.store
-        others = None
+        ask = None
         if self.space.allowed_partitions() is None:
-            others = (yield from store.owners_check.plan(store, self.space.name, self.name, partition, ids)).others
-        ask: dict[str, list[str]] = {}
-        if others is None:
+            ask = yield from store.owners_check.plan(store, self.space.name, self.name, partition, ids)
+        claim = ask is not None
+        if ask is None:
             ask = {p: ids for p in (yield from self._partitions_arg(None)) if p != partition}
-        else:
-            for i, owner in others.items():
-                if owner:  # "": a claim that names no partition, stale by definition
-                    ask.setdefault(owner, []).append(i)
         if ask:
             names = sorted(ask)
             there = yield from store.existing.plan(store, [(self._pk(p), ask[p]) for p in names])
@@ -847,7 +843,7 @@ class Version:
                         f"id {hits[0]!r} already lives in partition {p!r} of {self.space.name}/{self.name}; "
                         "an item lives in one partition: delete it there first"
                     )
-        return others is not None
+        return claim
 
     # reads ------------------------------------------------------------------------------------------------
     def partitions(self) -> list[str]:

@@ -258,18 +258,6 @@ def _limited_writers(grants: dict[bytes, bytes]) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What :meth:`Store.owners_check` found.
-
-    ``others``: id -> the other partition that claims it, ``""`` for a claim that names no valid partition;
-    None when the map cannot answer: it is not complete (a version from before owners maps, or one whose map a
-    revoked partition-limited writer left incomplete), or the space has writers limited to some partitions
-    (they may not write the map, so their ids are not in it)."""
-
-    others: dict[str, str] | None
-
-
 class Store:
     """Redis operations of one hub. ``client`` is a binary-safe redis-py client (standalone or cluster)."""
 
@@ -368,21 +356,28 @@ class Store:
         return gone, positions[-1] if positions else None
 
     @planned
-    def owners_check(self, space: str, version: str, partition: str, ids: list[str]) -> Plan[Claim]:
-        """The claims on ``ids`` in the version's owners map that name another partition, read with what a
-        caller needs to trust them in one round trip: whether the map is complete and the space's grants.
-        Writes nothing (a write refused afterwards must leave the database as it was)."""
+    def owners_check(self, space: str, version: str, partition: str,
+                     ids: list[str]) -> Plan[dict[str, list[str]] | None]:
+        """The ids the version's owners map says another partition holds, by that partition, read in one round
+        trip with what makes the answer trustworthy: the map's completeness and the space's grants. None when the
+        map cannot answer: it is not complete (a version from before owners maps, or one whose map a revoked
+        partition-limited writer left incomplete), or the space has writers limited to some partitions (they may
+        not write the map, so their ids are not in it). Writes nothing: a write refused afterwards must leave the
+        database as it was."""
         owners = self.keys.owners(space, version)
         calls = [Call("hexists", owners, ""), Call("hgetall", self.keys.grants(space))]
         calls += [Call("hmget", owners, *ids[i : i + READ_CHUNK_ITEMS]) for i in range(0, len(ids), READ_CHUNK_ITEMS)]
         with translate_errors("upsert"):
             complete, grants, *claims = yield Batch(calls)
         if not complete or _limited_writers(grants):
-            return Claim(None)
-        owner = [o.decode(errors="replace") if isinstance(o, bytes) else o for chunk in claims for o in chunk]
-        # a full writer may HSET the map by hand: an owner that is no partition name is no owner ("")
-        return Claim({i: o if _NAME.fullmatch(o) else ""
-                      for i, o in zip(ids, owner) if o is not None and o != partition})
+            return None
+        elsewhere: dict[str, list[str]] = {}
+        for i, o in zip(ids, (o for chunk in claims for o in chunk)):
+            owner = _s(o)
+            # a full writer may HSET the map by hand: a claim that names no partition is stale by definition
+            if owner is not None and owner != partition and _NAME.fullmatch(owner):
+                elsewhere.setdefault(owner, []).append(i)
+        return elsewhere
 
     @planned
     def claim(self, space: str, version: str, partition: str, ids: list[str]) -> Plan[None]:
