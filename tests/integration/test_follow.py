@@ -38,6 +38,19 @@ def _caught_up(hub: embcache.Hub, writer: embcache.Hub, pid: tuple[str, str, str
     return view is not None and view.pos == writer.store.position(writer.keys.partition(*pid))
 
 
+def _built_and_loaded(a: embcache.Hub, b: embcache.Hub, workers, redis_url: str, space: str, x: np.ndarray,  # noqa: ANN001
+                      ids: list[str]) -> tuple[embcache.Version, embcache.Version, tuple[str, str, str]]:
+    """``ids``/``x`` written by hub A into one partition, built by a real worker, and loaded by hub B (one query):
+    A's version, B's version and the partition id."""
+    va = a.create_space(space, dim=DIM, metric="cosine").create_version()
+    va.upsert(ids, x)
+    workers.start(redis_url)
+    va.build(timeout=60)
+    vb = b.space(space).version(va.name)
+    vb.query(x[:1], 1)
+    return va, vb, (space, va.name, "default")
+
+
 def test_another_hubs_writes_are_visible_at_eventual_without_a_build(redis_url: str, hubs) -> None:  # noqa: ANN001
     """Inserts, replacements, deletes and metadata changes (with where filters), on a partition that has no
     snapshot (an exact base that B does not refresh) and with no worker running."""
@@ -87,13 +100,7 @@ def test_recall_with_a_large_indexed_overlay_against_brute_force(redis_url: str,
     rng = np.random.default_rng(3)
     x = random_unit(1500, DIM, 4)
     live = {f"i{i}": x[i] for i in range(1500)}
-    va = a.create_space("r", dim=DIM, metric="cosine").create_version()
-    va.upsert(list(live), x)
-    workers.start(redis_url)
-    va.build(timeout=60)
-    vb = b.space("r").version(va.name)
-    vb.query(x[:1], 1)
-    pid = ("r", va.name, "default")
+    va, vb, pid = _built_and_loaded(a, b, workers, redis_url, "r", x, list(live))
     assert isinstance(b.cache.cached(pid), HnswBase)
     with paused_builds(a):
         extra = random_unit(INDEX_FROM + 1000, DIM, 5)
@@ -129,13 +136,7 @@ def test_strong_uses_the_followers_position_and_stays_exact(redis_url: str, work
     """When the follower is at the log's position, strong answers from base + overlay with the probe alone."""
     a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
     x = random_unit(200, DIM, 8)
-    va = a.create_space("st", dim=DIM, metric="cosine").create_version()
-    va.upsert([f"i{i}" for i in range(200)], x)
-    workers.start(redis_url)
-    va.build(timeout=60)
-    vb = b.space("st").version(va.name)
-    vb.query(x[:1], 1)
-    pid = ("st", va.name, "default")
+    va, vb, pid = _built_and_loaded(a, b, workers, redis_url, "st", x, [f"i{i}" for i in range(200)])
     with paused_builds(a):
         va.upsert(["w"], x[:1])  # the same vector as i0, which goes
         va.delete(["i0"])
@@ -194,13 +195,7 @@ def test_log_trimmed_past_the_follower_reloads_and_misses_nothing(redis_url: str
     more is written; once it runs again it reloads the partition and shows every write, no deleted item."""
     a, b = hubs(redis_url), hubs(redis_url, refresh_interval=0)  # no refresher: only the follower moves B
     x = random_unit(300, DIM, 10)
-    va = a.create_space("t", dim=DIM, metric="cosine").create_version()
-    va.upsert([f"i{i}" for i in range(300)], x)
-    workers.start(redis_url)
-    va.build(timeout=60)
-    vb = b.space("t").version(va.name)
-    vb.query(x[:1], 1)
-    pid = ("t", va.name, "default")
+    va, vb, pid = _built_and_loaded(a, b, workers, redis_url, "t", x, [f"i{i}" for i in range(300)])
     follower = b.cache.follower
     assert follower is not None
     wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower")
