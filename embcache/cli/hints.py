@@ -42,7 +42,8 @@ HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
                     "again (a stopped import says how to go on from where it was)"),
     (OutOfMemory, "Redis is at its maxmemory limit: free memory (`embcache drop-version`, `embcache drop-space`) "
                   "or raise the limit"),
-    (Unavailable, "is Redis running there? give its address with --url or EMBCACHE_URL"),
+    (Unavailable, "is Redis running there, and answering? give its address with --url or EMBCACHE_URL; a server "
+                  "that is only slow may need a longer EMBCACHE_SOCKET_TIMEOUT"),
     (VersionSealed, "sealed versions are read-only: write to a new version (`embcache create-version {space}`)"),
 )
 

@@ -165,13 +165,18 @@ def translate_errors(operation: str = "", *, write: bool = False) -> Iterator[No
                           f"written: {exc}") from None
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError, OSError) as exc:
         timed_out = isinstance(exc, (rexc.TimeoutError, TimeoutError))
-        what = f"timed out (no answer within {SOCKET_TIMEOUT:g} s)" if timed_out else f"connection failed: {exc}"
+        # the limit a URL's socket_timeout= set is not known here: name the setting, and its value when it is ours
+        what = (f"timed out (no answer within the socket timeout: {SOCKET_TIMEOUT:g} s unless the URL's "
+                "socket_timeout= or EMBCACHE_SOCKET_TIMEOUT sets another)") if timed_out else \
+            f"connection failed: {exc}"
         if write and not before_send(exc):
             raise Indeterminate(f"{operation}: the write was sent but Redis {what}; it may or may not have been "
                                 "applied (upsert and delete can be repeated safely)") from exc
         if timed_out and before_send(exc):
-            what = f"timed out connecting (limit {CONNECT_TIMEOUT:g} s)"
-        raise Unavailable(f"{operation}: Redis is unreachable: {what}; nothing was written") from exc
+            what = (f"timed out connecting (limit {CONNECT_TIMEOUT:g} s unless the URL's socket_connect_timeout= or "
+                    "EMBCACHE_CONNECT_TIMEOUT sets another)")
+        where = "Redis" if timed_out else "Redis is unreachable:"  # a stalled server is not an absent one
+        raise Unavailable(f"{operation}: {where} {what}; nothing was written") from exc
     except rexc.ResponseError as exc:
         err = lua_error(exc)
         if err is not None:
