@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from typing import Any
@@ -342,7 +343,6 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
         queue_url = data_url
         if queue_username is None and queue_password is None:  # the same server: the same principal
             queue_username, queue_password = username, password
-    import sys
 
     import redis
 
@@ -364,7 +364,10 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
     dispatcher = Dispatcher(store, queue, settle=conf.settle_seconds, max_delay=conf.max_delay_seconds,
                             **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker
+    _log_lines()
     logging.getLogger("rq.worker").addFilter(_OneLine())
+    logging.getLogger("rq.scheduler").addFilter(_OneLine())
+    _quiet_scheduler_exit()
     failures = 0
     try:
         while True:
@@ -396,8 +399,22 @@ def _stop_asked(worker: Any) -> bool:
     return bool(getattr(worker, "_stop_requested", False) or getattr(worker, "_shutdown_requested_date", None))
 
 
+def _log_lines() -> None:
+    """embcache's own lines (builds, the dispatcher's failures with their backoff, and its recovery) in the
+    worker's output, formatted as RQ's, unless the process already handles its logging (an application, pytest)."""
+    logger = logging.getLogger("embcache")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 class _OneLine(logging.Filter):
-    """RQ logs a full traceback when its worker quits on an exception; a Redis refusal needs one line."""
+    """RQ logs a full traceback when its worker quits on an exception, and its scheduler process puts one in the
+    message itself ("Scheduler [PID n] raised an exception.\n<traceback>"); a Redis error needs one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None and isinstance(record.exc_info[1], RedisError):
@@ -406,4 +423,30 @@ class _OneLine(logging.Filter):
             record.args = ()
             record.exc_info = None
             record.exc_text = None
+        elif isinstance(record.msg, str) and "raised an exception" in record.msg and \
+                isinstance(current := sys.exc_info()[1], RedisError):  # the scheduler logs inside its except block
+            pid = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            why = f"{type(current).__name__}: {str(current)[:200]}"
+            record.msg = f"Scheduler [PID {pid}] stopped ({why}); the worker starts another"
+            record.args = ()
         return True
+
+
+def _quiet_scheduler_exit() -> None:
+    """RQ's scheduler process re-raises the error that stopped it, and multiprocessing then prints its traceback
+    (on every outage); the worker starts a new scheduler by itself, and :class:`_OneLine` has logged the reason. A
+    Redis error therefore ends the process with exit code 1 and no traceback. Other errors keep theirs."""
+    import rq.scheduler
+
+    run = getattr(rq.scheduler, "run", None)
+    if run is None or getattr(run, "_embcache_quiet", False):
+        return
+
+    def quiet_run(scheduler: Any) -> None:
+        try:
+            run(scheduler)
+        except RedisError:
+            raise SystemExit(1) from None
+
+    quiet_run._embcache_quiet = True  # type: ignore[attr-defined]
+    rq.scheduler.run = quiet_run

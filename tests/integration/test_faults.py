@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ import embcache
 import embcache.redis.store
 from embcache import Indeterminate, InvalidInput, OutOfMemory, SnapshotCorrupt, Unavailable
 from embcache.core import snapshot
+from embcache.core.keys import Keys
 from embcache.core.views import ExactBase
 from embcache.redis import snapshots
 from embcache.redis.dispatcher import QUEUE_NAME, Dispatcher, job_id
@@ -267,6 +269,36 @@ def test_a_restart_between_calls_is_bridged_by_the_connect_retry(private_server)
             restarter.join()
         assert v.count() == 11
 
+
+
+def test_an_outage_logs_one_line_per_failure_with_backoff_and_the_worker_goes_on(private_server, workers) -> None:  # noqa: ANN001
+    """An 8 s outage once printed 27 tracebacks in the worker log (issue 13.3). Each failed attempt is one line now,
+    the dispatcher's waits grow (0.5, 1, 2 s, ...), and once Redis is back the same worker builds again."""
+    url = private_server.url
+    worker = workers.start(url)
+    raw = redis.Redis.from_url(url)
+    wait_for(lambda: raw.exists(Keys("emb").dispatcher_lock()), 60, what="the worker's dispatcher")
+    raw.close()
+    private_server.stop()  # connections refused from now on
+    try:
+        wait_for(lambda: worker.log().count("dispatcher tick failed") >= 3, 120, what="three failed ticks in the log")
+    finally:
+        private_server.start()  # same port, same data directory
+    wait_for(lambda: "Redis answers again" in worker.log(), 120, what="the dispatcher to see Redis again")
+    log = worker.log()
+    assert "Traceback" not in log, log[-4000:]
+    failed = [line for line in log.splitlines() if "dispatcher tick failed" in line]
+    waits = [float(m.group(1)) for line in failed if (m := re.search(r"retrying in ([0-9.]+) s$", line))]
+    assert len(waits) == len(failed) >= 3, failed  # one whole line per failure, each with its wait
+    assert waits[:3] == [0.5, 1.0, 2.0], failed
+    assert worker.alive()
+    with embcache.connect(url, refresh_interval=0) as hub:
+        v = hub.create_space("after-outage", dim=DIM, metric="l2").create_version()
+        ids, x = _data(30, 12)
+        v.upsert(ids, x)
+        v.build(timeout=120)  # the RQ worker, stopped by the outage, was started again
+        assert v.query(x[:1], n_results=1, consistency="eventual").ids == [[ids[0]]]
+    assert "Traceback" not in worker.log()
 
 # --- 4. typed errors and a rejected call changes nothing ----------------------------------------------------
 
