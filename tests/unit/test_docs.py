@@ -53,3 +53,14 @@ def test_relative_links_resolve(doc: Path) -> None:
         if not (doc.parent / target.split("#", 1)[0]).exists():
             broken.append(target)
     assert not broken, f"{doc.name}: broken links {broken}"
+
+
+def test_the_package_says_where_it_lives_and_under_which_licence() -> None:
+    """pip show / PyPI list the project's links and licence from pyproject; the licence text ships beside it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"Homepage", "Source", "Issues", "Documentation"} <= set(project["urls"])
+    assert all(u.startswith("https://") for u in project["urls"].values())
+    assert project["license"]["text"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
