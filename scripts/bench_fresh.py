@@ -265,10 +265,20 @@ class Bench:
         return v
 
     def generation(self, v: Any) -> int:
+        m = self.manifest(v)
+        return 0 if m is None else m.generation
+
+    def manifest(self, v: Any) -> Any:
         from embcache.redis.snapshots import read_manifest
 
-        m = read_manifest(self.hub.store.r, self.hub.keys.partition(SPACE, v.name, "default"))
-        return 0 if m is None else m.generation
+        return read_manifest(self.hub.store.r, self.hub.keys.partition(SPACE, v.name, "default"))
+
+    def server_bytes(self) -> dict[str, int]:
+        """Redis's own counters: bytes received from clients, the AOF's size (base + increments) and its
+        rewrites so far (a rewrite shrinks the AOF, so growth is only read over a run without one)."""
+        info = self.hub.store.r.info("all")
+        return {"net_in": int(info.get("total_net_input_bytes", 0)), "aof": int(info.get("aof_current_size", 0)),
+                "aof_rewrites": int(info.get("aof_rewrites", 0))}
 
     def visibility(self, system: str, url: str, rate: float, seconds: float, version: str = "",
                    v: Any = None) -> dict[str, Any]:
@@ -287,12 +297,20 @@ class Bench:
         if not all(p.exists() for p in readers_ready):
             self.log("readers were slow to load; the run starts anyway")
         gen0 = self.generation(v) if v is not None else 0
+        bytes0 = self.server_bytes() if system == "embcache" else None
         writer = child("writer", out=f"{out}-w.npy", t0=t0, **common)
         la = loadavg()
         writer.wait()
         for p in procs:
             p.wait()
         gens = (self.generation(v) - gen0) if v is not None else None
+        traffic: dict[str, Any] = {}
+        if bytes0 is not None and v is not None:  # what the run cost Redis in bytes, per second of the run
+            bytes1, m = self.server_bytes(), self.manifest(v)
+            traffic = {"net_in_mb_s": (bytes1["net_in"] - bytes0["net_in"]) / 1e6 / seconds,
+                       "aof_mb_s": (bytes1["aof"] - bytes0["aof"]) / 1e6 / seconds,
+                       "aof_rewrites": bytes1["aof_rewrites"] - bytes0["aof_rewrites"],
+                       "snapshot_mb_s": (gens or 0) * (m.nbytes if m is not None else 0) / 1e6 / seconds}
         sent, committed = np.load(f"{out}-w.npy")
         delays, from_send, polls = [], [], []
         for i in range(2):
@@ -313,7 +331,8 @@ class Bench:
                "poll_p50_ms": pct(polls, 50) * 1e3 if polls else float("nan"),
                "from_send_p50": pct(from_send, 50) if from_send else float("nan"),
                "from_send_p95": pct(from_send, 95) if from_send else float("nan"),
-               "send_to_commit_p50_ms": float(np.nanmedian(call)) * 1e3 if np.isfinite(call).any() else float("nan")}
+               "send_to_commit_p50_ms": float(np.nanmedian(call)) * 1e3 if np.isfinite(call).any() else float("nan"),
+               **traffic}
         self.log(json.dumps(res))
         return res
 
@@ -459,6 +478,17 @@ class Bench:
                          f"| {_ms(r['p50'])} | {_ms(r['p95'])} | {_ms(r['max'])} | "
                          f"{_ms(r['from_send_p50'])} / {_ms(r['from_send_p95'])} | {snaps} | "
                          f"{r['poll_p50_ms']:.2f} ms | {r['load']} |")
+        costed = [r for r in self.results["fresh"] if "aof_mb_s" in r]
+        if costed:
+            lines += ["", "What the write stream cost Redis (its INFO counters over each run; the AOF is appendonly "
+                      "everysec with auto-rewrite): bytes received from all clients, AOF growth, and the full "
+                      "snapshots the worker published (generations x snapshot size):", "",
+                      "| write rate (achieved) | received MB/s | AOF growth MB/s | AOF rewrites | snapshot MB/s | "
+                      "snapshots published |", "|---|---|---|---|---|---|"]
+            for r in costed:
+                lines.append(f"| {r['rate']:,.0f}/s ({r['achieved']:,.0f}/s) | {r['net_in_mb_s']:.1f} | "
+                             f"{r['aof_mb_s']:.1f} | {r['aof_rewrites']} | {r['snapshot_mb_s']:.1f} | "
+                             f"{r['snapshots']} |")
         if self.results["overlay"]:
             lines += ["", "Query p50 at `eventual` (k=10, single queries, interleaved A/B over "
                       f"{a.queries} held-out queries x {a.rounds} rounds) of a following hub whose overlay holds N "
