@@ -29,13 +29,15 @@ def _build(ds: MiniLMSubset, n: int, *, deletes: int = 0) -> tuple[hnswlib.Index
     index = hnswlib.Index(space="cosine", dim=DIM)
     index.init_index(max_elements=n + 16, M=16, ef_construction=100, random_seed=1, allow_replace_deleted=True)
     labels = np.arange(n, dtype=np.int64) * 2  # sparse labels: rows are labels, not positions
-    index.add_items(ds.base[:n], labels)
+    # one thread: the same graph, hence the same bytes, every run (tests below flip bytes at fixed places; with
+    # hnswlib's threads the byte could land in a link list one run and in a vector the next)
+    index.add_items(ds.base[:n], labels, num_threads=1)
     ids = [ds.ids[i] for i in range(n)]
     for j in range(deletes):  # tombstones, then new items that reuse their slots under new labels
         index.mark_deleted(int(labels[j]))
     if deletes:
         new = np.arange(deletes, dtype=np.int64) + 2 * n
-        index.add_items(ds.base[n : n + deletes], new, replace_deleted=True)
+        index.add_items(ds.base[n : n + deletes], new, replace_deleted=True, num_threads=1)
         labels = np.concatenate([labels[deletes:], new])
         ids = ids[deletes:] + [ds.ids[n + j] for j in range(deletes)]
     return index, labels, ids
