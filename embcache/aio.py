@@ -7,20 +7,21 @@
 >>> await (await space.version("v2")).upsert(ids, vectors)
 >>> await hub.close()
 
-Reads and writes run the very plans the sync client runs (:mod:`embcache.plan`), executed on ``redis.asyncio``;
-a query answered from loaded snapshots does no I/O at all, and the one-time load of a snapshot runs in a worker
-thread, so the event loop never waits on Redis or on hnswlib's loader. Rare administrative calls (creating
-spaces and versions, aliases, grants, builds) run the sync client's method in a worker thread: they are not on
-any hot path, and one implementation of them is easier to trust than two.
+Every call runs the very plan the sync client runs (:mod:`embcache.plan`: reads, writes, queries, and the
+administrative calls: spaces, versions, aliases, grants, seal, build, stats, compare), executed on
+``redis.asyncio``; a query answered from loaded snapshots does no I/O at all, and the one-time load of a snapshot
+runs in a worker thread, so the event loop never waits on Redis or on hnswlib's loader. Waiting for a build
+sleeps with ``asyncio.sleep``.
 
-Each :class:`AsyncHub` holds a sync :class:`~embcache.client.Hub` (its snapshot cache, refresher thread and
-session overlay are shared) and a ``redis.asyncio`` client for the same server.
+What a process has loaded is in-process state, not a connection: each :class:`AsyncHub` shares one
+:class:`~embcache.client.Hub`'s state (``.sync``: the loaded snapshots, the refresher and follower threads that
+keep them current, this hub's session writes), whose background threads use a sync connection pool of their
+own. Only :func:`connect` (once: it may start the embedded server) runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from .client import hub as sync
+from .client.drift import compare as compare_versions
 from .client.hub import GetResult, QueryResult, _named
 from .client.recommend import recommend_plan
 from .core.drift import DriftReport
@@ -38,7 +40,7 @@ from .redis.builds import BuildHandle, PartitionStats
 from .redis.plan import Plan, arun
 from .redis.store import Store, client_options
 
-__all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion"]
+__all__ = ["connect", "AsyncHub", "AsyncSpace", "AsyncVersion", "AsyncBuildHandle"]
 
 T = TypeVar("T")
 
@@ -64,16 +66,6 @@ async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs
     return AsyncHub(hub, aclient)
 
 
-def _threaded(fn: Callable[..., T]) -> Callable[..., Any]:
-    """An async method that runs the sync client's method of the same name in a worker thread."""
-
-    @functools.wraps(fn)
-    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.sync, fn.__name__), *args, **kwargs)
-
-    return method
-
-
 class AsyncHub:
     """The asyncio twin of :class:`embcache.Hub`. Create it with :func:`connect`."""
 
@@ -90,43 +82,41 @@ class AsyncHub:
                            ef_construction: int = 200, ef: int = 64, neighbours: int = 0,
                            exist_ok: bool = False) -> "AsyncSpace":
         """:meth:`embcache.Hub.create_space`."""
-        space = await asyncio.to_thread(self.sync.create_space, name, dim, metric, dtype=dtype, M=M,
-                                        ef_construction=ef_construction, ef=ef, neighbours=neighbours,
-                                        exist_ok=exist_ok)
-        return AsyncSpace(self, space)
+        return AsyncSpace(self, await self._run(self.sync._create_space(name, dim, metric, dtype, M, ef_construction,
+                                                                        ef, neighbours, exist_ok)))
 
     async def space(self, name: str) -> "AsyncSpace":
         """:meth:`embcache.Hub.space`."""
-        return AsyncSpace(self, await asyncio.to_thread(self.sync.space, name))
+        return AsyncSpace(self, await self._run(self.sync._space(name)))
 
-    @_threaded
-    def spaces(self) -> list[str]:
+    async def spaces(self) -> list[str]:
         """:meth:`embcache.Hub.spaces`."""
+        return await self._run(self.sync.catalogue.list_spaces.plan())
 
-    @_threaded
-    def drop_space(self, name: str) -> None:
+    async def drop_space(self, name: str) -> None:
         """:meth:`embcache.Hub.drop_space`."""
+        await self._run(self.sync._drop_space(name))
 
-    @_threaded
-    def grant(self, principal: str, *, space: str, role: str = "reader",
-              partitions: Sequence[str] | None = None) -> Credentials:
+    async def grant(self, principal: str, *, space: str, role: str = "reader",
+                    partitions: Sequence[str] | None = None) -> Credentials:
         """:meth:`embcache.Hub.grant`."""
+        return await self._run(self.sync._grant(principal, space, role, partitions))
 
-    @_threaded
-    def revoke(self, principal: str, *, space: str | None = None) -> None:
+    async def revoke(self, principal: str, *, space: str | None = None) -> None:
         """:meth:`embcache.Hub.revoke`."""
+        await self._run(self.sync.principals.revoke.plan(principal, space))
 
-    @_threaded
-    def list_principals(self) -> dict[str, dict[str, Any]]:
+    async def list_principals(self) -> dict[str, dict[str, Any]]:
         """:meth:`embcache.Hub.list_principals`."""
+        return await self._run(self.sync.principals.list.plan())
 
-    @_threaded
-    def rotate(self, principal: str) -> Credentials:
+    async def rotate(self, principal: str) -> Credentials:
         """:meth:`embcache.Hub.rotate`."""
+        return await self._run(self.sync.principals.rotate.plan(principal))
 
-    @_threaded
-    def create_worker_principal(self, name: str = "worker") -> Credentials:
+    async def create_worker_principal(self, name: str = "worker") -> Credentials:
         """:meth:`embcache.Hub.create_worker_principal`."""
+        return await self._run(self.sync.principals.worker.plan(name))
 
     async def close(self) -> None:
         """Close both clients and stop the refresher."""
@@ -158,21 +148,25 @@ class AsyncSpace:
     def __repr__(self) -> str:
         return f"Async{self.sync!r}"
 
+    async def _run(self, operation: str, plan: Plan[T]) -> T:
+        with _named(operation, self.name, self.hub.username):
+            return await self.hub._run(plan)
+
     async def create_version(self, name: str | None = None, *, description: str = "") -> "AsyncVersion":
         """:meth:`embcache.Space.create_version`."""
-        return AsyncVersion(self, await asyncio.to_thread(self.sync.create_version, name, description=description))
+        return AsyncVersion(self, await self._run("create_version", self.sync._create_version(name, description)))
 
     async def version(self, name: str) -> "AsyncVersion":
         """:meth:`embcache.Space.version`."""
-        return AsyncVersion(self, await asyncio.to_thread(self.sync.version, name))
+        return AsyncVersion(self, await self._run("version", self.sync._version(name)))
 
     async def versions(self) -> list["AsyncVersion"]:
         """:meth:`embcache.Space.versions`."""
-        return [AsyncVersion(self, v) for v in await asyncio.to_thread(self.sync.versions)]
+        return [AsyncVersion(self, v) for v in await self._run("versions", self.sync._versions())]
 
-    @_threaded
-    def drop_version(self, name: str) -> None:
+    async def drop_version(self, name: str) -> None:
         """:meth:`embcache.Space.drop_version`."""
+        await self._run("drop_version", self.sync._drop_version(name))
 
     def allowed_partitions(self) -> list[str] | None:
         """:meth:`embcache.Space.allowed_partitions` (no I/O)."""
@@ -184,39 +178,35 @@ class AsyncSpace:
 
     async def _default_version(self, fresh: bool) -> "AsyncVersion":
         """The default version; ``fresh=False`` accepts the hub's cached answer."""
-        with _named("default_version", self.name, self.hub.username):
-            return AsyncVersion(self, await self.hub._run(self.sync._default_version(fresh)))
+        return AsyncVersion(self, await self._run("default_version", self.sync._default_version(fresh)))
 
     async def set_alias(self, alias: str, version: "AsyncVersion | str") -> None:
         """:meth:`embcache.Space.set_alias`."""
-        name = version.name if isinstance(version, AsyncVersion) else version
-        await asyncio.to_thread(self.sync.set_alias, alias, name)
+        await self._run("set_alias", self.sync._set_alias(alias, _name(version)))
 
     async def promote(self, version: "AsyncVersion | str", alias: str = "live", *, max_drift: float | None = None,
                       sample: int = 1000, k: int = 10, seed: int = 0) -> DriftReport | None:
-        """:meth:`embcache.Space.promote` (the drift check, when asked for, runs in a worker thread)."""
-        name = version.name if isinstance(version, AsyncVersion) else version
-        return await asyncio.to_thread(self.sync.promote, name, alias, max_drift=max_drift, sample=sample, k=k,
-                                       seed=seed)
+        """:meth:`embcache.Space.promote` (the drift check searches in batches of 1,000 queries on the loop)."""
+        return await self._run("promote", self.sync._promote(_name(version), alias, max_drift, sample, k, seed))
 
     async def compare(self, a: "AsyncVersion | str", b: "AsyncVersion | str", *, sample: int = 1000, k: int = 10,
                       seed: int = 0, ef: int | None = None, consistency: str = "session") -> DriftReport:
-        """:meth:`embcache.Space.compare`, in a worker thread (it reads whole versions: not a hot-path call)."""
-        names = [x.name if isinstance(x, AsyncVersion) else x for x in (a, b)]
-        return await asyncio.to_thread(self.sync.compare, *names, sample=sample, k=k, seed=seed, ef=ef,
-                                       consistency=consistency)
+        """:meth:`embcache.Space.compare` (its searches run on the loop, in batches of 1,000 queries: an
+        administrative call, not one for a request handler)."""
+        return await self._run("compare", compare_versions(self.sync, _name(a), _name(b), sample=sample, k=k,
+                                                           seed=seed, ef=ef, consistency=consistency))
 
-    @_threaded
-    def aliases(self) -> dict[str, str]:
+    async def aliases(self) -> dict[str, str]:
         """:meth:`embcache.Space.aliases`."""
+        return await self._run("aliases", self.hub.sync.catalogue.aliases.plan(self.name))
 
-    @_threaded
-    def alias_history(self, alias: str) -> list[str]:
+    async def alias_history(self, alias: str) -> list[str]:
         """:meth:`embcache.Space.alias_history`."""
+        return await self._run("alias_history", self.hub.sync.catalogue.alias_history.plan(self.name, alias))
 
     async def rollback(self, alias: str = "live") -> "AsyncVersion":
         """:meth:`embcache.Space.rollback`."""
-        return AsyncVersion(self, await asyncio.to_thread(self.sync.rollback, alias))
+        return AsyncVersion(self, await self._run("rollback", self.sync._rollback(alias)))
 
     async def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`embcache.Space.query`."""
@@ -284,8 +274,10 @@ class AsyncVersion:
         """:meth:`embcache.Version.ids`, as an async iterator."""
         parts = await self._run("ids", self.sync._partitions_arg(None if partition is None else [partition]))
         for p in parts:
-            with _named("ids", self.space.name, self.hub.username):
-                async for key in Store.ascan_ids(self.hub.redis, self.sync._pk(p), batch):
+            cursor = None
+            while cursor != 0:
+                cursor, page = await self._run("ids", Store.id_page(self.sync._pk(p), cursor or 0, batch))
+                for key in page:
                     yield key
 
     async def query(self, query_embeddings: Any, n_results: int = 10, *, partitions: Sequence[str] | None = None,
@@ -304,9 +296,9 @@ class AsyncVersion:
                       partitions: Sequence[str] | None = None, where: dict[str, Any] | None = None,
                       ef: int | None = None, consistency: str = "session",
                       exclude: Sequence[str] | None = None) -> Explain:
-        """:meth:`embcache.Version.explain` (in a worker thread: it may load bases)."""
-        return await asyncio.to_thread(self.sync.explain, query_embeddings, n_results, ids=ids, partitions=partitions,
-                                       where=where, ef=ef, consistency=consistency, exclude=exclude)
+        """:meth:`embcache.Version.explain`."""
+        return await self._run("query", self.sync._explain(query_embeddings, n_results, ids, partitions, where, ef,
+                                                           consistency, exclude))
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
                           where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
@@ -333,16 +325,46 @@ class AsyncVersion:
 
     async def seal(self) -> None:
         """:meth:`embcache.Version.seal`."""
-        await asyncio.to_thread(self.sync.seal)
+        await self._run("seal", self.sync._seal())
 
     async def build(self, wait: bool = True, *, timeout: float | None = 600.0,
-                    on_progress: Callable[[int, int], None] | None = None) -> BuildHandle:
-        """:meth:`embcache.Version.build`; waiting happens in a worker thread."""
-        return await asyncio.to_thread(self.sync.build, wait, timeout=timeout, on_progress=on_progress)
+                    on_progress: Callable[[int, int], None] | None = None) -> "AsyncBuildHandle":
+        """:meth:`embcache.Version.build`; returns an :class:`AsyncBuildHandle` (await its ``progress()`` and
+        ``wait()``)."""
+        handle = await self._run("build", self.sync._build(wait, timeout, on_progress))
+        return AsyncBuildHandle(handle, self.hub.redis)
 
     async def stats(self) -> list[PartitionStats]:
         """:meth:`embcache.Version.stats`."""
-        return await asyncio.to_thread(self.sync.stats)
+        return await self._run("stats", self.sync._stats())
+
+
+class AsyncBuildHandle:
+    """The asyncio twin of :class:`~embcache.builds.BuildHandle`: a requested build, followed on ``redis.asyncio``."""
+
+    def __init__(self, handle: BuildHandle, aclient: Any) -> None:
+        self.handle = handle
+        self.redis = aclient
+        self.targets = handle.targets  # partition -> the log position its snapshot must reach
+
+    async def progress(self) -> tuple[int, int]:
+        """:meth:`BuildHandle.progress`: ``(partitions done, partitions asked)``."""
+        return await arun(self.handle.progress_plan(), self.redis)
+
+    async def done(self) -> bool:
+        """True when every partition's snapshot covers its target (asks Redis)."""
+        d, n = await self.progress()
+        return d == n
+
+    async def wait(self, timeout: float | None = 600.0, on_progress: Callable[[int, int], None] | None = None,
+                   poll: float = 0.05) -> "AsyncBuildHandle":
+        """:meth:`BuildHandle.wait`, sleeping with ``asyncio.sleep`` between polls."""
+        await arun(self.handle.wait_plan(timeout, on_progress, poll), self.redis)
+        return self
+
+
+def _name(version: "AsyncVersion | str") -> str:
+    return version.name if isinstance(version, AsyncVersion) else version
 
 
 # keep the error tree reachable from here, as users of the async client expect

@@ -10,6 +10,8 @@ import numpy as np
 
 from ..core.drift import DriftReport, drift_report, overlaps
 from ..core.errors import InvalidInput
+from ..redis.plan import Plan
+from ..redis.store import Store
 
 if TYPE_CHECKING:
     from .hub import Space, Version
@@ -38,34 +40,37 @@ def check_max_drift(max_drift: object) -> float | None:
     return float(max_drift)
 
 
-def _ids(v: "Version") -> set[str]:
+def _ids(v: "Version") -> Plan[set[str]]:
     out: set[str] = set()
-    for i in v.ids():
-        out.add(i)
-        if len(out) > MAX_ITEMS:
-            raise InvalidInput(f"version {v.name} has more than {MAX_ITEMS} items: too many to compare here")
+    for p in (yield from v._partitions_arg(None)):
+        cursor = None
+        while cursor != 0:
+            cursor, page = yield from Store.id_page(v._pk(p), cursor or 0, _BATCH)
+            out.update(page)
+            if len(out) > MAX_ITEMS:
+                raise InvalidInput(f"version {v.name} has more than {MAX_ITEMS} items: too many to compare here")
     return out
 
 
-def _neighbours(v: "Version", ids: list[str], k: int, ef: int | None, consistency: str) -> tuple[np.ndarray,
-                                                                                                 list[list[str]]]:
+def _neighbours(v: "Version", ids: list[str], k: int, ef: int | None,
+                consistency: str) -> Plan[tuple[np.ndarray, list[list[str]]]]:
     """The stored vectors of ``ids`` in ``v`` and their ``k + 1`` nearest neighbours there."""
     vectors, found = [], []
     for start in range(0, len(ids), _BATCH):
         chunk = ids[start:start + _BATCH]
-        got = v.get(chunk, include=("embeddings",))
+        got = yield from v._get(chunk, ("embeddings",), None)
         if got.ids != chunk:  # deleted between the listing and now: refuse rather than compare the wrong items
             gone = next(i for i in chunk if i not in set(got.ids))
             raise InvalidInput(f"item {gone!r} left {v.space.name}/{v.name} during the comparison; run it again")
         assert got.embeddings is not None
         vectors.append(got.embeddings)
-        found += v.query(got.embeddings, n_results=k + 1, ef=ef, consistency=consistency).ids
+        found += (yield from v._query(got.embeddings, k + 1, None, None, ef, consistency, ("distances",))).ids
     return np.concatenate(vectors), found
 
 
 def compare(space: "Space", a: "Version | str", b: "Version | str", *, sample: int = 1000, k: int = 10,
-            seed: int = 0, ef: int | None = None, consistency: str = "session") -> DriftReport:
-    """:meth:`embcache.Space.compare` (see its docstring)."""
+            seed: int = 0, ef: int | None = None, consistency: str = "session") -> Plan[DriftReport]:
+    """:meth:`embcache.Space.compare` (see its docstring), as a plan."""
     from .hub import Version
 
     t0 = time.perf_counter()
@@ -80,19 +85,19 @@ def compare(space: "Space", a: "Version | str", b: "Version | str", *, sample: i
                 raise InvalidInput(f"version {x.name!r} belongs to space {x.space.name!r}, not {space.name!r}")
             versions.append(x)
         elif isinstance(x, str):
-            versions.append(space.version(x))
+            versions.append((yield from space._version(x)))
         else:
             raise InvalidInput(f"a and b are versions or version names (or aliases), got {type(x).__name__}")
     va, vb = versions
-    ids_a, ids_b = _ids(va), _ids(vb)
+    ids_a, ids_b = (yield from _ids(va)), (yield from _ids(vb))
     shared = sorted(ids_a & ids_b)
     if not shared:
         raise InvalidInput(f"{space.name}/{va.name} and {space.name}/{vb.name} have no item in common to compare")
     rng = np.random.default_rng(int(seed))
     picked = sorted(rng.choice(len(shared), size=min(sample, len(shared)), replace=False).tolist())
     chosen = [shared[j] for j in picked]
-    vec_a, near_a = _neighbours(va, chosen, k, ef, consistency)
-    vec_b, near_b = _neighbours(vb, chosen, k, ef, consistency)
+    vec_a, near_a = yield from _neighbours(va, chosen, k, ef, consistency)
+    vec_b, near_b = yield from _neighbours(vb, chosen, k, ef, consistency)
     return drift_report(
         space=space.name, a=va.name, b=vb.name, k=k, seed=int(seed),
         only_a=sorted(ids_a - ids_b), only_b=sorted(ids_b - ids_a), in_both=len(shared),

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -61,7 +62,7 @@ from ..redis.connection import (
     redact_url,
     url_username,
 )
-from ..redis.plan import Offload, Plan
+from ..redis.plan import Offload, Plan, Sleep
 from ..redis.principals import Principals
 from ..redis.probe import PendingProbe, StrongProbe, StrongProbes
 from ..redis.store import Store, open_client, translate_errors
@@ -257,26 +258,42 @@ class Hub:
         that name is returned when its parameters are the ones asked for; one with other parameters is still
         :class:`~embcache.errors.AlreadyExists`, naming the difference.
         """
+        return self.store.run(self._create_space(name, dim, metric, dtype, M, ef_construction, ef, neighbours,
+                                                 exist_ok))
+
+    def _create_space(self, name: str, dim: int, metric: str, dtype: str, M: int, ef_construction: int, ef: int,
+                      neighbours: int, exist_ok: bool) -> Plan["Space"]:
         check_name(name, "space name")
         params = codec.check_space_params(dim, metric, dtype, M, ef_construction, ef, neighbours)
         record = SpaceRecord(name=name, created=time.time(), **params)
         try:
-            self.catalogue.create_space(record)
+            yield from self.catalogue.create_space.plan(record)
         except AlreadyExists:
             if not exist_ok:
                 raise
-            existing = self.catalogue.get_space(name)
+            existing = yield from self.catalogue.get_space.plan(name)
             differ = {f: (getattr(existing, f), v) for f, v in params.items() if getattr(existing, f) != v}
             if differ:
                 raise AlreadyExists(f"space {name!r} exists with other parameters: " + ", ".join(
                     f"{f}={have!r} (asked for {want!r})" for f, (have, want) in differ.items())) from None
             record = existing
         self._records[name] = record
-        return Space(self, record)
+        return (yield from self._open_space(record))
 
     def space(self, name: str) -> "Space":
         """An existing space; :class:`~embcache.errors.NotFound` otherwise."""
-        return Space(self, self._record(name))
+        return self.store.run(self._space(name))
+
+    def _space(self, name: str) -> Plan["Space"]:
+        return (yield from self._open_space((yield from self._record(name))))
+
+    def _open_space(self, record: SpaceRecord) -> Plan["Space"]:
+        """The :class:`Space` of ``record``, with this hub's principal's grant on it (when it is not the operator)."""
+        grant = None
+        if self.username not in (None, "default"):
+            with contextlib.suppress(PermissionDenied):
+                grant = yield from self.principals.grant_of.plan(record.name, self.username)
+        return Space(self, record, grant)
 
     def spaces(self) -> list[str]:
         """Names of all spaces, sorted."""
@@ -284,16 +301,19 @@ class Hub:
 
     def drop_space(self, name: str) -> None:
         """Delete a space with all its versions, data and snapshots, and every principal's grant on it."""
+        self.store.run(self._drop_space(name))
+
+    def _drop_space(self, name: str) -> Plan[None]:
         check_name(name, "space name")
         with contextlib.suppress(CorruptRecord):  # a damaged record is one more reason to drop the space
-            self._record(name)
+            yield from self._record(name)
         with _named("drop_space", name, self.username), translate_errors(f"drop space {name}", write=True):
             # grants first, so nobody writes while the keys go; then every key under the space's tags, also
             # keys planted for versions or partitions the catalogue does not list; the listing last: a drop
             # cut short can simply be run again
-            self.principals.revoke_space(name)
-            self.catalogue.delete_space_keys(name)
-            self.catalogue.unlist_space(name)
+            yield from self.principals.revoke_space.plan(name)
+            yield from self.catalogue.delete_space_keys.plan(name)
+            yield from self.catalogue.unlist_space.plan(name)
         self._records.pop(name, None)
         self.defaults.pop(name, None)
         self.cache.drop(lambda pid: pid[0] == name)
@@ -307,10 +327,10 @@ class Hub:
         self.session.drop(lambda pid: pid[:2] == (space, version))
         self.partitions.drop(lambda pid: pid[:2] == (space, version))
 
-    def _record(self, name: str) -> SpaceRecord:
+    def _record(self, name: str) -> Plan[SpaceRecord]:
         rec = self._records.get(name)
         if rec is None:
-            rec = self.catalogue.get_space(name)
+            rec = yield from self.catalogue.get_space.plan(name)
             self._records[name] = rec
         return rec
 
@@ -323,25 +343,29 @@ class Hub:
         Roles: ``reader`` (get, query, stats), ``writer`` (+ upsert, delete, build requests), ``admin``
         (+ versions, aliases, seal, rollback). Redis enforces them: see :mod:`embcache.acl`.
         """
+        return self.store.run(self._grant(principal, space, role, partitions))
+
+    def _grant(self, principal: str, space: str, role: str, partitions: Sequence[str] | None) -> Plan[Credentials]:
         if isinstance(partitions, str):
             partitions = [partitions]
         if partitions is not None and not isinstance(partitions, (list, tuple)):
             raise InvalidInput(f"partitions must be None (all) or a list of partition names, got {partitions!r:.60}")
         grant = Grant(space, role, tuple(partitions) if partitions is not None else None)
-        self._record(space)  # the space must exist
-        self._warn_if_default_user_open()
-        return self.principals.grant(principal, grant)
+        yield from self._record(space)  # the space must exist
+        if (yield from self.principals.default_user_open.plan()):
+            self._warn_default_user_open()
+        return (yield from self.principals.grant.plan(principal, grant))
 
-    def _warn_if_default_user_open(self) -> None:
-        """Warn (OpenDefaultUserWarning, and the log) when anyone can log in as ``default``: grants then protect
+    @staticmethod
+    def _warn_default_user_open() -> None:
+        """Warn (OpenDefaultUserWarning, and the log) that anyone can log in as ``default``: grants then protect
         nothing, since every principal can ``AUTH default x`` and become the operator."""
-        if self.principals.default_user_open():
-            msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
-                   "become the operator, so this grant protects nothing. Give the default user a password "
-                   "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
-                   "docs/access-control.md. (The embedded server does this itself.)")
-            _log.warning(msg)
-            warnings.warn(OpenDefaultUserWarning(msg), stacklevel=3)
+        msg = ("the Redis default user has no password: any principal can run `AUTH default <anything>` and "
+               "become the operator, so this grant protects nothing. Give the default user a password "
+               "(`requirepass`, or `user default on >PASSWORD` in the ACL file) or turn it off; see "
+               "docs/access-control.md. (The embedded server does this itself.)")
+        _log.warning(msg)
+        warnings.warn(OpenDefaultUserWarning(msg), stacklevel=_outside_embcache())
 
     def revoke(self, principal: str, *, space: str | None = None) -> None:
         """Remove ``principal``'s grant on ``space``, or the principal itself when ``space`` is None."""
@@ -386,6 +410,18 @@ class Hub:
                 self.defaults.pop(name, None)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _outside_embcache() -> int:
+    """The ``stacklevel`` of the caller's first frame outside this package, so a warning names the user's line
+    (a plan runs at a different depth under the sync and the asyncio driver)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @contextlib.contextmanager
 def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
     """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
@@ -421,7 +457,7 @@ def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 class Space:
     """A named embedding space. Get one from :meth:`Hub.create_space` or :meth:`Hub.space`."""
 
-    def __init__(self, hub: Hub, record: SpaceRecord) -> None:
+    def __init__(self, hub: Hub, record: SpaceRecord, grant: dict[str, Any] | None = None) -> None:
         self.hub = hub
         self.record = record
         self.name = record.name
@@ -433,10 +469,7 @@ class Space:
         self.ef = record.ef
         self.neighbours = record.neighbours
         self.info = SpaceInfo(record.dim, record.dtype, record.metric, record.ef)
-        self.grant: dict[str, Any] | None = None  # this hub's principal's grant, when it is not the operator
-        if hub.username not in (None, "default"):
-            with contextlib.suppress(PermissionDenied):
-                self.grant = hub.principals.grant_of(self.name, hub.username)
+        self.grant = grant  # this hub's principal's grant, when it is not the operator
 
     def allowed_partitions(self) -> list[str] | None:
         """The partitions this hub's principal was granted on the space (None: all)."""
@@ -466,24 +499,33 @@ class Space:
     @_guard("create_version")
     def create_version(self, name: str | None = None, *, description: str = "") -> "Version":
         """A new open version, named ``v1``, ``v2``, ... unless ``name`` is given."""
+        return self.hub.store.run(self._create_version(name, description))
+
+    def _create_version(self, name: str | None, description: str) -> Plan["Version"]:
         if not isinstance(description, str):
             raise InvalidInput("description must be a str")
         try:
             description.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate: Redis's JSON decoder would refuse it half-way
             raise InvalidInput(f"description is not valid Unicode: {exc}") from None
-        rec = self.hub.catalogue.create_version(self.name, name, description)
+        rec = yield from self.hub.catalogue.create_version.plan(self.name, name, description)
         self.hub.defaults.pop(self.name, None)
         return Version(self, rec)
 
     def version(self, name: str) -> "Version":
         """A version by name or alias (``space.version("live")``)."""
-        target = self.hub.catalogue.resolve(self.name, name)
-        return Version(self, self.hub.catalogue.get_version(self.name, target))
+        return self.hub.store.run(self._version(name))
+
+    def _version(self, name: str) -> Plan["Version"]:
+        target = yield from self.hub.catalogue.resolve.plan(self.name, name)
+        return Version(self, (yield from self.hub.catalogue.get_version.plan(self.name, target)))
 
     def versions(self) -> list["Version"]:
         """All versions, oldest first."""
-        return [Version(self, r) for r in self.hub.catalogue.list_versions(self.name)]
+        return self.hub.store.run(self._versions())
+
+    def _versions(self) -> Plan[list["Version"]]:
+        return [Version(self, r) for r in (yield from self.hub.catalogue.list_versions.plan(self.name))]
 
     @_guard("drop_version")
     def drop_version(self, name: str) -> None:
@@ -495,21 +537,28 @@ class Space:
         :class:`~embcache.errors.PermissionDenied` (Redis does not let it delete keys, so that it cannot drop a
         sealed version and recreate it unsealed).
         """
-        self.hub.catalogue.get_version(self.name, name)
-        pointing = sorted(a for a, v in self.aliases().items() if v == name)
+        self.hub.store.run(self._drop_version(name))
+
+    def _drop_version(self, name: str) -> Plan[None]:
+        cat = self.hub.catalogue
+        yield from cat.get_version.plan(self.name, name)
+        pointing = sorted(a for a, v in (yield from cat.aliases.plan(self.name)).items() if v == name)
         if pointing:
             raise InvalidInput(f"alias {', '.join(map(repr, pointing))} of space {self.name!r} points at {name!r}: "
                                "point it at another version first (set_alias, or `embcache promote`)")
-        self.hub.catalogue.drop_version(self.name, name)
+        yield from cat.drop_version.plan(self.name, name)
         self.hub._forget_version(self.name, name)
 
     @_guard("set_alias")
     def set_alias(self, alias: str, version: "Version | str") -> None:
         """Point ``alias`` at ``version`` atomically; the previous target is kept for :meth:`rollback`."""
+        self.hub.store.run(self._set_alias(alias, version))
+
+    def _set_alias(self, alias: str, version: "Version | str") -> Plan[None]:
         name = version.name if isinstance(version, Version) else version
         if isinstance(version, Version) and version.space.name != self.name:
             raise InvalidInput(f"version {name!r} belongs to space {version.space.name!r}, not {self.name!r}")
-        self.hub.catalogue.set_alias(self.name, alias, name)
+        yield from self.hub.catalogue.set_alias.plan(self.name, alias, name)
         self.hub.defaults.pop(self.name, None)
 
     def promote(self, version: "Version | str", alias: str = "live", *, max_drift: float | None = None,
@@ -524,19 +573,23 @@ class Space:
         keep 70 % of their neighbours on average. The report is returned (None without ``max_drift``, or when
         the alias does not exist yet or already points at ``version``: nothing to compare with).
         """
+        return self.hub.store.run(self._promote(version, alias, max_drift, sample, k, seed))
+
+    def _promote(self, version: "Version | str", alias: str, max_drift: float | None, sample: int, k: int,
+                 seed: int) -> Plan[DriftReport | None]:
         bound = check_max_drift(max_drift)
         report = None
         if bound is not None:
             name = version.name if isinstance(version, Version) else version
-            current = self.aliases().get(alias)
+            current = (yield from self.hub.catalogue.aliases.plan(self.name)).get(alias)
             if current is not None and current != name:
-                report = compare_versions(self, current, version, sample=sample, k=k, seed=seed)
+                report = yield from compare_versions(self, current, version, sample=sample, k=k, seed=seed)
                 if report.drift > bound:
                     raise DriftTooLarge(
                         f"not promoting {self.name}/{report.b} to {alias!r}: drift {report.drift:.3f} (mean "
                         f"neighbour overlap@{report.k} {report.overlap_mean:.3f} over {report.sampled} shared items, "
                         f"vs {report.a}) is above max_drift={bound}", report)
-        self.set_alias(alias, version)
+        yield from self._set_alias(alias, version)
         return report
 
     @_guard("compare")
@@ -556,7 +609,8 @@ class Space:
         :class:`~embcache.errors.InvalidInput` when the versions share no item. Costs two ``get`` and two batched
         queries per 1000 sampled items, plus listing both versions' ids.
         """
-        return compare_versions(self, a, b, sample=sample, k=k, seed=seed, ef=ef, consistency=consistency)
+        return self.hub.store.run(compare_versions(self, a, b, sample=sample, k=k, seed=seed, ef=ef,
+                                                   consistency=consistency))
 
     def aliases(self) -> dict[str, str]:
         """``{alias: version name}``."""
@@ -569,9 +623,12 @@ class Space:
     @_guard("rollback")
     def rollback(self, alias: str = "live") -> "Version":
         """Point ``alias`` back at its previous target and return that version."""
-        target = self.hub.catalogue.rollback(self.name, alias)
+        return self.hub.store.run(self._rollback(alias))
+
+    def _rollback(self, alias: str) -> Plan["Version"]:
+        target = yield from self.hub.catalogue.rollback.plan(self.name, alias)
         self.hub.defaults.pop(self.name, None)
-        return self.version(target)
+        return (yield from self._version(target))
 
     def default_version(self) -> "Version":
         """The version ``live`` points at, else the newest one."""
@@ -584,11 +641,11 @@ class Space:
         if cached is not None:
             return cached
         cat = self.hub.catalogue
-        aliases = yield from cat.aliases.plan(cat, self.name)
+        aliases = yield from cat.aliases.plan(self.name)
         if "live" in aliases:
-            rec = yield from cat.get_version.plan(cat, self.name, aliases["live"])
+            rec = yield from cat.get_version.plan(self.name, aliases["live"])
         else:
-            versions = yield from cat.list_versions.plan(cat, self.name)
+            versions = yield from cat.list_versions.plan(self.name)
             if not versions:
                 raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
@@ -670,7 +727,7 @@ class Version:
         pid = self._pid(partition)
         added = yield from hub.partitions.register(pid)
         try:
-            pos = yield from store.write_upserts.plan(store, self._pk(partition), id_list, blobs, meta_texts)
+            pos = yield from store.write_upserts.plan(self._pk(partition), id_list, blobs, meta_texts)
         except VersionSealed:
             raise self._sealed() from None
         except (OutOfMemory, PermissionDenied, Unavailable):  # refused: nothing written, so register nothing
@@ -697,14 +754,14 @@ class Version:
         id_list = list(dict.fromkeys(codec.check_ids(ids, allow_duplicates=True)))
         self.space._require("writer", "delete", partition)
         parts = yield from self._partitions_arg(None if partition is None else [partition])
-        rec = yield from self.hub.catalogue.get_version.plan(self.hub.catalogue, self.space.name, self.name)
+        rec = yield from self.hub.catalogue.get_version.plan(self.space.name, self.name)
         self.state = rec.state
         if rec.state != "open":
             raise self._sealed()
         store, total = self.hub.store, 0
         for p in parts:
             try:
-                gone, pos = yield from store.write_deletes.plan(store, self._pk(p), id_list)
+                gone, pos = yield from store.write_deletes.plan(self._pk(p), id_list)
             except VersionSealed:
                 raise self._sealed() from None
             if pos is not None:
@@ -720,7 +777,7 @@ class Version:
         the partition's next build claims them (until then an upsert elsewhere is checked against the map only)."""
         store = self.hub.store
         try:
-            yield from store.claim.plan(store, self.space.name, self.name, partition, ids)
+            yield from store.claim.plan(self.space.name, self.name, partition, ids)
         except EmbcacheError as exc:
             _log.warning("wrote to %s/%s/%s, but could not claim the ids in the owners map: %s", self.space.name,
                          self.name, partition, exc)
@@ -730,7 +787,7 @@ class Version:
         claim only costs the next upsert of the id elsewhere one lookup."""
         store = self.hub.store
         try:
-            yield from store.unclaim.plan(store, self.space.name, self.name, partition, ids)
+            yield from store.unclaim.plan(self.space.name, self.name, partition, ids)
         except EmbcacheError as exc:
             _log.warning("deleted from %s/%s/%s, but the owners map kept the claims: %s", self.space.name, self.name,
                         partition, exc)
@@ -740,7 +797,7 @@ class Version:
         raised: the data is stored, and the dispatcher's reconciliation finds the partition behind its log."""
         store = self.hub.store
         try:
-            yield from store.mark_dirty.plan(store, self.space.name, self.name, partition)
+            yield from store.mark_dirty.plan(self.space.name, self.name, partition)
         except EmbcacheError as exc:
             _log.warning("wrote to %s/%s/%s but could not mark it for a build (%s); the workers' reconciliation "
                         "will pick it up", self.space.name, self.name, partition, exc)
@@ -753,7 +810,10 @@ class Version:
     @_guard("seal")
     def seal(self) -> None:
         """Make the version read-only (idempotent; a seal that was cut short is completed)."""
-        self.hub.catalogue.seal(self.space.name, self.name)
+        self.hub.store.run(self._seal())
+
+    def _seal(self) -> Plan[None]:
+        yield from self.hub.catalogue.seal.plan(self.space.name, self.name)
         self.state = "sealed"
 
     @_guard("build")
@@ -771,6 +831,10 @@ class Version:
         :class:`~embcache.builds.BuildHandle` whose ``progress()`` and ``wait()`` follow it.
         ``on_progress(done, total)`` is called as partitions complete.
         """
+        return self.hub.store.run(self._build(wait, timeout, on_progress))
+
+    def _build(self, wait: bool, timeout: float | None,
+               on_progress: Callable[[int, int], None] | None) -> Plan[BuildHandle]:
         if not isinstance(wait, bool):
             raise InvalidInput(f"wait must be True or False, got {wait!r:.60}")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
@@ -779,27 +843,32 @@ class Version:
         if on_progress is not None and not callable(on_progress):
             raise InvalidInput("on_progress must be callable")
         store = self.hub.store
-        keys = {p: self._pk(p) for p in self._run(self._partitions_arg(None))}
-        targets = {p: store.position(pk) for p, pk in keys.items()}
+        keys = {p: self._pk(p) for p in (yield from self._partitions_arg(None))}
+        targets = {}
+        for p, pk in keys.items():
+            targets[p] = yield from store.position.plan(pk)
         for p in keys:  # urgent: the dispatcher does not wait for the partition's writes to settle
-            store.mark_dirty(self.space.name, self.name, p, urgent=True)
+            yield from store.mark_dirty.plan(self.space.name, self.name, p, urgent=True)
         handle = BuildHandle(store, keys, targets)
-        if wait and not handle.done:
-            self._require_dispatcher(min(5.0, timeout) if timeout is not None else 5.0)
-        return handle.wait(timeout, on_progress) if wait else handle
+        if not wait:
+            return handle
+        done, total = yield from handle.progress_plan()
+        if done < total:
+            yield from self._require_dispatcher(min(5.0, timeout) if timeout is not None else 5.0)
+        return (yield from handle.wait_plan(timeout, on_progress))
 
-    def _require_dispatcher(self, grace: float) -> None:
+    def _require_dispatcher(self, grace: float) -> Plan[None]:
         """Fail fast, rather than after the whole timeout, when no worker runs: the active dispatcher holds a
         lock it renews every tick (a principal that may not read it skips this check)."""
         deadline = time.monotonic() + grace
         try:
-            while not self.hub.store.dispatcher_seen():
+            while not (yield from self.hub.store.dispatcher_seen.plan()):
                 if time.monotonic() > deadline:
                     raise BuildTimeout(
                         f"no embcache worker is running on this hub (no dispatcher seen for {grace:.0f} s): "
                         "start one with `embcache worker` (same --url / EMBCACHE_URL as this client)"
                     )
-                time.sleep(0.1)
+                yield Sleep(0.1)
         except PermissionDenied:
             return
 
@@ -809,13 +878,16 @@ class Version:
         a corrupt-snapshot report if a reader refused one, and (``follow``) this hub's live overlay of the
         partition when it follows it: items, bytes, position, log entries it is behind (``follow_lag_entries``),
         rows its overlay index does not cover yet, and whether the overlay hit its memory bound (``follow_frozen``)."""
+        return self.hub.store.run(self._stats())
+
+    def _stats(self) -> Plan[list[PartitionStats]]:
         out = []
         follower = self.hub.cache.follower
-        for p in self._run(self._partitions_arg(None)):
-            st = partition_stats(self.hub.store, p, self._pk(p))
+        for p in (yield from self._partitions_arg(None)):
+            st = yield from partition_stats(self.hub.store, p, self._pk(p))
             followed = follower.stats(self._pid(p)) if follower is not None else None
             if followed is not None:
-                lag = self.hub.store.unindexed(self._pk(p), followed["follow_position"], 1000)
+                lag = yield from self.hub.store.unindexed.plan(self._pk(p), followed["follow_position"], 1000)
                 st = replace(st, follow={**followed, "follow_lag_entries": lag})
             out.append(st)
         return out
@@ -829,13 +901,13 @@ class Version:
         store = self.hub.store
         ask = None
         if self.space.allowed_partitions() is None:
-            ask = yield from store.owners_check.plan(store, self.space.name, self.name, partition, ids)
+            ask = yield from store.owners_check.plan(self.space.name, self.name, partition, ids)
         claim = ask is not None
         if ask is None:
             ask = {p: ids for p in (yield from self._partitions_arg(None)) if p != partition}
         if ask:
             names = sorted(ask)
-            there = yield from store.existing.plan(store, [(self._pk(p), ask[p]) for p in names])
+            there = yield from store.existing.plan([(self._pk(p), ask[p]) for p in names])
             for p, found in zip(names, there):
                 hits = [i for i, t in zip(ask[p], found) if t]
                 if hits:
@@ -878,7 +950,10 @@ class Version:
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 100_000:
             raise InvalidInput(f"batch must be an integer in [1, 100000], got {batch!r:.60}")
         for p in self._run(self._partitions_arg(None if partition is None else [partition])):
-            yield from self.hub.store.scan_ids(self._pk(p), batch)
+            cursor = None
+            while cursor != 0:  # HSCAN pages: an id written during the scan may or may not appear
+                cursor, page = self._run(Store.id_page(self._pk(p), cursor or 0, batch))
+                yield from page
 
     @_guard("count")
     def count(self, partition: str | None = None) -> int:
@@ -888,7 +963,7 @@ class Version:
     def _count(self, partition: str | None) -> Plan[int]:
         parts = yield from self._partitions_arg(None if partition is None else [partition])
         store = self.hub.store
-        return sum((yield from store.counts.plan(store, [self._pk(p) for p in parts])))
+        return sum((yield from store.counts.plan([self._pk(p) for p in parts])))
 
     @_guard("recommend")
     def recommend(
@@ -950,7 +1025,7 @@ class Version:
         store = self.hub.store
         found: dict[str, tuple[bytes, bytes | None, str]] = {}
         for p in (yield from self._partitions_arg(partitions)):
-            vecs, metas = yield from store.read_items.plan(store, self._pk(p), id_list)
+            vecs, metas = yield from store.read_items.plan(self._pk(p), id_list)
             for i, v, m in zip(id_list, vecs, metas):
                 if v is not None:
                     found[i] = (v, m, p)
@@ -1011,6 +1086,10 @@ class Version:
         the :class:`QueryResult`. ``explain(...).as_dict()`` is JSON-ready. With ``ids`` instead of query
         embeddings it explains :meth:`query_by_id` (``"neighbour list on partition p: ..."`` when the precomputed
         lists answer)."""
+        return self._run(self._explain(query_embeddings, n_results, ids, partitions, where, ef, consistency, exclude))
+
+    def _explain(self, query_embeddings: Any, n_results: Any, ids: Any, partitions: Any, where: Any, ef: Any,
+                 consistency: Any, exclude: Any) -> Plan[Explain]:
         if (ids is None) == (query_embeddings is None):
             raise InvalidInput("explain takes query_embeddings or ids (for query_by_id), not both or neither")
         if ids is not None:
@@ -1020,27 +1099,35 @@ class Version:
             if res is None:
                 ex.steps.clear()
                 ex.overlay_items = 0
-                res = self._by_id_explained(id_list, q, ex)
+                res = yield from self._by_id_explained(id_list, q, ex)
             ex.result = res  # type: ignore[attr-defined]
             return ex
         q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, ("distances",), exclude)
         ex = Explain(q.consistency)
-        ex.result = self._answer(q, ex)  # type: ignore[attr-defined]
+        ex.result = yield from self._explained(q, ex)  # type: ignore[attr-defined]
         return ex
 
-    def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain) -> QueryResult:
+    def _explained(self, q: Query, ex: Explain) -> Plan[QueryResult]:
+        """:meth:`_answer` as a plan, filling in ``ex``: the local answer, else the general plan."""
+        res = self._local(q, ex)
+        if res is None:
+            ex.steps.clear()
+            res = (yield from self._search(q, ex)).result
+        return res
+
+    def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain) -> Plan[QueryResult]:
         """query_by_id's graph path, explained: the stored vectors as a query of ``n_results + 1``."""
         vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
         missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
         if missing:
-            got = self.get(missing, include=("embeddings",))
+            got = yield from self._get(missing, ("embeddings",), None)
             assert got.embeddings is not None
             vectors.update(zip(got.ids, got.embeddings))
         absent = [i for i in id_list if i not in vectors]
         if absent:
             raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
         queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)
-        res = self._answer(replace(q, vectors=queries, k=q.k + 1), ex)
+        res = yield from self._explained(replace(q, vectors=queries, k=q.k + 1), ex)
         return _drop_own(res, id_list, q.k)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
@@ -1052,15 +1139,13 @@ class Version:
         return Query.build(queries, k, partitions=partitions, where=where, ef=ef, consistency=consistency,
                            include=include, exclude=exclude, allowed_include=_INCLUDE_QUERY)
 
-    def _answer(self, q: Query, ex: Explain | None = None) -> QueryResult:
+    def _answer(self, q: Query) -> QueryResult:
         """Answer from what is loaded when the query needs no Redis (or, at ``strong``, only the probe);
         otherwise run the general plan."""
         t0 = time.perf_counter()
-        res = self._local(q, ex)
+        res = self._local(q)
         if res is None:
-            if ex is not None:
-                ex.steps.clear()
-            res = self._run(self._search(q, ex)).result
+            res = self._run(self._search(q)).result
         if metrics.ENABLED:
             metrics.observe_query(self.space.name, q.consistency, time.perf_counter() - t0)
         return res
@@ -1294,7 +1379,7 @@ class Version:
         partition another hub created before this query began is not missed."""
         hub, store = self.hub, self.hub.store
         read, members = yield from store.strong_positions.plan(
-            store, [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
+            [self._pk(p) for p in parts], hub.keys.parts(self.space.name, self.name) if all_parts else None)
         positions: dict[str, str | None] = dict(zip(parts, read))
         if members is not None:
             fresh = valid_names(members, "partition name")
@@ -1362,10 +1447,10 @@ class Version:
                     _merge_overlay(overlays[si], ov)
         if need:  # the log tails of what moved (or session writes no longer all in memory), one round trip
             store, info = self.hub.store, self.space.info
-            tails = yield from store.read_tails.plan(store, [(self._pk(p), pos) for _, p, pos in need])
+            tails = yield from store.read_tails.plan([(self._pk(p), pos) for _, p, pos in need])
             for (si, p, _), tail in zip(need, tails):
                 if tail is None and sources[si].tails.pop(p, None) is not None:  # read it from the base instead
-                    tail = yield from store.read_tail.plan(store, self._pk(p), sources[si].position(p), 1 << 30)
+                    tail = yield from store.read_tail.plan(self._pk(p), sources[si].position(p), 1 << 30)
                 if tail is None and isinstance(sources[si].base, VersionBase):
                     return None
                 if tail is None:
@@ -1381,10 +1466,10 @@ class Version:
         cache, store, info = self.hub.cache, self.hub.store, self.space.info
         pid, pk = self._pid(partition), self._pk(partition)
         base = yield Offload(cache.reload, (pid, info))
-        tail = yield from store.read_tail.plan(store, pk, base.position, 1 << 30)
+        tail = yield from store.read_tail.plan(pk, base.position, 1 << 30)
         if tail is None:
             base = yield Offload(cache.exact, (pid, info))
-            tail = yield from store.read_tail.plan(store, pk, base.position, 1 << 30)
+            tail = yield from store.read_tail.plan(pk, base.position, 1 << 30)
         return base, tail
 
     def _search_sources(self, sources: list["_Source"], overlays: list[Overlay], q: Query,

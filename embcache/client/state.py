@@ -43,7 +43,7 @@ class KnownPartitions:
         """The version's partitions; ``fresh=False`` accepts the cached list."""
         parts = None if fresh else self._lists.get((space, version))
         if parts is None:
-            parts = yield from self.catalogue.partitions.plan(self.catalogue, space, version)
+            parts = yield from self.catalogue.partitions.plan(space, version)
             self._lists[(space, version)] = parts
         return parts
 
@@ -53,7 +53,7 @@ class KnownPartitions:
         if pid in self._registered:
             return False
         space, version, partition = pid
-        added = yield from self.catalogue.register_partition.plan(self.catalogue, space, version, partition)
+        added = yield from self.catalogue.register_partition.plan(space, version, partition)
         self._registered.add(pid)
         parts = self._lists.get((space, version))
         if parts is not None and partition not in parts:
@@ -64,7 +64,7 @@ class KnownPartitions:
         """Undo :meth:`register` after the partition's first write was refused (see
         :meth:`~embcache.redis.catalogue.Catalogue.unregister_empty`)."""
         space, version, partition = pid
-        yield from self.catalogue.unregister_empty.plan(self.catalogue, space, version, partition)
+        yield from self.catalogue.unregister_empty.plan(space, version, partition)
         self._registered.discard(pid)
         parts = self._lists.get((space, version))
         if parts is not None and partition in parts:

@@ -15,7 +15,7 @@ from ..core import snapshot
 from ..core.errors import BuildTimeout, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
-from . import snapshots
+from .plan import Batch, Call, Plan, Sleep
 from .store import Store, translate_errors
 
 __all__ = ["BuildHandle", "PartitionStats", "partition_stats"]
@@ -33,12 +33,16 @@ class BuildHandle:
 
     def progress(self) -> tuple[int, int]:
         """``(partitions done, partitions asked)``; one round trip per partition not yet done."""
+        return self.store.run(self.progress_plan())
+
+    def progress_plan(self) -> Plan[tuple[int, int]]:
+        """:meth:`progress` as a plan (the asyncio client runs it)."""
         with translate_errors("build progress"):
             for p, target in self.targets.items():
                 if p in self.done_parts:
                     continue
                 try:
-                    m = snapshots.read_manifest(self.store.r, self.keys[p])
+                    m = yield from _manifest(self.keys[p])
                 except SnapshotCorrupt:  # unreadable: not done, the workers rebuild it
                     continue
                 if m is not None and pos_key(m.pos) >= pos_key(target):
@@ -54,10 +58,15 @@ class BuildHandle:
     def wait(self, timeout: float | None = 600.0, on_progress: Callable[[int, int], None] | None = None,
              poll: float = 0.05) -> "BuildHandle":
         """Block until every partition's snapshot covers its target; :class:`BuildTimeout` after ``timeout``."""
+        return self.store.run(self.wait_plan(timeout, on_progress, poll))
+
+    def wait_plan(self, timeout: float | None = 600.0, on_progress: Callable[[int, int], None] | None = None,
+                  poll: float = 0.05) -> Plan["BuildHandle"]:
+        """:meth:`wait` as a plan (the asyncio client runs it, sleeping with ``asyncio.sleep``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = (-1, -1)
         while True:
-            now = self.progress()
+            now = yield from self.progress_plan()
             if now != last and on_progress is not None:
                 on_progress(*now)
             last = now
@@ -69,7 +78,7 @@ class BuildHandle:
                     f"snapshots of {len(pending)} partition(s) ({', '.join(pending[:5])}) did not catch up within "
                     f"{timeout}s; is an embcache worker running on this hub?"
                 )
-            time.sleep(poll)
+            yield Sleep(poll)
 
 
 @dataclass
@@ -94,22 +103,28 @@ class PartitionStats:
 STATS_LAG_CAP = 100_000  # log entries stats count one by one; past it the count is XLEN (an upper bound)
 
 
-def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> PartitionStats:
+def _manifest(pk: PartitionKeys) -> Plan[snapshot.Manifest | None]:
+    """The published manifest, verified on its own (:class:`SnapshotCorrupt` if unreadable); None if none."""
+    raw = yield Call("get", pk.snap)
+    return None if raw is None else snapshot.Manifest.from_json(raw)
+
+
+def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Plan[PartitionStats]:
     """One partition's stats (a few round trips)."""
-    r = store.r
     with translate_errors("stats"):
-        count = int(r.hlen(pk.vec))
+        count = int((yield Call("hlen", pk.vec)))
         try:
-            m = snapshots.read_manifest(r, pk)
+            m = yield from _manifest(pk)
             unreadable = None
         except SnapshotCorrupt as exc:
             m, unreadable = None, str(exc)
-        state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()}
+        raw_state = yield Call("hgetall", pk.state)
+        state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw_state.items()}
         uploads = snapshot.pending_uploads(state)
-        alive = [r.exists(pk.chunk(sid, 0)) for sid in uploads] if uploads else []
+        alive = (yield Batch([Call("exists", pk.chunk(sid, 0)) for sid in uploads])) if uploads else []
         leftovers = [size for (sid, (_, size)), there in zip(uploads.items(), alive)
                      if there and (m is None or sid != m.sid)]
-    lag = store.unindexed(pk, m.pos if m else "0-0", STATS_LAG_CAP)
+    lag = yield from store.unindexed.plan(pk, m.pos if m else "0-0", STATS_LAG_CAP)
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,

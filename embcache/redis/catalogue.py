@@ -29,7 +29,7 @@ from ..core.errors import (
     VersionNotFound,
 )
 from ..core.keys import NAME_PATTERN, check_name
-from .plan import Batch, Call, Plan, planned
+from .plan import Batch, Call, Plan, Scan, planned
 from .store import Store, translate_errors
 
 __all__ = ["SpaceRecord", "VersionRecord", "PartitionDigest", "Catalogue", "valid_names", "check_description",
@@ -166,56 +166,56 @@ class Catalogue:
         self.k = store.keys
 
     # spaces
-    def create_space(self, record: SpaceRecord) -> None:
+    @planned
+    def create_space(self, record: SpaceRecord) -> Plan[None]:
         with translate_errors(f"create space {record.name}", write=True):
-            if not self.r.set(self.k.space(record.name), record.model_dump_json(), nx=True):
+            if not (yield Call("set", self.k.space(record.name), record.model_dump_json(), nx=True)):
                 raise AlreadyExists(f"space {record.name!r} already exists")
-            self.r.sadd(self.k.spaces(), record.name)
+            yield Call("sadd", self.k.spaces(), record.name)
 
-    def get_space(self, name: str) -> SpaceRecord:
+    @planned
+    def get_space(self, name: str) -> Plan[SpaceRecord]:
         check_name(name, "space name")
         with translate_errors(f"read space {name}"):
-            raw = self.r.get(self.k.space(name))
+            raw = yield Call("get", self.k.space(name))
         if raw is None:
             raise SpaceNotFound(f"no space named {name!r}")
         return _load(SpaceRecord, raw, f"space {name}", name=name)
 
-    def list_spaces(self) -> list[str]:
+    @planned
+    def list_spaces(self) -> Plan[list[str]]:
         with translate_errors("list spaces"):
-            return valid_names(self.r.smembers(self.k.spaces()), "space name")
+            return valid_names((yield Call("smembers", self.k.spaces())), "space name")
 
-    def delete_space_keys(self, name: str) -> int:
+    @planned
+    def delete_space_keys(self, name: str) -> Plan[int]:
         """Delete every key under the space's hash tags (``{name}`` and ``{name/...}``), found by SCAN: also the
         keys a principal planted for versions or partitions the catalogue does not list. Returns how many."""
         check_name(name, "space name")
         gone = 0
         with translate_errors(f"drop space {name}"):
             for pattern in self.k.space_scan_patterns(name):
-                batch: list[bytes] = []
-                for key in self.r.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 500:
-                        gone += self.r.delete(*batch)
-                        batch = []
-                if batch:
-                    gone += self.r.delete(*batch)
+                found = yield Scan(pattern)
+                for start in range(0, len(found), 500):
+                    gone += yield Call("delete", *found[start:start + 500])
         return gone
 
-    def unlist_space(self, name: str) -> None:
+    @planned
+    def unlist_space(self, name: str) -> Plan[None]:
         """Take ``name`` off the hub's listing of spaces (the last step of a drop)."""
         with translate_errors(f"drop space {name}"):
-            self.r.srem(self.k.spaces(), name)
+            yield Call("srem", self.k.spaces(), name)
 
-    def partition_lists(self, versions: Sequence[tuple[str, str]]) -> list[list[str]]:
+    @planned
+    def partition_lists(self, versions: Sequence[tuple[str, str]]) -> Plan[list[list[str]]]:
         """The sorted partition names of several ``(space, version)``, in one round trip on a standalone server."""
         with translate_errors("refresh partitions"):
-            pipe = self.r.pipeline(transaction=False)
-            for space, version in versions:
-                pipe.smembers(self.k.parts(space, version))
-            return [valid_names(members, "partition name") for members in pipe.execute()]
+            replies = yield Batch([Call("smembers", self.k.parts(space, version)) for space, version in versions])
+            return [valid_names(members, "partition name") for members in replies]
 
     # versions
-    def create_version(self, space: str, name: str | None, description: str = "") -> VersionRecord:
+    @planned
+    def create_version(self, space: str, name: str | None, description: str = "") -> Plan[VersionRecord]:
         if name is not None:
             check_name(name, "version name")
         rec = {"state": "open", "created": time.time(), "description": check_description(description)}
@@ -225,47 +225,48 @@ class Catalogue:
             chosen = name or ""
             if name is None:  # v<n+1>, checked atomically against the counter by the function
                 with translate_errors(f"create version in {space}"):
-                    expected = _d(self.r.get(k.seq(space))) or "0"
+                    expected = _d((yield Call("get", k.seq(space)))) or "0"
                 chosen = f"v{int(expected) + 1}"
             try:
-                created = self.store.fcall(
+                created = yield from self.store.fcall_plan(
                     "emb_create_version", [k.versions(space), k.seq(space), k.vstate(space, chosen)],
                     [chosen, json.dumps(rec), expected], f"create version in {space}",
                 )
             except Conflict:
                 continue
-            self._start_owners_map(space, _d(created) or chosen)
+            yield from self._start_owners_map(space, _d(created) or chosen)
             return VersionRecord(name=_d(created), **rec)  # type: ignore[arg-type]
         raise AlreadyExists(f"could not pick a free version name in {space!r}")
 
-    def _start_owners_map(self, space: str, version: str) -> None:
+    def _start_owners_map(self, space: str, version: str) -> Plan[None]:
         """Mark the new version's owners map complete (its '' field), so upserts check other partitions with one
         call. It is another slot than the version record, so this is a second step: if it fails (an admin limited
         to some partitions may not write the map), the version works as one from before maps did."""
         try:
             with translate_errors(f"create version in {space}"):
-                self.r.hset(self.k.owners(space, version), "", "complete")
+                yield Call("hset", self.k.owners(space, version), "", "complete")
         except (PermissionDenied, Unavailable) as exc:
             log.warning("version %s/%s: no owners map (%s); upserts will ask every partition", space, version, exc)
 
-    def drop_version(self, space: str, version: str) -> None:
+    @planned
+    def drop_version(self, space: str, version: str) -> Plan[None]:
         """Delete a version: its partitions' data and snapshots first, then its dirty marks, its place in the
         alias histories, its keys, and its record last, so that a drop cut short can simply be run again."""
         check_name(version, "version name")
         k = self.k
-        for p in self.partitions(space, version):
-            self.store.delete_partition(k.partition(space, version, p))
+        for p in (yield from self.partitions.plan(space, version)):
+            yield from self.store.delete_partition.plan(k.partition(space, version, p))
         with translate_errors(f"drop version {space}/{version}"):
             # the dirty set holds one "version/partition" member per partition waiting for a build: a few
-            marks = [m for m in self.r.zrange(k.dirty(space), 0, -1)
+            marks = [m for m in (yield Call("zrange", k.dirty(space), 0, -1))
                      if (k.parse_dirty_member(m) or ("",))[0] == version]
             if marks:
-                self.r.zrem(k.dirty(space), *marks)
-            for alias in self.r.hkeys(k.aliases(space)):
-                self.r.lrem(k.alias_history(space, alias.decode()), 0, version)
-            self.r.delete(k.parts(space, version), k.vstate(space, version))
-            self.r.delete(k.owners(space, version))  # another slot than the two above
-            self.r.hdel(k.versions(space), version)
+                yield Call("zrem", k.dirty(space), *marks)
+            for alias in valid_names((yield Call("hkeys", k.aliases(space))), "alias"):
+                yield Call("lrem", k.alias_history(space, alias), 0, version)
+            yield Call("delete", k.parts(space, version), k.vstate(space, version))
+            yield Call("delete", k.owners(space, version))  # another slot than the two above
+            yield Call("hdel", k.versions(space), version)
 
     @planned
     def get_version(self, space: str, name: str) -> Plan[VersionRecord]:
@@ -292,7 +293,8 @@ class Catalogue:
                 log.warning("skipped %s", exc)
         return sorted(recs, key=lambda r: (r.created, r.name))
 
-    def seal(self, space: str, version: str) -> list[str]:
+    @planned
+    def seal(self, space: str, version: str) -> Plan[list[str]]:
         """Seal the version and return its partitions.
 
         Three steps, each safe to repeat: close the version to new partitions (state ``sealing``); flag every
@@ -301,20 +303,20 @@ class Catalogue:
         calling it again completes it. The digests let workers refuse to publish sealed data that a writer with
         raw Redis access changed afterwards."""
         k = self.k
-        state, members = self.store.fcall(
+        state, members = yield from self.store.fcall_plan(
             "emb_seal", [k.versions(space), k.parts(space, version), k.vstate(space, version)], [version], "seal")
         parts = valid_names(members, "partition name")
         for p in parts:
-            self.store.flag_sealed(k.partition(space, version, p))
+            yield from self.store.flag_sealed.plan(k.partition(space, version, p))
         if vstate_name(_d(state) or "") == "sealed":
             return parts  # sealed before: its digests stay the ones taken then
         digests = {}
         for p in parts:  # flagged: nothing more can be written through the functions
-            data = self.store.read_partition(k.partition(space, version, p))
+            data = yield from self.store.read_partition.plan(k.partition(space, version, p))
             digests[p] = {"sha256": codec.partition_digest(data.ids, data.vectors, data.metadatas),
                           "count": len(data.ids), "pos": data.pos}
-        self.store.fcall("emb_sealed", [k.versions(space), k.vstate(space, version)], [version, json.dumps(digests)],
-                         "seal")
+        yield from self.store.fcall_plan("emb_sealed", [k.versions(space), k.vstate(space, version)],
+                                         [version, json.dumps(digests)], "seal")
         return parts
 
     @planned
@@ -326,14 +328,13 @@ class Catalogue:
         )
         return bool(added)
 
-    def has_partition(self, space: str, version: str, partition: str) -> bool:
+    @planned
+    def has_partition(self, space: str, version: str, partition: str) -> Plan[bool]:
         """True when the version is in the space's catalogue and the partition is registered in it (one round
         trip)."""
         with translate_errors(f"read partitions of {space}/{version}"):
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hexists(self.k.versions(space), version)
-            pipe.sismember(self.k.parts(space, version), partition)
-            has_version, has_partition = pipe.execute()
+            has_version, has_partition = yield Batch([Call("hexists", self.k.versions(space), version),
+                                                      Call("sismember", self.k.parts(space, version), partition)])
         return bool(has_version and has_partition)
 
     @planned
@@ -356,23 +357,25 @@ class Catalogue:
             return valid_names((yield Call("smembers", self.k.parts(space, version))), "partition name")
 
     # aliases
-    def set_alias(self, space: str, alias: str, version: str) -> str | None:
+    @planned
+    def set_alias(self, space: str, alias: str, version: str) -> Plan[str | None]:
         """Point ``alias`` at ``version``; returns the previous target (None for a new alias)."""
         check_name(alias, "alias")
         check_name(version, "version name")
         k = self.k
-        old = self.store.fcall(
+        old = yield from self.store.fcall_plan(
             "emb_set_alias", [k.versions(space), k.aliases(space), k.alias_history(space, alias)], [alias, version],
             f"set alias {alias}",
         )
         return _d(old)
 
-    def rollback(self, space: str, alias: str) -> str:
+    @planned
+    def rollback(self, space: str, alias: str) -> Plan[str]:
         check_name(alias, "alias")
         k = self.k
         try:
             keys = [k.aliases(space), k.alias_history(space, alias), k.versions(space)]
-            prev = self.store.fcall("emb_rollback", keys, [alias], "rollback")
+            prev = yield from self.store.fcall_plan("emb_rollback", keys, [alias], "rollback")
         except NotFound as exc:
             if getattr(exc, "code", None) == "EMBNOHISTORY":
                 raise VersionNotFound(
@@ -385,9 +388,10 @@ class Catalogue:
         with translate_errors(f"list aliases of {space}"):
             return {a.decode(): v.decode() for a, v in (yield Call("hgetall", self.k.aliases(space))).items()}
 
-    def alias_history(self, space: str, alias: str) -> list[str]:
+    @planned
+    def alias_history(self, space: str, alias: str) -> Plan[list[str]]:
         with translate_errors(f"read alias {alias}"):
-            return [v.decode() for v in self.r.lrange(self.k.alias_history(space, alias), 0, -1)]
+            return [v.decode() for v in (yield Call("lrange", self.k.alias_history(space, alias), 0, -1))]
 
     @planned
     def resolve(self, space: str, name: str) -> Plan[str]:

@@ -16,11 +16,12 @@ blocks handle them the same way under both drivers.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-__all__ = ["Call", "Batch", "Offload", "Plan", "run", "arun", "planned"]
+__all__ = ["Call", "Batch", "Offload", "Scan", "Sleep", "Plan", "run", "arun", "planned"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -60,7 +61,23 @@ class Offload:
     args: tuple[Any, ...] = ()
 
 
-Plan = Generator["Call | Batch | Offload", Any, T]
+@dataclass(frozen=True)
+class Scan:
+    """Every key matching ``match`` (``SCAN`` on a server; on a Cluster, on every primary): the result is a
+    list of keys. For administrative sweeps (dropping a space), not for anything on a hot path."""
+
+    match: str
+    count: int = 1000
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds`` between polls: ``time.sleep`` under :func:`run`, ``asyncio.sleep`` under :func:`arun`."""
+
+    seconds: float
+
+
+Plan = Generator["Call | Batch | Offload | Scan | Sleep", Any, T]
 
 
 def run(plan: Plan[T], client: Any) -> T:
@@ -78,6 +95,11 @@ def run(plan: Plan[T], client: Any) -> T:
                 result = getattr(client, step.method)(*step.args, **step.kwargs)
             elif isinstance(step, Offload):
                 result = step.fn(*step.args)
+            elif isinstance(step, Scan):
+                result = list(client.scan_iter(match=step.match, count=step.count))
+            elif isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                result = None
             else:
                 pipe = client.pipeline(transaction=step.transaction)
                 for c in step.calls:
@@ -102,6 +124,11 @@ async def arun(plan: Plan[T], client: Any) -> T:
                 result = await getattr(client, step.method)(*step.args, **step.kwargs)
             elif isinstance(step, Offload):
                 result = await asyncio.to_thread(step.fn, *step.args)
+            elif isinstance(step, Scan):
+                result = [key async for key in client.scan_iter(match=step.match, count=step.count)]
+            elif isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                result = None
             else:
                 pipe = client.pipeline(transaction=step.transaction)
                 for c in step.calls:
@@ -113,8 +140,9 @@ async def arun(plan: Plan[T], client: Any) -> T:
 
 class planned(Generic[S, P, T]):  # lower case: used as a decorator, like property
     """Make a plan-returning method of an object with a sync client ``self.r`` callable as a plain method;
-    the plan itself stays reachable as ``.plan`` (for :func:`arun`): ``store.read_tail.plan(store, pk, pos)``.
-    Typed, so that mypy sees both the method's and the plan's signature."""
+    the plan itself stays reachable as ``.plan`` (for :func:`arun`, or ``yield from`` in another plan):
+    ``store.read_tail(pk, pos)`` runs it, ``store.read_tail.plan(pk, pos)`` returns it. Typed, so that mypy sees
+    both the method's and the plan's signature."""
 
     def __init__(self, fn: Callable[Concatenate[S, P], Plan[T]]) -> None:
         self.plan = fn
@@ -133,11 +161,15 @@ class planned(Generic[S, P, T]):  # lower case: used as a decorator, like proper
 class _Bound(Generic[S, P, T]):
     """A :class:`planned` method bound to its object."""
 
-    __slots__ = ("plan", "_obj")
+    __slots__ = ("_fn", "_obj")
 
     def __init__(self, fn: Callable[Concatenate[S, P], Plan[T]], obj: S) -> None:
-        self.plan = fn
+        self._fn = fn
         self._obj = obj
 
+    def plan(self, *args: P.args, **kwargs: P.kwargs) -> Plan[T]:
+        """The plan, for :func:`arun` or ``yield from``."""
+        return self._fn(self._obj, *args, **kwargs)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
-        return run(self.plan(self._obj, *args, **kwargs), self._obj.r)  # type: ignore[attr-defined]
+        return run(self._fn(self._obj, *args, **kwargs), self._obj.r)  # type: ignore[attr-defined]

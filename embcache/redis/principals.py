@@ -27,6 +27,7 @@ from .acl import (
     user_rules,
     worker_rules,
 )
+from .plan import Call, Plan, planned
 from .store import Store, translate_errors
 
 __all__ = ["Principals"]
@@ -41,53 +42,51 @@ class Principals:
         self.store = store
         self.r = store.r
         self.k = store.keys
+        # the hub's database: the one database its principals may SELECT (always 0 on a Cluster)
+        self.db = 0 if store.is_cluster else int(store.r.connection_pool.connection_kwargs.get("db") or 0)
 
-    def _acl(self, *args: Any) -> Any:
-        if isinstance(self.r, redis.cluster.RedisCluster):
-            return self.r.execute_command("ACL", *args, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
-        return self.r.execute_command("ACL", *args)
+    def _on_all_nodes(self, *args: Any) -> Call:
+        """A command every node must run (ACL users, client connections are per node)."""
+        if self.store.is_cluster:
+            return Call("execute_command", *args, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
+        return Call("execute_command", *args)
 
-    def _save(self) -> bool:
+    def _save(self) -> Plan[bool]:
         try:
-            self._acl("SAVE")
+            yield self._on_all_nodes("ACL", "SAVE")
             return True
         except rexc.ResponseError:  # no aclfile configured: the users live until the server restarts
             return False
 
-    def _record(self, name: str) -> dict[str, Any] | None:
-        raw = self.r.hget(self.k.principals(), name)
+    def _record(self, name: str) -> Plan[dict[str, Any] | None]:
+        raw = yield Call("hget", self.k.principals(), name)
         return None if raw is None else json.loads(raw)
 
-    def _db(self) -> int:
-        """The hub's database: the one database its principals may SELECT (always 0 on a Cluster)."""
-        if isinstance(self.r, redis.cluster.RedisCluster):
-            return 0
-        return int(self.r.connection_pool.connection_kwargs.get("db") or 0)
-
-    def _apply(self, name: str, rec: dict[str, Any]) -> bool:
+    def _apply(self, name: str, rec: dict[str, Any]) -> Plan[bool]:
         if rec.get("worker"):
-            rules = worker_rules(self.k, rec["hash"], self._db())
+            rules = worker_rules(self.k, rec["hash"], self.db)
         else:
             grants = [Grant(s, g["role"], tuple(g["partitions"]) if g["partitions"] else None)
                       for s, g in sorted(rec["grants"].items())]
-            rules = user_rules(self.k, rec["hash"], grants, self._db())
+            rules = user_rules(self.k, rec["hash"], grants, self.db)
         for _ in range(10):  # drop rules naming commands this server version lacks (CLIENT SETINFO is 7.2+)
             try:
-                self._acl("SETUSER", name, *rules)
+                yield self._on_all_nodes("ACL", "SETUSER", name, *rules)
                 break
             except rexc.ResponseError as exc:
                 m = re.search(r"modifier '(\+[a-z|_-]+)': Unknown command", str(exc))
                 if not m or m.group(1) not in rules:
                     raise
                 rules.remove(m.group(1))
-        self.r.hset(self.k.principals(), name, json.dumps(rec))
-        return self._save()
+        yield Call("hset", self.k.principals(), name, json.dumps(rec))
+        return (yield from self._save())
 
-    def grant(self, name: str, grant: Grant) -> Credentials:
+    @planned
+    def grant(self, name: str, grant: Grant) -> Plan[Credentials]:
         """Add or replace ``name``'s grant on ``grant.space``; the password is returned only for a new principal."""
         check_principal(name)
         with translate_errors(f"grant {grant.role} on {grant.space} to {name}"):
-            rec = self._record(name)
+            rec = yield from self._record(name)
             secret = None
             if rec is None:
                 secret = new_secret()
@@ -96,26 +95,27 @@ class Principals:
                 raise InvalidInput(f"{name!r} is the worker principal; choose another name")
             old = rec["grants"].get(grant.space)
             rec["grants"][grant.space] = grant.as_dict()
-            persisted = self._apply(name, rec)
-            self.r.hset(self.k.grants(grant.space), name, json.dumps(grant.as_dict()))
+            persisted = yield from self._apply(name, rec)
+            yield Call("hset", self.k.grants(grant.space), name, json.dumps(grant.as_dict()))
             if old != grant.as_dict():
-                self._owners_maps_incomplete(grant.space, old)
+                yield from self._owners_maps_incomplete(grant.space, old)
         return Credentials(name, secret, persisted)
 
-    def _owners_maps_incomplete(self, space: str, old: Any) -> None:
+    def _owners_maps_incomplete(self, space: str, old: Any) -> Plan[None]:
         """A partition-limited writer or admin lost its grant: the ids it wrote are in no version's owners map (it
         could not write them), so mark every version's map as incomplete (upserts then ask every partition)."""
         if not (isinstance(old, dict) and old.get("role") in ("writer", "admin") and old.get("partitions")):
             return
-        for v in self.r.hkeys(self.k.versions(space)):
+        for v in (yield Call("hkeys", self.k.versions(space))):
             with contextlib.suppress(InvalidName):
-                self.r.hdel(self.k.owners(space, v.decode(errors="replace")), "")
+                yield Call("hdel", self.k.owners(space, v.decode(errors="replace")), "")
 
-    def revoke(self, name: str, space: str | None = None) -> None:
+    @planned
+    def revoke(self, name: str, space: str | None = None) -> Plan[None]:
         """Remove ``name``'s grant on ``space`` (all grants and the user itself when ``space`` is None)."""
         check_principal(name)
         with translate_errors(f"revoke {name}"):
-            rec = self._record(name)
+            rec = yield from self._record(name)
             if rec is None:
                 raise PrincipalNotFound(f"no principal named {name!r}")
             spaces = list(rec["grants"]) if space is None else [space]
@@ -123,54 +123,54 @@ class Principals:
                 raise PrincipalNotFound(f"principal {name!r} has no grant on space {space!r}")
             for s in spaces:
                 old = rec["grants"].pop(s, None)
-                self.r.hdel(self.k.grants(s), name)
-                self._owners_maps_incomplete(s, old)
+                yield Call("hdel", self.k.grants(s), name)
+                yield from self._owners_maps_incomplete(s, old)
             if rec["grants"] or (rec.get("worker") and space is not None):
-                self._apply(name, rec)
+                yield from self._apply(name, rec)
             else:
-                self._acl("DELUSER", name)  # Redis closes the user's connections itself
-                self.r.hdel(self.k.principals(), name)
-                self._save()
+                yield self._on_all_nodes("ACL", "DELUSER", name)  # Redis closes the user's connections itself
+                yield Call("hdel", self.k.principals(), name)
+                yield from self._save()
 
-    def revoke_space(self, space: str) -> list[str]:
+    @planned
+    def revoke_space(self, space: str) -> Plan[list[str]]:
         """Remove every principal's grant on ``space`` (for dropping it: a space created later under the same
         name must not be readable with the old credentials). Returns the principals changed."""
         with translate_errors(f"revoke grants on {space}"):
-            names = [n.decode() for n, v in self.r.hgetall(self.k.principals()).items()
+            names = [n.decode() for n, v in (yield Call("hgetall", self.k.principals())).items()
                      if space in json.loads(v).get("grants", {})]
         for name in names:
-            self.revoke(name, space)
+            yield from self.revoke.plan(name, space)
         return names
 
-    def rotate(self, name: str) -> Credentials:
+    @planned
+    def rotate(self, name: str) -> Plan[Credentials]:
         """A new secret for ``name``; the old one stops working at once."""
         check_principal(name)
         with translate_errors(f"rotate {name}"):
-            rec = self._record(name)
+            rec = yield from self._record(name)
             if rec is None:
                 raise PrincipalNotFound(f"no principal named {name!r}")
             secret = new_secret()
             rec["hash"] = hash_secret(secret)
             rec["rotated"] = time.time()
-            persisted = self._apply(name, rec)
-            self._disconnect(name)
+            persisted = yield from self._apply(name, rec)
+            yield from self._disconnect(name)
         return Credentials(name, secret, persisted)
 
-    def _disconnect(self, name: str) -> None:
+    def _disconnect(self, name: str) -> Plan[None]:
         """Close the connections ``name`` already has open (ACL changes apply to new commands, but a connection
         authenticated with an old secret would otherwise stay signed in)."""
         try:
-            if isinstance(self.r, redis.cluster.RedisCluster):
-                self.r.execute_command("CLIENT KILL", "USER", name, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
-            else:
-                self.r.execute_command("CLIENT KILL", "USER", name)
+            yield self._on_all_nodes("CLIENT KILL", "USER", name)
         except rexc.ResponseError:  # no such connection on a node
             pass
 
-    def list(self) -> dict[str, dict[str, Any]]:
+    @planned
+    def list(self) -> Plan[dict[str, dict[str, Any]]]:
         """``{principal: {"grants": {space: {"role", "partitions"}}, "worker": bool}}``."""
         with translate_errors("list principals"):
-            raw = self.r.hgetall(self.k.principals())
+            raw = yield Call("hgetall", self.k.principals())
         out = {}
         for name, v in raw.items():
             rec = json.loads(v)
@@ -178,30 +178,33 @@ class Principals:
                                   "created": rec.get("created")}
         return dict(sorted(out.items()))
 
-    def worker(self, name: str = WORKER) -> Credentials:
+    @planned
+    def worker(self, name: str = WORKER) -> Plan[Credentials]:
         """Create (or re-key) the worker principal: the only one with RQ's keys."""
         check_principal(name)
         with translate_errors(f"create worker principal {name}"):
-            rec = self._record(name)
+            rec = yield from self._record(name)
             if rec is not None and not rec.get("worker"):
                 raise InvalidInput(f"{name!r} is a client principal, not a worker")
             secret = new_secret()
             rec = {"hash": hash_secret(secret), "grants": {}, "worker": True, "created": time.time()}
-            persisted = self._apply(name, rec)
+            persisted = yield from self._apply(name, rec)
         return Credentials(name, secret, persisted)
 
-    def default_user_open(self) -> bool:
+    @planned
+    def default_user_open(self) -> Plan[bool]:
         """True when Redis's ``default`` user is on with no password (anyone can become the operator); False
         also when the server has no ACLs or this principal may not look."""
         with translate_errors("check the default user"):
             try:
-                info = self.r.acl_getuser("default")
+                info = yield Call("acl_getuser", "default")
             except rexc.ResponseError:  # a server without ACLs, or not allowed: nothing to check
                 return False
         flags = {f.decode() if isinstance(f, bytes) else str(f) for f in (info or {}).get("flags", [])}
         return "on" in flags and "nopass" in flags
 
-    def grant_of(self, space: str, name: str) -> dict[str, Any] | None:
+    @planned
+    def grant_of(self, space: str, name: str) -> Plan[dict[str, Any] | None]:
         """``name``'s grant on ``space`` as the space's principals may read it."""
-        raw = self.r.hget(self.k.grants(space), name)
+        raw = yield Call("hget", self.k.grants(space), name)
         return None if raw is None else json.loads(raw)

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -38,10 +38,12 @@ from ..core.errors import (
     PermissionDenied,
     PublishConflict,
     RedisRefused,
+    SnapshotCorrupt,
     Unavailable,
     VersionSealed,
 )
 from ..core.keys import NAME_PATTERN, Keys, PartitionKeys
+from ..core.snapshot import Manifest
 from .plan import Batch, Call, Plan, planned, run
 
 __all__ = ["Store", "PartitionData", "Tail", "open_client", "client_options", "translate_errors", "before_send",
@@ -284,10 +286,11 @@ class Store:
         """A pub/sub connection (for snapshot notifications) that skips subscribe confirmations."""
         return self.r.pubsub(ignore_subscribe_messages=True)
 
-    def dispatcher_seen(self) -> bool:
+    @planned
+    def dispatcher_seen(self) -> Plan[bool]:
         """True while a dispatcher holds its lock (it renews it every tick)."""
         with translate_errors("build"):
-            return bool(self.r.exists(self.keys.dispatcher_lock()))
+            return bool((yield Call("exists", self.keys.dispatcher_lock())))
 
     # functions library ------------------------------------------------------------------------------------
     def ensure_functions(self) -> None:
@@ -425,17 +428,11 @@ class Store:
         return [v for r in results for v in r[0]], [m for r in results for m in r[1]]
 
     @staticmethod
-    async def ascan_ids(client: Any, pk: PartitionKeys, batch: int = SCAN_COUNT) -> AsyncIterator[str]:
-        """:meth:`scan_ids` on a ``redis.asyncio`` client."""
+    def id_page(pk: PartitionKeys, cursor: int, batch: int = SCAN_COUNT) -> Plan[tuple[int, list[str]]]:
+        """One HSCAN page of the partition's ids: ``(next cursor, ids)``; the cursor is 0 when the scan is done."""
         with translate_errors("scan"):
-            async for k, _ in client.hscan_iter(pk.vec, count=batch):
-                yield k.decode()
-
-    def scan_ids(self, pk: PartitionKeys, batch: int = SCAN_COUNT) -> Iterator[str]:
-        """The partition's ids, in pieces (an id written during the scan may or may not appear)."""
-        with translate_errors("scan"):
-            for k, _ in self.r.hscan_iter(pk.vec, count=batch):
-                yield k.decode()
+            cursor, page = yield Call("hscan", pk.vec, cursor, count=batch)
+        return int(cursor), [k.decode() for k in page]
 
     @planned
     def count(self, pk: PartitionKeys) -> Plan[int]:
@@ -511,10 +508,11 @@ class Store:
     def _batch(calls: list[Call]) -> Plan[Any]:
         return (yield Batch(calls))
 
-    def sealed(self, pk: PartitionKeys) -> bool:
+    @planned
+    def sealed(self, pk: PartitionKeys) -> Plan[bool]:
         """True when the partition's version is sealed (its flag exists)."""
         with translate_errors("sealed"):
-            return bool(self.r.exists(pk.sealed))
+            return bool((yield Call("exists", pk.sealed)))
 
     def positions(self, pks: Sequence[PartitionKeys]) -> list[str]:
         """Several partitions' log positions in one pipeline (the follower's poll where it cannot block)."""
@@ -522,13 +520,14 @@ class Store:
             return []
         return self.strong_positions(pks, None)[0]
 
-    def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> int:
+    @planned
+    def unindexed(self, pk: PartitionKeys, since: str, cap: int) -> Plan[int]:
         """Log entries after position ``since`` (what a snapshot at ``since`` does not cover): counted up to
         ``cap``, past it the log's length (an upper bound), so the cost stays bounded."""
         with translate_errors("index lag"):
-            n = len(self.r.xrange(pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=cap))
+            n = len((yield Call("xrange", pk.log, min=f"({since}" if since != "0-0" else "-", max="+", count=cap)))
             if n >= cap:
-                n = max(n, int(self.r.xlen(pk.log)))
+                n = max(n, int((yield Call("xlen", pk.log))))
         return n
 
     @planned
@@ -575,24 +574,20 @@ class Store:
                    limit: int = TAIL_LIMIT) -> Plan[list[Tail | None]]:
         """Several partitions' tails in one pipeline (one round trip on a standalone server)."""
         if len(requests) == 1:  # a plain call costs less than a pipeline of one
-            return [(yield from self.read_tail.plan(self, *requests[0], limit=limit))]
+            return [(yield from self.read_tail.plan(*requests[0], limit=limit))]
         with translate_errors("tail"):
             results = yield Batch([Call("fcall_ro", "emb_tail", 4, pk.vec, pk.meta, pk.log, pk.state, since, limit)
                                    for pk, since in requests])
         return [self._parse_tail(r, pk) for r, (pk, _) in zip(results, requests)]
 
-    def read_partition(self, pk: PartitionKeys) -> PartitionData:
+    @planned
+    def read_partition(self, pk: PartitionKeys) -> Plan[PartitionData]:
         """A consistent full copy without blocking Redis: note the log position, scan the hashes in pieces,
         then replay the log tail from the noted position (anything that moved during the scan is in it)."""
-        since = self.position(pk)
-        vectors: dict[str, bytes] = {}
-        metas: dict[str, bytes] = {}
-        with translate_errors("scan"):
-            for k, v in self.r.hscan_iter(pk.vec, count=SCAN_COUNT):
-                vectors[k.decode()] = v
-            for k, v in self.r.hscan_iter(pk.meta, count=SCAN_COUNT):
-                metas[k.decode()] = v
-        tail = self.read_tail(pk, since, limit=1 << 30)
+        since = yield from self.position.plan(pk)
+        vectors = yield from self.hscan_all(pk.vec)
+        metas = yield from self.hscan_all(pk.meta)
+        tail = yield from self.read_tail.plan(pk, since, limit=1 << 30)
         assert tail is not None  # the log is trimmed only behind published snapshots' positions
         for i, id_ in enumerate(tail.ids):
             if tail.vectors[i] is None:
@@ -620,21 +615,40 @@ class Store:
             else:
                 yield Call("zadd", self.keys.dirty(space), {member: time.time()}, nx=True)
 
-    def flag_sealed(self, pk: PartitionKeys) -> None:
+    @staticmethod
+    def hscan_all(key: str) -> Plan[dict[str, bytes]]:
+        """A whole hash, read in pieces of ``SCAN_COUNT`` (HSCAN: Redis is never blocked by one big reply)."""
+        out: dict[str, bytes] = {}
+        cursor = 0
+        with translate_errors("scan"):
+            while True:
+                cursor, page = yield Call("hscan", key, cursor, count=SCAN_COUNT)
+                for k, v in page.items():
+                    out[k.decode()] = v
+                if not int(cursor):
+                    return out
+
+    @planned
+    def flag_sealed(self, pk: PartitionKeys) -> Plan[None]:
         """Seal the partition: its flag's existence makes every write function refuse (SETNX: a sealed flag is
         never overwritten, and no principal may delete it)."""
         with translate_errors("seal", write=True):
-            self.r.setnx(pk.sealed, "1")
+            yield Call("setnx", pk.sealed, "1")
 
-    def delete_partition(self, pk: PartitionKeys) -> None:
-        """Delete a partition's data, log, state and published snapshot (orphaned chunks expire on their own)."""
+    @planned
+    def delete_partition(self, pk: PartitionKeys) -> Plan[None]:
+        """Delete a partition's data, log, state and published snapshot. The chunks are found through a manifest
+        that verifies (a principal may have written a hostile one); any others expire on their own."""
         with translate_errors("delete partition", write=True):
-            raw = self.r.get(pk.snap)
+            raw = yield Call("get", pk.snap)
             keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
             if raw is not None:
-                manifest = json.loads(raw)
-                keys += [pk.chunk(manifest["sid"], i) for i in range(manifest["chunks"])]
-            self.r.delete(*keys)
+                try:
+                    manifest = Manifest.from_json(raw)
+                    keys += [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
+                except SnapshotCorrupt:
+                    pass
+            yield Call("delete", *keys)
 
     def report_corrupt(self, pk: PartitionKeys, reason: str) -> None:
         """Record a refused snapshot in the partition's state (shown by stats) and ask for a rebuild.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import redis
+import redis.client
 
 import embcache
 import embcache.aio
@@ -15,6 +19,8 @@ from embcache.core.snapshot import HnswBase
 from tests.workers_fixtures import brute_force
 
 DIM = 16
+# what the query plans hand to a thread (embcache.plan.Offload): the cache's snapshot loads
+LOADS = {"PartitionCache.get", "PartitionCache.get_graph", "PartitionCache.reload", "PartitionCache.exact"}
 
 
 def _data(n: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -155,5 +161,80 @@ def test_fastapi_example_under_200_concurrent_requests(redis_url: str, workers) 
                 assert big.status_code == 200, big.text
                 got = [row["id"] for row in big.json()["results"]]
                 assert len(got) == 1000 and not set(got) & set(exclude)
+
+    asyncio.run(main())
+
+
+def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, monkeypatch) -> None:  # noqa: ANN001
+    """Issue 9.3: no async call sends a command through the sync client on the event loop, nor runs a sync call
+    in a worker thread: the admin calls (spaces, versions, aliases, grants, seal, build, stats, compare, drop)
+    run their plans on redis.asyncio. The one thing handed to a thread is loading a snapshot (fetch and
+    hnswlib's loader), which the cache does with its own connection."""
+    workers.start(redis_url)
+    ids, x = _data(400, seed=3)
+    sent: list[str] = []
+    real_command, real_execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():  # the event loop's thread
+            sent.append(str(args[0]))
+        return real_command(self, *args, **kwargs)
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            sent.append("pipeline")
+        return real_execute(self, *args, **kwargs)
+
+    threads: list[Any] = []
+    real_to_thread = asyncio.to_thread
+
+    async def to_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        threads.append(fn)
+        return await real_to_thread(fn, *args, **kwargs)
+
+    async def main() -> None:
+        # no follower and no refresh during the test: the sync pool serves only those background threads
+        async with await embcache.aio.connect(redis_url, refresh_interval=3600, follow=False) as hub:
+            monkeypatch.setattr(redis.Redis, "execute_command", command)
+            monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+            monkeypatch.setattr(asyncio, "to_thread", to_thread)
+            space = await hub.create_space("adm", DIM, "l2")
+            assert (await hub.create_space("adm", DIM, "l2", exist_ok=True)).name == "adm"
+            assert await hub.spaces() == ["adm"] and (await hub.space("adm")).dim == DIM
+            v1 = await space.create_version(description="first")
+            await v1.upsert(ids, x)
+            handle = await v1.build(wait=False)
+            await handle.wait(timeout=60)
+            assert await handle.progress() == (1, 1) and await handle.done()
+            assert (await v1.stats())[0].snapshot_count == len(ids)
+            v2 = await space.create_version("b")
+            await v2.upsert(ids, x + 0.001)
+            await v2.build(timeout=60)
+            assert [v.name for v in await space.versions()] == ["v1", "b"]
+            await space.set_alias("live", v1)
+            report = await space.promote("b", max_drift=0.5, sample=100, k=5)
+            assert report is not None and report.in_both == len(ids) and report.drift <= 0.5
+            assert await space.aliases() == {"live": "b"} and await space.alias_history("live") == ["v1"]
+            assert (await space.compare("v1", "b", sample=50, k=5)).sampled == 50
+            assert (await space.rollback()).name == "v1" and (await space.version("live")).name == "v1"
+            ex = await v1.explain(x[0], 3)
+            assert ex.result.ids[0][0] == "i0"  # type: ignore[attr-defined]
+            await v2.seal()
+            assert (await space.version("b")).state == "sealed"
+            creds = await hub.grant("adm-reader", space="adm", role="reader")
+            assert (await hub.list_principals())["adm-reader"]["grants"]["adm"]["role"] == "reader"
+            assert (await hub.rotate("adm-reader")).password != creds.password
+            await hub.revoke("adm-reader")
+            assert "adm-reader" not in await hub.list_principals()
+            assert (await hub.create_worker_principal("adm-worker")).username == "adm-worker"
+            await hub.revoke("adm-worker")
+            await space.set_alias("live", "b")
+            await space.drop_version("v1")
+            assert [v.name for v in await space.versions()] == ["b"]
+            await hub.drop_space("adm")
+            assert await hub.spaces() == []
+            monkeypatch.undo()
+        assert sent == [], f"the sync client sent {sent[:10]} on the event loop"
+        assert threads and {getattr(fn, "__qualname__", "") for fn in threads} <= LOADS, threads
 
     asyncio.run(main())

@@ -22,6 +22,7 @@ import embcache
 from embcache.core.errors import CorruptRecord, InvalidInput, PermissionDenied, VersionSealed
 from embcache.core.filters import MAX_DEPTH, MAX_IN_VALUES
 from embcache.redis.catalogue import MAX_DESCRIPTION_BYTES
+from embcache.redis.plan import planned
 from embcache.redis.store import TAIL_LIMIT, Store
 from tests.integration.test_acl import (  # noqa: F401 - fixtures
     DIM,
@@ -445,16 +446,16 @@ def test_a_seal_cut_short_never_reports_sealed(world: World, connect, monkeypatc
     wv = writer.space("alpha").version("v1")
     wv.upsert(["before"], vec(1), partition="p2")
     op_v = w.op.space("alpha").version("v1")
-    real = type(w.op.store).flag_sealed
+    real = vars(type(w.op.store))["flag_sealed"]  # a plan (embcache.plan.planned)
     calls: list[str] = []
 
-    def flaky(self: Any, pk: Any) -> None:
+    def flaky(self: Any, pk: Any) -> Any:
         calls.append(pk.tag)
         if len(calls) == 2:
             raise embcache.Unavailable("connection lost half-way through the seal")
-        real(self, pk)
+        return (yield from real.plan(self, pk))
 
-    monkeypatch.setattr(type(w.op.store), "flag_sealed", flaky)
+    monkeypatch.setattr(type(w.op.store), "flag_sealed", planned(flaky))
     with pytest.raises(embcache.Unavailable):
         op_v.seal()
     monkeypatch.setattr(type(w.op.store), "flag_sealed", real)
