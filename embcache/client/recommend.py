@@ -14,9 +14,10 @@ from ..core import codec
 from ..core.errors import InvalidInput, ItemNotFound
 from ..core.examples import MAX_EXAMPLES, STRATEGIES, average_query, best_scores, score_to_distance
 from ..redis.plan import Plan
+from .results import QueryResult
 
 if TYPE_CHECKING:
-    from .hub import QueryResult, Version
+    from .hub import Version
 
 __all__ = ["recommend_plan", "MAX_EXCLUDE", "MAX_POOL", "MAX_BEST_POOL"]
 
@@ -116,7 +117,7 @@ def _search_excluding(v: "Version", queries: np.ndarray, k: int, excluded: set[s
 
 def _take(res: "QueryResult", keep: list[list[int]], k: int) -> "QueryResult":
     """``res`` reduced to the columns ``keep`` of each row, padded to ``k`` columns as the query path pads."""
-    from .hub import _pad
+    from .queries import _pad
 
     res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
     res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], k)
@@ -143,7 +144,7 @@ def _best_score(v: "Version", P: np.ndarray, N: np.ndarray | None, k: int, exclu
     ``get`` per round: one batched read is far cheaper than hnswlib's item-by-item ``get_items``, and it is the
     stored truth (an item deleted since the snapshot drops out, a replaced one is scored by its new vector).
     """
-    from .hub import QueryResult, _pad
+    from .queries import _pad
 
     metric = v.space.metric
     want_meta = "metadatas" in include
