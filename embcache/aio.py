@@ -30,7 +30,7 @@ import redis.asyncio.cluster
 
 from .client import hub as sync
 from .client.drift import compare as compare_versions
-from .client.hub import GetResult, QueryResult, _named
+from .client.hub import GetResult, QueryResult, _check_batch, _named
 from .client.recommend import recommend_plan
 from .core.drift import DriftReport
 from .core.engine import Explain
@@ -55,7 +55,8 @@ async def connect(url: str | None = None, *, max_connections: int = 64, **kwargs
     if hub._password is not None:
         opts["password"] = hub._password
     try:
-        if hub.is_cluster:
+        if hub.is_cluster:  # redis.asyncio's Cluster client takes no retry_on_timeout (its `retry` covers it)
+            opts.pop("retry_on_timeout", None)
             aclient: Any = redis.asyncio.cluster.RedisCluster.from_url(hub.url, max_connections=max_connections, **opts)
         else:  # under a burst of requests, wait for a free connection rather than fail
             pool = redis.asyncio.BlockingConnectionPool.from_url(hub.url, max_connections=max_connections, **opts)
@@ -182,18 +183,18 @@ class AsyncSpace:
 
     async def set_alias(self, alias: str, version: "AsyncVersion | str") -> None:
         """:meth:`embcache.Space.set_alias`."""
-        await self._run("set_alias", self.sync._set_alias(alias, _name(version)))
+        await self._run("set_alias", self.sync._set_alias(alias, _version(version)))
 
     async def promote(self, version: "AsyncVersion | str", alias: str = "live", *, max_drift: float | None = None,
                       sample: int = 1000, k: int = 10, seed: int = 0) -> DriftReport | None:
         """:meth:`embcache.Space.promote` (the drift check searches in batches of 1,000 queries on the loop)."""
-        return await self._run("promote", self.sync._promote(_name(version), alias, max_drift, sample, k, seed))
+        return await self._run("promote", self.sync._promote(_version(version), alias, max_drift, sample, k, seed))
 
     async def compare(self, a: "AsyncVersion | str", b: "AsyncVersion | str", *, sample: int = 1000, k: int = 10,
                       seed: int = 0, ef: int | None = None, consistency: str = "session") -> DriftReport:
         """:meth:`embcache.Space.compare` (its searches run on the loop, in batches of 1,000 queries: an
         administrative call, not one for a request handler)."""
-        return await self._run("compare", compare_versions(self.sync, _name(a), _name(b), sample=sample, k=k,
+        return await self._run("compare", compare_versions(self.sync, _version(a), _version(b), sample=sample, k=k,
                                                            seed=seed, ef=ef, consistency=consistency))
 
     async def aliases(self) -> dict[str, str]:
@@ -272,6 +273,7 @@ class AsyncVersion:
 
     async def ids(self, partition: str | None = None, *, batch: int = 1000) -> AsyncIterator[str]:
         """:meth:`embcache.Version.ids`, as an async iterator."""
+        batch = _check_batch(batch)
         parts = await self._run("ids", self.sync._partitions_arg(None if partition is None else [partition]))
         for p in parts:
             cursor = None
@@ -298,7 +300,7 @@ class AsyncVersion:
                       exclude: Sequence[str] | None = None) -> Explain:
         """:meth:`embcache.Version.explain`."""
         return await self._run("query", self.sync._explain(query_embeddings, n_results, ids, partitions, where, ef,
-                                                           consistency, exclude))
+                                                           consistency, exclude, probe=False))
 
     async def query_by_id(self, ids: Sequence[str], n_results: int = 10, *, partitions: Sequence[str] | None = None,
                           where: dict[str, Any] | None = None, ef: int | None = None, consistency: str = "session",
@@ -348,13 +350,9 @@ class AsyncBuildHandle:
         self.targets = handle.targets  # partition -> the log position its snapshot must reach
 
     async def progress(self) -> tuple[int, int]:
-        """:meth:`BuildHandle.progress`: ``(partitions done, partitions asked)``."""
+        """:meth:`BuildHandle.progress`: ``(partitions done, partitions asked)``; done when both are equal
+        (``BuildHandle.done`` has no twin here: an awaitable property would always look true in an ``if``)."""
         return await arun(self.handle.progress_plan(), self.redis)
-
-    async def done(self) -> bool:
-        """True when every partition's snapshot covers its target (asks Redis)."""
-        d, n = await self.progress()
-        return d == n
 
     async def wait(self, timeout: float | None = 600.0, on_progress: Callable[[int, int], None] | None = None,
                    poll: float = 0.05) -> "AsyncBuildHandle":
@@ -363,8 +361,9 @@ class AsyncBuildHandle:
         return self
 
 
-def _name(version: "AsyncVersion | str") -> str:
-    return version.name if isinstance(version, AsyncVersion) else version
+def _version(version: "AsyncVersion | str") -> "sync.Version | str":
+    """The sync version behind an :class:`AsyncVersion` (its space is checked like the sync client's), else the name."""
+    return version.sync if isinstance(version, AsyncVersion) else version
 
 
 # keep the error tree reachable from here, as users of the async client expect

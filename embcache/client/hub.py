@@ -365,7 +365,14 @@ class Hub:
                 self.defaults.pop(name, None)
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _check_batch(batch: object) -> int:
+    """``ids``'s page size: an integer in [1, 100000]."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 100_000:
+        raise InvalidInput(f"batch must be an integer in [1, 100000], got {batch!r:.60}")
+    return int(batch)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _outside_embcache() -> int:
@@ -516,6 +523,7 @@ class Space:
         yield from self.hub.catalogue.set_alias.plan(self.name, alias, name)
         self.hub.defaults.pop(self.name, None)
 
+    @_guard("promote")
     def promote(self, version: "Version | str", alias: str = "live", *, max_drift: float | None = None,
                 sample: int = 1000, k: int = 10, seed: int = 0) -> DriftReport | None:
         """Point ``alias`` at ``version`` (``set_alias(alias, version)``), optionally only if it has not drifted.
@@ -891,8 +899,7 @@ class Version(QueryPath):
     @_guard("ids")
     def ids(self, partition: str | None = None, *, batch: int = 1000) -> Iterator[str]:
         """Every stored id (of one partition, or of all), read in pieces with HSCAN so Redis never blocks."""
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 100_000:
-            raise InvalidInput(f"batch must be an integer in [1, 100000], got {batch!r:.60}")
+        batch = _check_batch(batch)
         for p in self._run(self._partitions_arg(None if partition is None else [partition])):
             cursor = None
             while cursor != 0:  # HSCAN pages: an id written during the scan may or may not appear
@@ -1030,10 +1037,11 @@ class Version(QueryPath):
         the :class:`QueryResult`. ``explain(...).as_dict()`` is JSON-ready. With ``ids`` instead of query
         embeddings it explains :meth:`query_by_id` (``"neighbour list on partition p: ..."`` when the precomputed
         lists answer)."""
-        return self._run(self._explain(query_embeddings, n_results, ids, partitions, where, ef, consistency, exclude))
+        return self._run(self._explain(query_embeddings, n_results, ids, partitions, where, ef, consistency, exclude,
+                                       probe=True))
 
     def _explain(self, query_embeddings: Any, n_results: Any, ids: Any, partitions: Any, where: Any, ef: Any,
-                 consistency: Any, exclude: Any) -> Plan[Explain]:
+                 consistency: Any, exclude: Any, *, probe: bool) -> Plan[Explain]:
         if (ids is None) == (query_embeddings is None):
             raise InvalidInput("explain takes query_embeddings or ids (for query_by_id), not both or neither")
         if ids is not None:
@@ -1043,12 +1051,12 @@ class Version(QueryPath):
             if res is None:
                 ex.steps.clear()
                 ex.overlay_items = 0
-                res = yield from self._by_id_explained(id_list, q, ex)
+                res = yield from self._by_id_explained(id_list, q, ex, probe)
             ex.result = res  # type: ignore[attr-defined]
             return ex
         q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, ("distances",), exclude)
         ex = Explain(q.consistency)
-        ex.result = yield from self._explained(q, ex)  # type: ignore[attr-defined]
+        ex.result = yield from self._explained(q, ex, probe)  # type: ignore[attr-defined]
         return ex
 
     def _query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,

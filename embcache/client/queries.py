@@ -70,15 +70,17 @@ class QueryPath:
     def _run(self, plan: Plan[T]) -> T:
         return self.hub.store.run(plan)
 
-    def _explained(self, q: Query, ex: Explain) -> Plan[QueryResult]:
-        """:meth:`_answer` as a plan, filling in ``ex``: the local answer, else the general plan."""
-        res = self._local(q, ex)
+    def _explained(self, q: Query, ex: Explain, probe: bool) -> Plan[QueryResult]:
+        """:meth:`_answer` as a plan, filling in ``ex``: the local answer, else the general plan. At ``strong``
+        the local answer sends the strong probe on the sync connection: ``probe=False`` (the asyncio client)
+        leaves strong to the general plan, whose position check is a plan step."""
+        res = self._local(q, ex) if probe or q.consistency != "strong" else None
         if res is None:
             ex.steps.clear()
             res = (yield from self._search(q, ex)).result
         return res
 
-    def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain) -> Plan[QueryResult]:
+    def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain, probe: bool) -> Plan[QueryResult]:
         """query_by_id's graph path, explained: the stored vectors as a query of ``n_results + 1``."""
         vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
         missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
@@ -90,7 +92,7 @@ class QueryPath:
         if absent:
             raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
         queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)
-        res = yield from self._explained(replace(q, vectors=queries, k=q.k + 1), ex)
+        res = yield from self._explained(replace(q, vectors=queries, k=q.k + 1), ex, probe)
         return _drop_own(res, id_list, q.k)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,

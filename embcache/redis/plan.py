@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-__all__ = ["Call", "Batch", "Offload", "Scan", "Sleep", "Plan", "run", "arun", "planned"]
+__all__ = ["Call", "Batch", "Offload", "Scan", "Sleep", "OnAllNodes", "Plan", "run", "arun", "planned"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -63,11 +63,23 @@ class Offload:
 
 @dataclass(frozen=True)
 class Scan:
-    """Every key matching ``match`` (``SCAN`` on a server; on a Cluster, on every primary): the result is a
-    list of keys. For administrative sweeps (dropping a space), not for anything on a hot path."""
+    """Every key matching ``match`` (``SCAN`` on a server; on a Cluster, on every primary): the result is the
+    whole list of keys, held in memory. For administrative sweeps (dropping a space: a few keys per partition),
+    not for anything on a hot path."""
 
     match: str
     count: int = 1000
+
+
+@dataclass(frozen=True)
+class OnAllNodes:
+    """A command every node must run (ACL users and client connections are per node): sent once on a server,
+    to every node of a Cluster (redis-py's sync and asyncio Cluster clients name "every node" differently)."""
+
+    args: tuple[Any, ...]
+
+    def __init__(self, *args: Any) -> None:
+        object.__setattr__(self, "args", args)
 
 
 @dataclass(frozen=True)
@@ -77,65 +89,81 @@ class Sleep:
     seconds: float
 
 
-Plan = Generator["Call | Batch | Offload | Scan | Sleep", Any, T]
+Plan = Generator["Call | Batch | Offload | Scan | Sleep | OnAllNodes", Any, T]
 
 
 def run(plan: Plan[T], client: Any) -> T:
     """Execute ``plan`` with a synchronous redis-py client."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = plan.throw(error) if error is not None else plan.send(result)
-        except StopIteration as stop:
-            return stop.value
-        error = None
-        try:
-            if isinstance(step, Call):
-                result = getattr(client, step.method)(*step.args, **step.kwargs)
-            elif isinstance(step, Offload):
-                result = step.fn(*step.args)
-            elif isinstance(step, Scan):
-                result = list(client.scan_iter(match=step.match, count=step.count))
-            elif isinstance(step, Sleep):
-                time.sleep(step.seconds)
-                result = None
-            else:
-                pipe = client.pipeline(transaction=step.transaction)
-                for c in step.calls:
-                    getattr(pipe, c.method)(*c.args, **c.kwargs)
-                result = pipe.execute(raise_on_error=step.raise_on_error)
-        except Exception as exc:  # noqa: BLE001 - handed to the plan, which decides
-            error = exc
+    try:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = plan.throw(error) if error is not None else plan.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                if isinstance(step, Call):
+                    result = getattr(client, step.method)(*step.args, **step.kwargs)
+                elif isinstance(step, Offload):
+                    result = step.fn(*step.args)
+                elif isinstance(step, Scan):
+                    result = list(client.scan_iter(match=step.match, count=step.count))
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    result = None
+                elif isinstance(step, OnAllNodes):
+                    if hasattr(client, "get_nodes"):  # a Cluster
+                        result = client.execute_command(*step.args, target_nodes=client.ALL_NODES)
+                    else:
+                        result = client.execute_command(*step.args)
+                else:
+                    pipe = client.pipeline(transaction=step.transaction)
+                    for c in step.calls:
+                        getattr(pipe, c.method)(*c.args, **c.kwargs)
+                    result = pipe.execute(raise_on_error=step.raise_on_error)
+            except Exception as exc:  # noqa: BLE001 - handed to the plan, which decides
+                error = exc
+    finally:  # a plan left by an exception the loop does not hand it (a cancelled task) ends here
+        plan.close()
 
 
 async def arun(plan: Plan[T], client: Any) -> T:
     """Execute ``plan`` with a ``redis.asyncio`` client."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = plan.throw(error) if error is not None else plan.send(result)
-        except StopIteration as stop:
-            return stop.value
-        error = None
-        try:
-            if isinstance(step, Call):
-                result = await getattr(client, step.method)(*step.args, **step.kwargs)
-            elif isinstance(step, Offload):
-                result = await asyncio.to_thread(step.fn, *step.args)
-            elif isinstance(step, Scan):
-                result = [key async for key in client.scan_iter(match=step.match, count=step.count)]
-            elif isinstance(step, Sleep):
-                await asyncio.sleep(step.seconds)
-                result = None
-            else:
-                pipe = client.pipeline(transaction=step.transaction)
-                for c in step.calls:
-                    getattr(pipe, c.method)(*c.args, **c.kwargs)  # queued, not awaited
-                result = await pipe.execute(raise_on_error=step.raise_on_error)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
+    try:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = plan.throw(error) if error is not None else plan.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                if isinstance(step, Call):
+                    result = await getattr(client, step.method)(*step.args, **step.kwargs)
+                elif isinstance(step, Offload):
+                    result = await asyncio.to_thread(step.fn, *step.args)
+                elif isinstance(step, Scan):
+                    result = [key async for key in client.scan_iter(match=step.match, count=step.count)]
+                elif isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    result = None
+                elif isinstance(step, OnAllNodes):
+                    if hasattr(client, "get_nodes"):  # the asyncio Cluster client takes the nodes themselves
+                        result = await client.execute_command(*step.args, target_nodes=client.get_nodes())
+                    else:
+                        result = await client.execute_command(*step.args)
+                else:
+                    pipe = client.pipeline(transaction=step.transaction)
+                    for c in step.calls:
+                        getattr(pipe, c.method)(*c.args, **c.kwargs)  # queued, not awaited
+                    result = await pipe.execute(raise_on_error=step.raise_on_error)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+    finally:  # a plan left by an exception the loop does not hand it (a cancelled task) ends here
+        plan.close()
 
 
 class planned(Generic[S, P, T]):  # lower case: used as a decorator, like property

@@ -14,7 +14,6 @@ import re
 import time
 from typing import Any
 
-import redis.cluster
 from redis import exceptions as rexc
 
 from ..core.errors import InvalidInput, InvalidName, PrincipalNotFound
@@ -27,7 +26,7 @@ from .acl import (
     user_rules,
     worker_rules,
 )
-from .plan import Call, Plan, planned
+from .plan import Call, OnAllNodes, Plan, planned
 from .store import Store, translate_errors
 
 __all__ = ["Principals"]
@@ -45,15 +44,9 @@ class Principals:
         # the hub's database: the one database its principals may SELECT (always 0 on a Cluster)
         self.db = 0 if store.is_cluster else int(store.r.connection_pool.connection_kwargs.get("db") or 0)
 
-    def _on_all_nodes(self, *args: Any) -> Call:
-        """A command every node must run (ACL users, client connections are per node)."""
-        if self.store.is_cluster:
-            return Call("execute_command", *args, target_nodes=redis.cluster.RedisCluster.ALL_NODES)
-        return Call("execute_command", *args)
-
     def _save(self) -> Plan[bool]:
         try:
-            yield self._on_all_nodes("ACL", "SAVE")
+            yield OnAllNodes("ACL", "SAVE")
             return True
         except rexc.ResponseError:  # no aclfile configured: the users live until the server restarts
             return False
@@ -71,7 +64,7 @@ class Principals:
             rules = user_rules(self.k, rec["hash"], grants, self.db)
         for _ in range(10):  # drop rules naming commands this server version lacks (CLIENT SETINFO is 7.2+)
             try:
-                yield self._on_all_nodes("ACL", "SETUSER", name, *rules)
+                yield OnAllNodes("ACL", "SETUSER", name, *rules)
                 break
             except rexc.ResponseError as exc:
                 m = re.search(r"modifier '(\+[a-z|_-]+)': Unknown command", str(exc))
@@ -128,7 +121,7 @@ class Principals:
             if rec["grants"] or (rec.get("worker") and space is not None):
                 yield from self._apply(name, rec)
             else:
-                yield self._on_all_nodes("ACL", "DELUSER", name)  # Redis closes the user's connections itself
+                yield OnAllNodes("ACL", "DELUSER", name)  # Redis closes the user's connections itself
                 yield Call("hdel", self.k.principals(), name)
                 yield from self._save()
 
@@ -162,7 +155,7 @@ class Principals:
         """Close the connections ``name`` already has open (ACL changes apply to new commands, but a connection
         authenticated with an old secret would otherwise stay signed in)."""
         try:
-            yield self._on_all_nodes("CLIENT KILL", "USER", name)
+            yield OnAllNodes("CLIENT KILL", "USER", name)
         except rexc.ResponseError:  # no such connection on a node
             pass
 
@@ -206,5 +199,6 @@ class Principals:
     @planned
     def grant_of(self, space: str, name: str) -> Plan[dict[str, Any] | None]:
         """``name``'s grant on ``space`` as the space's principals may read it."""
-        raw = yield Call("hget", self.k.grants(space), name)
+        with translate_errors(f"read the grant of {name} on {space}"):
+            raw = yield Call("hget", self.k.grants(space), name)
         return None if raw is None else json.loads(raw)

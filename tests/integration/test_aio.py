@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import redis
 import redis.client
+import redis.cluster
 
 import embcache
 import embcache.aio
 from embcache.core.snapshot import HnswBase
+from embcache.redis.probe import StrongProbe
 from tests.workers_fixtures import brute_force
 
 DIM = 16
@@ -165,25 +167,30 @@ def test_fastapi_example_under_200_concurrent_requests(redis_url: str, workers) 
     asyncio.run(main())
 
 
-def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, monkeypatch) -> None:  # noqa: ANN001
-    """Issue 9.3: no async call sends a command through the sync client on the event loop, nor runs a sync call
-    in a worker thread: the admin calls (spaces, versions, aliases, grants, seal, build, stats, compare, drop)
-    run their plans on redis.asyncio. The one thing handed to a thread is loading a snapshot (fetch and
-    hnswlib's loader), which the cache does with its own connection."""
-    workers.start(redis_url)
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_every_async_call_runs_on_the_asyncio_client(kind: str, request, workers, monkeypatch) -> None:  # noqa: ANN001
+    """Issue 9.3: no async call sends a command through the sync client on the event loop (nor the strong
+    probe, which has a sync connection of its own), nor runs a sync call in a worker thread: the admin calls
+    (spaces, versions, aliases, grants, seal, build, stats, compare, explain, drop) run their plans on
+    redis.asyncio, on a server and on a Cluster. The one thing handed to a thread is loading a snapshot
+    (fetch and hnswlib's loader), which the cache does with its own connection."""
+    url = request.getfixturevalue("redis_url" if kind == "standalone" else "cluster_url")
+    if kind == "cluster":
+        workers.start(url, queue_url=request.getfixturevalue("redis_url"))
+    else:
+        workers.start(url)
     ids, x = _data(400, seed=3)
     sent: list[str] = []
-    real_command, real_execute = redis.Redis.execute_command, redis.client.Pipeline.execute
 
-    def command(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is threading.main_thread():  # the event loop's thread
-            sent.append(str(args[0]))
-        return real_command(self, *args, **kwargs)
+    def spy(cls: type, name: str, what: Any) -> None:
+        real = getattr(cls, name)
 
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            sent.append("pipeline")
-        return real_execute(self, *args, **kwargs)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():  # the event loop's thread
+                sent.append(what(args))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, call)
 
     threads: list[Any] = []
     real_to_thread = asyncio.to_thread
@@ -194,9 +201,12 @@ def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, mo
 
     async def main() -> None:
         # no follower and no refresh during the test: the sync pool serves only those background threads
-        async with await embcache.aio.connect(redis_url, refresh_interval=3600, follow=False) as hub:
-            monkeypatch.setattr(redis.Redis, "execute_command", command)
-            monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+        async with await embcache.aio.connect(url, refresh_interval=3600, follow=False) as hub:
+            for cls in (redis.Redis, redis.cluster.RedisCluster):
+                spy(cls, "execute_command", lambda args: str(args[0]))
+            for cls in (redis.client.Pipeline, redis.cluster.ClusterPipeline):
+                spy(cls, "execute", lambda args: "pipeline")
+            spy(StrongProbe, "send", lambda args: "strong probe")
             monkeypatch.setattr(asyncio, "to_thread", to_thread)
             space = await hub.create_space("adm", DIM, "l2")
             assert (await hub.create_space("adm", DIM, "l2", exist_ok=True)).name == "adm"
@@ -205,7 +215,7 @@ def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, mo
             await v1.upsert(ids, x)
             handle = await v1.build(wait=False)
             await handle.wait(timeout=60)
-            assert await handle.progress() == (1, 1) and await handle.done()
+            assert await handle.progress() == (1, 1)
             assert (await v1.stats())[0].snapshot_count == len(ids)
             v2 = await space.create_version("b")
             await v2.upsert(ids, x + 0.001)
@@ -215,10 +225,17 @@ def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, mo
             report = await space.promote("b", max_drift=0.5, sample=100, k=5)
             assert report is not None and report.in_both == len(ids) and report.drift <= 0.5
             assert await space.aliases() == {"live": "b"} and await space.alias_history("live") == ["v1"]
-            assert (await space.compare("v1", "b", sample=50, k=5)).sampled == 50
+            assert (await space.compare("v1", v2, sample=50, k=5)).sampled == 50
             assert (await space.rollback()).name == "v1" and (await space.version("live")).name == "v1"
-            ex = await v1.explain(x[0], 3)
-            assert ex.result.ids[0][0] == "i0"  # type: ignore[attr-defined]
+            for level in ("session", "strong"):
+                ex = await v1.explain(x[0], 3, consistency=level)
+                assert ex.result.ids[0][0] == "i0"  # type: ignore[attr-defined]
+            assert sorted([i async for i in v1.ids(batch=100)]) == sorted(ids)
+            with pytest.raises(embcache.InvalidInput, match="batch"):
+                [i async for i in v1.ids(batch=0)]
+            other = await (await hub.create_space("adm2", DIM, "l2")).create_version()
+            with pytest.raises(embcache.InvalidInput, match="belongs to space 'adm2'"):
+                await space.set_alias("x", other)  # as the sync client: not space adm's version of that name
             await v2.seal()
             assert (await space.version("b")).state == "sealed"
             creds = await hub.grant("adm-reader", space="adm", role="reader")
@@ -232,6 +249,7 @@ def test_every_async_call_runs_on_the_asyncio_client(redis_url: str, workers, mo
             await space.drop_version("v1")
             assert [v.name for v in await space.versions()] == ["b"]
             await hub.drop_space("adm")
+            await hub.drop_space("adm2")
             assert await hub.spaces() == []
             monkeypatch.undo()
         assert sent == [], f"the sync client sent {sent[:10]} on the event loop"
