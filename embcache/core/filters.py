@@ -81,6 +81,9 @@ def _compile(where: object, path: str, depth: int, clauses: list[int]) -> Predic
                 raise InvalidInput(f"where has more than {MAX_CLAUSES} conditions")
             for op, operand in value.items():
                 parts.append(_field(key, op, operand, f"{path}.{key}"))
+        elif isinstance(value, (list, tuple)):  # a common slip: {"genre": ["a", "b"]} for "genre is a or b"
+            raise InvalidInput(f"{path}.{key}: a list is not a value to compare with; for 'any of these' write "
+                               f"{{{key!r}: {{'$in': [...]}}}}")
         else:
             parts.append(_field(key, "$eq", value, f"{path}.{key}"))
     return parts[0] if len(parts) == 1 else _all(parts)

@@ -221,7 +221,7 @@ def test_or_short_circuit_does_not_hide_errors_at_compile_time() -> None:
         ({"genre": {"$in": "drama"}}, r"\$in needs a non-empty list"),
         ({"genre": {"$nin": []}}, r"\$nin needs a non-empty list"),
         ({"genre": {"$in": [["drama"]]}}, r"\$in\[0\]"),
-        ({"genre": ["drama", "comedy"]}, "operand must be"),
+        ({"genre": ["drama", "comedy"]}, r"a list is not a value.*\$in"),
         ({"genre": {"$eq": {"x": 1}}}, "operand must be"),
         ({"year": {"$gt": None}}, "number or a string"),
         ({"year": {"$lt": True}}, "number or a string"),
@@ -248,3 +248,13 @@ def test_error_names_the_path() -> None:
         compile_where({"$and": [{"a": 1}, {"$or": [{"b": 2}, {"c": {"$gt": None}}]}]})
     text = str(info.value)
     assert "$and[1]" in text and "$or[1]" in text and ".c" in text
+
+
+def test_a_list_as_a_value_suggests_in() -> None:
+    """{"section": ["libs", "net"]} reads as "section is libs or net" to many users: the error says how to write
+    that, rather than only that a list is not an operand."""
+    for where in ({"section": ["libs", "net"]}, {"$and": [{"section": ("libs",)}]}):
+        with pytest.raises(InvalidInput, match=r"\$in") as err:
+            compile_where(where)
+        assert "section" in str(err.value)
+    assert compile_where({"section": {"$in": ["libs", "net"]}}) is not None
