@@ -33,7 +33,8 @@ HINTS: tuple[tuple[type[EmbcacheError], str], ...] = (
     (NotFound, "see what there is with `embcache spaces` and `embcache versions {space}`"),
     (DriftTooLarge, "inspect it with `embcache compare {space} A B [--plot FILE.png]`; promote without --max-drift "
                     "(or with a larger one) to move the alias anyway"),
-    (BuildTimeout, "are workers running? start one with `embcache worker` (same --url)"),
+    (BuildTimeout, "`embcache stats {space}` shows what each partition still has to index; a large load may "
+                   "need a longer --timeout, or more workers (`embcache worker` on another machine, same --url)"),
     (AuthenticationFailed, "Redis did not accept these credentials: check --username and --password (or "
                            "--password-file; EMBCACHE_USERNAME, EMBCACHE_PASSWORD, EMBCACHE_PASSWORD_FILE)"),
     (PermissionDenied, "connect as a principal with that role (--username/--password); an operator grants it with "

@@ -21,7 +21,7 @@ def test_no_entry_is_shadowed_by_an_earlier_base() -> None:
     (errors.PrincipalNotFound("no principal named 'bob'"), "embcache principals"),
     (errors.AuthenticationFailed("connect: authentication failed"), "check --username and --password"),
     (errors.PermissionDenied("refused"), "embcache grant"),
-    (errors.BuildTimeout("no worker"), "embcache worker"),
+    (errors.BuildTimeout("no worker"), "embcache stats s"),
     (errors.Indeterminate("no answer"), "run the same command again"),
     (errors.OutOfMemory("maxmemory"), "embcache drop-version"),
     (errors.Unavailable("unreachable"), "--url or EMBCACHE_URL"),
@@ -36,6 +36,12 @@ def test_the_message_does_not_choose_the_hint() -> None:
     assert "embcache spaces" in hint(errors.SpaceNotFound("no space named 'partition'"), "s")
     assert hint(errors.InvalidInput("bad")) == ""
     assert "SPACE" in hint(errors.VersionNotFound("x"))  # no space known: a placeholder
+
+
+def test_the_build_timeout_hint_adds_to_its_message() -> None:
+    # both BuildTimeout messages already say to start `embcache worker`: the hint says what else to check
+    assert "start one" not in hint(errors.BuildTimeout("no embcache worker is running"), "s")
+    assert "--timeout" in hint(errors.BuildTimeout("did not catch up"), "s")
 
 
 def test_the_authentication_hint_is_not_the_grants_hint() -> None:
