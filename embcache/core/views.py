@@ -179,11 +179,9 @@ def search_view(
     hidden = exclude | overlay.keys() if overlay else exclude
     results = None
     if base is not None and base.count:
-        gone: list[int] = []
-        for t in tails:
-            gone += t.gone_slots(base)
+        gone, visible = _hidden_by(tails, base)
         results = search_base(base, queries, k, ef, where=where, restrict=restrict, hidden=hidden, step=step,
-                              gone_slots=gone)
+                              gone_slots=gone, visible=visible)
     parts = [results] if results is not None else []
     for t in tails:
         parts.append(t.search(queries, k, where, hidden))
@@ -199,3 +197,18 @@ def search_view(
     if len(parts) == 1:
         return parts[0]
     return [merge_ranked([p[i] for p in parts], k) for i in range(len(queries))]
+
+
+def _hidden_by(tails: Sequence[Any], base: Base) -> tuple[np.ndarray, tuple[np.ndarray, int] | None]:
+    """The slots of ``base`` that the followed ``tails`` hide, and (one tail hiding many) the base's live mask
+    without them with its count, as the tail keeps them: a query does not look at the tails' rows."""
+    hides = [h for h in (t.hide(base) for t in tails) if len(h[0])]
+    if not hides:
+        return _NO_SLOTS, None
+    if len(hides) == 1:
+        slots, mask, count = hides[0]
+        return slots, (mask, count) if mask is not None else None
+    return np.concatenate([h[0] for h in hides]), None  # several partitions' tails on a version graph
+
+
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
