@@ -184,7 +184,8 @@ def search_view(
                               gone_slots=gone, visible=visible)
     parts = [results] if results is not None else []
     for t in tails:
-        parts.append(t.search(queries, k, where, hidden))
+        found = t.search(queries, k, where, hidden)
+        parts.append([_closer(f, r, k) for f, r in zip(found, results)] if results is not None else found)
     live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and id_ not in exclude
             and (where is None or where.predicate(it.metadata))]
     if live:
@@ -197,6 +198,15 @@ def search_view(
     if len(parts) == 1:
         return parts[0]
     return [merge_ranked([p[i] for p in parts], k) for i in range(len(queries))]
+
+
+def _closer(ranked: Ranked, first: Ranked, k: int) -> Ranked:
+    """``ranked`` cut where it can no longer enter the top ``k`` of a merge with ``first`` (``first`` wins ties):
+    at ``first``'s ``k``-th distance. Mostly nothing of an overlay is left, and the merge is the base's answer."""
+    if len(first[0]) < k or not ranked[0]:
+        return ranked
+    end = int(np.searchsorted(ranked[1], first[1][k - 1], side="left"))
+    return ranked if end == len(ranked[0]) else (ranked[0][:end], ranked[1][:end])
 
 
 def _hidden_by(tails: Sequence[Any], base: Base) -> tuple[np.ndarray, tuple[np.ndarray, int] | None]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from embcache.core import snapshot
-from embcache.core.engine import HIDE_BY_OVERFETCH, compile_filter
+from embcache.core.engine import HIDE_BY_OVERFETCH, compile_filter, search_base
+from embcache.core.search import merge_ranked
 from embcache.core.snapshot import HnswBase
 from embcache.core.tail import INDEX_FROM, TailBuffer
 from embcache.core.views import ExactBase, OverlayItem, search_view
@@ -190,3 +191,21 @@ def test_an_overlay_of_replacements_and_deletes_matches_brute_force(changed: int
     got = search_view(base, {}, q, 10, flt, None, "cosine", tails=[view])
     allowed = {ids[i] for i in range(100)} - {ids[i] for i in touched}
     assert all(set(row) <= allowed for row, _ in got)
+
+
+def test_cutting_the_overlay_at_the_bases_kth_distance_changes_no_answer() -> None:
+    """search_view drops the overlay's rows from the base's k-th distance on before merging: the answer must be the
+    merge of both whole answers, ties included (overlay rows that copy base vectors, or sit on the base's k-th)."""
+    x = _unit(400, 12)
+    base = ExactBase("5-0", [f"i{i}" for i in range(300)], x[:300].copy(), [None] * 300, "cosine")
+    buf = TailBuffer("5-0", DIM, "cosine")
+    view = buf.apply("6-0", _items("6-0", [f"copy{i}" for i in range(50)], x[:50])
+                     | _items("6-0", [f"new{i}" for i in range(100)], x[300:]))
+    q = np.concatenate([x[:50], _unit(150, 13)])
+    for k in (1, 5, 10):
+        got = search_view(base, {}, q, k, None, None, "cosine", tails=[view])
+        whole = [merge_ranked([b, t], k) for b, t in zip(search_base(base, q, k, None, gone_slots=view.hide(base)[0]),
+                                                         view.search(q, k))]
+        for g, w in zip(got, whole):
+            assert g[0] == w[0]
+            np.testing.assert_array_equal(g[1], w[1])
