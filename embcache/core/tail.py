@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from .engine import HIDE_BY_OVERFETCH
 from .search import EMPTY, Ranked, merge_ranked, pairwise_distances
 from .views import OverlayItem, pos_key
 
@@ -98,7 +97,7 @@ class _Twin:
         return added
 
 
-BLAS_ROWS = 4096  # up to this many rows a single query's product goes to BLAS (one thread at this size, ~3x einsum)
+BLAS_ROWS = 4096  # up to this many rows a single query's product goes to BLAS (~3x einsum; 2 threads past ~1,100 rows)
 
 
 def _distances(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
@@ -292,8 +291,7 @@ class TailView:
 
     def __init__(self, buf: TailBuffer, pos: str, n: int, live: np.ndarray, n_live: int, matrix: np.ndarray) -> None:
         self.buf, self.pos, self.n, self.live, self.n_live, self.matrix = buf, pos, n, live, n_live, matrix
-        # id(base) -> (base, hidden slots, base.live without them or None, its count): what hide(base) found
-        self._hides: dict[int, tuple[Any, np.ndarray, np.ndarray | None, int]] = {}
+        self._hides: dict[int, list[Any]] = {}  # id(base) -> what hide() and visible() found of it
 
     @property
     def start(self) -> str:
@@ -322,24 +320,33 @@ class TailView:
     def ids(self) -> list[str]:
         return self.buf.ids[: self.n]
 
-    def hide(self, base: Any) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """What this view hides of ``base``: ``(slots, visible, count)``, the slots of the ids it replaced or
-        deleted and, when there are more than an over-fetch skips, ``base.live`` without them (read-only) and
-        how many that leaves. Worked out on the first query with this base and kept: the view never changes,
-        so no query loops over its rows or builds a mask of the base again."""
+    def hide(self, base: Any) -> np.ndarray:
+        """The slots of ``base`` whose ids this view replaced or deleted (read-only). Worked out on the first
+        query with this base and kept: the view never changes, so no query loops over its rows again."""
+        hidden: np.ndarray = self._kept(base)[1]
+        return hidden
+
+    def visible(self, base: Any) -> tuple[np.ndarray, int]:
+        """``base.live`` without the slots :meth:`hide` gives (read-only), and how many that leaves: built on the
+        first query that needs it (this view alone hides more than an over-fetch skips) and kept, like them."""
+        entry = self._kept(base)
+        if entry[2] is None:  # two queries may both build it: the same mask, the last one kept
+            mask = base.live.copy()
+            mask[entry[1]] = False
+            mask.flags.writeable = False
+            entry[2] = (mask, int(np.count_nonzero(mask)))
+        out: tuple[np.ndarray, int] = entry[2]
+        return out
+
+    def _kept(self, base: Any) -> list[Any]:
+        """``[base, hidden slots, visible mask and count or None]``, one per base this view served."""
         got = self._hides.get(id(base))
         if got is None or got[0] is not base:
             slots = self.buf._hidden_slots(base, self.n) if self.n else _NO_SLOTS
-            visible: np.ndarray | None = None
-            if len(slots) > HIDE_BY_OVERFETCH:
-                visible = base.live.copy()
-                visible[slots] = False
-                visible.flags.writeable = False
-            count = int(np.count_nonzero(visible)) if visible is not None else base.count - len(slots)
             if len(self._hides) > 4:  # a view serves one or two bases (a partition's, the version graph)
                 self._hides.clear()
-            got = self._hides[id(base)] = (base, slots, visible, count)
-        return got[1], got[2], got[3]
+            got = self._hides[id(base)] = [base, slots, None]
+        return got
 
     def search(self, queries: np.ndarray, k: int, where: Any = None,
                hidden: frozenset[str] | set[str] | Sequence[str] = ()) -> list[Ranked]:

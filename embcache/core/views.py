@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engine import FieldIndex, Filter, MaskCache, Step, search_base
+from .engine import HIDE_BY_OVERFETCH, FieldIndex, Filter, MaskCache, Step, search_base
 from .filters import Predicate
 from .search import EMPTY, Ranked, exact_search, merge_ranked
 
@@ -210,15 +210,16 @@ def _closer(ranked: Ranked, first: Ranked, k: int) -> Ranked:
 
 
 def _hidden_by(tails: Sequence[Any], base: Base) -> tuple[np.ndarray, tuple[np.ndarray, int] | None]:
-    """The slots of ``base`` that the followed ``tails`` hide, and (one tail hiding many) the base's live mask
-    without them with its count, as the tail keeps them: a query does not look at the tails' rows."""
-    hides = [h for h in (t.hide(base) for t in tails) if len(h[0])]
+    """The slots of ``base`` that the followed ``tails`` hide, and (one tail hiding more than an over-fetch skips)
+    the base's live mask without them with its count, as the tail keeps them: a query does not look at the tails'
+    rows, nor copy the base's mask."""
+    hides = [(t, s) for t, s in ((t, t.hide(base)) for t in tails) if len(s)]
     if not hides:
         return _NO_SLOTS, None
     if len(hides) == 1:
-        slots, mask, count = hides[0]
-        return slots, (mask, count) if mask is not None else None
-    return np.concatenate([h[0] for h in hides]), None  # several partitions' tails on a version graph
+        t, slots = hides[0]
+        return slots, t.visible(base) if len(slots) > HIDE_BY_OVERFETCH else None
+    return np.concatenate([s for _, s in hides]), None  # several partitions' tails on a version graph
 
 
 _NO_SLOTS = np.zeros(0, dtype=np.int64)

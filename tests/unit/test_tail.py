@@ -138,11 +138,11 @@ def test_each_view_hides_what_its_own_rows_replaced_or_deleted() -> None:
     old = buf.apply("6-0", _items("6-0", ["i0"], None))
     new = buf.apply("7-0", _items("7-0", ["i1"], None) | _items("7-0", ["i2"], x[250:251]))
     # the newer view is asked first: the older one must still show i1 and the base's i2 (its rows do not hide them)
-    assert sorted(new.hide(base)[0].tolist()) == [0, 1, 2]
-    assert old.hide(base)[0].tolist() == [0]
+    assert sorted(new.hide(base).tolist()) == [0, 1, 2]
+    assert old.hide(base).tolist() == [0]
     assert search_view(base, {}, x[1:3], 1, None, None, "cosine", tails=[old])[0][0] == ["i1"]
     assert search_view(base, {}, x[2:3], 1, None, None, "cosine", tails=[old])[0][0] == ["i2"]
-    assert old.hide(base)[0] is old.hide(base)[0], "worked out once per view"
+    assert old.hide(base) is old.hide(base), "worked out once per view"
     # a delete in a later view: hidden there, though the earlier views' slots were cached before it came
     later = buf.apply("8-0", _items("8-0", ["i3"], None))
     got = search_view(base, {}, x[:4], 5, None, None, "cosine", tails=[later])
@@ -150,7 +150,7 @@ def test_each_view_hides_what_its_own_rows_replaced_or_deleted() -> None:
     assert search_view(base, {}, x[3:4], 1, None, None, "cosine", tails=[new])[0][0] == ["i3"]
 
 
-@pytest.mark.parametrize("changed", [40, 600])  # few hidden slots (an over-fetch skips them), many (a mask per view)
+@pytest.mark.parametrize("changed", [HIDE_BY_OVERFETCH // 2, 600])  # an over-fetch skips them; a mask per view
 @pytest.mark.parametrize("tail_rows", [500, INDEX_FROM + 500])  # scanned exactly, indexed by the twin
 def test_an_overlay_of_replacements_and_deletes_matches_brute_force(changed: int, tail_rows: int) -> None:
     n = 3000
@@ -180,7 +180,10 @@ def test_an_overlay_of_replacements_and_deletes_matches_brute_force(changed: int
     assert sum(len(set(g) & set(t)) for g, t in zip(got, truth)) / 1000 >= 0.95
     assert not {i for row in got for i in row} & {ids[i] for i in deleted}
     assert all(len(row) == len(set(row)) == 10 for row in got), "a replaced id comes back once, as its new row"
-    assert (view.hide(base)[1] is not None) == (changed > HIDE_BY_OVERFETCH)
+    hidden = view.hide(base)
+    assert len(hidden) == changed and not hidden.flags.writeable
+    mask, count = view.visible(base)
+    assert count == n - changed and not mask[hidden].any() and view.visible(base)[0] is mask
     # a replaced id is found by its new vector: asked at its old one, it comes back (if at all) at the new distance
     at_old = search_view(base, {}, x[replaced[:20]], 1, None, None, "cosine", tails=[view])
     for i, (row, d) in zip(replaced[:20], at_old):
@@ -204,7 +207,7 @@ def test_cutting_the_overlay_at_the_bases_kth_distance_changes_no_answer() -> No
     q = np.concatenate([x[:50], _unit(150, 13)])
     for k in (1, 5, 10):
         got = search_view(base, {}, q, k, None, None, "cosine", tails=[view])
-        whole = [merge_ranked([b, t], k) for b, t in zip(search_base(base, q, k, None, gone_slots=view.hide(base)[0]),
+        whole = [merge_ranked([b, t], k) for b, t in zip(search_base(base, q, k, None, gone_slots=view.hide(base)),
                                                          view.search(q, k))]
         for g, w in zip(got, whole):
             assert g[0] == w[0]
