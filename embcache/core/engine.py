@@ -406,7 +406,7 @@ HIDE_BY_OVERFETCH = 64  # up to this many hidden items (overlay, exclude) are dr
 def search_base(
     base: Any, queries: np.ndarray, k: int, ef: int | None, *, where: Filter | None = None,
     restrict: Sequence[str] | None = None, hidden: frozenset[str] | set[str] = frozenset(), step: Step | None = None,
-    gone_slots: Sequence[int] = (),
+    gone_slots: Sequence[int] | np.ndarray = (), visible: tuple[np.ndarray, int] | None = None,
 ) -> list[Ranked]:
     """One base's answer to each query: ids nearest first and their distances.
 
@@ -415,19 +415,18 @@ def search_base(
     (:class:`FieldIndex`), ``masks`` (:class:`MaskCache`), ``metric``, and for a version graph
     ``partition_mask(names)``. ``restrict`` limits a version graph to some partitions; ``hidden`` ids
     (replaced or deleted by an overlay, or excluded by the query) never come back, nor do the slots ``gone_slots``
-    (those a followed tail replaced or deleted, found once per tail row rather than per query)."""
+    (those a followed tail replaced or deleted, found once per tail rather than per query). ``visible`` is
+    ``base.live`` without ``gone_slots`` and its count, when the caller keeps it (so no query builds it again)."""
     step = step if step is not None else Step("", "", 0, 0, 0)
     step.items = base.count
     allowed, matches, key = _allowed(base, where, restrict, step)
     gone = [s for s in (base.slot.get(i) for i in hidden) if s is not None]
-    if gone_slots:
-        gone = list(set(gone).union(gone_slots)) if gone else list(gone_slots)
-    if gone and (allowed is not None or len(gone) > HIDE_BY_OVERFETCH):
-        allowed = (base.live if allowed is None else allowed).copy()
-        allowed[gone] = False
-        matches = int(np.count_nonzero(allowed))
+    n_gone = len(gone) + len(gone_slots)
+    if n_gone and (allowed is not None or n_gone > HIDE_BY_OVERFETCH):
+        allowed, matches = _without(base, allowed, gone, gone_slots, visible)
         gone, key = [], None
-    elif gone:
+    elif n_gone:
+        gone = list(set(gone).union(np.asarray(gone_slots).tolist())) if len(gone_slots) else gone
         matches = base.count - len(gone)
     step.matches = matches
     plan, fetch = choose(base.count, matches, k, base.has_graph)
@@ -486,6 +485,21 @@ def _allowed(base: Any, where: Filter | None, restrict: Sequence[str] | None,
         return pmask, n, rkey
     both, n, _ = base.masks.get(fkey + rkey, lambda: mask & pmask)
     return both, n, fkey + rkey
+
+
+def _without(base: Any, allowed: np.ndarray | None, gone: list[int], gone_slots: Sequence[int] | np.ndarray,
+             visible: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
+    """``allowed`` (None: every live item) without the slots ``gone`` and ``gone_slots``, and its count.
+    ``visible`` (``base.live`` without ``gone_slots``, kept by the caller) saves building that part."""
+    if visible is not None and allowed is None and not gone:
+        return visible  # shared and read-only, like the cached filter masks
+    if visible is not None:
+        mask: np.ndarray = visible[0] & (base.live if allowed is None else allowed)  # a new array
+    else:
+        mask = (base.live if allowed is None else allowed).copy()
+        mask[np.asarray(gone_slots, dtype=np.int64)] = False
+    mask[gone] = False
+    return mask, int(np.count_nonzero(mask))
 
 
 def _hide(base: Any, gone: list[int]) -> np.ndarray:

@@ -119,15 +119,19 @@ def merge_ranked(sources: Sequence[Ranked], k: int) -> Ranked:
     ids = [i for s in sources for i in s[0]]
     dists = np.concatenate([np.asarray(s[1], dtype=np.float32) for s in sources])
     order = np.argsort(dists, kind="stable")
+    if len(set(ids)) == len(ids):  # the usual case (an overlay hides what it replaced): no duplicate to skip
+        top = order[:k]
+        return [ids[j] for j in top.tolist()], dists[top]
     out_ids: list[str] = []
     out_d: list[float] = []
     seen: set[str] = set()
-    for j in order:
+    dl = dists.tolist()
+    for j in order.tolist():
         if ids[j] in seen:
             continue
         seen.add(ids[j])
         out_ids.append(ids[j])
-        out_d.append(dists[j])
+        out_d.append(dl[j])
         if len(out_ids) == k:
             break
     return out_ids, np.asarray(out_d, dtype=np.float32)

@@ -97,7 +97,7 @@ class _Twin:
         return added
 
 
-BLAS_ROWS = 4096  # up to this many rows a single query's product goes to BLAS (one thread at this size, ~3x einsum)
+BLAS_ROWS = 4096  # up to this many rows a single query's product goes to BLAS (~3x einsum; 2 threads past ~1,100 rows)
 
 
 def _distances(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
@@ -106,6 +106,44 @@ def _distances(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarra
         d: np.ndarray = (np.float32(1.0) - block @ queries[0])[None, :]
         return d
     return pairwise_distances(queries, block, metric)
+
+
+class _Hides:
+    """The slots of one base that a buffer's rows hide, in row order: ``slots[i]`` is hidden from row ``rows[i]``
+    on (the first row of its id). Append-only like the rows, so a view takes a prefix; extended under the
+    buffer's lock."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.rows = np.zeros(64, dtype=np.int64)
+        self.slots = np.zeros(64, dtype=np.int64)
+        self.count = 0  # entries in rows/slots
+        self.scanned = 0  # buffer rows looked at
+        self.seen: set[str] = set()
+
+    def extend(self, ids: list[str], n: int) -> None:
+        slot = self.base.slot
+        for r in range(self.scanned, n):
+            id_ = ids[r]
+            if id_ in self.seen:
+                continue
+            self.seen.add(id_)
+            s = slot.get(id_)
+            if s is None:
+                continue
+            if self.count == len(self.slots):  # grown by doubling; views keep the old arrays (never rewritten)
+                self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
+                self.slots = np.concatenate([self.slots, np.zeros_like(self.slots)])
+            self.rows[self.count], self.slots[self.count] = r, s
+            self.count += 1
+        self.scanned = max(self.scanned, n)
+
+    def upto(self, n: int) -> np.ndarray:
+        """The slots hidden by rows ``[0, n)`` (a later view's rows must not hide anything from an older one)."""
+        end = int(np.searchsorted(self.rows[: self.count], n))
+        out = self.slots[:end]
+        out.flags.writeable = False
+        return out
 
 
 class TailBuffer:
@@ -126,7 +164,7 @@ class TailBuffer:
         self.n_live = 0
         self.twin: _Twin | None = None
         self._lock = threading.Lock()  # extending the per-base and per-filter caches (queries)
-        self._gone: dict[int, tuple[Any, list[int], set[str], list[int]]] = {}  # id(base) -> its hidden slots
+        self._hides: dict[int, _Hides] = {}  # id(base) -> the slots of that base the rows hide
         self._masks: dict[str, np.ndarray] = {}  # filter key -> rows matching (grown as rows come)
         self._mask_rows: dict[str, int] = {}
         self.view = TailView(self, start, 0, self._live[:0].copy(), 0, self.matrix)
@@ -210,28 +248,16 @@ class TailBuffer:
         return out
 
     # what queries ask (any thread) ----------------------------------------------------------------------------
-    def _gone_slots(self, base: Any, n: int) -> list[int]:
-        """Slots of ``base`` whose ids rows ``[0, n)`` replace or delete (each once)."""
-        entry = self._gone.get(id(base))
-        if entry is None or entry[0] is not base:
-            with self._lock:
-                entry = (base, [], set(), [0])
-                if len(self._gone) > 8:
-                    self._gone.clear()
-                self._gone[id(base)] = entry
-        _, slots, seen, upto = entry
-        if upto[0] < n:
-            with self._lock:
-                slot = base.slot
-                for r in range(upto[0], n):
-                    id_ = self.ids[r]
-                    if id_ not in seen:
-                        seen.add(id_)
-                        s = slot.get(id_)
-                        if s is not None:
-                            slots.append(s)
-                upto[0] = max(upto[0], n)
-        return slots
+    def _hidden_slots(self, base: Any, n: int) -> np.ndarray:
+        """Slots of ``base`` whose ids rows ``[0, n)`` replace or delete, each once (a read-only array)."""
+        hides = self._hides.get(id(base))
+        with self._lock:
+            if hides is None or hides.base is not base:
+                if len(self._hides) > 8:
+                    self._hides.clear()
+                hides = self._hides[id(base)] = _Hides(base)
+            hides.extend(self.ids, n)
+            return hides.upto(n)
 
     def _match(self, flt: Any, n: int) -> np.ndarray:
         """Rows ``[0, n)`` whose metadata pass the compiled filter ``flt`` (computed once per row)."""
@@ -261,10 +287,11 @@ class TailView:
     """An immutable snapshot of a :class:`TailBuffer`: rows ``[0, n)``, which of them are live, and the log
     position ``pos`` up to which the partition's changes are in it."""
 
-    __slots__ = ("buf", "pos", "n", "live", "n_live", "matrix")
+    __slots__ = ("buf", "pos", "n", "live", "n_live", "matrix", "_hides")
 
     def __init__(self, buf: TailBuffer, pos: str, n: int, live: np.ndarray, n_live: int, matrix: np.ndarray) -> None:
         self.buf, self.pos, self.n, self.live, self.n_live, self.matrix = buf, pos, n, live, n_live, matrix
+        self._hides: dict[int, list[Any]] = {}  # id(base) -> what hide() and visible() found of it
 
     @property
     def start(self) -> str:
@@ -293,9 +320,33 @@ class TailView:
     def ids(self) -> list[str]:
         return self.buf.ids[: self.n]
 
-    def gone_slots(self, base: Any) -> list[int]:
-        """Slots of ``base`` this view hides (ids it replaced or deleted)."""
-        return self.buf._gone_slots(base, self.n) if self.n else []
+    def hide(self, base: Any) -> np.ndarray:
+        """The slots of ``base`` whose ids this view replaced or deleted (read-only). Worked out on the first
+        query with this base and kept: the view never changes, so no query loops over its rows again."""
+        hidden: np.ndarray = self._kept(base)[1]
+        return hidden
+
+    def visible(self, base: Any) -> tuple[np.ndarray, int]:
+        """``base.live`` without the slots :meth:`hide` gives (read-only), and how many that leaves: built on the
+        first query that needs it (this view alone hides more than an over-fetch skips) and kept, like them."""
+        entry = self._kept(base)
+        if entry[2] is None:  # two queries may both build it: the same mask, the last one kept
+            mask = base.live.copy()
+            mask[entry[1]] = False
+            mask.flags.writeable = False
+            entry[2] = (mask, int(np.count_nonzero(mask)))
+        out: tuple[np.ndarray, int] = entry[2]
+        return out
+
+    def _kept(self, base: Any) -> list[Any]:
+        """``[base, hidden slots, visible mask and count or None]``, one per base this view served."""
+        got = self._hides.get(id(base))
+        if got is None or got[0] is not base:
+            slots = self.buf._hidden_slots(base, self.n) if self.n else _NO_SLOTS
+            if len(self._hides) > 4:  # a view serves one or two bases (a partition's, the version graph)
+                self._hides.clear()
+            got = self._hides[id(base)] = [base, slots, None]
+        return got
 
     def search(self, queries: np.ndarray, k: int, where: Any = None,
                hidden: frozenset[str] | set[str] | Sequence[str] = ()) -> list[Ranked]:
@@ -316,16 +367,19 @@ class TailView:
         got = twin.acquire() if twin is not None else None
         if got is None:
             return self._exact(queries, k, alive, 0, n)
-        s, idx, covered = got
+        s, idx, indexed_rows = got
         try:
-            covered = min(covered, n)
-            n_ok = int(np.count_nonzero(alive[:covered]))
+            covered = min(indexed_rows, n)
+            # rows the query may get among the indexed ones (with no filter or hidden ids, an indexed view's count)
+            n_ok = self.n_live if alive is self.live and covered == n else int(np.count_nonzero(alive[:covered]))
             share = n_ok / max(1, covered)
             if n_ok == 0:
                 indexed: list[Ranked] | None = [EMPTY for _ in range(len(queries))]
             elif share < 0.1 or n_ok <= 4 * k:
                 indexed = None
-            else:
+            elif n_ok == indexed_rows:  # every row in the index may come back: ask for k, drop nothing
+                indexed = self._from_index(idx, queries, k, k, None, covered, n_ok)
+            else:  # over-fetch past the rows to skip (dead, filtered, hidden, newer than this view)
                 ask = min(idx.get_current_count(), int(k / share * 1.5) + 8 + k)
                 indexed = self._from_index(idx, queries, k, ask, alive, covered, n_ok)
         finally:
@@ -337,53 +391,56 @@ class TailView:
         rest = self._exact(queries, k, alive, covered, n)
         return [merge_ranked([a, b], k) for a, b in zip(indexed, rest)]
 
-    def _from_index(self, idx: Any, queries: np.ndarray, k: int, ask: int, alive: np.ndarray,
+    def _from_index(self, idx: Any, queries: np.ndarray, k: int, ask: int, alive: np.ndarray | None,
                     covered: int, n_ok: int) -> list[Ranked] | None:
+        """The index's answer, without the rows ``alive`` leaves out (None: it leaves out none of the index's);
+        None when the walk comes back short."""
         try:
             labels, dists = idx.knn_query(queries, k=max(1, ask), num_threads=1 if len(queries) == 1 else -1)
         except RuntimeError:  # the walk found fewer than asked
             return None
-        labels = labels.astype(np.int64)
         ids = self.buf.ids
+        if alive is None:
+            return [([ids[j] for j in row], d) for row, d in zip(labels.tolist(), dists)]
+        labels = labels.astype(np.int64)
+        # the index may hold rows newer than this view (the follower indexes its newest): those count as dead
+        ok = (labels < covered) & alive[np.minimum(labels, covered - 1)]
         out: list[Ranked] = []
-        for row, d in zip(labels, dists):
-            ok = (row < covered) & alive[np.minimum(row, covered - 1)]
-            sel = np.flatnonzero(ok)[:k]
+        for row, d, m in zip(labels, dists, ok):
+            sel = np.flatnonzero(m)[:k]
             if len(sel) < min(k, n_ok):
                 return None  # too many dead or filtered rows in the over-fetch: the caller scans exactly
-            out.append(([ids[j] for j in row[sel].tolist()], d[sel].astype(np.float32)))
+            out.append(([ids[j] for j in row[sel].tolist()], d[sel]))
         return out
 
     def _exact(self, queries: np.ndarray, k: int, alive: np.ndarray, lo: int, hi: int) -> list[Ranked]:
-        if hi <= lo:
-            return [EMPTY for _ in range(len(queries))]
+        """Brute force over the alive rows of ``[lo, hi)``: one product, one partition, no loop over rows."""
         ok = alive[lo:hi]
         m = int(np.count_nonzero(ok))
         if m == 0:
             return [EMPTY for _ in range(len(queries))]
         block = self.matrix[lo:hi]
-        rows: np.ndarray | None = None
-        mask: np.ndarray | None = ok
+        rows: np.ndarray | None = None  # the block's row numbers when gathered
         if m < (hi - lo) // 2:  # mostly dead or filtered out: gather the few that count
             rows = np.flatnonzero(ok) + lo
-            block, mask = self.matrix[rows], None
+            block = self.matrix[rows]
         d = _distances(queries, block, self.buf.metric)
-        if mask is not None and m < len(mask):
-            d[:, ~mask] = np.inf
-        kk = min(k, m)
-        if kk < d.shape[1]:
-            cand = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-        else:
-            cand = np.tile(np.arange(d.shape[1]), (len(d), 1))
-        ids = self.buf.ids
-        out: list[Ranked] = []
-        for qi in range(len(d)):
-            c = cand[qi]
-            dd = d[qi, c]
-            order = np.argsort(dd, kind="stable")
-            c, dd = c[order], dd[order]
-            keep = np.isfinite(dd)
-            c, dd = c[keep], dd[keep]
-            absolute = (rows[c] if rows is not None else c + lo).tolist()
-            out.append(([ids[j] for j in absolute], dd.astype(np.float32)))
+        if rows is None and m < len(ok):
+            d[:, ~ok] = np.inf  # the m alive rows are finite, so the min(k, m) nearest are all alive
+        kk, ids, out = min(k, m), self.buf.ids, []
+        for row in d:  # one query, mostly
+            top = _nearest(row, kk)
+            absolute = (rows[top] if rows is not None else top + lo).tolist()
+            out.append(([ids[j] for j in absolute], row[top]))
         return out
+
+
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
+_NO_SLOTS.flags.writeable = False
+
+
+def _nearest(d: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the ``k`` smallest values of ``d`` (one query's distances), smallest first."""
+    top = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
+    order: np.ndarray = top[np.argsort(d[top], kind="stable")]
+    return order

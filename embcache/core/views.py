@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engine import FieldIndex, Filter, MaskCache, Step, search_base
+from .engine import HIDE_BY_OVERFETCH, FieldIndex, Filter, MaskCache, Step, search_base
 from .filters import Predicate
 from .search import EMPTY, Ranked, exact_search, merge_ranked
 
@@ -179,14 +179,13 @@ def search_view(
     hidden = exclude | overlay.keys() if overlay else exclude
     results = None
     if base is not None and base.count:
-        gone: list[int] = []
-        for t in tails:
-            gone += t.gone_slots(base)
+        gone, visible = _hidden_by(tails, base)
         results = search_base(base, queries, k, ef, where=where, restrict=restrict, hidden=hidden, step=step,
-                              gone_slots=gone)
+                              gone_slots=gone, visible=visible)
     parts = [results] if results is not None else []
     for t in tails:
-        parts.append(t.search(queries, k, where, hidden))
+        found = t.search(queries, k, where, hidden)
+        parts.append([_closer(f, r, k) for f, r in zip(found, results)] if results is not None else found)
     live = [(id_, it) for id_, it in overlay.items() if it.vector is not None and id_ not in exclude
             and (where is None or where.predicate(it.metadata))]
     if live:
@@ -199,3 +198,28 @@ def search_view(
     if len(parts) == 1:
         return parts[0]
     return [merge_ranked([p[i] for p in parts], k) for i in range(len(queries))]
+
+
+def _closer(ranked: Ranked, first: Ranked, k: int) -> Ranked:
+    """``ranked`` cut where it can no longer enter the top ``k`` of a merge with ``first`` (``first`` wins ties):
+    at ``first``'s ``k``-th distance. Mostly nothing of an overlay is left, and the merge is the base's answer."""
+    if len(first[0]) < k or not ranked[0]:
+        return ranked
+    end = int(np.searchsorted(ranked[1], first[1][k - 1], side="left"))
+    return ranked if end == len(ranked[0]) else (ranked[0][:end], ranked[1][:end])
+
+
+def _hidden_by(tails: Sequence[Any], base: Base) -> tuple[np.ndarray, tuple[np.ndarray, int] | None]:
+    """The slots of ``base`` that the followed ``tails`` hide, and (one tail hiding more than an over-fetch skips)
+    the base's live mask without them with its count, as the tail keeps them: a query does not look at the tails'
+    rows, nor copy the base's mask."""
+    hides = [(t, s) for t, s in ((t, t.hide(base)) for t in tails) if len(s)]
+    if not hides:
+        return _NO_SLOTS, None
+    if len(hides) == 1:
+        t, slots = hides[0]
+        return slots, t.visible(base) if len(slots) > HIDE_BY_OVERFETCH else None
+    return np.concatenate([s for _, s in hides]), None  # several partitions' tails on a version graph
+
+
+_NO_SLOTS = np.zeros(0, dtype=np.int64)

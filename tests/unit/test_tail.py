@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hnswlib
 import numpy as np
+import pytest
 
-from embcache.core.engine import compile_filter
+from embcache.core import snapshot
+from embcache.core.engine import HIDE_BY_OVERFETCH, compile_filter, search_base
+from embcache.core.search import merge_ranked
+from embcache.core.snapshot import HnswBase
 from embcache.core.tail import INDEX_FROM, TailBuffer
 from embcache.core.views import ExactBase, OverlayItem, search_view
 
@@ -112,3 +117,98 @@ def test_indexed_overlay_matches_brute_force() -> None:
     assert buf.view.search(y, 1)[0][0] == ["late"]
     flt = compile_filter({"n": 1})
     assert buf.view.search(y, 3, flt)[0][0] == []  # no row carries that metadata
+
+
+# what a view hides of a base: worked out once per view, exact for that view -----------------------------------
+def _snapshot(x: np.ndarray, ids: list[str]) -> HnswBase:
+    index = hnswlib.Index(space="cosine", dim=x.shape[1])
+    index.init_index(max_elements=len(x), M=16, ef_construction=100, random_seed=1)
+    index.add_items(x, np.arange(len(x)), num_threads=1)
+    chunks, manifest = snapshot.pack(index, np.arange(len(x)), ids, [{"n": i} for i in range(len(x))],
+                                     generation=1, pos="5-0", dim=x.shape[1], metric="cosine", M=16,
+                                     ef_construction=100, builder="t", build_seconds=0.0, deleted=0,
+                                     max_label=len(x) - 1)
+    return snapshot.unpack(chunks, manifest, ef=64)
+
+
+def test_each_view_hides_what_its_own_rows_replaced_or_deleted() -> None:
+    x = _unit(300, 8)
+    base = ExactBase("5-0", [f"i{i}" for i in range(200)], x[:200].copy(), [None] * 200, "cosine")
+    buf = TailBuffer("5-0", DIM, "cosine")
+    old = buf.apply("6-0", _items("6-0", ["i0"], None))
+    new = buf.apply("7-0", _items("7-0", ["i1"], None) | _items("7-0", ["i2"], x[250:251]))
+    # the newer view is asked first: the older one must still show i1 and the base's i2 (its rows do not hide them)
+    assert sorted(new.hide(base).tolist()) == [0, 1, 2]
+    assert old.hide(base).tolist() == [0]
+    assert search_view(base, {}, x[1:3], 1, None, None, "cosine", tails=[old])[0][0] == ["i1"]
+    assert search_view(base, {}, x[2:3], 1, None, None, "cosine", tails=[old])[0][0] == ["i2"]
+    assert old.hide(base) is old.hide(base), "worked out once per view"
+    # a delete in a later view: hidden there, though the earlier views' slots were cached before it came
+    later = buf.apply("8-0", _items("8-0", ["i3"], None))
+    got = search_view(base, {}, x[:4], 5, None, None, "cosine", tails=[later])
+    assert not {i for row, _ in got for i in row} & {"i0", "i1", "i3"}
+    assert search_view(base, {}, x[3:4], 1, None, None, "cosine", tails=[new])[0][0] == ["i3"]
+
+
+@pytest.mark.parametrize("changed", [HIDE_BY_OVERFETCH // 2, 600])  # an over-fetch skips them; a mask per view
+@pytest.mark.parametrize("tail_rows", [500, INDEX_FROM + 500])  # scanned exactly, indexed by the twin
+def test_an_overlay_of_replacements_and_deletes_matches_brute_force(changed: int, tail_rows: int) -> None:
+    n = 3000
+    x = _unit(n + tail_rows, 9)
+    ids = [f"i{i}" for i in range(n)]
+    base = _snapshot(x[:n], ids)
+    live = dict(zip(ids, x[:n]))
+    buf = TailBuffer("5-0", DIM, "cosine", ef=100)
+    rng = np.random.default_rng(10)
+    touched = rng.choice(n, changed, replace=False)
+    replaced, deleted = touched[: changed // 2], touched[changed // 2 :]
+    fresh = [f"new{j}" for j in range(tail_rows - len(replaced))]
+    items = _items("6-0", fresh, x[n : n + len(fresh)])
+    items |= _items("6-0", [ids[i] for i in replaced], x[n + len(fresh) : n + tail_rows])
+    items |= _items("6-0", [ids[i] for i in deleted], None)
+    view = buf.apply("6-0", items)
+    for id_, it in items.items():
+        if it.vector is None:
+            del live[id_]
+        else:
+            live[id_] = it.vector
+    while buf.index_behind():
+        buf.index_step(0.05)
+    q = _unit(100, 11)
+    got = [r[0] for r in search_view(base, {}, q, 10, None, None, "cosine", tails=[view])]
+    truth = _truth(live, q, 10)
+    assert sum(len(set(g) & set(t)) for g, t in zip(got, truth)) / 1000 >= 0.95
+    assert not {i for row in got for i in row} & {ids[i] for i in deleted}
+    assert all(len(row) == len(set(row)) == 10 for row in got), "a replaced id comes back once, as its new row"
+    hidden = view.hide(base)
+    assert len(hidden) == changed and not hidden.flags.writeable
+    mask, count = view.visible(base)
+    assert count == n - changed and not mask[hidden].any() and view.visible(base)[0] is mask
+    # a replaced id is found by its new vector: asked at its old one, it comes back (if at all) at the new distance
+    at_old = search_view(base, {}, x[replaced[:20]], 1, None, None, "cosine", tails=[view])
+    for i, (row, d) in zip(replaced[:20], at_old):
+        if row[0] == ids[i]:
+            assert float(d[0]) == pytest.approx(1 - float(live[ids[i]] @ x[i]), abs=1e-5)
+    # a filter applies to the overlay's rows too (they carry no metadata) and to the base's
+    flt = compile_filter({"n": {"$lt": 100}})
+    got = search_view(base, {}, q, 10, flt, None, "cosine", tails=[view])
+    allowed = {ids[i] for i in range(100)} - {ids[i] for i in touched}
+    assert all(set(row) <= allowed for row, _ in got)
+
+
+def test_cutting_the_overlay_at_the_bases_kth_distance_changes_no_answer() -> None:
+    """search_view drops the overlay's rows from the base's k-th distance on before merging: the answer must be the
+    merge of both whole answers, ties included (overlay rows that copy base vectors, or sit on the base's k-th)."""
+    x = _unit(400, 12)
+    base = ExactBase("5-0", [f"i{i}" for i in range(300)], x[:300].copy(), [None] * 300, "cosine")
+    buf = TailBuffer("5-0", DIM, "cosine")
+    view = buf.apply("6-0", _items("6-0", [f"copy{i}" for i in range(50)], x[:50])
+                     | _items("6-0", [f"new{i}" for i in range(100)], x[300:]))
+    q = np.concatenate([x[:50], _unit(150, 13)])
+    for k in (1, 5, 10):
+        got = search_view(base, {}, q, k, None, None, "cosine", tails=[view])
+        whole = [merge_ranked([b, t], k) for b, t in zip(search_base(base, q, k, None, gone_slots=view.hide(base)),
+                                                         view.search(q, k))]
+        for g, w in zip(got, whole):
+            assert g[0] == w[0]
+            np.testing.assert_array_equal(g[1], w[1])
