@@ -82,16 +82,7 @@ class QueryPath:
 
     def _by_id_explained(self, id_list: list[str], q: Query, ex: Explain, probe: bool) -> Plan[QueryResult]:
         """query_by_id's graph path, explained: the stored vectors as a query of ``n_results + 1``."""
-        vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
-        missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
-        if missing:
-            got = yield from self._get(missing, ("embeddings",), None)
-            assert got.embeddings is not None
-            vectors.update(zip(got.ids, got.embeddings))
-        absent = [i for i in id_list if i not in vectors]
-        if absent:
-            raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
-        queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)
+        queries = yield from self._stored_vectors(id_list, q)
         res = yield from self._explained(replace(q, vectors=queries, k=q.k + 1), ex, probe)
         return _drop_own(res, id_list, q.k)
 
@@ -222,7 +213,9 @@ class QueryPath:
             res.metadatas = [[_metadata(i, ov, tails, base) for i in row] for row in res.ids]
         return res
 
-    def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
+    def _stored_vectors(self, id_list: list[str], q: Query) -> Plan[np.ndarray]:
+        """The stored vectors of ``id_list`` (normalised for cosine), one row per id: from what is loaded where the
+        level allows, the rest from Redis; :class:`ItemNotFound` for an id this version does not hold."""
         vectors = {} if q.consistency == "strong" else self._stored_locally(id_list, q.consistency == "session")
         missing = [i for i in dict.fromkeys(id_list) if i not in vectors]
         if missing:
@@ -232,7 +225,10 @@ class QueryPath:
         absent = [i for i in id_list if i not in vectors]
         if absent:
             raise ItemNotFound(f"{self.space.name}/{self.name} has no item {absent[0]!r}")
-        queries = np.stack([vectors[i] for i in id_list]).astype(np.float32)  # stored: normalised for cosine
+        return np.stack([vectors[i] for i in id_list]).astype(np.float32)
+
+    def _by_id(self, id_list: list[str], q: Query) -> Plan[QueryResult]:
+        queries = yield from self._stored_vectors(id_list, q)
         res = (yield from self._search(replace(q, vectors=queries, k=q.k + 1))).result
         return _drop_own(res, id_list, q.k)
 
