@@ -545,9 +545,14 @@ def _metadata(id_: str, ov: Overlay, tails: Sequence[Any], base: Any) -> dict[st
 
 def _drop_own(res: QueryResult, id_list: list[str], n_results: int) -> QueryResult:
     """A query_by_id result without each row's own item, cut to ``n_results``."""
-    keep = [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)]
+    return _take(res, [[j for j, x in enumerate(r) if x != own][:n_results] for r, own in zip(res.ids, id_list)],
+                 n_results)
+
+
+def _take(res: QueryResult, keep: list[list[int]], k: int) -> QueryResult:
+    """``res`` reduced to the columns ``keep`` of each row, padded to ``k`` columns as the query path pads."""
     res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
-    res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], n_results)
+    res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], k)
     if res.metadatas is not None:
         res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
     if res.embeddings is not None:

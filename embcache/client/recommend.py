@@ -14,6 +14,7 @@ from ..core import codec
 from ..core.errors import InvalidInput, ItemNotFound
 from ..core.examples import MAX_EXAMPLES, STRATEGIES, average_query, best_scores, score_to_distance
 from ..redis.plan import Plan
+from .queries import _pad, _take
 from .results import QueryResult
 
 if TYPE_CHECKING:
@@ -115,19 +116,6 @@ def _search_excluding(v: "Version", queries: np.ndarray, k: int, excluded: set[s
     return _take(res, keep, k)
 
 
-def _take(res: "QueryResult", keep: list[list[int]], k: int) -> "QueryResult":
-    """``res`` reduced to the columns ``keep`` of each row, padded to ``k`` columns as the query path pads."""
-    from .queries import _pad
-
-    res.ids = [[r[j] for j in ks] for r, ks in zip(res.ids, keep)]
-    res.distances = _pad([d[ks] for d, ks in zip(res.distances, keep)], k)
-    if res.metadatas is not None:
-        res.metadatas = [[m[j] for j in ks] for m, ks in zip(res.metadatas, keep)]
-    if res.embeddings is not None:
-        res.embeddings = [e[ks] for e, ks in zip(res.embeddings, keep)]
-    return res
-
-
 def _best_score(v: "Version", P: np.ndarray, N: np.ndarray | None, k: int, excluded: set[str], partitions: Any,
                 where: Any, ef: Any, consistency: Any, include: tuple[str, ...]) -> Plan["QueryResult"]:
     """Score a pool of candidates, the nearest neighbours of each positive, grown until no item outside it can
@@ -144,7 +132,6 @@ def _best_score(v: "Version", P: np.ndarray, N: np.ndarray | None, k: int, exclu
     ``get`` per round: one batched read is far cheaper than hnswlib's item-by-item ``get_items``, and it is the
     stored truth (an item deleted since the snapshot drops out, a replaced one is scored by its new vector).
     """
-    from .queries import _pad
 
     metric = v.space.metric
     want_meta = "metadatas" in include

@@ -114,10 +114,7 @@ def run(plan: Plan[T], client: Any) -> T:
                     time.sleep(step.seconds)
                     result = None
                 elif isinstance(step, OnAllNodes):
-                    if hasattr(client, "get_nodes"):  # a Cluster
-                        result = client.execute_command(*step.args, target_nodes=client.ALL_NODES)
-                    else:
-                        result = client.execute_command(*step.args)
+                    result = client.execute_command(*step.args, **_every_node(client))
                 else:
                     pipe = client.pipeline(transaction=step.transaction)
                     for c in step.calls:
@@ -151,10 +148,7 @@ async def arun(plan: Plan[T], client: Any) -> T:
                     await asyncio.sleep(step.seconds)
                     result = None
                 elif isinstance(step, OnAllNodes):
-                    if hasattr(client, "get_nodes"):  # the asyncio Cluster client takes the nodes themselves
-                        result = await client.execute_command(*step.args, target_nodes=client.get_nodes())
-                    else:
-                        result = await client.execute_command(*step.args)
+                    result = await client.execute_command(*step.args, **_every_node(client))
                 else:
                     pipe = client.pipeline(transaction=step.transaction)
                     for c in step.calls:
@@ -164,6 +158,12 @@ async def arun(plan: Plan[T], client: Any) -> T:
                 error = exc
     finally:  # a plan left by an exception the loop does not hand it (a cancelled task) ends here
         plan.close()
+
+
+def _every_node(client: Any) -> dict[str, Any]:
+    """``execute_command``'s arguments to reach every node: the node list on a Cluster (redis.asyncio's Cluster
+    client ignores the ``"all"`` flag for commands without keys; both clients take the nodes themselves)."""
+    return {"target_nodes": client.get_nodes()} if hasattr(client, "get_nodes") else {}
 
 
 class planned(Generic[S, P, T]):  # lower case: used as a decorator, like property
