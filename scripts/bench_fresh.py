@@ -224,6 +224,65 @@ def child(role: str, **kw: Any) -> subprocess.Popen[bytes]:
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
+class Published:
+    """Polls, every 20 ms in a thread, the log position the partition's published snapshot and delta segments
+    cover, and which snapshots and segments were published (their bytes are what workers uploaded)."""
+
+    def __init__(self, hub: Any, v: Any) -> None:
+        import threading
+
+        self.r, self.pk = hub.store.r, hub.keys.partition(SPACE, v.name, "default")
+        self.seen: list[tuple[float, int]] = []  # (time, ms part of the covered position)
+        self.fulls: dict[str, int] = {}
+        self.segments: dict[str, int] = {}
+        self.first: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from embcache.core import delta, snapshot
+
+        while not self._stop.wait(0.02):
+            raw, raw_chain = self.r.mget([self.pk.snap, self.pk.delta])
+            if raw is None:
+                continue
+            m = snapshot.Manifest.from_json(raw)
+            if self.first is None:
+                self.first = m.sid
+            self.fulls[m.sid] = m.nbytes
+            pos = m.pos
+            if raw_chain is not None:
+                chain = delta.Chain.from_json(raw_chain, None)
+                if chain.base == m.sid:
+                    pos = chain.pos
+                    for seg in chain.segments:
+                        self.segments[seg.sid] = seg.nbytes
+            self.seen.append((time.time(), int(pos.split("-")[0])))
+
+    def stop(self) -> None:
+        time.sleep(3)  # the last writes' build
+        self._stop.set()
+        self._thread.join()
+
+    def uploaded(self) -> int:
+        """Bytes of the snapshots and segments published during the run (the one loaded before it excluded)."""
+        return sum(n for sid, n in self.fulls.items() if sid != self.first) + sum(self.segments.values())
+
+    def delays(self, committed: np.ndarray) -> np.ndarray:
+        """Commit -> covered by a published snapshot or segment, per batch (batches never covered left out)."""
+        if not self.seen:
+            return np.array([])
+        times = np.array([t for t, _ in self.seen])
+        covered = np.maximum.accumulate(np.array([p for _, p in self.seen]))
+        out = []
+        for c in committed[np.isfinite(committed)]:
+            i = int(np.searchsorted(covered, int(round(c * 1000))))
+            if i < len(times):
+                out.append(max(0.0, times[i] - c))
+        return np.array(out)
+
+
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -300,7 +359,10 @@ class Bench:
         bytes0 = self.server_bytes() if system == "embcache" else None
         writer = child("writer", out=f"{out}-w.npy", t0=t0, **common)
         la = loadavg()
+        watch = Published(self.hub, v) if v is not None else None
         writer.wait()
+        if watch is not None:
+            watch.stop()
         for p in procs:
             p.wait()
         gens = (self.generation(v) - gen0) if v is not None else None
@@ -322,6 +384,9 @@ class Bench:
                 if np.isfinite(sent[int(j)]):
                     from_send.append(t - sent[int(j)])
         d = np.array(delays)
+        indexed = watch.delays(committed) if watch is not None else np.array([])
+        if watch is not None:
+            traffic.update(published_mb_s=watch.uploaded() / 1e6 / seconds, deltas=len(watch.segments))
         call = committed - sent
         written = int(np.isfinite(sent).sum()) * BATCH
         achieved = written / max(1e-9, float(np.nanmax(sent) - np.nanmin(sent)) + BATCH / rate)
@@ -331,6 +396,9 @@ class Bench:
                "poll_p50_ms": pct(polls, 50) * 1e3 if polls else float("nan"),
                "from_send_p50": pct(from_send, 50) if from_send else float("nan"),
                "from_send_p95": pct(from_send, 95) if from_send else float("nan"),
+               "indexed_p50": pct(indexed, 50) if len(indexed) else float("nan"),
+               "indexed_p95": pct(indexed, 95) if len(indexed) else float("nan"),
+               "indexed_max": float(indexed.max()) if len(indexed) else float("nan"),
                "send_to_commit_p50_ms": float(np.nanmedian(call)) * 1e3 if np.isfinite(call).any() else float("nan"),
                **traffic}
         self.log(json.dumps(res))
@@ -483,12 +551,15 @@ class Bench:
             lines += ["", "What the write stream cost Redis (its INFO counters over each run; the AOF is appendonly "
                       "everysec with auto-rewrite): bytes received from all clients, AOF growth, and the full "
                       "snapshots the worker published (generations x snapshot size):", "",
-                      "| write rate (achieved) | received MB/s | AOF growth MB/s | AOF rewrites | snapshot MB/s | "
-                      "snapshots published |", "|---|---|---|---|---|---|"]
+                      "| write rate (achieved) | received MB/s | AOF growth MB/s | AOF rewrites | published MB/s "
+                      "(snapshots + delta segments) | snapshots / segments published | commit -> published p50 / "
+                      "p95 / max |", "|---|---|---|---|---|---|---|"]
             for r in costed:
+                published = r.get("published_mb_s", float("nan"))
                 lines.append(f"| {r['rate']:,.0f}/s ({r['achieved']:,.0f}/s) | {r['net_in_mb_s']:.1f} | "
-                             f"{r['aof_mb_s']:.1f} | {r['aof_rewrites']} | {r['snapshot_mb_s']:.1f} | "
-                             f"{r['snapshots']} |")
+                             f"{r['aof_mb_s']:.1f} | {r['aof_rewrites']} | {published:.1f} | "
+                             f"{r['snapshots']} / {r.get('deltas', '')} | {_ms(r.get('indexed_p50', float('nan')))} / "
+                             f"{_ms(r.get('indexed_p95', float('nan')))} / {_ms(r.get('indexed_max', float('nan')))} |")
         if self.results["overlay"]:
             lines += ["", "Query p50 at `eventual` (k=10, single queries, interleaved A/B over "
                       f"{a.queries} held-out queries x {a.rounds} rounds) of a following hub whose overlay holds N "

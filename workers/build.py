@@ -20,21 +20,28 @@ from typing import Any, cast
 import hnswlib
 import numpy as np
 
-from embcache.core import codec, snapshot
-from embcache.core.errors import CorruptRecord, SnapshotCorrupt
+from embcache.core import codec, delta, snapshot
+from embcache.core.errors import CorruptRecord, PublishConflict, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
 from embcache.redis import snapshots
 from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
-from embcache.redis.store import PartitionData, Store
+from embcache.redis.store import PartitionData, Store, Tail
 
 from . import neighbours as nbl
 
-__all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
+__all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO", "DELTA_FROM_BYTES", "DELTA_SHARE"]
 
 log = logging.getLogger("embcache.workers")
 COMPACT_RATIO = 0.2  # rebuild from scratch when deleted slots pass this share of the index
 BUILDER = f"{socket.gethostname()}:{os.getpid()}"
+#: Snapshots from this size on are extended by delta segments instead of being rewritten for every build (a
+#: smaller one costs about what a segment does to rewrite, and keeps one thing to read); 0 for always.
+DELTA_FROM_BYTES = int(os.environ.get("EMBCACHE_DELTA_FROM_BYTES", str(8 << 20)))
+#: A chain is merged into a new full snapshot once its rows would pass this share of the snapshot's items (the
+#: readers' overlays grow with it; a merge rewrites the whole snapshot); 0 turns deltas off.
+DELTA_SHARE = float(os.environ.get("EMBCACHE_DELTA_SHARE", "0.1"))
+DELTA_MIN_ROWS = int(os.environ.get("EMBCACHE_DELTA_MIN_ROWS", "2048"))  # ... or this many rows, whichever is more
 
 
 @dataclass
@@ -42,7 +49,7 @@ class BuildResult:
     """What one build did."""
 
     partition: str
-    kind: str  # "full", "incremental", "unchanged"
+    kind: str  # "full", "incremental" (a new full snapshot from the last one), "delta", "unchanged"
     generation: int
     count: int
     pos: str
@@ -125,13 +132,21 @@ def build_snapshot(
                 _verified(store, vrec, partition, pk)
             r.hdel(pk.state, "corrupt")
         return BuildResult(partition, "unchanged", previous.generation, previous.count, previous.pos, 0.0)
+    if previous is not None and previous_raw is not None and not full and not corrupt and vrec.state != "sealed":
+        done = _delta(store, space, version, partition, pk, previous, previous_raw, t0)
+        if done is not None:
+            return done
     data = None
     if vrec.state == "sealed":  # nothing may have changed since the seal: read it all and compare
         data = _verified(store, vrec, partition, pk)
         full = True
     state = None
     if previous is not None and not full and previous.M == space.M:
-        state = _incremental(store, space, pk, previous, verified)
+        kept = _kept.get(pk.tag)
+        start: Any = previous
+        if kept is not None and kept.sid == previous.sid and kept.at and verified is None:  # ahead, by its deltas
+            start = _Resume(previous.sid, kept.at, kept.deleted, kept.max_label)
+        state = _incremental(store, space, pk, start, verified)
     kind = "incremental"
     if state is None:
         state = _full(store, space, pk, data)
@@ -147,8 +162,9 @@ def build_snapshot(
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
     snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
-                     previous_raw=previous_raw, stale=stale)
-    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes, lists))
+                     previous_raw=previous_raw, stale=[*stale, *_chain_chunks(store, space, pk, previous)])
+    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos, deleted=deleted,
+                       max_label=max_label))
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
     seconds = time.perf_counter() - t0
@@ -213,6 +229,9 @@ class Kept:
     meta: dict[str, Any]
     nbytes: int
     lists: "nbl.Lists | None" = None
+    at: str = ""  # the log position the index is at (past the snapshot's by the deltas published since)
+    deleted: int = 0
+    max_label: int = 0
 
 
 @dataclass(frozen=True)
@@ -266,9 +285,9 @@ def _keep(tag: str, kept: Kept) -> None:
 
 
 def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest,
-                 base: snapshot.HnswBase | None = None) -> State | None:
-    """Apply the log tail to the published snapshot (``base``, when it was loaded already); None when a full
-    build is due instead."""
+                 base: snapshot.HnswBase | None = None, tail: Tail | None = None) -> State | None:
+    """Apply the log tail (``tail``, when it was read already) to the published snapshot (``base``, when it was
+    loaded already); None when a full build is due instead."""
     kept = _kept.pop(pk.tag, None)  # taken out: it is about to change, and is put back only once published
     if base is None and kept is not None and kept.sid == previous.sid:
         index, label, meta, lists = kept.index, kept.label, kept.meta, kept.lists
@@ -285,7 +304,8 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
         index, label = base.index, dict(base.label)
         meta = {id_: m for id_, m in zip(base.ids, base.metas)}
         lists = (base.nb_labels, base.nb_dists) if base.nb_labels is not None and base.nb_dists is not None else None
-    tail = store.read_tail(pk, previous.pos, limit=1 << 30)
+    if tail is None:
+        tail = store.read_tail(pk, previous.pos, limit=1 << 30)
     if tail is None:
         return None
     index.set_num_threads(_threads())
@@ -333,3 +353,75 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     else:
         lists = None
     return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta, lists
+
+
+def _delta_limit(count: int) -> int:
+    return max(DELTA_MIN_ROWS, int(DELTA_SHARE * count)) if DELTA_SHARE > 0 else -1
+
+
+def _read_chain(store: Store, space: SpaceRecord, pk: PartitionKeys,
+                previous: snapshot.Manifest) -> tuple[delta.Chain | None, bytes | None]:
+    """The chain that extends ``previous`` (None: none, or one of an older snapshot) and the key's raw bytes."""
+    raw = store.r.get(pk.delta)
+    if raw is None:
+        return None, None
+    try:
+        chain = delta.Chain.from_json(raw, space.dim * codec.DTYPES[space.dtype].itemsize)
+    except SnapshotCorrupt as exc:
+        log.warning("%s: %s; merging", pk.tag, exc)
+        return None, raw
+    return (chain if chain.base == previous.sid else None), raw
+
+
+def _chain_chunks(store: Store, space: SpaceRecord, pk: PartitionKeys,
+                  previous: snapshot.Manifest | None) -> list[tuple[str, int]]:
+    """The chunk sets of the chain a full snapshot replaces (they expire with the snapshot before it)."""
+    if previous is None:
+        return []
+    chain, _ = _read_chain(store, space, pk, previous)
+    return [(s.sid, s.chunks) for s in chain.segments] if chain is not None else []
+
+
+def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
+           previous: snapshot.Manifest, previous_raw: bytes, t0: float) -> BuildResult | None:
+    """Publish the log tail after the chain (or the snapshot) as one more delta segment, and add it to the index
+    kept in memory; None when a full snapshot is due instead: a small snapshot, a chain past its limit, neighbour
+    lists (they are in full snapshots only), or an index this process does not hold at the chain's end (a
+    restarted worker merges, from the log, which is never trimmed past the snapshot)."""
+    if previous.nbytes < DELTA_FROM_BYTES or space.neighbours or previous.M != space.M or DELTA_SHARE <= 0:
+        return None
+    chain, chain_raw = _read_chain(store, space, pk, previous)
+    at = chain.pos if chain is not None else previous.pos
+    kept = _kept.get(pk.tag)
+    if kept is None or kept.sid != previous.sid or kept.at != at \
+            or (chain is not None and len(chain.segments) >= delta.MAX_SEGMENTS):
+        return None
+    tail = store.read_tail(pk, at, limit=1 << 30)
+    if tail is None or (chain.rows if chain is not None else 0) + len(tail.ids) > _delta_limit(previous.count):
+        return None
+    if tail.pos == at:
+        return BuildResult(partition, "unchanged", previous.generation, len(kept.label), at, 0.0)
+    state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, at, kept.deleted,
+                                                                            kept.max_label)), tail=tail)
+    if state is None:  # compaction due
+        return None
+    index, _labels, ids, _metas, pos, deleted, max_label, label, meta, lists = state
+    width = space.dim * codec.DTYPES[space.dtype].itemsize
+    chunks, segment = delta.pack_segment(previous.generation, at, pos, tail.ids, tail.vectors, tail.metadatas, width)
+    base = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
+    message = json.dumps({"version": version, "partition": partition, "generation": previous.generation,
+                          "pos": pos, "delta": len(base.segments) + 1})
+    try:
+        snapshots.publish_delta(store.r, pk, chunks, base.extended(segment), snap_raw=previous_raw,
+                                chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
+    except PublishConflict:
+        _kept.pop(pk.tag, None)  # the index moved past what is published: the next build starts afresh
+        raise
+    _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=pos, deleted=deleted,
+                       max_label=max_label))
+    if pos_key(store.position(pk)) > pos_key(pos):
+        store.mark_dirty(space.name, version, partition)
+    seconds = time.perf_counter() - t0
+    log.info("delta of %s: %d rows (%d in the chain), %.2fs", pk.tag, len(tail.ids), base.rows + len(tail.ids),
+             seconds)
+    return BuildResult(partition, "delta", previous.generation, len(ids), pos, seconds)

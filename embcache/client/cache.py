@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import snapshot
-from ..core.codec import decode_stored, parse_stored_metadata
+from ..core.codec import DTYPES, decode_stored, parse_stored_metadata
 from ..core.errors import EmbcacheError, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.vgraph import VersionBase
@@ -26,7 +26,7 @@ from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 from ..redis import metrics, snapshots
 from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
-from .follow import Follower
+from .follow import Follower, Segment
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay", "DEFAULT_OVERLAY_BYTES"]
 
@@ -85,8 +85,9 @@ class PartitionCache:
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
-        # the live change-log follower (its own thread: a snapshot load must not hold up following)
-        self.follower: Follower | None = Follower(self, overlay_bytes) if follow else None
+        # the live change-log follower (its own thread: a snapshot load must not hold up following); with
+        # follow=False one that is not live, so that published delta segments still reach eventual reads
+        self.follower: Follower | None = Follower(self, overlay_bytes, live=follow)
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -119,6 +120,8 @@ class PartitionCache:
             base = self._load(pid, info)
             self._put(pid, base, info)
             self._ensure_thread()
+            if self.follower is not None:  # the overlay and its delta segments before the first query, not after
+                self.follower.sync()
             return base
 
     def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
@@ -201,6 +204,10 @@ class PartitionCache:
                 base = snapshots.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
+            if base is not None and self.follower is not None:
+                segments = self._segments(pk, base, info, None)
+                if segments:
+                    self.follower.seed(pk.names(), base.position, segments)
             return base
         except SnapshotCorrupt as exc:
             if metrics.ENABLED:
@@ -210,6 +217,25 @@ class PartitionCache:
             log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
             self.store.report_corrupt(pk, str(exc))
             return None
+
+    def _segments(self, pk: PartitionKeys, base: snapshot.HnswBase, info: SpaceInfo,
+                  after: str | None) -> list[Segment]:
+        """The published delta segments that extend ``base`` and end after ``after`` (all if None), as overlays;
+        [] when there are none, or they cannot be read (the follower's log reads cover them then)."""
+        width = info.dim * DTYPES[info.dtype].itemsize
+        try:
+            with translate_errors("load delta segments"):
+                chain, _ = snapshots.read_chain(self.store.r, pk, width)
+                if chain is None or chain.base != base.manifest.sid:
+                    return []
+                wanted = [s for s in chain.segments if after is None or pos_key(s.pos) > pos_key(after)]
+                fetched = snapshots.fetch_segments(self.store.r, pk, wanted, width) if wanted else []
+        except (SnapshotCorrupt, EmbcacheError) as exc:
+            if isinstance(exc, SnapshotCorrupt):
+                self.corrupt_seen += 1
+            log.warning("delta segments of %s not used: %s", pk.tag, exc)
+            return []
+        return [(seg.start, seg.pos, tail_overlay(tail, info)) for seg, tail in fetched or []]
 
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
         with self._lock:
@@ -309,7 +335,17 @@ class PartitionCache:
                         replaced += 1
         if replaced and self.follower is not None:
             self.follower.sync()  # the overlays shrink to what the new bases do not cover, at once
+        for pid, (base, info) in entries:  # delta segments published since (none where the log reads are ahead)
+            if self._bases.get(pid, (None,))[0] is base:
+                self._feed_segments(pid, base, info)
         return replaced
+
+    def _feed_segments(self, pid: PartitionId, base: Any, info: SpaceInfo) -> None:
+        view = self.follower.view(pid) if self.follower is not None else None
+        if view is not None and isinstance(base, snapshot.HnswBase):
+            segments = self._segments(self.keys(pid), base, info, view.pos)
+            if segments and self.follower is not None:
+                self.follower.feed(pid, segments)
 
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:
         """A newer base for ``pid`` if there is one (None if ``base`` is current)."""

@@ -13,6 +13,11 @@ partition (the cache's reload: the newest snapshot) and follow from there, so no
 
 The overlays are bounded by ``budget_bytes`` in all: a partition whose overlay would pass it stops being followed
 (*frozen*, reported by :meth:`stats`) and keeps serving what it has, until a newer base lets it shrink.
+
+Delta segments a worker published after a snapshot (:mod:`embcache.core.delta`) reach the overlays too: the
+cache hands them over when it loads the snapshot (:meth:`seed`, so a new overlay starts where the segments end,
+and its first read from the log is short) and as more are published (:meth:`feed`). A hub connected with
+``follow=False`` has a follower that is not ``live``: no thread, no log reads, only the published segments.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ from ..redis.store import TAIL_LIMIT, Tail
 if TYPE_CHECKING:
     from .cache import PartitionCache, PartitionId, SpaceInfo
 
-__all__ = ["Follower", "FollowStats"]
+__all__ = ["Follower", "FollowStats", "Segment"]
 
 log = logging.getLogger("embcache.follow")
 BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
 INDEX_BUDGET = 0.005  # seconds of overlay indexing per round, so a read is never held up for long
 PIPELINED_TAILS = 16  # up to this many partitions, every tail read rides in the XREAD's pipeline
+
+
+Segment = tuple[str, str, dict[str, Any]]  # a delta segment's rows as an overlay: (start, pos, id -> OverlayItem)
 
 
 class FollowStats(dict[str, Any]):
@@ -46,7 +54,8 @@ class FollowStats(dict[str, Any]):
 class Follower:
     """Follows the change logs of the partitions ``cache`` holds bases of. Queries read :meth:`view`."""
 
-    def __init__(self, cache: "PartitionCache", budget_bytes: int, poll: float = 0.02) -> None:
+    def __init__(self, cache: "PartitionCache", budget_bytes: int, poll: float = 0.02, *, live: bool = True) -> None:
+        self.live = live  # False: no thread, no log reads; only published delta segments (follow=False)
         self.cache = cache
         self.store = cache.store
         self.budget = budget_bytes
@@ -60,6 +69,7 @@ class Follower:
         self.rounds = 0
         self.reloads = 0
         self._pending: set[PartitionId] = set()
+        self._seeds: dict[PartitionId, tuple[str, list[Segment]]] = {}  # segments for a new overlay (start, rows)
         self._checked: set[PartitionId] = set()  # partitions whose sealed flag was read (sealing never ends)
         self._sealed: set[PartitionId] = set()
         self._lock = threading.Lock()
@@ -74,7 +84,7 @@ class Follower:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and self.live:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="embcache-follow", daemon=True)
             self._thread.start()
@@ -93,6 +103,7 @@ class Follower:
 
     def _drop(self, pid: "PartitionId") -> None:
         self.buffers.pop(pid, None)
+        self._seeds.pop(pid, None)
         self.infos.pop(pid, None)
         self.frozen.discard(pid)
         self._pending.discard(pid)
@@ -147,6 +158,40 @@ class Follower:
                     if pid in self.frozen and self._total() <= self.budget:
                         self.frozen.discard(pid)
                         self._pending.add(pid)
+            for pid in [p for p in self._seeds if p in self.buffers]:  # published segments before the log's
+                self._feed(pid, self.buffers[pid], self._seeds.pop(pid)[1])
+
+    # delta segments (issue 12.3) ------------------------------------------------------------------------------
+    def seed(self, pid: "PartitionId", start: str, segments: list[Segment]) -> None:
+        """Segments ``(start, pos, items)`` following a base just loaded at ``start``, for the partition's
+        overlay (fed to it by the next :meth:`sync`, once the base is in the cache)."""
+        with self._lock:
+            self._seeds[pid] = (start, segments)
+
+    def feed(self, pid: "PartitionId", segments: list[Segment]) -> int:
+        """Add published segments ``(start, pos, items)`` newer than the partition's overlay to it; returns how
+        many were added. One that starts after the overlay's position is left (with the segments after it) to
+        the log reads; so are all when the overlay is frozen."""
+        with self._lock:
+            buf = self.buffers.get(pid)
+            return 0 if buf is None else self._feed(pid, buf, segments)
+
+    def _feed(self, pid: "PartitionId", buf: TailBuffer, segments: list[Segment]) -> int:
+        added = 0
+        for start, pos, items in segments:
+            if pid in self.frozen or pos_key(pos) <= pos_key(buf.view.pos):
+                continue
+            if pos_key(start) > pos_key(buf.view.pos):
+                break
+            if items and self._total() + _growth(buf, len(items)) > self.budget:
+                log.warning("%s: the overlay passed its memory bound (%d bytes) with a delta segment; eventual "
+                            "reads of it stay at %s until a newer snapshot is loaded", "/".join(pid), self.budget,
+                            buf.view.pos)
+                self.frozen.add(pid)
+                break
+            buf.apply(pos, items)
+            added += 1
+        return added
 
     def _total(self) -> int:
         return sum(b.nbytes for b in self.buffers.values())
@@ -230,6 +275,8 @@ class Follower:
                 buf = self.buffers.get(pid)
                 if buf is None or pos_key(since) > pos_key(buf.view.pos):
                     continue  # replaced meanwhile by a buffer that starts earlier: it is pending itself
+                if pos_key(tail.pos) <= pos_key(buf.view.pos) and since != buf.view.pos:
+                    continue  # a delta segment fed meanwhile is as new (its values may be newer than this read)
                 if items and self._total() + _growth(buf, len(items)) > self.budget:
                     if pid not in self.frozen:
                         log.warning("%s: the overlay passed its memory bound (%d bytes); eventual reads of it stay "
@@ -300,7 +347,8 @@ class Follower:
         v = buf.view
         return FollowStats(overlay_items=v.n_live, overlay_rows=v.n, overlay_bytes=buf.nbytes,
                            follow_position=v.pos, follow_start=buf.start, overlay_unindexed=buf.unindexed(),
-                           follow_frozen=pid in self.frozen, follow_mode=self.mode, follow_connected=self.connected)
+                           follow_frozen=pid in self.frozen, follow_mode=self.mode if self.live else "deltas",
+                           follow_connected=self.connected)
 
 
 def _overlay(tail: Any, info: "SpaceInfo | None") -> dict[str, Any]:

@@ -22,6 +22,7 @@ Layout (default prefix ``emb``)::
     emb:{movies/v1/default}:sealed            string "1" once the version is sealed (checked by every write)
     emb:{movies/v1/default}:snap              string manifest of the published snapshot (the pointer)
     emb:{movies/v1/default}:snap:7.a1b2c3:0   string chunk 0 of snapshot 7.a1b2c3 (generation 7, one build's nonce)
+    emb:{movies/v1/default}:delta             string the delta chain: segments published after the snapshot
     emb:{movies/v1/default}:lease             string held (with a TTL) by the worker building the partition
     emb:{movies/v1}:vgraph                    string manifest of the version graph (all partitions in one index)
     emb:{movies/v1}:vgraph:4.a1b2c3:0         string chunk 0 of version graph 4.a1b2c3
@@ -54,7 +55,7 @@ _HUB_TAG = "_hub"
 _HUB_KINDS = frozenset({"spaces", "principals", "dispatcher"})
 _SPACE_KINDS = frozenset({"space", "versions", "seq", "aliases", "dirty", "grants", "events"})
 _SPACE_NAMED_KINDS = frozenset({"alias", "parts", "vstate"})  # followed by one name
-_PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap", "lease", "sealed"})
+_PARTITION_KINDS = frozenset({"vec", "meta", "log", "state", "snap", "delta", "lease", "sealed"})
 _VERSION_KINDS = {"vgraph": "version_graph", "vglease": "version_graph_lease", "vgdirty": "version_graph_dirty",
                   "owners": "owners"}
 _SNAPSHOT_ID_RE = re.compile(r"[0-9]+(\.[0-9a-z]+)?")  # generation, then the build's nonce
@@ -81,6 +82,7 @@ class PartitionKeys:
     snap: str
     lease: str
     sealed: str
+    delta: str  # the delta chain (see embcache.core.delta); its segments' chunks are named like snapshot chunks
 
     @property
     def writes(self) -> list[str]:
@@ -216,6 +218,7 @@ class Keys:
             snap=f"{base}:snap",
             lease=f"{base}:lease",
             sealed=f"{base}:sealed",
+            delta=f"{base}:delta",
         )
 
     # version level: the version graph (one index over every partition; see embcache.core.vgraph)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import snapshot
+from ..core.delta import Chain
 from ..core.errors import BuildTimeout, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
@@ -42,10 +43,10 @@ class BuildHandle:
                 if p in self.done_parts:
                     continue
                 try:
-                    m = yield from _manifest(self.keys[p])
+                    m, chain = yield from _published(self.keys[p])
                 except SnapshotCorrupt:  # unreadable: not done, the workers rebuild it
                     continue
-                if m is not None and pos_key(m.pos) >= pos_key(target):
+                if m is not None and pos_key(chain.pos if chain is not None else m.pos) >= pos_key(target):
                     self.done_parts.add(p)
         return len(self.done_parts), len(self.targets)
 
@@ -95,6 +96,10 @@ class PartitionStats:
     last_build_seconds: float | None
     corrupt: str | None
     snapshot_bytes: int
+    delta_segments: int = 0  # delta segments published after the snapshot (issue 12.3)
+    delta_rows: int = 0  # the rows they hold (a merge into a new snapshot is due past a share of the snapshot)
+    delta_bytes: int = 0
+    indexed_pos: str | None = None  # the log position the snapshot and its deltas cover
     leftover_uploads: int = 0  # chunk sets of builds killed before publication, still in Redis
     leftover_bytes: int = 0  # their size (they expire within ORPHAN_TTL, or at the partition's next build)
     follow: dict[str, Any] | None = None  # this hub's live overlay of the partition (Version.stats fills it in)
@@ -109,12 +114,29 @@ def _manifest(pk: PartitionKeys) -> Plan[snapshot.Manifest | None]:
     return None if raw is None else snapshot.Manifest.from_json(raw)
 
 
+def _published(pk: PartitionKeys) -> Plan[tuple[snapshot.Manifest | None, Chain | None]]:
+    """The published manifest and the delta chain that extends it (None when there is none, or it extends an
+    older snapshot); :class:`SnapshotCorrupt` if the manifest is unreadable (an unreadable chain counts as none)."""
+    raw, raw_chain = yield Batch([Call("get", pk.snap), Call("get", pk.delta)])
+    m = None if raw is None else snapshot.Manifest.from_json(raw)
+    chain = None
+    if m is not None and raw_chain is not None:
+        try:
+            chain = Chain.from_json(raw_chain, None)
+        except SnapshotCorrupt:
+            chain = None
+        if chain is not None and chain.base != m.sid:
+            chain = None
+    return m, chain
+
+
 def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Plan[PartitionStats]:
     """One partition's stats (a few round trips)."""
     with translate_errors("stats"):
         count = int((yield Call("hlen", pk.vec)))
+        chain = None
         try:
-            m = yield from _manifest(pk)
+            m, chain = yield from _published(pk)
             unreadable = None
         except SnapshotCorrupt as exc:
             m, unreadable = None, str(exc)
@@ -124,11 +146,15 @@ def partition_stats(store: Store, partition: str, pk: PartitionKeys) -> Plan[Par
         alive = (yield Batch([Call("exists", pk.chunk(sid, 0)) for sid in uploads])) if uploads else []
         leftovers = [size for (sid, (_, size)), there in zip(uploads.items(), alive)
                      if there and (m is None or sid != m.sid)]
-    lag = yield from store.unindexed.plan(pk, m.pos if m else "0-0", STATS_LAG_CAP)
+    indexed = chain.pos if chain is not None else m.pos if m else None
+    lag = yield from store.unindexed.plan(pk, indexed or "0-0", STATS_LAG_CAP)
+    segments = chain.segments if chain is not None else ()
     return PartitionStats(
         partition=partition, count=count, generation=m.generation if m else None,
         snapshot_count=m.count if m else None, tombstones=m.deleted if m else 0,
         snapshot_age_seconds=round(time.time() - m.built_at, 3) if m else None, unindexed_entries=lag,
         last_build_seconds=m.build_seconds if m else None, corrupt=unreadable or state.get("corrupt"),
-        snapshot_bytes=m.nbytes if m else 0, leftover_uploads=len(leftovers), leftover_bytes=sum(leftovers),
+        snapshot_bytes=m.nbytes if m else 0, delta_segments=len(segments),
+        delta_rows=sum(s.rows for s in segments), delta_bytes=sum(s.nbytes for s in segments), indexed_pos=indexed,
+        leftover_uploads=len(leftovers), leftover_bytes=sum(leftovers),
     )

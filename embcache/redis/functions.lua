@@ -569,13 +569,59 @@ local function publish(keys, args)
   redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
     'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']),
     'sid', m['sid'], 'chunks', m['chunks'])
-  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'])  -- published: no longer a pending upload
+  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'],  -- published: no longer a pending upload
+    'delta_pos', 'delta_rows', 'delta_segments')  -- a full snapshot: the chain of the one before is void
   if args[5] ~= '' then
     redis.call('XTRIM', keys[3], 'MINID', args[5])
     redis.call('HSET', keys[2], 'trimmed_to', args[5])
   end
   redis.call('PUBLISH', args[6], args[7])
   return m['generation']
+end
+
+-- Delta publication (the worker's, issue 12.3). KEYS: snap (pointer), delta (the chain), state, the new segment's
+-- chunks. ARGV: the exact snapshot pointer the segment extends, the exact chain it extends ('' = none), the new
+-- chain json, number of chunks, channel, message. Fails with EMBCONFLICT when the snapshot or the chain changed
+-- meanwhile (a merge or another build published) or a chunk expired; both are compared byte for byte.
+local function publish_delta(keys, args)
+  if #args ~= 6 or #keys < 4 then
+    return bad('emb_publish_delta takes at least 4 keys and 6 arguments')
+  end
+  local n_new = count_arg(args[4], #keys - 3)
+  local ok, c = pcall(cjson.decode, args[3])
+  if not n_new or n_new ~= #keys - 3 or #args[3] > 40000 or not ok or type(c) ~= 'table'
+      or type(c['segments']) ~= 'table' or #c['segments'] < 1 or #c['segments'] > 64 then
+    return bad('emb_publish_delta: malformed arguments')
+  end
+  local last = c['segments'][#c['segments']]
+  if type(last) ~= 'table' or not valid_pos(last['pos']) or type(last['rows']) ~= 'number' then
+    return bad('emb_publish_delta: malformed arguments')
+  end
+  if args[1] == '' or (redis.call('GET', keys[1]) or '') ~= args[1] then
+    return redis.error_reply('EMBCONFLICT another snapshot was published meanwhile')
+  end
+  if (redis.call('GET', keys[2]) or '') ~= args[2] then
+    return redis.error_reply('EMBCONFLICT another delta was published meanwhile')
+  end
+  for i = 4, #keys do
+    if redis.call('EXISTS', keys[i]) == 0 then
+      return redis.error_reply('EMBCONFLICT a chunk of the new delta expired before publication')
+    end
+  end
+  local rows = 0
+  for _, seg in ipairs(c['segments']) do
+    if type(seg) == 'table' and type(seg['rows']) == 'number' then
+      rows = rows + seg['rows']
+    end
+  end
+  for i = 4, #keys do
+    redis.call('PERSIST', keys[i])
+  end
+  redis.call('SET', keys[2], args[3])
+  redis.call('HSET', keys[3], 'delta_pos', last['pos'], 'delta_rows', rows, 'delta_segments', #c['segments'])
+  redis.call('HDEL', keys[3], 'upload:' .. tostring(last['sid']))
+  redis.call('PUBLISH', args[5], args[6])
+  return #c['segments']
 end
 
 redis.register_function{function_name='emb_libversion', callback=libversion, flags={'no-writes'}}
@@ -591,3 +637,4 @@ redis.register_function('emb_sealed', sealed_done)
 redis.register_function('emb_set_alias', set_alias)
 redis.register_function('emb_rollback', rollback)
 redis.register_function('emb_publish', publish)
+redis.register_function('emb_publish_delta', publish_delta)

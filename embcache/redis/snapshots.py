@@ -14,13 +14,15 @@ import redis
 from redis import exceptions as rexc
 from redis.exceptions import ResponseError
 
+from ..core.delta import Chain, Segment, unpack_segment
 from ..core.errors import PublishConflict, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.snapshot import UPLOAD_FIELD, HnswBase, Manifest, Receiver, pending_uploads
-from .store import lua_error
+from .store import Tail, lua_error
 
 __all__ = ["read_manifest", "load", "fetch_chunks", "write_chunks", "publish", "remove_uploads", "check_position",
-           "last_log_position", "ORPHAN_TTL", "GRACE_SECONDS", "FETCH_WINDOW"]
+           "last_log_position", "read_chain", "fetch_segments", "publish_delta", "ORPHAN_TTL", "GRACE_SECONDS",
+           "FETCH_WINDOW"]
 
 ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
@@ -246,5 +248,59 @@ def publish(
         if isinstance(err, PublishConflict):
             r.delete(*new_keys)
             r.hdel(pk.state, UPLOAD_FIELD + manifest.sid)
+            raise err from None
+        raise
+
+
+# delta segments (issue 12.3; the format is embcache.core.delta) --------------------------------------------------
+def read_chain(r: Any, pk: PartitionKeys, width: int) -> tuple[Chain | None, bytes | None]:
+    """The partition's delta chain (None if none) and the key's raw bytes (what a publication compares).
+    :class:`SnapshotCorrupt` when it cannot be read, or claims a position past the log's last entry."""
+    raw = r.get(pk.delta)
+    if raw is None:
+        return None, None
+    chain = Chain.from_json(raw, width)
+    if chain.segments and _pos(chain.pos) > _pos(last_log_position(r, pk)):
+        raise SnapshotCorrupt(f"the delta chain of {pk.tag} claims log position {chain.pos}, past the log")
+    return chain, raw
+
+
+def fetch_segments(r: Any, pk: PartitionKeys, segments: tuple[Segment, ...] | list[Segment],
+                   width: int) -> list[tuple[Segment, Tail]] | None:
+    """The segments' rows as log tails, verified; None when a chunk is gone (the chain was merged meanwhile and
+    its grace ran out). Chunks are read :data:`FETCH_WINDOW` at a time."""
+    keys = [(seg, i) for seg in segments for i in range(seg.chunks)]
+    got: dict[str, list[bytes]] = {seg.sid: [] for seg in segments}
+    for start in range(0, len(keys), FETCH_WINDOW):
+        batch = keys[start : start + FETCH_WINDOW]
+        pipe = r.pipeline(transaction=False)
+        for seg, i in batch:
+            pipe.get(pk.chunk(seg.sid, i))
+        for (seg, _), value in zip(batch, pipe.execute()):
+            if value is None:
+                return None
+            got[seg.sid].append(value)
+    out = []
+    for seg in segments:
+        ids, vectors, metadatas = unpack_segment(seg, got[seg.sid], width)
+        out.append((seg, Tail(pos=seg.pos, ids=ids, vectors=vectors, metadatas=metadatas)))
+    return out
+
+
+def publish_delta(r: Any, pk: PartitionKeys, chunks: list[bytes], chain: Chain, *, snap_raw: bytes,
+                  chain_raw: bytes | None, channel: str, message: str) -> None:
+    """Write the last segment's chunks (expiring unless published), then publish ``chain`` if the snapshot
+    pointer is still ``snap_raw`` and the chain key still ``chain_raw`` (:class:`PublishConflict` otherwise)."""
+    seg = chain.segments[-1]
+    write_chunks(r, pk, seg.sid, chunks)
+    new_keys = [pk.chunk(seg.sid, i) for i in range(len(chunks))]
+    try:
+        r.fcall("emb_publish_delta", 3 + len(new_keys), pk.snap, pk.delta, pk.state, *new_keys,
+                snap_raw, chain_raw or b"", chain.to_json(), len(new_keys), channel, message)
+    except ResponseError as exc:
+        err = lua_error(exc)
+        if isinstance(err, PublishConflict):
+            r.delete(*new_keys)
+            r.hdel(pk.state, UPLOAD_FIELD + seg.sid)
             raise err from None
         raise

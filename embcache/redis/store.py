@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ..core.delta import Chain
 from ..core.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -640,12 +641,18 @@ class Store:
         """Delete a partition's data, log, state and published snapshot. The chunks are found through a manifest
         that verifies (a principal may have written a hostile one); any others expire on their own."""
         with translate_errors("delete partition", write=True):
-            raw = yield Call("get", pk.snap)
-            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease]
+            raw, raw_chain = yield Batch([Call("get", pk.snap), Call("get", pk.delta)])
+            keys = [pk.vec, pk.meta, pk.log, pk.state, pk.snap, pk.sealed, pk.lease, pk.delta]
             if raw is not None:
                 try:
                     manifest = Manifest.from_json(raw)
                     keys += [pk.chunk(manifest.sid, i) for i in range(manifest.chunks)]
+                except SnapshotCorrupt:
+                    pass
+            if raw_chain is not None:
+                try:
+                    chain = Chain.from_json(raw_chain, None)
+                    keys += [pk.chunk(s.sid, i) for s in chain.segments for i in range(s.chunks)]
                 except SnapshotCorrupt:
                     pass
             yield Call("delete", *keys)

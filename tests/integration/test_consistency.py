@@ -114,7 +114,7 @@ class Change:
 
 
 def _following(pair: Pair) -> bool:
-    return pair.b.cache.follower is not None
+    return pair.b.cache.follower is not None and pair.b.cache.follower.live
 
 
 @pytest.mark.parametrize("kind", ["insert", "delete", "replace"])

@@ -1,0 +1,194 @@
+"""Delta segments (issue 12.3): between two full snapshots a worker publishes only the changes since the last
+one; readers add them to their overlays without downloading the snapshot again; past a share of the snapshot the
+worker merges them into a new full snapshot. Real redis-server, real ``python -m workers`` processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+import embcache
+from embcache.core.delta import Chain
+from embcache.redis import snapshots
+from tests.workers_fixtures import brute_force, random_unit, wait_for
+
+DIM = 16
+WIDTH = 4 * DIM
+# deltas for every snapshot size; a merge once a chain passes 100 rows (or 10 % of the snapshot)
+DELTA_ENV = {"EMBCACHE_DELTA_FROM_BYTES": "0", "EMBCACHE_DELTA_MIN_ROWS": "100", "EMBCACHE_BUILD_SETTLE": "0",
+             "EMBCACHE_BUILD_MAX_DELAY": "0"}
+
+
+def _published(r: redis.Redis, pk) -> tuple[snapshots.Manifest, Chain | None]:  # type: ignore[name-defined]  # noqa: ANN001
+    m = snapshots.read_manifest(r, pk)
+    assert m is not None
+    chain, _ = snapshots.read_chain(r, pk, WIDTH)
+    return m, chain if chain is not None and chain.base == m.sid else None
+
+
+def _exact_top(ids: list[str], mat: np.ndarray, q: np.ndarray, k: int) -> list[list[str]]:
+    return [[ids[j] for j in row] for row in brute_force(mat, q, k)]
+
+
+class Data:
+    """What the partition holds, kept beside it: the reference the answers are checked against."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, np.ndarray] = {}
+
+    def upsert(self, v: embcache.Version, ids: list[str], x: np.ndarray) -> None:
+        v.upsert(ids, x)
+        self.items.update(zip(ids, x))
+
+    def delete(self, v: embcache.Version, ids: list[str]) -> None:
+        v.delete(ids)
+        for i in ids:
+            del self.items[i]
+
+    def top(self, q: np.ndarray, k: int) -> list[list[str]]:
+        ids = list(self.items)
+        return _exact_top(ids, np.stack([self.items[i] for i in ids]), q, k)
+
+
+def test_deltas_extend_the_snapshot_until_a_merge(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    a = hubs(redis_url)
+    workers.start(redis_url, env=DELTA_ENV)
+    v = a.create_space("dl", dim=DIM).create_version()
+    pk = a.keys.partition("dl", v.name, "default")
+    r = a.store.r
+    data = Data()
+    data.upsert(v, [f"a{i}" for i in range(500)], random_unit(500, DIM, 1))
+    v.build(timeout=60)
+    base, chain = _published(r, pk)
+    assert base.generation == 1 and chain is None
+
+    # a reader that does not follow the log: only published segments can move it
+    b = hubs(redis_url, follow=False, refresh_interval=0.05)
+    vb = b.space("dl").version(v.name)
+    q = random_unit(30, DIM, 9)
+    assert vb.query(q, 5).ids == data.top(q, 5)
+
+    new = random_unit(20, DIM, 2)
+    data.upsert(v, [f"n{i}" for i in range(20)], new)
+    data.delete(v, [f"a{i}" for i in range(5)])
+    moved = random_unit(5, DIM, 3)
+    data.upsert(v, [f"a{i}" for i in range(10, 15)], moved)  # replaced: must be found where they are now
+    v.build(timeout=60)
+    m, chain = _published(r, pk)
+    assert m.sid == base.sid, "a delta build rewrote the snapshot"
+    assert chain is not None and len(chain.segments) == 1 and chain.rows == 30
+    assert chain.segments[0].start == base.pos and chain.pos == snapshots.last_log_position(r, pk)
+    seg = chain.segments[0]
+    assert all(r.ttl(pk.chunk(seg.sid, i)) == -1 for i in range(seg.chunks)), "a published segment expires"
+    assert seg.nbytes < base.nbytes / 5
+    st = v.stats()[0]
+    assert (st.generation, st.delta_segments, st.delta_rows, st.unindexed_entries) == (1, 1, 30, 0)
+
+    wait_for(lambda: vb.query(new[:1], 1).ids == [["n0"]], 10, what="the reader to add the delta segment")
+    assert vb.query(q, 5).ids == data.top(q, 5)
+    assert vb.query(moved, 1).ids == [[f"a{i}"] for i in range(10, 15)]
+    got = {i for row in vb.query(q, 40).ids for i in row}
+    assert not got & {f"a{i}" for i in range(5)}, "a deleted item came back from a delta"
+    assert b.cache.cached(("dl", v.name, "default")).generation == 1  # type: ignore[union-attr]
+
+    # a second segment, then one past the chain's limit: a merge into generation 2
+    data.upsert(v, [f"m{i}" for i in range(30)], random_unit(30, DIM, 4))
+    v.build(timeout=60)
+    m, chain = _published(r, pk)
+    assert m.generation == 1 and chain is not None and len(chain.segments) == 2 and chain.rows == 60
+    old_segments = chain.segments
+    data.upsert(v, [f"z{i}" for i in range(60)], random_unit(60, DIM, 5))
+    v.build(timeout=60)
+    m, chain = _published(r, pk)
+    assert m.generation == 2 and chain is None and m.count == len(data.items)
+    for s in old_segments:  # the merged chain's chunks expire with the snapshot they extended
+        assert 0 < r.ttl(pk.chunk(s.sid, 0)) <= snapshots.GRACE_SECONDS
+    wait_for(lambda: b.cache.cached(("dl", v.name, "default")).generation == 2, 10,  # type: ignore[union-attr]
+             what="the reader to load the merged snapshot")
+    assert vb.query(q, 5).ids == data.top(q, 5)
+    for level in ("eventual", "session", "strong"):
+        assert v.query(q, 5, consistency=level).ids == data.top(q, 5), level
+
+
+def test_a_new_reader_starts_from_the_segments(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    a = hubs(redis_url)
+    workers.start(redis_url, env=DELTA_ENV)
+    v = a.create_space("dn", dim=DIM).create_version()
+    data = Data()
+    data.upsert(v, [f"a{i}" for i in range(300)], random_unit(300, DIM, 1))
+    v.build(timeout=60)
+    data.upsert(v, [f"n{i}" for i in range(40)], random_unit(40, DIM, 2))
+    data.delete(v, ["a1", "a2"])
+    v.build(timeout=60)
+    pk = a.keys.partition("dn", v.name, "default")
+    _, chain = _published(a.store.r, pk)
+    assert chain is not None and chain.rows == 42
+    q = random_unit(20, DIM, 7)
+    for follow in (True, False):
+        b = hubs(redis_url, follow=follow)
+        vb = b.space("dn").version(v.name)
+        assert vb.query(q, 5).ids == data.top(q, 5), f"follow={follow}"
+        st = b.cache.follower.stats(("dn", v.name, "default"))  # type: ignore[union-attr]
+        assert st is not None and st["overlay_rows"] >= 42 and st["follow_start"] == chain.start
+        if not follow:  # nothing but the segments moved it
+            assert st["follow_position"] == chain.pos and st["follow_mode"] == "deltas"
+
+
+@pytest.mark.slow
+def test_worker_killed_between_a_delta_and_the_merge(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """A worker killed after publishing deltas loses the index it kept in memory; the next worker merges from the
+    log (never trimmed past the snapshot the chain extends): no write is lost, no deleted item returns."""
+    a = hubs(redis_url)
+    w1 = workers.start(redis_url, env=DELTA_ENV)
+    v = a.create_space("dk", dim=DIM).create_version()
+    pk = a.keys.partition("dk", v.name, "default")
+    r = a.store.r
+    data = Data()
+    data.upsert(v, [f"a{i}" for i in range(400)], random_unit(400, DIM, 1))
+    v.build(timeout=60)
+    data.upsert(v, [f"d{i}" for i in range(30)], random_unit(30, DIM, 2))
+    data.delete(v, [f"a{i}" for i in range(10)])
+    v.build(timeout=60)
+    base, chain = _published(r, pk)
+    assert chain is not None and chain.rows == 40
+    w1.kill()
+    data.upsert(v, [f"e{i}" for i in range(20)], random_unit(20, DIM, 3))  # after the kill: in no segment yet
+    data.delete(v, ["d0", "d1"])
+    q = np.concatenate([random_unit(20, DIM, 8), np.stack([data.items[f"e{i}"] for i in range(20)])])
+    fresh = hubs(redis_url, follow=False).space("dk").version(v.name)
+    assert fresh.query(q, 5, consistency="strong").ids == data.top(q, 5)  # snapshot + segment + the log
+    workers.start(redis_url, env=DELTA_ENV)
+    v.build(timeout=60)
+    m, chain = _published(r, pk)
+    assert m.generation == base.generation + 1 and chain is None and m.count == len(data.items)
+    later = hubs(redis_url, follow=False).space("dk").version(v.name)
+    for level in ("eventual", "strong"):
+        assert later.query(q, 5, consistency=level).ids == data.top(q, 5), level
+    got = {i for row in later.query(q, 50).ids for i in row}
+    assert not got & ({f"a{i}" for i in range(10)} | {"d0", "d1"})
+
+
+def test_readers_may_read_segments_and_writers_cannot_write_them(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    a = hubs(redis_url)
+    workers.start(redis_url, env=DELTA_ENV)
+    v = a.create_space("da", dim=DIM).create_version()
+    v.upsert([f"a{i}" for i in range(200)], random_unit(200, DIM, 1))
+    v.build(timeout=60)
+    v.upsert(["n"], random_unit(1, DIM, 2))
+    v.build(timeout=60)
+    pk = a.keys.partition("da", v.name, "default")
+    _, chain = _published(a.store.r, pk)
+    assert chain is not None
+    reader = a.grant("dr", space="da", role="reader")
+    writer = a.grant("dw", space="da", role="writer")
+    host, port = a.store.r.connection_pool.connection_kwargs["host"], a.store.r.connection_pool.connection_kwargs["port"]
+    as_reader = redis.Redis(host=host, port=port, username=reader.username, password=reader.password)
+    assert as_reader.get(pk.delta) is not None and as_reader.get(pk.chunk(chain.segments[0].sid, 0)) is not None
+    as_writer = redis.Redis(host=host, port=port, username=writer.username, password=writer.password)
+    for command in (("SET", pk.delta, "{}"), ("SET", pk.chunk("1.abc", 0), "x"), ("DEL", pk.delta)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_writer.execute_command(*command)
+    with pytest.raises(redis.exceptions.ResponseError):  # nor through the worker's function
+        as_writer.fcall("emb_publish_delta", 4, pk.snap, pk.delta, pk.state, pk.chunk("1.abc", 0), "", "", "{}",
+                        1, "c", "m")
