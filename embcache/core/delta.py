@@ -75,8 +75,8 @@ class Segment:
             raise ValueError("segment sizes")
         if type(rows) is not int or not 0 <= rows <= MAX_SEGMENT_ROWS:
             raise ValueError("segment rows")
-        if sum(sizes) > MAX_SEGMENT_BYTES or sizes[1] != rows or sizes[3] != 8 * rows or (width is not None and (sizes[2] % width
-                                                                             or sizes[2] // width > rows)):
+        vectors_ok = width is None or (sizes[2] % width == 0 and sizes[2] // width <= rows)
+        if sum(sizes) > MAX_SEGMENT_BYTES or sizes[1] != rows or sizes[3] != 8 * rows or not vectors_ok:
             raise ValueError("segment sizes do not add up")
         for name in ("sid", "start", "pos", "sha256"):
             if not isinstance(d[name], str):

@@ -182,7 +182,8 @@ def test_readers_may_read_segments_and_writers_cannot_write_them(redis_url: str,
     assert chain is not None
     reader = a.grant("dr", space="da", role="reader")
     writer = a.grant("dw", space="da", role="writer")
-    host, port = a.store.r.connection_pool.connection_kwargs["host"], a.store.r.connection_pool.connection_kwargs["port"]
+    conn = a.store.r.connection_pool.connection_kwargs
+    host, port = conn["host"], conn["port"]
     as_reader = redis.Redis(host=host, port=port, username=reader.username, password=reader.password)
     assert as_reader.get(pk.delta) is not None and as_reader.get(pk.chunk(chain.segments[0].sid, 0)) is not None
     as_writer = redis.Redis(host=host, port=port, username=writer.username, password=writer.password)
