@@ -300,7 +300,8 @@ class Bench:
         self.url = self.server.url
         self.hub = embcache.connect(self.url, refresh_interval=3600, follow=False)
         self.hub.create_space(SPACE, dim=384, metric="cosine")
-        self.worker = WorkerProc(self.url, self.tmp / "worker.log")
+        env = dict(kv.split("=", 1) for kv in self.a.worker_env.split(",") if kv)
+        self.worker = WorkerProc(self.url, self.tmp / "worker.log", env=env)
         self.worker.wait_ready(self.hub.store.r, self.hub.keys.dispatcher_lock())
         self.base = load_base(self.a.n)
 
@@ -600,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rqe-port", type=int, default=6397)
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--hot-rounds", type=int, default=5)
+    p.add_argument("--worker-env", default="", help="K=V,... for the worker (e.g. EMBCACHE_DELTA_SHARE=0: no deltas)")
     p.add_argument("--baseline-tree", default="", help="an embcache checkout (e.g. /work/main) to compare the "
                    "eventual fast path with (empty overlay), in alternating processes")
     # child roles

@@ -24,26 +24,17 @@ from embcache.core import codec, delta, snapshot
 from embcache.core.errors import CorruptRecord, PublishConflict, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
-from embcache.redis import snapshots
+from embcache.redis import settings, snapshots
 from embcache.redis.catalogue import Catalogue, SpaceRecord, VersionRecord
 from embcache.redis.store import PartitionData, Store, Tail
 
 from . import neighbours as nbl
 
-__all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO", "DELTA_FROM_BYTES", "DELTA_SHARE"]
+__all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 
 log = logging.getLogger("embcache.workers")
 COMPACT_RATIO = 0.2  # rebuild from scratch when deleted slots pass this share of the index
 BUILDER = f"{socket.gethostname()}:{os.getpid()}"
-#: Snapshots from this size on are extended by delta segments instead of being rewritten for every build (a
-#: smaller one costs about what a segment does to rewrite, and keeps one thing to read); 0 for always.
-DELTA_FROM_BYTES = int(os.environ.get("EMBCACHE_DELTA_FROM_BYTES", str(8 << 20)))
-#: A chain is merged into a new full snapshot once its rows would pass this share of the snapshot's items (the
-#: readers' overlays grow with it; a merge rewrites the whole snapshot); 0 turns deltas off.
-DELTA_SHARE = float(os.environ.get("EMBCACHE_DELTA_SHARE", "0.1"))
-DELTA_MIN_ROWS = int(os.environ.get("EMBCACHE_DELTA_MIN_ROWS", "2048"))  # ... or this many rows, whichever is more
-
-
 @dataclass
 class BuildResult:
     """What one build did."""
@@ -141,17 +132,21 @@ def build_snapshot(
         data = _verified(store, vrec, partition, pk)
         full = True
     state = None
+    merge = False
     if previous is not None and not full and previous.M == space.M:
         kept = _kept.get(pk.tag)
-        start: Any = previous
-        if kept is not None and kept.sid == previous.sid and kept.at and verified is None:  # ahead, by its deltas
-            start = _Resume(previous.sid, kept.at, kept.deleted, kept.max_label)
-        state = _incremental(store, space, pk, start, verified)
+        if kept is not None and kept.sid == previous.sid and kept.at and pos_key(kept.at) > pos_key(previous.pos) \
+                and verified is None and data is None:
+            # a merge: the index holds the snapshot and every segment published since; it is published as it
+            # is, at the segments' end, and the writes after that become the next chain's first segment
+            state, merge = _kept_state(pk.tag), True
+        else:
+            state = _incremental(store, space, pk, previous, verified)
     kind = "incremental"
     if state is None:
         state = _full(store, space, pk, data)
         kind = "full"
-    if vrec.state != "sealed":
+    if vrec.state != "sealed" and not merge:
         state = _catch_up(store, space, pk, state)
     index, labels, ids, metas, pos, deleted, max_label, label, meta, lists = state
     generation += 1
@@ -355,8 +350,17 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta, lists
 
 
+def _kept_state(tag: str) -> State:
+    """The index kept for ``tag`` as a build's state, at the position it is at (taken out of the keep)."""
+    kept = _kept.pop(tag)
+    ids = list(kept.label)
+    labels = np.fromiter((kept.label[i] for i in ids), dtype=np.int64, count=len(ids))
+    return (kept.index, labels, ids, [kept.meta[i] for i in ids], kept.at, kept.deleted, kept.max_label, kept.label,
+            kept.meta, kept.lists)
+
+
 def _delta_limit(count: int) -> int:
-    return max(DELTA_MIN_ROWS, int(DELTA_SHARE * count)) if DELTA_SHARE > 0 else -1
+    return max(settings.DELTA_MIN_ROWS, int(settings.DELTA_SHARE * count)) if settings.DELTA_SHARE > 0 else -1
 
 
 def _read_chain(store: Store, space: SpaceRecord, pk: PartitionKeys,
@@ -384,11 +388,13 @@ def _chain_chunks(store: Store, space: SpaceRecord, pk: PartitionKeys,
 
 def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
            previous: snapshot.Manifest, previous_raw: bytes, t0: float) -> BuildResult | None:
-    """Publish the log tail after the chain (or the snapshot) as one more delta segment, and add it to the index
-    kept in memory; None when a full snapshot is due instead: a small snapshot, a chain past its limit, neighbour
-    lists (they are in full snapshots only), or an index this process does not hold at the chain's end (a
-    restarted worker merges, from the log, which is never trimmed past the snapshot)."""
-    if previous.nbytes < DELTA_FROM_BYTES or space.neighbours or previous.M != space.M or DELTA_SHARE <= 0:
+    """Publish the log tail after the chain (or the snapshot) as one more delta segment, then add it to the index
+    kept in memory; None when a full snapshot is due instead: the chain passed its limit with this segment (a
+    merge of the index kept, which holds every segment), a small snapshot, a tail larger than the limit (a bulk
+    load), neighbour lists (they are in full snapshots only), or an index this process does not hold at the
+    chain's end (a restarted worker merges from the log, which is never trimmed past the snapshot)."""
+    if previous.nbytes < settings.DELTA_FROM_BYTES or space.neighbours or previous.M != space.M \
+            or settings.DELTA_SHARE <= 0:
         return None
     chain, chain_raw = _read_chain(store, space, pk, previous)
     at = chain.pos if chain is not None else previous.pos
@@ -397,16 +403,15 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
             or (chain is not None and len(chain.segments) >= delta.MAX_SEGMENTS):
         return None
     tail = store.read_tail(pk, at, limit=1 << 30)
-    if tail is None or (chain.rows if chain is not None else 0) + len(tail.ids) > _delta_limit(previous.count):
+    limit = _delta_limit(previous.count)
+    if tail is None or len(tail.ids) > limit:  # a bulk load: one new snapshot, not a segment as large
         return None
     if tail.pos == at:
         return BuildResult(partition, "unchanged", previous.generation, len(kept.label), at, 0.0)
-    state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, at, kept.deleted,
-                                                                            kept.max_label)), tail=tail)
-    if state is None:  # compaction due
-        return None
-    index, _labels, ids, _metas, pos, deleted, max_label, label, meta, lists = state
+    # published first, indexed after: readers need the rows, not our graph, and the next segment or the merge
+    # needs the graph, not this job's latency
     width = space.dim * codec.DTYPES[space.dtype].itemsize
+    pos = tail.pos
     chunks, segment = delta.pack_segment(previous.generation, at, pos, tail.ids, tail.vectors, tail.metadatas, width)
     base = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
     message = json.dumps({"version": version, "partition": partition, "generation": previous.generation,
@@ -415,13 +420,22 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         snapshots.publish_delta(store.r, pk, chunks, base.extended(segment), snap_raw=previous_raw,
                                 chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
     except PublishConflict:
-        _kept.pop(pk.tag, None)  # the index moved past what is published: the next build starts afresh
+        _kept.pop(pk.tag, None)  # another build published meanwhile: the next build starts from what is there
         raise
+    published = time.perf_counter() - t0
+    state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, at, kept.deleted,
+                                                                            kept.max_label)), tail=tail)
+    if state is None:  # compaction due: the next build is a full one (the segment serves until then)
+        store.mark_dirty(space.name, version, partition)
+        return BuildResult(partition, "delta", previous.generation, len(kept.label), pos, published)
+    index, _labels, ids, _metas, _pos, deleted, max_label, label, meta, lists = state
     _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=pos, deleted=deleted,
                        max_label=max_label))
+    if base.rows + len(tail.ids) > limit:
+        return None  # a merge is due: the caller publishes the index as it stands now, at the segment's end
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)
     seconds = time.perf_counter() - t0
-    log.info("delta of %s: %d rows (%d in the chain), %.2fs", pk.tag, len(tail.ids), base.rows + len(tail.ids),
-             seconds)
+    log.info("delta of %s: %d rows (%d in the chain), published in %.2fs, indexed in %.2fs", pk.tag, len(tail.ids),
+             base.rows + len(tail.ids), published, seconds)
     return BuildResult(partition, "delta", previous.generation, len(ids), pos, seconds)

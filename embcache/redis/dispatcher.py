@@ -12,12 +12,15 @@ which covers a writer that died between its write and its mark, and a worker kil
 ``max_delay`` seconds after its first write not in the published snapshot (measured on Redis's clock from the
 log's entry ids, and bounded by the dispatcher's own clock since it first saw the mark, whatever the log says), so
 a bulk load in many upsert calls is one build rather than one per call that the next one supersedes, and a
-steady write stream still gets a build every ``max_delay`` seconds. A mark with score 0 (``Version.build()``
+steady write stream still gets a build every ``max_delay`` seconds (at most
+:data:`~embcache.redis.settings.DELTA_MAX_DELAY_SECONDS` when the build will be a delta segment, counted from the
+first write after the segments: one costs what its writes do). A mark with score 0 (``Version.build()``
 asks so) is dispatched at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -33,6 +36,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from ..core.delta import Chain
 from ..core.errors import EmbcacheError, InvalidInput, SnapshotCorrupt
 from ..core.keys import NAME_PATTERN
 from ..core.snapshot import Manifest
@@ -174,16 +178,25 @@ class Dispatcher:
         pk = self.store.keys.partition(space, version, partition)
         pipe = r.pipeline(transaction=False)
         pipe.get(pk.snap)
+        pipe.get(pk.delta)
         pipe.xrevrange(pk.log, "+", "-", count=1)
         if not now_ms:
             pipe.time()
-        raw, last, *clock = pipe.execute()
+        raw, raw_chain, last, *clock = pipe.execute()
         if clock:
             now_ms.append(int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000)
+        max_delay = self.max_delay
         try:
-            built = Manifest.from_json(raw).pos if raw is not None else "0-0"
+            m = Manifest.from_json(raw) if raw is not None else None
         except SnapshotCorrupt:
             return True  # replaced by the next build
+        built = m.pos if m is not None else "0-0"
+        if m is not None and m.nbytes >= settings.DELTA_FROM_BYTES and settings.DELTA_SHARE > 0:
+            max_delay = min(max_delay, settings.DELTA_MAX_DELAY_SECONDS)  # the next build is a delta segment
+            with contextlib.suppress(SnapshotCorrupt):
+                chain = Chain.from_json(raw_chain, None) if raw_chain is not None else None
+                if chain is not None and chain.base == m.sid:
+                    built = chain.pos  # the first write not published is after the segments
         if not last or pos_key(last[0][0].decode()) <= pos_key(built):
             return True  # nothing to index (a corrupt report, a reconciliation): the build decides
         first = r.xrange(pk.log, min="(" + built, max="+", count=1)
@@ -191,7 +204,7 @@ class Dispatcher:
             return True
         quiet = now_ms[0] - pos_key(last[0][0].decode())[0]
         waited = now_ms[0] - pos_key(first[0][0].decode())[0]
-        return quiet >= self.settle * 1000 or waited >= self.max_delay * 1000
+        return quiet >= self.settle * 1000 or waited >= max_delay * 1000
 
     def _state(self, space: str, version: str, partition: str) -> str:
         """"queued", "running", "dequeued" (taken by a worker that has not started it yet) or "idle" for the

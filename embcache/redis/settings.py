@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from ..core.errors import InvalidInput
 
-__all__ = ["WorkerSettings", "use", "current", "SETTLE_SECONDS", "MAX_DELAY_SECONDS"]
+__all__ = ["WorkerSettings", "use", "current", "SETTLE_SECONDS", "MAX_DELAY_SECONDS", "DELTA_FROM_BYTES",
+           "DELTA_SHARE", "DELTA_MIN_ROWS", "DELTA_MAX_DELAY_SECONDS"]
 
 
 #: Seconds a partition's change log must have been quiet before its build is enqueued (a bulk load in many
@@ -23,6 +24,16 @@ SETTLE_SECONDS = 0.5
 #: log: a steady write stream still gets builds.
 MAX_DELAY_SECONDS = 3.0
 _MAX_SECONDS = 3600.0
+#: Snapshots from this size on are extended by delta segments instead of being rewritten for every build (a
+#: smaller one costs about what a segment does to rewrite, and keeps one thing to read); 0 for always.
+DELTA_FROM_BYTES = int(os.environ.get("EMBCACHE_DELTA_FROM_BYTES", str(8 << 20)))
+#: A chain is merged into a new full snapshot once its rows would pass this share of the snapshot's items (the
+#: readers' overlays grow with it; a merge rewrites the whole snapshot); 0 turns deltas off.
+DELTA_SHARE = float(os.environ.get("EMBCACHE_DELTA_SHARE", "0.25"))
+DELTA_MIN_ROWS = int(os.environ.get("EMBCACHE_DELTA_MIN_ROWS", "2048"))  # ... or this many rows, if more
+#: ``max_delay`` for a partition whose next build is a delta segment: it costs what its writes do, so waiting
+#: longer for a busy log buys nothing but staleness (a bulk load still settles: its log goes quiet).
+DELTA_MAX_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from tests.workers_fixtures import brute_force, random_unit, wait_for
 DIM = 16
 WIDTH = 4 * DIM
 # deltas for every snapshot size; a merge once a chain passes 100 rows (or 10 % of the snapshot)
-DELTA_ENV = {"EMBCACHE_DELTA_FROM_BYTES": "0", "EMBCACHE_DELTA_MIN_ROWS": "100", "EMBCACHE_BUILD_SETTLE": "0",
-             "EMBCACHE_BUILD_MAX_DELAY": "0"}
+DELTA_ENV = {"EMBCACHE_DELTA_FROM_BYTES": "0", "EMBCACHE_DELTA_MIN_ROWS": "100", "EMBCACHE_DELTA_SHARE": "0.1",
+             "EMBCACHE_BUILD_SETTLE": "0", "EMBCACHE_BUILD_MAX_DELAY": "0"}
 
 
 def _published(r: redis.Redis, pk) -> tuple[snapshots.Manifest, Chain | None]:  # type: ignore[name-defined]  # noqa: ANN001
@@ -100,8 +100,12 @@ def test_deltas_extend_the_snapshot_until_a_merge(redis_url: str, workers, hubs)
     old_segments = chain.segments
     data.upsert(v, [f"z{i}" for i in range(60)], random_unit(60, DIM, 5))
     v.build(timeout=60)
+    # past the chain's limit: the 60 rows are published as a third segment, indexed, then the index (which holds
+    # every segment) becomes generation 2, with no chain yet (build() returns once the segment is out)
+    wait_for(lambda: _published(r, pk)[0].generation == 2, 30, what="the merge")
     m, chain = _published(r, pk)
     assert m.generation == 2 and chain is None and m.count == len(data.items)
+    assert m.pos == snapshots.last_log_position(r, pk)
     for s in old_segments:  # the merged chain's chunks expire with the snapshot they extended
         assert 0 < r.ttl(pk.chunk(s.sid, 0)) <= snapshots.GRACE_SECONDS
     wait_for(lambda: b.cache.cached(("dl", v.name, "default")).generation == 2, 10,  # type: ignore[union-attr]
