@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import hnswlib
@@ -227,6 +227,8 @@ class Kept:
     at: str = ""  # the log position the index is at (past the snapshot's by the deltas published since)
     deleted: int = 0
     max_label: int = 0
+    published: str = ""  # where the chain this process published ends ("" : at ``at``)
+    pending: list[Tail] = field(default_factory=list)  # published segments not in the index yet, in order
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ class _Resume:
     max_label: int
 
 
+INDEX_BUDGET = 1.0  # seconds of inserts a delta build does after publishing (whole segments; at least none)
 CATCH_UP_ROUNDS = 8  # tails a build adds before it publishes (each one smaller than the last)
 _CATCH_UP = "catch-up"  # the Kept sid of an index being caught up (no published snapshot has it)
 
@@ -388,54 +391,65 @@ def _chain_chunks(store: Store, space: SpaceRecord, pk: PartitionKeys,
 
 def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
            previous: snapshot.Manifest, previous_raw: bytes, t0: float) -> BuildResult | None:
-    """Publish the log tail after the chain (or the snapshot) as one more delta segment, then add it to the index
-    kept in memory; None when a full snapshot is due instead: the chain passed its limit with this segment (a
-    merge of the index kept, which holds every segment), a small snapshot, a tail larger than the limit (a bulk
-    load), neighbour lists (they are in full snapshots only), or an index this process does not hold at the
-    chain's end (a restarted worker merges from the log, which is never trimmed past the snapshot)."""
+    """Publish the log tail after the chain (or the snapshot) as one more delta segment, then add published
+    segments to the index kept in memory for up to :data:`INDEX_BUDGET` seconds (whole segments, in order: the
+    index lags the chain when inserts are slower than writes, and publication does not wait for it). None when a
+    full snapshot is due instead: a merge (the chain passed its limit: the caller publishes the index kept, at
+    the position it has reached), a small snapshot, a tail larger than the limit (a bulk load), neighbour lists
+    (they are in full snapshots only), or an index this process does not hold for this chain (a restarted worker
+    merges from the log, which is never trimmed past the snapshot)."""
     if previous.nbytes < settings.DELTA_FROM_BYTES or space.neighbours or previous.M != space.M \
             or settings.DELTA_SHARE <= 0:
         return None
     chain, chain_raw = _read_chain(store, space, pk, previous)
-    at = chain.pos if chain is not None else previous.pos
+    end = chain.pos if chain is not None else previous.pos
     kept = _kept.get(pk.tag)
-    if kept is None or kept.sid != previous.sid or kept.at != at \
+    if kept is None or kept.sid != previous.sid or (kept.published or kept.at) != end \
             or (chain is not None and len(chain.segments) >= delta.MAX_SEGMENTS):
         return None
-    tail = store.read_tail(pk, at, limit=1 << 30)
+    tail = store.read_tail(pk, end, limit=1 << 30)
     limit = _delta_limit(previous.count)
     if tail is None or len(tail.ids) > limit:  # a bulk load: one new snapshot, not a segment as large
         return None
-    if tail.pos == at:
-        return BuildResult(partition, "unchanged", previous.generation, len(kept.label), at, 0.0)
-    # published first, indexed after: readers need the rows, not our graph, and the next segment or the merge
-    # needs the graph, not this job's latency
-    width = space.dim * codec.DTYPES[space.dtype].itemsize
-    pos = tail.pos
-    chunks, segment = delta.pack_segment(previous.generation, at, pos, tail.ids, tail.vectors, tail.metadatas, width)
     base = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
-    message = json.dumps({"version": version, "partition": partition, "generation": previous.generation,
-                          "pos": pos, "delta": len(base.segments) + 1})
-    try:
-        snapshots.publish_delta(store.r, pk, chunks, base.extended(segment), snap_raw=previous_raw,
-                                chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
-    except PublishConflict:
-        _kept.pop(pk.tag, None)  # another build published meanwhile: the next build starts from what is there
-        raise
+    rows = base.rows
+    if tail.pos != end:  # published first, indexed after: readers need the rows, not our graph
+        width = space.dim * codec.DTYPES[space.dtype].itemsize
+        chunks, segment = delta.pack_segment(previous.generation, end, tail.pos, tail.ids, tail.vectors,
+                                             tail.metadatas, width)
+        message = json.dumps({"version": version, "partition": partition, "generation": previous.generation,
+                              "pos": tail.pos, "delta": len(base.segments) + 1})
+        try:
+            snapshots.publish_delta(store.r, pk, chunks, base.extended(segment), snap_raw=previous_raw,
+                                    chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
+        except PublishConflict:
+            _kept.pop(pk.tag, None)  # another build published meanwhile: the next build starts from what is there
+            raise
+        kept.pending.append(tail)
+        kept.published = tail.pos
+        rows += len(tail.ids)
     published = time.perf_counter() - t0
-    state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, at, kept.deleted,
-                                                                            kept.max_label)), tail=tail)
-    if state is None:  # compaction due: the next build is a full one (the segment serves until then)
-        store.mark_dirty(space.name, version, partition)
-        return BuildResult(partition, "delta", previous.generation, len(kept.label), pos, published)
-    index, _labels, ids, _metas, _pos, deleted, max_label, label, meta, lists = state
-    _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=pos, deleted=deleted,
-                       max_label=max_label))
-    if base.rows + len(tail.ids) > limit:
-        return None  # a merge is due: the caller publishes the index as it stands now, at the segment's end
-    if pos_key(store.position(pk)) > pos_key(pos):
-        store.mark_dirty(space.name, version, partition)
+    if rows > limit and pos_key(kept.at) > pos_key(previous.pos):
+        kept.pending.clear()  # a merge at the index's position: the next chain starts there, read from the log
+        kept.published = ""
+        return None
+    if tail.pos == end and not kept.pending:
+        return BuildResult(partition, "unchanged", previous.generation, len(kept.label), end, 0.0)
+    while kept.pending and time.perf_counter() - t0 < INDEX_BUDGET:
+        seg = kept.pending[0]
+        state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, kept.at, kept.deleted,
+                                                                                kept.max_label)), tail=seg)
+        if state is None:  # compaction due (the index is dropped): the next build is a full one
+            store.mark_dirty(space.name, version, partition)
+            return BuildResult(partition, "delta", previous.generation, len(kept.label), tail.pos, published)
+        index, _labels, _ids, _metas, _pos, deleted, max_label, label, meta, lists = state
+        kept.pending.pop(0)
+        _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=seg.pos, deleted=deleted,
+                           max_label=max_label, published=kept.published, pending=kept.pending))
+        kept = _kept[pk.tag]
+    if kept.pending or pos_key(store.position(pk)) > pos_key(tail.pos):
+        store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
     seconds = time.perf_counter() - t0
-    log.info("delta of %s: %d rows (%d in the chain), published in %.2fs, indexed in %.2fs", pk.tag, len(tail.ids),
-             base.rows + len(tail.ids), published, seconds)
-    return BuildResult(partition, "delta", previous.generation, len(ids), pos, seconds)
+    log.info("delta of %s: %d rows (%d in the chain), published in %.2fs; index at %s, %d segments behind, "
+             "%.2fs", pk.tag, len(tail.ids), rows, published, kept.at, len(kept.pending), seconds)
+    return BuildResult(partition, "delta", previous.generation, len(kept.label), tail.pos, seconds)

@@ -102,7 +102,8 @@ def connect(
     says. ``cache_bytes`` bounds the memory of loaded partitions; ``refresh_interval`` is how often (seconds)
     loaded partitions are checked for new snapshots. ``follow`` (default on) keeps a live overlay of every
     loaded partition's change log, so ``eventual`` and ``session`` see every client's writes within
-    milliseconds (docs/consistency.md); ``overlay_bytes`` bounds the memory of those overlays.
+    milliseconds (docs/consistency.md); with ``follow=False`` they see what workers published (snapshots and
+    delta segments); ``overlay_bytes`` bounds the memory of those overlays.
     """
     if password_file is not None:
         if password is not None:
