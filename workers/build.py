@@ -135,12 +135,15 @@ def build_snapshot(
     merge = False
     if previous is not None and not full and previous.M == space.M:
         kept = _kept.get(pk.tag)
-        if kept is not None and kept.sid == previous.sid and kept.at and pos_key(kept.at) > pos_key(previous.pos) \
-                and verified is None and data is None:
-            # a merge: the index holds the snapshot and every segment published since; it is published as it
-            # is, at the segments' end, and the writes after that become the next chain's first segment
+        ahead = kept is not None and kept.sid == previous.sid and bool(kept.at) \
+            and (kept.partial or pos_key(kept.at) > pos_key(previous.pos))
+        if ahead and kept is not None and not kept.partial and verified is None and data is None:
+            # a merge: the index holds the snapshot and the segments up to the position it has reached; it is
+            # published as it is, and the writes after that become the next chain, read again from the log
             state, merge = _kept_state(pk.tag), True
         else:
+            if ahead:  # part of a segment in it: a tail from the snapshot cannot resume it exactly
+                _kept.pop(pk.tag, None)
             state = _incremental(store, space, pk, previous, verified)
     kind = "incremental"
     if state is None:
@@ -229,6 +232,7 @@ class Kept:
     max_label: int = 0
     published: str = ""  # where the chain this process published ends ("" : at ``at``)
     pending: list[Tail] = field(default_factory=list)  # published segments not in the index yet, in order
+    partial: bool = False  # pending[0] is what is left of a segment the index holds part of
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,10 @@ class _Resume:
     max_label: int
 
 
-INDEX_BUDGET = 1.0  # seconds of inserts a delta build does after publishing (whole segments; at least none)
+#: Seconds of inserts a delta build does after publishing its segment (at least one part, so the index always
+#: moves), and the rows added at a time, so that the budget holds however large a segment is.
+INDEX_BUDGET = float(os.environ.get("EMBCACHE_DELTA_INDEX_BUDGET", "1.0"))
+INDEX_PART = max(1, int(os.environ.get("EMBCACHE_DELTA_INDEX_PART", "256")))
 CATCH_UP_ROUNDS = 8  # tails a build adds before it publishes (each one smaller than the last)
 _CATCH_UP = "catch-up"  # the Kept sid of an index being caught up (no published snapshot has it)
 
@@ -429,23 +436,34 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         kept.published = tail.pos
         rows += len(tail.ids)
     published = time.perf_counter() - t0
-    if rows > limit and pos_key(kept.at) > pos_key(previous.pos):
+    if rows > limit and pos_key(kept.at) > pos_key(previous.pos) and not kept.partial:
         kept.pending.clear()  # a merge at the index's position: the next chain starts there, read from the log
         kept.published = ""
         return None
     if tail.pos == end and not kept.pending:
         return BuildResult(partition, "unchanged", previous.generation, len(kept.label), end, 0.0)
-    while kept.pending and time.perf_counter() - t0 < INDEX_BUDGET:
+    parts = 0
+    while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET):
+        parts += 1
+        # a segment's rows are distinct ids, so adding them a part at a time ends where adding them at once does;
+        # the index is at a log position (what a merge needs) only between segments
         seg = kept.pending[0]
+        part = Tail(seg.pos, seg.ids[:INDEX_PART], seg.vectors[:INDEX_PART], seg.metadatas[:INDEX_PART])
+        rest = Tail(seg.pos, seg.ids[INDEX_PART:], seg.vectors[INDEX_PART:], seg.metadatas[INDEX_PART:])
         state = _incremental(store, space, pk, cast(snapshot.Manifest, _Resume(previous.sid, kept.at, kept.deleted,
-                                                                                kept.max_label)), tail=seg)
+                                                                                kept.max_label)), tail=part)
         if state is None:  # compaction due (the index is dropped): the next build is a full one
             store.mark_dirty(space.name, version, partition)
             return BuildResult(partition, "delta", previous.generation, len(kept.label), tail.pos, published)
         index, _labels, _ids, _metas, _pos, deleted, max_label, label, meta, lists = state
-        kept.pending.pop(0)
-        _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=seg.pos, deleted=deleted,
-                           max_label=max_label, published=kept.published, pending=kept.pending))
+        pending, at = kept.pending, kept.at
+        if rest.ids:
+            pending[0] = rest
+        else:
+            pending.pop(0)
+            at = seg.pos
+        _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=at, deleted=deleted,
+                           max_label=max_label, published=kept.published, pending=pending, partial=bool(rest.ids)))
         kept = _kept[pk.tag]
     if kept.pending or pos_key(store.position(pk)) > pos_key(tail.pos):
         store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
