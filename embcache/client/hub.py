@@ -827,7 +827,9 @@ class Version(QueryPath):
 
     @_guard("stats")
     def stats(self) -> list[PartitionStats]:
-        """Per partition: items, snapshot generation/age/size, tombstones, unindexed log entries, last build time,
+        """Per partition: items, snapshot generation/age/size, tombstones, the delta segments published after the
+        snapshot (``delta_segments``, ``delta_rows``, ``delta_bytes``; ``indexed_pos``: the log position the
+        snapshot and its segments cover), log entries after that (``unindexed_entries``), last build time,
         a corrupt-snapshot report if a reader refused one, and (``follow``) this hub's live overlay of the
         partition when it follows it: items, bytes, position, log entries it is behind (``follow_lag_entries``),
         rows its overlay index does not cover yet, and whether the overlay hit its memory bound (``follow_frozen``)."""
