@@ -247,3 +247,32 @@ def test_an_index_that_lags_the_chain_by_parts_of_segments(redis_url: str, worke
             for id_, vec in zip(tail.ids, tail.vectors):
                 (items.discard if vec is None else items.add)(id_)
     assert items == set(data.items)
+
+
+@pytest.mark.cluster
+def test_deltas_on_redis_cluster(cluster_url: str, redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """Segments, their chain and the function that publishes it live in the partition's slot: publication,
+    reading and the merge work on a 3-master Cluster as on one server (RQ on a standalone Redis)."""
+    a = hubs(cluster_url)
+    workers.start(cluster_url, queue_url=redis_url, env=DELTA_ENV)
+    v = a.create_space("dc", dim=DIM).create_version()
+    pk = a.keys.partition("dc", v.name, "default")
+    r = a.store.r
+    data = Data()
+    data.upsert(v, [f"a{i}" for i in range(300)], random_unit(300, DIM, 1))
+    v.build(timeout=60)
+    reader = hubs(cluster_url, follow=False, refresh_interval=0.05).space("dc").version(v.name)
+    q = random_unit(20, DIM, 5)
+    assert data.exact(reader.query(q, 5).ids, q, 5)
+    data.upsert(v, [f"n{i}" for i in range(40)], random_unit(40, DIM, 2))
+    data.delete(v, ["a1", "a2", "a3"])
+    v.build(timeout=60)
+    m, chain = _published(r, pk)
+    assert m.generation == 1 and chain is not None and chain.rows == 43
+    wait_for(lambda: data.exact(reader.query(q, 5).ids, q, 5), 10, what="the reader to add the segment")
+    data.upsert(v, [f"z{i}" for i in range(80)], random_unit(80, DIM, 3))  # past the limit: a merge
+    v.build(timeout=60)
+    wait_for(lambda: _published(r, pk)[0].generation == 2, 30, what="the merge")
+    wait_for(lambda: data.exact(reader.query(q, 5).ids, q, 5), 10, what="the reader to load the merge")
+    for level in ("eventual", "session", "strong"):
+        assert data.exact(v.query(q, 5, consistency=level).ids, q, 5), level
