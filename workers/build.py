@@ -443,7 +443,8 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
     if tail.pos == end and not kept.pending:
         return BuildResult(partition, "unchanged", previous.generation, len(kept.label), end, 0.0)
     parts = 0
-    while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET):
+    merge_due = rows > limit  # then the segment being indexed is finished whatever the budget, and merged
+    while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET or (merge_due and kept.partial)):
         parts += 1
         # a segment's rows are distinct ids, so adding them a part at a time ends where adding them at once does;
         # the index is at a log position (what a merge needs) only between segments
@@ -465,6 +466,12 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=at, deleted=deleted,
                            max_label=max_label, published=kept.published, pending=pending, partial=bool(rest.ids)))
         kept = _kept[pk.tag]
+        if merge_due and not kept.partial:
+            break
+    if merge_due and not kept.partial and pos_key(kept.at) > pos_key(previous.pos):
+        kept.pending.clear()  # a merge at the index's position: the next chain starts there, read from the log
+        kept.published = ""
+        return None
     if kept.pending or pos_key(store.position(pk)) > pos_key(tail.pos):
         store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
     seconds = time.perf_counter() - t0
