@@ -132,7 +132,7 @@ def build_snapshot(
         data = _verified(store, vrec, partition, pk)
         full = True
     state = None
-    merge = False
+    merge: Kept | None = None  # the index kept, when this build publishes it as it stands (a merge)
     if previous is not None and not full and previous.M == space.M:
         kept = _kept.get(pk.tag)
         ahead = kept is not None and kept.sid == previous.sid and bool(kept.at) \
@@ -140,7 +140,8 @@ def build_snapshot(
         if ahead and kept is not None and not kept.partial and verified is None and data is None:
             # a merge: the index holds the snapshot and the segments up to the position it has reached; it is
             # published as it is, and the writes after that become the next chain, read again from the log
-            state, merge = _kept_state(pk.tag), True
+            merge = _kept.pop(pk.tag)
+            state = _kept_state(merge)
         else:
             if ahead:  # part of a segment in it: a tail from the snapshot cannot resume it exactly
                 _kept.pop(pk.tag, None)
@@ -149,7 +150,7 @@ def build_snapshot(
     if state is None:
         state = _full(store, space, pk, data)
         kind = "full"
-    if vrec.state != "sealed" and not merge:
+    if vrec.state != "sealed" and merge is None:
         state = _catch_up(store, space, pk, state)
     index, labels, ids, metas, pos, deleted, max_label, label, meta, lists = state
     generation += 1
@@ -159,10 +160,23 @@ def build_snapshot(
         deleted=deleted, max_label=max_label, neighbours=nbl.as_rows(lists, labels) if lists is not None else None,
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
+    merged, carried, chain_raw = _split_chain(store, space, pk, previous, pos)
+    if merge is None:  # built from the log: it covers every segment
+        merged, carried = merged + [(s.sid, s.chunks) for s in carried], []
     snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
-                     previous_raw=previous_raw, stale=[*stale, *_chain_chunks(store, space, pk, previous)])
-    _keep(pk.tag, Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos, deleted=deleted,
-                       max_label=max_label))
+                     previous_raw=previous_raw, stale=[*stale, *merged])
+    kept = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos, deleted=deleted,
+                max_label=max_label)
+    if carried and merge is not None:  # a merge at a segment boundary: the segments after it extend the new one
+        chain = delta.Chain(manifest.sid, manifest.pos, tuple(carried))
+        try:
+            snapshots.publish_delta(r, pk, [], chain, snap_raw=manifest.to_json().encode(), chain_raw=chain_raw,
+                                    channel=store.keys.events(space.name), message=message)
+            kept.published, kept.pending = chain.pos, merge.pending
+        except PublishConflict:  # another build moved on: ours is not kept
+            kept = None
+    if kept is not None:
+        _keep(pk.tag, kept)
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
     seconds = time.perf_counter() - t0
@@ -360,9 +374,8 @@ def _incremental(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
     return index, labels, ids, [meta[i] for i in ids], tail.pos, deleted, next_label - 1, label, meta, lists
 
 
-def _kept_state(tag: str) -> State:
-    """The index kept for ``tag`` as a build's state, at the position it is at (taken out of the keep)."""
-    kept = _kept.pop(tag)
+def _kept_state(kept: Kept) -> State:
+    """A kept index as a build's state, at the position it is at."""
     ids = list(kept.label)
     labels = np.fromiter((kept.label[i] for i in ids), dtype=np.int64, count=len(ids))
     return (kept.index, labels, ids, [kept.meta[i] for i in ids], kept.at, kept.deleted, kept.max_label, kept.label,
@@ -387,13 +400,20 @@ def _read_chain(store: Store, space: SpaceRecord, pk: PartitionKeys,
     return (chain if chain.base == previous.sid else None), raw
 
 
-def _chain_chunks(store: Store, space: SpaceRecord, pk: PartitionKeys,
-                  previous: snapshot.Manifest | None) -> list[tuple[str, int]]:
-    """The chunk sets of the chain a full snapshot replaces (they expire with the snapshot before it)."""
+def _split_chain(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest | None,
+                 pos: str) -> tuple[list[tuple[str, int]], list[delta.Segment], bytes | None]:
+    """What becomes of the chain of ``previous`` when a snapshot at ``pos`` replaces it: the chunk sets of the
+    segments it covers (they expire with ``previous``), the segments after it (they extend the new snapshot:
+    a merge at a segment boundary), and the chain key's raw bytes."""
     if previous is None:
-        return []
-    chain, _ = _read_chain(store, space, pk, previous)
-    return [(s.sid, s.chunks) for s in chain.segments] if chain is not None else []
+        return [], [], None
+    chain, raw = _read_chain(store, space, pk, previous)
+    if chain is None:
+        return [], [], raw
+    after = [s for s in chain.segments if pos_key(s.start) >= pos_key(pos)]
+    if after and after[0].start != pos:  # not at a boundary (a snapshot built from the log): start afresh
+        after = []
+    return [(s.sid, s.chunks) for s in chain.segments if s not in after], after, raw
 
 
 def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
@@ -437,14 +457,12 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         rows += len(tail.ids)
     published = time.perf_counter() - t0
     if rows > limit and pos_key(kept.at) > pos_key(previous.pos) and not kept.partial:
-        kept.pending.clear()  # a merge at the index's position: the next chain starts there, read from the log
-        kept.published = ""
-        return None
+        return None  # a merge at the index's position; the segments after it carry over to the new snapshot
     if tail.pos == end and not kept.pending:
         return BuildResult(partition, "unchanged", previous.generation, len(kept.label), end, 0.0)
     parts = 0
-    merge_due = rows > limit  # then the segment being indexed is finished whatever the budget, and merged
-    while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET or (merge_due and kept.partial)):
+    merge_due = rows > limit  # then taken at the first segment boundary the index reaches
+    while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET):
         parts += 1
         # a segment's rows are distinct ids, so adding them a part at a time ends where adding them at once does;
         # the index is at a log position (what a merge needs) only between segments
@@ -469,9 +487,7 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         if merge_due and not kept.partial:
             break
     if merge_due and not kept.partial and pos_key(kept.at) > pos_key(previous.pos):
-        kept.pending.clear()  # a merge at the index's position: the next chain starts there, read from the log
-        kept.published = ""
-        return None
+        return None  # as above
     if kept.pending or pos_key(store.position(pk)) > pos_key(tail.pos):
         store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
     seconds = time.perf_counter() - t0

@@ -580,16 +580,16 @@ local function publish(keys, args)
 end
 
 -- Delta publication (the worker's, issue 12.3). KEYS: snap (pointer), delta (the chain), state, the new segment's
--- chunks. ARGV: the exact snapshot pointer the segment extends, the exact chain it extends ('' = none), the new
+-- chunks (none when a merge carries the segments after it over to the new snapshot). ARGV: the exact snapshot pointer the segment extends, the exact chain it extends ('' = none), the new
 -- chain json, number of chunks, channel, message. Fails with EMBCONFLICT when the snapshot or the chain changed
 -- meanwhile (a merge or another build published) or a chunk expired; both are compared byte for byte.
 local function publish_delta(keys, args)
-  if #args ~= 6 or #keys < 4 then
-    return bad('emb_publish_delta takes at least 4 keys and 6 arguments')
+  if #args ~= 6 or #keys < 3 then
+    return bad('emb_publish_delta takes at least 3 keys and 6 arguments')
   end
-  local n_new = count_arg(args[4], #keys - 3)
+  local n_new = tonumber(args[4])  -- 0: the segments of a merged chain carried over to the new snapshot
   local ok, c = pcall(cjson.decode, args[3])
-  if not n_new or n_new ~= #keys - 3 or #args[3] > 40000 or not ok or type(c) ~= 'table'
+  if not string.match(args[4], '^%d+$') or n_new ~= #keys - 3 or #args[3] > 40000 or not ok or type(c) ~= 'table'
       or type(c['segments']) ~= 'table' or #c['segments'] < 1 or #c['segments'] > 64 then
     return bad('emb_publish_delta: malformed arguments')
   end

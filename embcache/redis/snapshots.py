@@ -289,10 +289,12 @@ def fetch_segments(r: Any, pk: PartitionKeys, segments: tuple[Segment, ...] | li
 
 def publish_delta(r: Any, pk: PartitionKeys, chunks: list[bytes], chain: Chain, *, snap_raw: bytes,
                   chain_raw: bytes | None, channel: str, message: str) -> None:
-    """Write the last segment's chunks (expiring unless published), then publish ``chain`` if the snapshot
-    pointer is still ``snap_raw`` and the chain key still ``chain_raw`` (:class:`PublishConflict` otherwise)."""
+    """Write the last segment's chunks (expiring unless published; none when ``chain`` carries published
+    segments over to a new snapshot), then publish ``chain`` if the snapshot pointer is still ``snap_raw`` and the
+    chain key still ``chain_raw`` (:class:`PublishConflict` otherwise)."""
     seg = chain.segments[-1]
-    write_chunks(r, pk, seg.sid, chunks)
+    if chunks:
+        write_chunks(r, pk, seg.sid, chunks)
     new_keys = [pk.chunk(seg.sid, i) for i in range(len(chunks))]
     try:
         r.fcall("emb_publish_delta", 3 + len(new_keys), pk.snap, pk.delta, pk.state, *new_keys,
