@@ -419,49 +419,52 @@ def _split_chain(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: 
 def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
            previous: snapshot.Manifest, previous_raw: bytes, t0: float) -> BuildResult | None:
     """Publish the log tail after the chain (or the snapshot) as one more delta segment, then add published
-    segments to the index kept in memory for up to :data:`INDEX_BUDGET` seconds (whole segments, in order: the
+    segments to the index kept in memory for up to :data:`INDEX_BUDGET` seconds (a part at a time, in order: the
     index lags the chain when inserts are slower than writes, and publication does not wait for it). None when a
-    full snapshot is due instead: a merge (the chain passed its limit: the caller publishes the index kept, at
-    the position it has reached), a small snapshot, a tail larger than the limit (a bulk load), neighbour lists
-    (they are in full snapshots only), or an index this process does not hold for this chain (a restarted worker
-    merges from the log, which is never trimmed past the snapshot)."""
+    full snapshot is due instead: a merge (the index holds more than the limit's rows past the snapshot and is at
+    a segment boundary: the caller publishes it as it stands), a small snapshot, a tail larger than the limit (a
+    bulk load), neighbour lists (they are in full snapshots only), or an index this process does not hold for
+    this chain (a restarted worker merges from the log, which is never trimmed past the snapshot). A chain of
+    :data:`~embcache.core.delta.MAX_SEGMENTS` takes no more segment until a merge."""
     if previous.nbytes < settings.DELTA_FROM_BYTES or space.neighbours or previous.M != space.M \
             or settings.DELTA_SHARE <= 0:
         return None
     chain, chain_raw = _read_chain(store, space, pk, previous)
-    end = chain.pos if chain is not None else previous.pos
+    chain = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
     kept = _kept.get(pk.tag)
-    if kept is None or kept.sid != previous.sid or (kept.published or kept.at) != end \
-            or (chain is not None and len(chain.segments) >= delta.MAX_SEGMENTS):
+    if kept is None or kept.sid != previous.sid or (kept.published or kept.at) != chain.pos:
         return None
-    tail = store.read_tail(pk, end, limit=1 << 30)
+    tail = store.read_tail(pk, chain.pos, limit=1 << 30)
     limit = _delta_limit(previous.count)
     if tail is None or len(tail.ids) > limit:  # a bulk load: one new snapshot, not a segment as large
         return None
-    base = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
-    rows = base.rows
-    if tail.pos != end:  # published first, indexed after: readers need the rows, not our graph
+    new = tail.pos != chain.pos and len(chain.segments) < delta.MAX_SEGMENTS
+    if new:  # published first, indexed after: readers need the rows, not our graph
         width = space.dim * codec.DTYPES[space.dtype].itemsize
-        chunks, segment = delta.pack_segment(previous.generation, end, tail.pos, tail.ids, tail.vectors,
+        chunks, segment = delta.pack_segment(previous.generation, chain.pos, tail.pos, tail.ids, tail.vectors,
                                              tail.metadatas, width)
         message = json.dumps({"version": version, "partition": partition, "generation": previous.generation,
-                              "pos": tail.pos, "delta": len(base.segments) + 1})
+                              "pos": tail.pos, "delta": len(chain.segments) + 1})
         try:
-            snapshots.publish_delta(store.r, pk, chunks, base.extended(segment), snap_raw=previous_raw,
+            snapshots.publish_delta(store.r, pk, chunks, chain.extended(segment), snap_raw=previous_raw,
                                     chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
         except PublishConflict:
             _kept.pop(pk.tag, None)  # another build published meanwhile: the next build starts from what is there
             raise
+        chain = chain.extended(segment)
         kept.pending.append(tail)
         kept.published = tail.pos
-        rows += len(tail.ids)
     published = time.perf_counter() - t0
-    if rows > limit and pos_key(kept.at) > pos_key(previous.pos) and not kept.partial:
-        return None  # a merge at the index's position; the segments after it carry over to the new snapshot
-    if tail.pos == end and not kept.pending:
-        return BuildResult(partition, "unchanged", previous.generation, len(kept.label), end, 0.0)
+
+    def merge_due(k: Kept) -> bool:  # at a boundary, and the index holds enough rows the snapshot does not
+        indexed = sum(s.rows for s in chain.segments if pos_key(s.pos) <= pos_key(k.at))
+        return not k.partial and indexed > limit
+
+    if merge_due(kept):
+        return None
+    if not new and not kept.pending:
+        return BuildResult(partition, "unchanged", previous.generation, len(kept.label), chain.pos, 0.0)
     parts = 0
-    merge_due = rows > limit  # then taken at the first segment boundary the index reaches
     while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET):
         parts += 1
         # a segment's rows are distinct ids, so adding them a part at a time ends where adding them at once does;
@@ -473,7 +476,7 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
                                                                                 kept.max_label)), tail=part)
         if state is None:  # compaction due (the index is dropped): the next build is a full one
             store.mark_dirty(space.name, version, partition)
-            return BuildResult(partition, "delta", previous.generation, len(kept.label), tail.pos, published)
+            return BuildResult(partition, "delta", previous.generation, len(kept.label), chain.pos, published)
         index, _labels, _ids, _metas, _pos, deleted, max_label, label, meta, lists = state
         pending, at = kept.pending, kept.at
         if rest.ids:
@@ -484,13 +487,11 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=at, deleted=deleted,
                            max_label=max_label, published=kept.published, pending=pending, partial=bool(rest.ids)))
         kept = _kept[pk.tag]
-        if merge_due and not kept.partial:
-            break
-    if merge_due and not kept.partial and pos_key(kept.at) > pos_key(previous.pos):
-        return None  # as above
-    if kept.pending or pos_key(store.position(pk)) > pos_key(tail.pos):
+        if merge_due(kept):
+            return None
+    if kept.pending or pos_key(store.position(pk)) > pos_key(chain.pos):
         store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
     seconds = time.perf_counter() - t0
     log.info("delta of %s: %d rows (%d in the chain), published in %.2fs; index at %s, %d segments behind, "
-             "%.2fs", pk.tag, len(tail.ids), rows, published, kept.at, len(kept.pending), seconds)
-    return BuildResult(partition, "delta", previous.generation, len(kept.label), tail.pos, seconds)
+             "%.2fs", pk.tag, len(tail.ids) if new else 0, chain.rows, published, kept.at, len(kept.pending), seconds)
+    return BuildResult(partition, "delta", previous.generation, len(kept.label), chain.pos, seconds)
