@@ -21,7 +21,7 @@ import hnswlib
 import numpy as np
 
 from embcache.core import codec, delta, snapshot
-from embcache.core.errors import CorruptRecord, PublishConflict, SnapshotCorrupt
+from embcache.core.errors import CorruptRecord, SnapshotCorrupt
 from embcache.core.keys import PartitionKeys
 from embcache.core.views import pos_key
 from embcache.redis import settings, snapshots
@@ -134,10 +134,10 @@ def build_snapshot(
     state = None
     merge: Kept | None = None  # the index kept, when this build publishes it as it stands (a merge)
     if previous is not None and not full and previous.M == space.M:
-        kept = _kept.get(pk.tag)
-        ahead = kept is not None and kept.sid == previous.sid and bool(kept.at) \
-            and (kept.partial or pos_key(kept.at) > pos_key(previous.pos))
-        if ahead and kept is not None and not kept.partial and verified is None and data is None:
+        held = _kept.get(pk.tag)
+        ahead = held is not None and held.sid == previous.sid and bool(held.at) \
+            and (held.partial or pos_key(held.at) > pos_key(previous.pos))
+        if ahead and held is not None and not held.partial and verified is None and data is None:
             # a merge: the index holds the snapshot and the segments up to the position it has reached; it is
             # published as it is, and the writes after that become the next chain, read again from the log
             merge = _kept.pop(pk.tag)
@@ -161,20 +161,24 @@ def build_snapshot(
     )
     message = json.dumps({"version": version, "partition": partition, "generation": generation, "pos": pos})
     merged, carried, chain_raw = _split_chain(store, space, pk, previous, pos)
+    if merge is not None and [t.pos for t in merge.pending] != [seg.pos for seg in carried]:
+        merge = None  # the chain is not what this process published after its index: build it again from the log
     if merge is None:  # built from the log: it covers every segment
-        merged, carried = merged + [(s.sid, s.chunks) for s in carried], []
+        merged, carried = merged + [(seg.sid, seg.chunks) for seg in carried], []
     snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
                      previous_raw=previous_raw, stale=[*stale, *merged])
-    kept = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos, deleted=deleted,
-                max_label=max_label)
-    if carried and merge is not None:  # a merge at a segment boundary: the segments after it extend the new one
-        chain = delta.Chain(manifest.sid, manifest.pos, tuple(carried))
+    kept: Kept | None = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos,
+                             deleted=deleted, max_label=max_label)
+    if merge is not None:  # the segments after the merge's boundary (or none) extend the new snapshot: its chain
         try:
-            snapshots.publish_delta(r, pk, [], chain, snap_raw=manifest.to_json().encode(), chain_raw=chain_raw,
+            snapshots.publish_delta(r, pk, [], delta.Chain(manifest.sid, manifest.pos, tuple(carried)),
+                                    snap_raw=manifest.to_json().encode(), chain_raw=chain_raw,
                                     channel=store.keys.events(space.name), message=message)
-            kept.published, kept.pending = chain.pos, merge.pending
-        except PublishConflict:  # another build moved on: ours is not kept
-            kept = None
+            kept.pending = merge.pending  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a conflict, or a reply lost: what was published is not known, so
+            kept = None    # nothing is kept (the next build starts afresh)
+            log.warning("%s: the chain of generation %d was not published; the next build starts afresh",
+                        pk.tag, generation)
     if kept is not None:
         _keep(pk.tag, kept)
     if pos_key(store.position(pk)) > pos_key(pos):
@@ -244,9 +248,13 @@ class Kept:
     at: str = ""  # the log position the index is at (past the snapshot's by the deltas published since)
     deleted: int = 0
     max_label: int = 0
-    published: str = ""  # where the chain this process published ends ("" : at ``at``)
-    pending: list[Tail] = field(default_factory=list)  # published segments not in the index yet, in order
+    pending: list[Tail] = field(default_factory=list)  # segments this process published, not in the index yet
     partial: bool = False  # pending[0] is what is left of a segment the index holds part of
+
+    @property
+    def end(self) -> str:
+        """Where the chain this process published ends."""
+        return self.pending[-1].pos if self.pending else self.at
 
 
 @dataclass(frozen=True)
@@ -382,38 +390,44 @@ def _kept_state(kept: Kept) -> State:
             kept.meta, kept.lists)
 
 
+def _tail_bytes(tail: Tail) -> int:
+    return sum(len(v) for v in tail.vectors if v) + sum(len(m) for m in tail.metadatas if m) + 16 * len(tail.ids) \
+        + sum(len(i) for i in tail.ids)
+
+
 def _delta_limit(count: int) -> int:
     return max(settings.DELTA_MIN_ROWS, int(settings.DELTA_SHARE * count)) if settings.DELTA_SHARE > 0 else -1
 
 
 def _read_chain(store: Store, space: SpaceRecord, pk: PartitionKeys,
-                previous: snapshot.Manifest) -> tuple[delta.Chain | None, bytes | None]:
-    """The chain that extends ``previous`` (None: none, or one of an older snapshot) and the key's raw bytes."""
+                previous: snapshot.Manifest | None) -> tuple[delta.Chain | None, delta.Chain | None, bytes | None]:
+    """The chain key: the chain that extends ``previous`` (or None), one of another snapshot (or None: its
+    chunks are to expire), and the key's raw bytes (what a publication compares)."""
     raw = store.r.get(pk.delta)
     if raw is None:
-        return None, None
+        return None, None, None
     try:
         chain = delta.Chain.from_json(raw, space.dim * codec.DTYPES[space.dtype].itemsize)
     except SnapshotCorrupt as exc:
-        log.warning("%s: %s; merging", pk.tag, exc)
-        return None, raw
-    return (chain if chain.base == previous.sid else None), raw
+        log.warning("%s: %s; it is replaced", pk.tag, exc)
+        return None, None, raw
+    if previous is not None and chain.base == previous.sid and chain.start == previous.pos:
+        return chain, None, raw
+    return None, chain, raw
 
 
 def _split_chain(store: Store, space: SpaceRecord, pk: PartitionKeys, previous: snapshot.Manifest | None,
                  pos: str) -> tuple[list[tuple[str, int]], list[delta.Segment], bytes | None]:
-    """What becomes of the chain of ``previous`` when a snapshot at ``pos`` replaces it: the chunk sets of the
-    segments it covers (they expire with ``previous``), the segments after it (they extend the new snapshot:
-    a merge at a segment boundary), and the chain key's raw bytes."""
-    if previous is None:
-        return [], [], None
-    chain, raw = _read_chain(store, space, pk, previous)
+    """What becomes of the chain key when a snapshot at ``pos`` replaces ``previous``: the chunk sets to expire
+    with ``previous`` (the segments it covers, and every segment of a chain of an older snapshot), the segments
+    after ``pos`` (they extend the new snapshot: a merge at a segment boundary), and the key's raw bytes."""
+    chain, stale, raw = _read_chain(store, space, pk, previous)
     if chain is None:
-        return [], [], raw
-    after = [s for s in chain.segments if pos_key(s.start) >= pos_key(pos)]
+        return [(seg.sid, seg.chunks) for seg in stale.segments] if stale is not None else [], [], raw
+    after = [seg for seg in chain.segments if pos_key(seg.start) >= pos_key(pos)]
     if after and after[0].start != pos:  # not at a boundary (a snapshot built from the log): start afresh
         after = []
-    return [(s.sid, s.chunks) for s in chain.segments if s not in after], after, raw
+    return [(seg.sid, seg.chunks) for seg in chain.segments if seg not in after], after, raw
 
 
 def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: PartitionKeys,
@@ -429,14 +443,19 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
     if previous.nbytes < settings.DELTA_FROM_BYTES or space.neighbours or previous.M != space.M \
             or settings.DELTA_SHARE <= 0:
         return None
-    chain, chain_raw = _read_chain(store, space, pk, previous)
-    chain = chain if chain is not None else delta.Chain(previous.sid, previous.pos)
+    found, stale, chain_raw = _read_chain(store, space, pk, previous)
+    chain = found if found is not None else delta.Chain(previous.sid, previous.pos)
     kept = _kept.get(pk.tag)
-    if kept is None or kept.sid != previous.sid or (kept.published or kept.at) != chain.pos:
+    # the index kept must be this chain's: at one of its boundaries, with exactly its segments after it pending
+    # (a publication whose reply was lost would leave a segment in the chain that the index never gets)
+    after = [seg.pos for seg in chain.segments if kept is not None and pos_key(seg.pos) > pos_key(kept.at)]
+    if kept is None or kept.sid != previous.sid or kept.end != chain.pos or [t.pos for t in kept.pending] != after:
+        _kept.pop(pk.tag, None)
         return None
     tail = store.read_tail(pk, chain.pos, limit=1 << 30)
     limit = _delta_limit(previous.count)
-    if tail is None or len(tail.ids) > limit:  # a bulk load: one new snapshot, not a segment as large
+    if tail is None or len(tail.ids) > min(limit, delta.MAX_SEGMENT_ROWS) \
+            or _tail_bytes(tail) > delta.MAX_SEGMENT_BYTES:  # a bulk load: one new snapshot, not a segment as large
         return None
     new = tail.pos != chain.pos and len(chain.segments) < delta.MAX_SEGMENTS
     if new:  # published first, indexed after: readers need the rows, not our graph
@@ -448,21 +467,25 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
         try:
             snapshots.publish_delta(store.r, pk, chunks, chain.extended(segment), snap_raw=previous_raw,
                                     chain_raw=chain_raw, channel=store.keys.events(space.name), message=message)
-        except PublishConflict:
-            _kept.pop(pk.tag, None)  # another build published meanwhile: the next build starts from what is there
+        except Exception:  # a conflict (another build published), or a reply lost: start afresh next time
+            _kept.pop(pk.tag, None)
             raise
+        if stale is not None:  # the chain key held an older snapshot's chain: its chunks expire now
+            snapshots.expire_segments(store.r, pk, stale.segments)
         chain = chain.extended(segment)
         kept.pending.append(tail)
-        kept.published = tail.pos
     published = time.perf_counter() - t0
 
-    def merge_due(k: Kept) -> bool:  # at a boundary, and the index holds enough rows the snapshot does not
-        indexed = sum(s.rows for s in chain.segments if pos_key(s.pos) <= pos_key(k.at))
-        return not k.partial and indexed > limit
+    def merge_due(k: Kept) -> bool:
+        """At a boundary, and the index holds more rows past the snapshot than the limit (or the chain is full
+        and the index is at its end: nothing else can move it)."""
+        indexed = sum(seg.rows for seg in chain.segments if pos_key(seg.pos) <= pos_key(k.at))
+        full_chain = len(chain.segments) >= delta.MAX_SEGMENTS and not k.pending
+        return not k.partial and pos_key(k.at) > pos_key(previous.pos) and (indexed > limit or full_chain)
 
     if merge_due(kept):
         return None
-    if not new and not kept.pending:
+    if tail.pos == chain.pos and not kept.pending:
         return BuildResult(partition, "unchanged", previous.generation, len(kept.label), chain.pos, 0.0)
     parts = 0
     while kept.pending and (parts == 0 or time.perf_counter() - t0 < INDEX_BUDGET):
@@ -485,11 +508,11 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
             pending.pop(0)
             at = seg.pos
         _keep(pk.tag, Kept(previous.sid, index, label, meta, previous.nbytes, lists, at=at, deleted=deleted,
-                           max_label=max_label, published=kept.published, pending=pending, partial=bool(rest.ids)))
+                           max_label=max_label, pending=pending, partial=bool(rest.ids)))
         kept = _kept[pk.tag]
         if merge_due(kept):
             return None
-    if kept.pending or pos_key(store.position(pk)) > pos_key(chain.pos):
+    if kept.pending or pos_key(store.position(pk)) > pos_key(chain.pos) or not new and tail.pos != chain.pos:
         store.mark_dirty(space.name, version, partition)  # more to index, or writes landed meanwhile
     seconds = time.perf_counter() - t0
     log.info("delta of %s: %d rows (%d in the chain), published in %.2fs; index at %s, %d segments behind, "

@@ -99,7 +99,8 @@ def build_partition(space: str, version: str, partition: str, full: bool = False
         record = Catalogue(store).get_space(space)
         with Lease(store.r, pk.lease):
             result = build_snapshot(store, record, version, partition, full=full)
-        update_version_graph(store, record, version)  # the graph of all partitions, for all-partition queries
+        if result.kind != "delta":  # the graph of all partitions, for all-partition queries; a delta segment
+            update_version_graph(store, record, version)  # leaves it to the merge (it rewrites the whole graph)
     except CorruptRecord as exc:
         log.error("build of %s refused: %s", pk.tag, exc)
         return {"partition": partition, "kind": "refused", "reason": str(exc)}

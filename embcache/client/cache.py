@@ -26,7 +26,7 @@ from ..core.views import Base, ExactBase, Overlay, OverlayItem, pos_key
 from ..redis import metrics, snapshots
 from ..redis import vgraph as vgraph_io
 from ..redis.store import PartitionData, Store, Tail, translate_errors
-from .follow import Follower, Segment
+from .follow import FedSegment, Follower
 
 __all__ = ["PartitionCache", "SpaceInfo", "tail_overlay", "DEFAULT_OVERLAY_BYTES"]
 
@@ -205,9 +205,10 @@ class PartitionCache:
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             if base is not None and self.follower is not None:
-                segments = self._segments(pk, base, info, None)
+                held = self.follower.view(pk.names())  # what the overlay holds already (a merge's carried rows)
+                segments = self._segments(pk, base, info, held.pos if held is not None else None)
                 if segments:
-                    self.follower.seed(pk.names(), base.position, segments)
+                    self.follower.seed(pk.names(), segments)
             return base
         except SnapshotCorrupt as exc:
             if metrics.ENABLED:
@@ -219,17 +220,21 @@ class PartitionCache:
             return None
 
     def _segments(self, pk: PartitionKeys, base: snapshot.HnswBase, info: SpaceInfo,
-                  after: str | None) -> list[Segment]:
+                  after: str | None) -> list[FedSegment]:
         """The published delta segments that extend ``base`` and end after ``after`` (all if None), as overlays;
-        [] when there are none, or they cannot be read (the follower's log reads cover them then)."""
+        [] when there are none, they do not follow on from ``after``, or they cannot be read (the follower's log
+        reads cover them then)."""
         width = info.dim * DTYPES[info.dtype].itemsize
         try:
             with translate_errors("load delta segments"):
-                chain, _ = snapshots.read_chain(self.store.r, pk, width)
-                if chain is None or chain.base != base.manifest.sid:
+                chain = snapshots.read_chain(self.store.r, pk, base.manifest, width)
+                wanted = [s for s in chain.segments if after is None or pos_key(s.pos) > pos_key(after)] \
+                    if chain is not None else []
+                if not wanted or (after is not None and pos_key(wanted[0].start) > pos_key(after)):
                     return []
-                wanted = [s for s in chain.segments if after is None or pos_key(s.pos) > pos_key(after)]
-                fetched = snapshots.fetch_segments(self.store.r, pk, wanted, width) if wanted else []
+                if sum(s.nbytes for s in wanted) > 4 * base.manifest.nbytes + (64 << 20):  # merged at 25 % of it
+                    raise SnapshotCorrupt(f"the delta chain of {pk.tag} is larger than its snapshot allows")
+                fetched = snapshots.fetch_segments(self.store.r, pk, wanted, width)
         except (SnapshotCorrupt, EmbcacheError) as exc:
             if isinstance(exc, SnapshotCorrupt):
                 self.corrupt_seen += 1
@@ -342,7 +347,7 @@ class PartitionCache:
 
     def _feed_segments(self, pid: PartitionId, base: Any, info: SpaceInfo) -> None:
         view = self.follower.view(pid) if self.follower is not None else None
-        if view is not None and isinstance(base, snapshot.HnswBase):
+        if view is not None and isinstance(base, snapshot.HnswBase) and pid not in self.follower.frozen:  # type: ignore[union-attr]
             segments = self._segments(self.keys(pid), base, info, view.pos)
             if segments and self.follower is not None:
                 self.follower.feed(pid, segments)

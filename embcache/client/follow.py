@@ -36,15 +36,16 @@ from ..redis.store import TAIL_LIMIT, Tail
 if TYPE_CHECKING:
     from .cache import PartitionCache, PartitionId, SpaceInfo
 
-__all__ = ["Follower", "FollowStats", "Segment"]
+__all__ = ["Follower", "FollowStats", "FedSegment"]
 
 log = logging.getLogger("embcache.follow")
 BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
 INDEX_BUDGET = 0.005  # seconds of overlay indexing per round, so a read is never held up for long
 PIPELINED_TAILS = 16  # up to this many partitions, every tail read rides in the XREAD's pipeline
+INDEX_STATIC = 2.0  # seconds the refresher spends indexing a fed overlay of a hub that does not follow
 
 
-Segment = tuple[str, str, dict[str, Any]]  # a delta segment's rows as an overlay: (start, pos, id -> OverlayItem)
+FedSegment = tuple[str, str, dict[str, Any]]  # a delta segment's rows as an overlay: (start, pos, id -> OverlayItem)
 
 
 class FollowStats(dict[str, Any]):
@@ -69,7 +70,7 @@ class Follower:
         self.rounds = 0
         self.reloads = 0
         self._pending: set[PartitionId] = set()
-        self._seeds: dict[PartitionId, tuple[str, list[Segment]]] = {}  # segments for a new overlay (start, rows)
+        self._seeds: dict[PartitionId, list[FedSegment]] = {}  # segments handed over with a base just loaded
         self._checked: set[PartitionId] = set()  # partitions whose sealed flag was read (sealing never ends)
         self._sealed: set[PartitionId] = set()
         self._lock = threading.Lock()
@@ -143,6 +144,7 @@ class Follower:
             self._checked.add(pid)
         for pid in self._sealed:
             wanted.pop(pid, None)
+            self._seeds.pop(pid, None)  # never followed: its segments are not wanted either
         with self._lock:
             for pid in [p for p in self.buffers if p not in wanted]:
                 self._drop(pid)
@@ -159,24 +161,29 @@ class Follower:
                         self.frozen.discard(pid)
                         self._pending.add(pid)
             for pid in [p for p in self._seeds if p in self.buffers]:  # published segments before the log's
-                self._feed(pid, self.buffers[pid], self._seeds.pop(pid)[1])
+                self._feed(pid, self.buffers[pid], self._seeds.pop(pid))
 
     # delta segments (issue 12.3) ------------------------------------------------------------------------------
-    def seed(self, pid: "PartitionId", start: str, segments: list[Segment]) -> None:
-        """Segments ``(start, pos, items)`` following a base just loaded at ``start``, for the partition's
-        overlay (fed to it by the next :meth:`sync`, once the base is in the cache)."""
+    def seed(self, pid: "PartitionId", segments: list[FedSegment]) -> None:
+        """Segments ``(start, pos, items)`` that extend a base just loaded, for the partition's overlay (fed to it
+        by the next :meth:`sync`, once the base is in the cache)."""
         with self._lock:
-            self._seeds[pid] = (start, segments)
+            self._seeds[pid] = segments
 
-    def feed(self, pid: "PartitionId", segments: list[Segment]) -> int:
+    def feed(self, pid: "PartitionId", segments: list[FedSegment]) -> int:
         """Add published segments ``(start, pos, items)`` newer than the partition's overlay to it; returns how
         many were added. One that starts after the overlay's position is left (with the segments after it) to
         the log reads; so are all when the overlay is frozen."""
         with self._lock:
             buf = self.buffers.get(pid)
-            return 0 if buf is None else self._feed(pid, buf, segments)
+            added = 0 if buf is None else self._feed(pid, buf, segments)
+        if added and not self.live and buf is not None:  # no follower thread indexes it: the caller's does
+            deadline = time.monotonic() + INDEX_STATIC
+            while buf.index_behind() and time.monotonic() < deadline:
+                buf.index_step(0.05)
+        return added
 
-    def _feed(self, pid: "PartitionId", buf: TailBuffer, segments: list[Segment]) -> int:
+    def _feed(self, pid: "PartitionId", buf: TailBuffer, segments: list[FedSegment]) -> int:
         added = 0
         for start, pos, items in segments:
             if pid in self.frozen or pos_key(pos) <= pos_key(buf.view.pos):

@@ -33,11 +33,13 @@ from .errors import SnapshotCorrupt
 from .snapshot import _SID_RE, CHUNK_BYTES, valid_pos
 from .views import pos_key
 
-__all__ = ["Segment", "Chain", "pack_segment", "unpack_segment", "MAX_SEGMENTS", "MAX_SEGMENT_ROWS"]
+__all__ = ["Segment", "Chain", "extending", "pack_segment", "unpack_segment", "MAX_SEGMENTS", "MAX_SEGMENT_ROWS",
+           "MAX_SEGMENT_BYTES", "MAX_CHAIN_JSON"]
 
 MAX_SEGMENTS = 64  # segments a chain holds; a worker merges before it would pass this
 MAX_SEGMENT_ROWS = 1 << 22  # rows one segment may hold (a bound on what a reader allocates)
 MAX_SEGMENT_BYTES = 1 << 32  # bytes (512 chunks): what a reader fetches or a deletion names, per segment
+MAX_CHAIN_JSON = 4096 + 512 * MAX_SEGMENTS  # bytes of a chain key (emb_publish_delta refuses more too)
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -117,7 +119,7 @@ class Chain:
         sizes unchecked, for what only reads positions). :class:`SnapshotCorrupt` unless every field has its type
         and bounds and the segments follow one another from ``start``."""
         try:
-            if len(raw) > 4096 + 512 * MAX_SEGMENTS:
+            if len(raw) > MAX_CHAIN_JSON:
                 raise ValueError("too long")
             d = json.loads(raw)
             if not isinstance(d, dict) or set(d) != {"base", "start", "segments"}:
@@ -135,6 +137,16 @@ class Chain:
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise SnapshotCorrupt(f"unreadable delta chain: {str(exc)[:200]}") from None
         return cls(d["base"], d["start"], segments)
+
+
+def extending(raw: bytes | str | None, sid: str, pos: str, width: int | None) -> Chain | None:
+    """The chain in ``raw`` (a chain key's value) if it extends the snapshot ``sid`` published at ``pos``; None
+    when there is none or it extends another snapshot (an older one's, left by a merge). :class:`SnapshotCorrupt`
+    when it cannot be read. Every reader of a chain goes through here, so none trusts one that starts elsewhere."""
+    if raw is None:
+        return None
+    chain = Chain.from_json(raw, width)
+    return chain if chain.base == sid and chain.start == pos else None
 
 
 def pack_segment(generation: int, start: str, pos: str, ids: list[str], vectors: list[bytes | None],
@@ -172,7 +184,8 @@ def unpack_segment(segment: Segment, chunks: list[bytes], width: int) -> tuple[l
         if kinds.translate(None, b"\x00\x01") or kinds.count(1) * width != c:
             raise ValueError("kinds")
         lengths = np.frombuffer(blob[a + b + c : a + b + c + d], dtype="<i8")
-        if (lengths < -1).any() or int(lengths[lengths > 0].sum()) != segment.sizes[4]:
+        if (lengths < -1).any() or (lengths > segment.sizes[4]).any() \
+                or sum(n for n in lengths.tolist() if n > 0) != segment.sizes[4]:  # Python ints: no wrap-around
             raise ValueError("metadata lengths")
     except (ValueError, RecursionError) as exc:
         raise SnapshotCorrupt(f"delta segment {segment.sid}: {str(exc)[:200]}") from None

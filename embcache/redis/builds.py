@@ -6,13 +6,14 @@ change-log position reaches the position the partition had when the build was as
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import snapshot
-from ..core.delta import Chain
+from ..core.delta import Chain, extending
 from ..core.errors import BuildTimeout, SnapshotCorrupt
 from ..core.keys import PartitionKeys
 from ..core.views import pos_key
@@ -120,13 +121,9 @@ def _published(pk: PartitionKeys) -> Plan[tuple[snapshot.Manifest | None, Chain 
     raw, raw_chain = yield Batch([Call("get", pk.snap), Call("get", pk.delta)])
     m = None if raw is None else snapshot.Manifest.from_json(raw)
     chain = None
-    if m is not None and raw_chain is not None:
-        try:
-            chain = Chain.from_json(raw_chain, None)
-        except SnapshotCorrupt:
-            chain = None
-        if chain is not None and chain.base != m.sid:
-            chain = None
+    if m is not None:
+        with contextlib.suppress(SnapshotCorrupt):
+            chain = extending(raw_chain, m.sid, m.pos, None)
     return m, chain
 
 

@@ -13,8 +13,9 @@ which covers a writer that died between its write and its mark, and a worker kil
 log's entry ids, and bounded by the dispatcher's own clock since it first saw the mark, whatever the log says), so
 a bulk load in many upsert calls is one build rather than one per call that the next one supersedes, and a
 steady write stream still gets a build every ``max_delay`` seconds (at most
-:data:`~embcache.redis.settings.DELTA_MAX_DELAY_SECONDS` when the build will be a delta segment, counted from the
-first write after the segments: one costs what its writes do). A mark with score 0 (``Version.build()``
+:data:`~embcache.redis.settings.DELTA_MAX_DELAY_SECONDS`, counted from the first write after the segments, for a
+partition whose snapshot has a delta chain: its worker keeps the index in memory, so the next build is a segment
+and costs what its writes do). A mark with score 0 (``Version.build()``
 asks so) is dispatched at once.
 """
 
@@ -36,7 +37,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ..core.delta import Chain
+from ..core.delta import extending
 from ..core.errors import EmbcacheError, InvalidInput, SnapshotCorrupt
 from ..core.keys import NAME_PATTERN
 from ..core.snapshot import Manifest
@@ -191,12 +192,13 @@ class Dispatcher:
         except SnapshotCorrupt:
             return True  # replaced by the next build
         built = m.pos if m is not None else "0-0"
-        if m is not None and m.nbytes >= settings.DELTA_FROM_BYTES and settings.DELTA_SHARE > 0:
-            max_delay = min(max_delay, settings.DELTA_MAX_DELAY_SECONDS)  # the next build is a delta segment
+        chain = None
+        if m is not None:
             with contextlib.suppress(SnapshotCorrupt):
-                chain = Chain.from_json(raw_chain, None) if raw_chain is not None else None
-                if chain is not None and chain.base == m.sid:
-                    built = chain.pos  # the first write not published is after the segments
+                chain = extending(raw_chain, m.sid, m.pos, None)
+        if chain is not None:  # its worker keeps the index: the next build is a segment, and costs what its writes do
+            max_delay = min(max_delay, settings.DELTA_MAX_DELAY_SECONDS)
+            built = chain.pos  # the first write not published is after the segments
         if not last or pos_key(last[0][0].decode()) <= pos_key(built):
             return True  # nothing to index (a corrupt report, a reconciliation): the build decides
         first = r.xrange(pk.log, min="(" + built, max="+", count=1)

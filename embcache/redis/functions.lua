@@ -569,8 +569,7 @@ local function publish(keys, args)
   redis.call('HSET', keys[2], 'generation', m['generation'], 'built_pos', m['pos'],
     'build_seconds', tostring(m['build_seconds']), 'built_at', tostring(m['built_at']),
     'sid', m['sid'], 'chunks', m['chunks'])
-  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'],  -- published: no longer a pending upload
-    'delta_pos', 'delta_rows', 'delta_segments')  -- a full snapshot: the chain of the one before is void
+  redis.call('HDEL', keys[2], 'corrupt', 'upload:' .. m['sid'])  -- published: no longer a pending upload
   if args[5] ~= '' then
     redis.call('XTRIM', keys[3], 'MINID', args[5])
     redis.call('HSET', keys[2], 'trimmed_to', args[5])
@@ -580,21 +579,18 @@ local function publish(keys, args)
 end
 
 -- Delta publication (the worker's, issue 12.3). KEYS: snap (pointer), delta (the chain), state, the new segment's
--- chunks (none when a merge carries the segments after it over to the new snapshot). ARGV: the exact snapshot pointer the segment extends, the exact chain it extends ('' = none), the new
--- chain json, number of chunks, channel, message. Fails with EMBCONFLICT when the snapshot or the chain changed
--- meanwhile (a merge or another build published) or a chunk expired; both are compared byte for byte.
+-- chunks (none when a merge carries the segments after it over to the new snapshot, or starts an empty chain).
+-- ARGV: the exact snapshot pointer the chain extends, the exact chain it replaces ('' = none), the new chain json,
+-- number of chunks, channel, message. Fails with EMBCONFLICT when the snapshot or the chain changed meanwhile (a
+-- merge or another build published) or a chunk expired; both are compared byte for byte.
 local function publish_delta(keys, args)
   if #args ~= 6 or #keys < 3 then
     return bad('emb_publish_delta takes at least 3 keys and 6 arguments')
   end
   local n_new = tonumber(args[4])  -- 0: the segments of a merged chain carried over to the new snapshot
   local ok, c = pcall(cjson.decode, args[3])
-  if not string.match(args[4], '^%d+$') or n_new ~= #keys - 3 or #args[3] > 40000 or not ok or type(c) ~= 'table'
-      or type(c['segments']) ~= 'table' or #c['segments'] < 1 or #c['segments'] > 64 then
-    return bad('emb_publish_delta: malformed arguments')
-  end
-  local last = c['segments'][#c['segments']]
-  if type(last) ~= 'table' or not valid_pos(last['pos']) or type(last['rows']) ~= 'number' then
+  if not string.match(args[4], '^%d+$') or n_new ~= #keys - 3 or #args[3] > 36864 or not ok or type(c) ~= 'table'
+      or type(c['segments']) ~= 'table' or #c['segments'] > 64 then
     return bad('emb_publish_delta: malformed arguments')
   end
   if args[1] == '' or (redis.call('GET', keys[1]) or '') ~= args[1] then
@@ -608,18 +604,14 @@ local function publish_delta(keys, args)
       return redis.error_reply('EMBCONFLICT a chunk of the new delta expired before publication')
     end
   end
-  local rows = 0
-  for _, seg in ipairs(c['segments']) do
-    if type(seg) == 'table' and type(seg['rows']) == 'number' then
-      rows = rows + seg['rows']
-    end
-  end
   for i = 4, #keys do
     redis.call('PERSIST', keys[i])
   end
   redis.call('SET', keys[2], args[3])
-  redis.call('HSET', keys[3], 'delta_pos', last['pos'], 'delta_rows', rows, 'delta_segments', #c['segments'])
-  redis.call('HDEL', keys[3], 'upload:' .. tostring(last['sid']))
+  local last = c['segments'][#c['segments']]
+  if type(last) == 'table' and type(last['sid']) == 'string' then
+    redis.call('HDEL', keys[3], 'upload:' .. last['sid'])  -- published: no longer a pending upload
+  end
   redis.call('PUBLISH', args[5], args[6])
   return #c['segments']
 end

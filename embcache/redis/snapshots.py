@@ -14,15 +14,15 @@ import redis
 from redis import exceptions as rexc
 from redis.exceptions import ResponseError
 
-from ..core.delta import Chain, Segment, unpack_segment
+from ..core.delta import Chain, Segment, extending, unpack_segment
 from ..core.errors import PublishConflict, SnapshotCorrupt
 from ..core.keys import PartitionKeys
-from ..core.snapshot import UPLOAD_FIELD, HnswBase, Manifest, Receiver, pending_uploads
+from ..core.snapshot import CHUNK_BYTES, UPLOAD_FIELD, HnswBase, Manifest, Receiver, pending_uploads
 from .store import Tail, lua_error
 
 __all__ = ["read_manifest", "load", "fetch_chunks", "write_chunks", "publish", "remove_uploads", "check_position",
-           "last_log_position", "read_chain", "fetch_segments", "publish_delta", "ORPHAN_TTL", "GRACE_SECONDS",
-           "FETCH_WINDOW"]
+           "last_log_position", "read_chain", "fetch_segments", "publish_delta", "expire_segments", "ORPHAN_TTL",
+           "GRACE_SECONDS", "FETCH_WINDOW"]
 
 ORPHAN_TTL = 600  # seconds an unpublished chunk lives (a builder that died); the next build removes it sooner
 GRACE_SECONDS = 120  # seconds a superseded generation stays readable
@@ -206,15 +206,19 @@ def remove_uploads(r: Any, pk: PartitionKeys, keep: str | None = None) -> int:
     those of the published snapshot."""
     state = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in r.hgetall(pk.state).items()
              if k.startswith(UPLOAD_FIELD.encode())}
-    raw = r.get(pk.snap)
-    current = None
+    raw, raw_chain = r.get(pk.snap), r.get(pk.delta)
+    published: set[str | None] = {keep}  # never the published snapshot's chunks, nor its segments' (a writer
+    try:                                 # can write an upload record naming them)
+        published.add(Manifest.from_json(raw).sid if raw is not None else None)
+    except SnapshotCorrupt:
+        pass
     try:
-        current = Manifest.from_json(raw).sid if raw is not None else None
+        published |= {seg.sid for seg in Chain.from_json(raw_chain, None).segments} if raw_chain is not None else set()
     except SnapshotCorrupt:
         pass
     freed = 0
     for sid, (n, size) in pending_uploads(state).items():
-        if sid in (keep, current):
+        if sid in published:
             continue
         r.delete(*[pk.chunk(sid, i) for i in range(n)])
         freed += size
@@ -253,22 +257,20 @@ def publish(
 
 
 # delta segments (issue 12.3; the format is embcache.core.delta) --------------------------------------------------
-def read_chain(r: Any, pk: PartitionKeys, width: int) -> tuple[Chain | None, bytes | None]:
-    """The partition's delta chain (None if none) and the key's raw bytes (what a publication compares).
-    :class:`SnapshotCorrupt` when it cannot be read, or claims a position past the log's last entry."""
-    raw = r.get(pk.delta)
-    if raw is None:
-        return None, None
-    chain = Chain.from_json(raw, width)
-    if chain.segments and _pos(chain.pos) > _pos(last_log_position(r, pk)):
+def read_chain(r: Any, pk: PartitionKeys, manifest: Manifest, width: int) -> Chain | None:
+    """The delta chain that extends the snapshot ``manifest`` (None if there is none, or the chain key holds an
+    older snapshot's); :class:`SnapshotCorrupt` when it cannot be read, or claims a position past the log."""
+    chain = extending(r.get(pk.delta), manifest.sid, manifest.pos, width)
+    if chain is not None and chain.segments and _pos(chain.pos) > _pos(last_log_position(r, pk)):
         raise SnapshotCorrupt(f"the delta chain of {pk.tag} claims log position {chain.pos}, past the log")
-    return chain, raw
+    return chain
 
 
 def fetch_segments(r: Any, pk: PartitionKeys, segments: tuple[Segment, ...] | list[Segment],
                    width: int) -> list[tuple[Segment, Tail]] | None:
     """The segments' rows as log tails, verified; None when a chunk is gone (the chain was merged meanwhile and
-    its grace ran out). Chunks are read :data:`FETCH_WINDOW` at a time."""
+    its grace ran out). Chunks are read :data:`FETCH_WINDOW` at a time, each checked against the size its
+    segment gives it before it is kept."""
     keys = [(seg, i) for seg in segments for i in range(seg.chunks)]
     got: dict[str, list[bytes]] = {seg.sid: [] for seg in segments}
     for start in range(0, len(keys), FETCH_WINDOW):
@@ -276,15 +278,27 @@ def fetch_segments(r: Any, pk: PartitionKeys, segments: tuple[Segment, ...] | li
         pipe = r.pipeline(transaction=False)
         for seg, i in batch:
             pipe.get(pk.chunk(seg.sid, i))
-        for (seg, _), value in zip(batch, pipe.execute()):
+        for (seg, i), value in zip(batch, pipe.execute()):
             if value is None:
                 return None
+            if len(value) != min(CHUNK_BYTES, seg.nbytes - i * CHUNK_BYTES) and seg.nbytes:
+                raise SnapshotCorrupt(f"delta segment {seg.sid}: chunk {i} has {len(value)} bytes")
             got[seg.sid].append(value)
     out = []
     for seg in segments:
         ids, vectors, metadatas = unpack_segment(seg, got[seg.sid], width)
         out.append((seg, Tail(pos=seg.pos, ids=ids, vectors=vectors, metadatas=metadatas)))
     return out
+
+
+def expire_segments(r: Any, pk: PartitionKeys, segments: tuple[Segment, ...] | list[Segment],
+                    grace: int = GRACE_SECONDS) -> None:
+    """Give the chunks of segments no chain names any more ``grace`` seconds (readers may be fetching them)."""
+    pipe = r.pipeline(transaction=False)
+    for seg in segments:
+        for i in range(seg.chunks):
+            pipe.expire(pk.chunk(seg.sid, i), grace)
+    pipe.execute()
 
 
 def publish_delta(r: Any, pk: PartitionKeys, chunks: list[bytes], chain: Chain, *, snap_raw: bytes,

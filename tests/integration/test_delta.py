@@ -23,8 +23,8 @@ DELTA_ENV = {"EMBCACHE_DELTA_FROM_BYTES": "0", "EMBCACHE_DELTA_MIN_ROWS": "100",
 def _published(r: redis.Redis, pk) -> tuple[snapshots.Manifest, Chain | None]:  # type: ignore[name-defined]  # noqa: ANN001
     m = snapshots.read_manifest(r, pk)
     assert m is not None
-    chain, _ = snapshots.read_chain(r, pk, WIDTH)
-    return m, chain if chain is not None and chain.base == m.sid else None
+    chain = snapshots.read_chain(r, pk, m, WIDTH)
+    return m, chain if chain is not None and chain.segments else None
 
 
 def _exact_top(ids: list[str], mat: np.ndarray, q: np.ndarray, k: int) -> list[list[str]]:
