@@ -169,16 +169,19 @@ def build_snapshot(
                      previous_raw=previous_raw, stale=[*stale, *merged])
     kept: Kept | None = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos,
                              deleted=deleted, max_label=max_label)
+    if merge is None and _deltas_for(space, manifest) and settings.keeps_indexes() and vrec.state != "sealed":
+        merge = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos)  # an empty chain:
+        carried = []  # the next build, here, will be a segment (the dispatcher waits less for it)
     if merge is not None:  # the segments after the merge's boundary (or none) extend the new snapshot: its chain
         try:
             snapshots.publish_delta(r, pk, [], delta.Chain(manifest.sid, manifest.pos, tuple(carried)),
                                     snap_raw=manifest.to_json().encode(), chain_raw=chain_raw,
                                     channel=store.keys.events(space.name), message=message)
             kept.pending = merge.pending  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - a conflict, or a reply lost: what was published is not known, so
-            kept = None    # nothing is kept (the next build starts afresh)
-            log.warning("%s: the chain of generation %d was not published; the next build starts afresh",
-                        pk.tag, generation)
+        except Exception as exc:  # noqa: BLE001 - a conflict, or a reply lost: what was published is not known,
+            kept = None               # so nothing is kept (the next build starts afresh)
+            log.warning("%s: the chain of generation %d was not published (%s); the next build starts afresh",
+                        pk.tag, generation, exc)
     if kept is not None:
         _keep(pk.tag, kept)
     if pos_key(store.position(pk)) > pos_key(pos):
@@ -390,6 +393,12 @@ def _kept_state(kept: Kept) -> State:
             kept.meta, kept.lists)
 
 
+def _deltas_for(space: SpaceRecord, manifest: snapshot.Manifest) -> bool:
+    """Whether a snapshot is extended by delta segments rather than rewritten (see the settings)."""
+    return manifest.nbytes >= settings.DELTA_FROM_BYTES and settings.DELTA_SHARE > 0 and not space.neighbours \
+        and manifest.M == space.M
+
+
 def _tail_bytes(tail: Tail) -> int:
     return sum(len(v) for v in tail.vectors if v) + sum(len(m) for m in tail.metadatas if m) + 16 * len(tail.ids) \
         + sum(len(i) for i in tail.ids)
@@ -440,8 +449,7 @@ def _delta(store: Store, space: SpaceRecord, version: str, partition: str, pk: P
     bulk load), neighbour lists (they are in full snapshots only), or an index this process does not hold for
     this chain (a restarted worker merges from the log, which is never trimmed past the snapshot). A chain of
     :data:`~embcache.core.delta.MAX_SEGMENTS` takes no more segment until a merge."""
-    if previous.nbytes < settings.DELTA_FROM_BYTES or space.neighbours or previous.M != space.M \
-            or settings.DELTA_SHARE <= 0:
+    if not _deltas_for(space, previous):
         return None
     found, stale, chain_raw = _read_chain(store, space, pk, previous)
     chain = found if found is not None else delta.Chain(previous.sid, previous.pos)

@@ -376,6 +376,7 @@ def run_worker(url: str | None, queue_url: str | None, *, burst: bool = False, s
         qconn.ping()
     queue = Queue(QUEUE_NAME, connection=qconn)
     settings.use(conf)  # what this process's jobs connect with, and how long its dispatcher lets writes settle
+    settings.keep_indexes(simple)  # jobs run here: the index one builds is there for the next (delta segments)
     dispatcher = Dispatcher(store, queue, settle=conf.settle_seconds, max_delay=conf.max_delay_seconds,
                             **kw).start() if dispatch else None
     worker_cls = SimpleWorker if simple else Worker

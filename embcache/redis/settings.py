@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..core.errors import InvalidInput
 
 __all__ = ["WorkerSettings", "use", "current", "SETTLE_SECONDS", "MAX_DELAY_SECONDS", "DELTA_FROM_BYTES",
-           "DELTA_SHARE", "DELTA_MIN_ROWS", "DELTA_MAX_DELAY_SECONDS"]
+           "DELTA_SHARE", "DELTA_MIN_ROWS", "DELTA_MAX_DELAY_SECONDS", "keep_indexes", "keeps_indexes"]
 
 
 #: Seconds a partition's change log must have been quiet before its build is enqueued (a bulk load in many
@@ -80,6 +80,22 @@ def _seconds(name: str, default: float) -> float:
 
 
 _installed: WorkerSettings | None = None
+
+
+_keeper: int | None = None  # the pid of a worker that runs its jobs in its own process
+
+
+def keep_indexes(on: bool) -> None:
+    """Say that this process runs its jobs itself (``embcache worker`` without ``--fork``), so the index a job
+    builds is still there for the next job: only then are delta segments worth announcing (see
+    :func:`keeps_indexes`)."""
+    global _keeper
+    _keeper = os.getpid() if on else None
+
+
+def keeps_indexes() -> bool:
+    """True in a worker process that runs its jobs itself (a forked work-horse has another pid)."""
+    return _keeper == os.getpid()
 
 
 def use(settings: WorkerSettings | None) -> None:

@@ -306,17 +306,19 @@ def publish_delta(r: Any, pk: PartitionKeys, chunks: list[bytes], chain: Chain, 
     """Write the last segment's chunks (expiring unless published; none when ``chain`` carries published
     segments over to a new snapshot), then publish ``chain`` if the snapshot pointer is still ``snap_raw`` and the
     chain key still ``chain_raw`` (:class:`PublishConflict` otherwise)."""
-    seg = chain.segments[-1]
+    new_keys: list[str] = []
     if chunks:
+        seg = chain.segments[-1]
         write_chunks(r, pk, seg.sid, chunks)
-    new_keys = [pk.chunk(seg.sid, i) for i in range(len(chunks))]
+        new_keys = [pk.chunk(seg.sid, i) for i in range(len(chunks))]
     try:
         r.fcall("emb_publish_delta", 3 + len(new_keys), pk.snap, pk.delta, pk.state, *new_keys,
                 snap_raw, chain_raw or b"", chain.to_json(), len(new_keys), channel, message)
     except ResponseError as exc:
         err = lua_error(exc)
         if isinstance(err, PublishConflict):
-            r.delete(*new_keys)
-            r.hdel(pk.state, UPLOAD_FIELD + seg.sid)
+            if new_keys:
+                r.delete(*new_keys)
+                r.hdel(pk.state, UPLOAD_FIELD + chain.segments[-1].sid)
             raise err from None
         raise

@@ -76,6 +76,8 @@ def test_deltas_extend_the_snapshot_until_a_merge(redis_url: str, workers, hubs)
     v.build(timeout=60)
     base, chain = _published(r, pk)
     assert base.generation == 1 and chain is None
+    empty = snapshots.read_chain(r, pk, base, WIDTH)  # its worker keeps the index: an empty chain says so
+    assert empty is not None and not empty.segments
 
     # a reader that does not follow the log: only published segments can move it
     b = hubs(redis_url, follow=False, refresh_interval=0.05)
@@ -274,3 +276,19 @@ def test_deltas_on_redis_cluster(cluster_url: str, redis_url: str, workers, hubs
     wait_for(lambda: data.exact(reader.query(q, 5).ids, q, 5), 10, what="the reader to load the merge")
     for level in ("eventual", "session", "strong"):
         assert data.exact(v.query(q, 5, consistency=level).ids, q, 5), level
+
+
+def test_a_worker_that_forks_writes_no_chain(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
+    """A work-horse per job keeps no index: it rewrites the snapshot, announces no chain, and the dispatcher
+    keeps its longer delay for it."""
+    a = hubs(redis_url)
+    workers.start(redis_url, env=DELTA_ENV, args=["--fork"])
+    v = a.create_space("df", dim=DIM).create_version()
+    pk = a.keys.partition("df", v.name, "default")
+    r = a.store.r
+    v.upsert([f"a{i}" for i in range(200)], random_unit(200, DIM, 1))
+    v.build(timeout=60)
+    v.upsert(["n"], random_unit(1, DIM, 2))
+    v.build(timeout=60)
+    m = snapshots.read_manifest(r, pk)
+    assert m is not None and m.generation == 2 and r.get(pk.delta) is None
