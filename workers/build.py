@@ -35,6 +35,8 @@ __all__ = ["BuildResult", "build_snapshot", "COMPACT_RATIO"]
 log = logging.getLogger("embcache.workers")
 COMPACT_RATIO = 0.2  # rebuild from scratch when deleted slots pass this share of the index
 BUILDER = f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass
 class BuildResult:
     """What one build did."""
@@ -138,8 +140,8 @@ def build_snapshot(
         ahead = held is not None and held.sid == previous.sid and bool(held.at) \
             and (held.partial or pos_key(held.at) > pos_key(previous.pos))
         if ahead and held is not None and not held.partial and verified is None and data is None:
-            # a merge: the index holds the snapshot and the segments up to the position it has reached; it is
-            # published as it is, and the writes after that become the next chain, read again from the log
+            # a merge: the index holds the snapshot and the segments up to the boundary it has reached; it is
+            # published as it is, and the segments after that boundary carry over to the new snapshot
             merge = _kept.pop(pk.tag)
             state = _kept_state(merge)
         else:
@@ -167,23 +169,22 @@ def build_snapshot(
         merged, carried = merged + [(seg.sid, seg.chunks) for seg in carried], []
     snapshots.publish(r, pk, chunks, manifest, previous, store.keys.events(space.name), message,
                      previous_raw=previous_raw, stale=[*stale, *merged])
-    kept: Kept | None = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos,
-                             deleted=deleted, max_label=max_label)
-    if merge is None and _deltas_for(space, manifest) and settings.keeps_indexes() and vrec.state != "sealed":
-        merge = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos)  # an empty chain:
-        carried = []  # the next build, here, will be a segment (the dispatcher waits less for it)
-    if merge is not None:  # the segments after the merge's boundary (or none) extend the new snapshot: its chain
-        try:
+    kept = Kept(manifest.sid, index, label, meta, manifest.nbytes, lists, at=manifest.pos, deleted=deleted,
+                max_label=max_label)
+    # the new snapshot's chain: a merge's carried segments, or an empty one from a worker that keeps its index
+    # (then the next build, here, is a segment, and the dispatcher waits less for it); None: no chain
+    pending = merge.pending if merge is not None else [] if _deltas_for(space, manifest) \
+        and settings.keeps_indexes() and vrec.state != "sealed" else None
+    try:
+        if pending is not None:
             snapshots.publish_delta(r, pk, [], delta.Chain(manifest.sid, manifest.pos, tuple(carried)),
                                     snap_raw=manifest.to_json().encode(), chain_raw=chain_raw,
                                     channel=store.keys.events(space.name), message=message)
-            kept.pending = merge.pending  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a conflict, or a reply lost: what was published is not known,
-            kept = None               # so nothing is kept (the next build starts afresh)
-            log.warning("%s: the chain of generation %d was not published (%s); the next build starts afresh",
-                        pk.tag, generation, exc)
-    if kept is not None:
+            kept.pending = pending
         _keep(pk.tag, kept)
+    except Exception as exc:  # noqa: BLE001 - a conflict, or a reply lost: what was published is not known, so
+        log.warning("%s: the chain of generation %d was not published (%s); the next build starts afresh",
+                    pk.tag, generation, exc)  # nothing is kept
     if pos_key(store.position(pk)) > pos_key(pos):
         store.mark_dirty(space.name, version, partition)  # writes landed while we built
     seconds = time.perf_counter() - t0
