@@ -120,6 +120,8 @@ def role_reader(a: argparse.Namespace) -> None:
     n_batches = int(a.rate * a.seconds / BATCH)
     vecs = new_vectors(base, 0, n_batches * BATCH, a.seed)[::BATCH]
     ids = [f"w{a.seed}_{j * BATCH}" for j in range(n_batches)]
+    if a.switch_interval:  # the readers' GIL switch interval (Python's default: 5 ms)
+        sys.setswitchinterval(a.switch_interval)
     if a.system == "embcache":
         import embcache
 
@@ -345,7 +347,7 @@ class Bench:
         seed = int(rate) + (7 if system != "embcache" else 0)
         out = self.tmp / f"{system}-{int(rate)}"
         common = dict(system=system, url=url, version=version or "none", rate=rate, seconds=seconds, n=self.a.n,
-                      seed=seed)
+                      seed=seed, switch_interval=self.a.switch_interval)
         readers_ready = [Path(f"{out}-r{i}.npy.ready") for i in range(2)]
         for p in readers_ready:
             p.unlink(missing_ok=True)
@@ -611,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0)
     p.add_argument("--t0", type=float, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--switch-interval", type=float, default=0.0,
+                   help="the reader processes' sys.setswitchinterval (0: Python's default, 5 ms)")
     a = p.parse_args(argv)
     if a.role:
         a.seconds = a.seconds[0] if a.seconds else 0.0
