@@ -87,7 +87,7 @@ class PartitionCache:
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
         # the live change-log follower (its own thread: a snapshot load must not hold up following); with
         # follow=False one that is not live, so that published delta segments still reach eventual reads
-        self.follower: Follower | None = Follower(self, overlay_bytes, live=follow)
+        self.follower = Follower(self, overlay_bytes, live=follow)
 
     def keys(self, pid: PartitionId) -> PartitionKeys:
         return self.store.keys.partition(*pid)
@@ -120,8 +120,7 @@ class PartitionCache:
             base = self._load(pid, info)
             self._put(pid, base, info)
             self._ensure_thread()
-            if self.follower is not None:  # the overlay and its delta segments before the first query, not after
-                self.follower.sync()
+            self.follower.sync()  # the overlay and its delta segments before the first query, not after
             return base
 
     def exact(self, pid: PartitionId, info: SpaceInfo) -> Base:
@@ -182,8 +181,7 @@ class PartitionCache:
         """Load ``pid`` afresh, replacing what is cached."""
         base = self._load(pid, info)
         self._put(pid, base, info)
-        if self.follower is not None:
-            self.follower.sync()
+        self.follower.sync()
         return base
 
     def _load(self, pid: PartitionId, info: SpaceInfo) -> Base:
@@ -204,7 +202,7 @@ class PartitionCache:
                 base = snapshots.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
-            if base is not None and self.follower is not None:
+            if base is not None:
                 held = self.follower.view(pk.names())  # what the overlay holds already (a merge's carried rows)
                 segments = self._segments(pk, base, info, held.pos if held is not None else None)
                 if segments:
@@ -257,8 +255,7 @@ class PartitionCache:
         with self._lock:
             for pid in [p for p in self._bases if predicate(p)]:
                 del self._bases[pid]
-        if self.follower is not None:
-            self.follower.forget(predicate)
+        self.follower.forget(predicate)
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b, _ in list(self._bases.values()))
@@ -269,8 +266,7 @@ class PartitionCache:
         self._wake.set()
 
     def _ensure_thread(self) -> None:
-        if self.follower is not None:
-            self.follower.start()
+        self.follower.start()
         if self._thread is None and self.refresh_interval > 0:
             self._thread = threading.Thread(target=self._run, name="embcache-refresh", daemon=True)
             self._thread.start()
@@ -278,8 +274,7 @@ class PartitionCache:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self.follower is not None:
-            self.follower.close()
+        self.follower.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -338,7 +333,7 @@ class PartitionCache:
                     if self._bases.get(pid, (None,))[0] is base:
                         self._bases[pid] = (new, info)
                         replaced += 1
-        if replaced and self.follower is not None:
+        if replaced:
             self.follower.sync()  # the overlays shrink to what the new bases do not cover, at once
         for pid, (base, info) in entries:  # delta segments published since (none where the log reads are ahead)
             if self._bases.get(pid, (None,))[0] is base:
@@ -346,10 +341,10 @@ class PartitionCache:
         return replaced
 
     def _feed_segments(self, pid: PartitionId, base: Any, info: SpaceInfo) -> None:
-        view = self.follower.view(pid) if self.follower is not None else None
-        if view is not None and isinstance(base, snapshot.HnswBase) and pid not in self.follower.frozen:  # type: ignore[union-attr]
+        view = self.follower.view(pid)
+        if view is not None and isinstance(base, snapshot.HnswBase) and pid not in self.follower.frozen:
             segments = self._segments(self.keys(pid), base, info, view.pos)
-            if segments and self.follower is not None:
+            if segments:
                 self.follower.feed(pid, segments)
 
     def refreshed(self, pid: PartitionId, base: Base, info: SpaceInfo) -> Base | None:

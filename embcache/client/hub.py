@@ -840,7 +840,7 @@ class Version(QueryPath):
         follower = self.hub.cache.follower
         for p in (yield from self._partitions_arg(None)):
             st = yield from partition_stats(self.hub.store, p, self._pk(p))
-            followed = follower.stats(self._pid(p)) if follower is not None else None
+            followed = follower.stats(self._pid(p))
             if followed is not None:
                 lag = yield from self.hub.store.unindexed.plan(self._pk(p), followed["follow_position"], 1000)
                 st = replace(st, follow={**followed, "follow_lag_entries": lag})

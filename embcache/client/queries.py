@@ -252,7 +252,7 @@ class QueryPath:
         bases += [b for b in (cache.cached(self._pid(p)) for p in (parts if granted is None else
                                                                     [p for p in parts if p in granted])) if b]
         follower = cache.follower
-        if follower is not None and follower.buffers:  # the followed changes are newer than the bases
+        if follower.buffers:  # the followed changes are newer than the bases
             views = [v for v in (follower.view(self._pid(p)) for p in parts if granted is None or p in granted) if v]
             for i in ids:
                 if i in found or i in skip:
@@ -336,7 +336,7 @@ class QueryPath:
         be caught up."""
         overlays: list[Overlay] = [{} for _ in sources]
         follower = self.hub.cache.follower
-        if follower is not None and follower.buffers:
+        if follower.buffers:
             exact = q.consistency == "strong"
             for src in sources:
                 for p in src.parts:
