@@ -10,6 +10,7 @@ import redis
 
 import embcache
 from embcache.core.delta import Chain
+from embcache.core.keys import PartitionKeys
 from embcache.redis import snapshots
 from tests.workers_fixtures import brute_force, random_unit, wait_for
 
@@ -65,15 +66,20 @@ class Data:
         return np.sort(1 - m @ x / np.linalg.norm(m, axis=1) / np.linalg.norm(x))
 
 
+def _built(a: embcache.Hub, name: str, n: int) -> tuple[embcache.Version, PartitionKeys, redis.Redis, "Data"]:
+    """A new space ``name`` with ``n`` random items in one partition, built into its first snapshot: the version,
+    its partition keys, the hub's client and the reference data."""
+    v = a.create_space(name, dim=DIM).create_version()
+    data = Data()
+    data.upsert(v, [f"a{i}" for i in range(n)], random_unit(n, DIM, 1))
+    v.build(timeout=60)
+    return v, a.keys.partition(name, v.name, "default"), a.store.r, data
+
+
 def test_deltas_extend_the_snapshot_until_a_merge(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
     a = hubs(redis_url)
     workers.start(redis_url, env=DELTA_ENV)
-    v = a.create_space("dl", dim=DIM).create_version()
-    pk = a.keys.partition("dl", v.name, "default")
-    r = a.store.r
-    data = Data()
-    data.upsert(v, [f"a{i}" for i in range(500)], random_unit(500, DIM, 1))
-    v.build(timeout=60)
+    v, pk, r, data = _built(a, "dl", 500)
     base, chain = _published(r, pk)
     assert base.generation == 1 and chain is None
     empty = snapshots.read_chain(r, pk, base, WIDTH)  # its worker keeps the index: an empty chain says so
@@ -133,14 +139,10 @@ def test_deltas_extend_the_snapshot_until_a_merge(redis_url: str, workers, hubs)
 def test_a_new_reader_starts_from_the_segments(redis_url: str, workers, hubs) -> None:  # noqa: ANN001
     a = hubs(redis_url)
     workers.start(redis_url, env=DELTA_ENV)
-    v = a.create_space("dn", dim=DIM).create_version()
-    data = Data()
-    data.upsert(v, [f"a{i}" for i in range(300)], random_unit(300, DIM, 1))
-    v.build(timeout=60)
+    v, pk, _, data = _built(a, "dn", 300)
     data.upsert(v, [f"n{i}" for i in range(40)], random_unit(40, DIM, 2))
     data.delete(v, ["a1", "a2"])
     v.build(timeout=60)
-    pk = a.keys.partition("dn", v.name, "default")
     _, chain = _published(a.store.r, pk)
     assert chain is not None and chain.rows == 42
     q = random_unit(20, DIM, 7)
@@ -160,12 +162,7 @@ def test_worker_killed_between_a_delta_and_the_merge(redis_url: str, workers, hu
     log (never trimmed past the snapshot the chain extends): no write is lost, no deleted item returns."""
     a = hubs(redis_url)
     w1 = workers.start(redis_url, env=DELTA_ENV)
-    v = a.create_space("dk", dim=DIM).create_version()
-    pk = a.keys.partition("dk", v.name, "default")
-    r = a.store.r
-    data = Data()
-    data.upsert(v, [f"a{i}" for i in range(400)], random_unit(400, DIM, 1))
-    v.build(timeout=60)
+    v, pk, r, data = _built(a, "dk", 400)
     data.upsert(v, [f"d{i}" for i in range(30)], random_unit(30, DIM, 2))
     data.delete(v, [f"a{i}" for i in range(10)])
     v.build(timeout=60)
@@ -220,12 +217,7 @@ def test_an_index_that_lags_the_chain_by_parts_of_segments(redis_url: str, worke
     data up to its position."""
     a = hubs(redis_url)
     workers.start(redis_url, env={**DELTA_ENV, "EMBCACHE_DELTA_INDEX_BUDGET": "0", "EMBCACHE_DELTA_INDEX_PART": "7"})
-    v = a.create_space("dg", dim=DIM).create_version()
-    pk = a.keys.partition("dg", v.name, "default")
-    r = a.store.r
-    data = Data()
-    data.upsert(v, [f"a{i}" for i in range(400)], random_unit(400, DIM, 1))
-    v.build(timeout=60)
+    v, pk, r, data = _built(a, "dg", 400)
     reader = hubs(redis_url, follow=False, refresh_interval=0.05).space("dg").version(v.name)
     q = random_unit(25, DIM, 6)
     for round_ in range(6):  # 30 writes a round: the chain passes its 100-row limit while the index lags
@@ -255,12 +247,7 @@ def test_deltas_on_redis_cluster(cluster_url: str, redis_url: str, workers, hubs
     reading and the merge work on a 3-master Cluster as on one server (RQ on a standalone Redis)."""
     a = hubs(cluster_url)
     workers.start(cluster_url, queue_url=redis_url, env=DELTA_ENV)
-    v = a.create_space("dc", dim=DIM).create_version()
-    pk = a.keys.partition("dc", v.name, "default")
-    r = a.store.r
-    data = Data()
-    data.upsert(v, [f"a{i}" for i in range(300)], random_unit(300, DIM, 1))
-    v.build(timeout=60)
+    v, pk, r, data = _built(a, "dc", 300)
     reader = hubs(cluster_url, follow=False, refresh_interval=0.05).space("dc").version(v.name)
     q = random_unit(20, DIM, 5)
     assert data.exact(reader.query(q, 5).ids, q, 5)
