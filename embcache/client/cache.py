@@ -85,6 +85,9 @@ class PartitionCache:
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
+        # bumped before any base is loaded, replaced, evicted or dropped: a query route checked at one generation
+        # still has its base while the generation is the same (read the base first, then compare)
+        self.generation = 0
         # the live change-log follower (its own thread: a snapshot load must not hold up following); with
         # follow=False one that is not live, so that published delta segments still reach eventual reads
         self.follower = Follower(self, overlay_bytes, live=follow)
@@ -242,6 +245,7 @@ class PartitionCache:
 
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
         with self._lock:
+            self.generation += 1
             self._bases[pid] = (base, info)
             self._bases.move_to_end(pid)
             total = sum(b.nbytes for b, _ in self._bases.values())
@@ -253,6 +257,7 @@ class PartitionCache:
     def drop(self, predicate: Callable[[PartitionId], bool]) -> None:
         """Forget the bases whose id matches (e.g. a dropped space)."""
         with self._lock:
+            self.generation += 1
             for pid in [p for p in self._bases if predicate(p)]:
                 del self._bases[pid]
         self.follower.forget(predicate)
@@ -331,6 +336,7 @@ class PartitionCache:
             if new is not None and new is not base:
                 with self._lock:
                     if self._bases.get(pid, (None,))[0] is base:
+                        self.generation += 1
                         self._bases[pid] = (new, info)
                         replaced += 1
         if replaced:

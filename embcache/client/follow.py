@@ -62,6 +62,9 @@ class Follower:
         self.budget = budget_bytes
         self.poll = poll
         self.buffers: dict[PartitionId, TailBuffer] = {}
+        # bumped whenever a buffer is added, replaced, dropped or given rows (every change to what views hold):
+        # a query route checked at one epoch is stale after it (client/queries.py, "routes")
+        self.epoch = 0
         self.infos: dict[PartitionId, SpaceInfo] = {}
         self.frozen: set[PartitionId] = set()
         self.floors: dict[PartitionId, str] = {}  # partitions followed from a trim point (a base behind it)
@@ -103,6 +106,7 @@ class Follower:
                 self._drop(pid)
 
     def _drop(self, pid: "PartitionId") -> None:
+        self.epoch += 1
         self.buffers.pop(pid, None)
         self._seeds.pop(pid, None)
         self.infos.pop(pid, None)
@@ -151,11 +155,13 @@ class Follower:
             for pid, (start, info) in wanted.items():
                 buf = self.buffers.get(pid)
                 if buf is None or pos_key(start) < pos_key(buf.start):
+                    self.epoch += 1
                     self.buffers[pid] = TailBuffer(start, info.dim, info.metric, info.ef)
                     self.infos[pid] = info
                     self.frozen.discard(pid)
                     self._pending.add(pid)  # read what was written since the base, without waiting for a new write
                 elif pos_key(start) > pos_key(buf.start):
+                    self.epoch += 1
                     self.buffers[pid] = buf.after(start)
                     if pid in self.frozen and self._total() <= self.budget:
                         self.frozen.discard(pid)
@@ -197,6 +203,7 @@ class Follower:
                 self.frozen.add(pid)
                 break
             buf.apply(pos, items)
+            self.epoch += 1
             added += 1
         return added
 
@@ -291,6 +298,7 @@ class Follower:
                     self.frozen.add(pid)
                     continue
                 buf.apply(tail.pos, items)
+                self.epoch += 1
                 updated += 1
             if metrics.ENABLED:
                 metrics.set_overlay(pk.tag, buf.view.n_live, buf.nbytes, buf.unindexed())
@@ -341,6 +349,7 @@ class Follower:
                 log.info("%s: the version graph is behind the log's trim point; following from its end",
                          "/".join(pid))
         with self._lock:
+            self.epoch += 1
             self.buffers.pop(pid, None)
             self._pending.discard(pid)
         self.sync()

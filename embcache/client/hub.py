@@ -646,6 +646,7 @@ class Version(QueryPath):
         self.description = record.description
         self._probes: dict[tuple[tuple[str, ...], bool], StrongProbe] = {}  # partitions -> their strong probe
         self._plain: dict[tuple[int, str], Query] = {}  # query_by_id's Query for the default options, per (k, level)
+        self._routes: dict[tuple[tuple[str, ...] | None, str], Any] = {}  # the common query's routes (QueryPath)
 
     def __repr__(self) -> str:
         return f"Version({self.space.name!r}, {self.name!r}, state={self.state!r})"
@@ -1018,8 +1019,20 @@ class Version(QueryPath):
         writes; ``strong`` adds every write committed before the call (one round trip). :meth:`explain` shows
         how a query is answered.
         """
+        plain = (where is None and ef is None and exclude is None
+                 and type(include) is tuple and include == ("distances",))
+        if plain:  # the common query: over a route when one is valid (client/queries.py, "routes")
+            t0 = time.perf_counter() if metrics.ENABLED else 0.0
+            res = self._routed(query_embeddings, n_results, partitions, consistency)
+            if res is not None:
+                if metrics.ENABLED:
+                    metrics.observe_query(self.space.name, str(consistency), time.perf_counter() - t0)
+                return res
         q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, include, exclude)
-        return self._answer(q)
+        res = self._answer(q)
+        if plain and len(q.vectors) == 1:
+            self._route(q.partitions, q.consistency)
+        return res
 
     @_guard("query")
     def explain(
@@ -1089,15 +1102,21 @@ class Version(QueryPath):
         overlay are applied; ``ef`` does not apply to them), merged with the overlay's items, and from the graph
         otherwise. :class:`~embcache.errors.NotFound` if an id is not stored in this version.
         """
-        t0 = time.perf_counter()
-        id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
-        res = self._listed(id_list, q) if self.space.neighbours and q.consistency != "strong" else None
-        if res is None and q.consistency != "strong":
-            res = _without_io(self._by_id(id_list, q))
+        t0 = time.perf_counter() if metrics.ENABLED else 0.0
+        plain = (where is None and ef is None and exclude is None
+                 and type(include) is tuple and include == ("distances",))
+        res = self._routed_by_id(ids, n_results, partitions, consistency) if plain else None
         if res is None:
-            res = self._run(self._by_id(id_list, q))
+            id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)
+            res = self._listed(id_list, q) if self.space.neighbours and q.consistency != "strong" else None
+            if res is None and q.consistency != "strong":
+                res = _without_io(self._by_id(id_list, q))
+            if res is None:
+                res = self._run(self._by_id(id_list, q))
+            if plain and len(id_list) == 1:
+                self._route(q.partitions, q.consistency)
         if metrics.ENABLED:
-            metrics.observe_query(self.space.name, q.consistency, time.perf_counter() - t0)
+            metrics.observe_query(self.space.name, str(consistency), time.perf_counter() - t0)
         return res
 
     def _query_by_id(self, ids: Any, n_results: Any, partitions: Any, where: Any, ef: Any, consistency: Any,

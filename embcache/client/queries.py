@@ -31,7 +31,7 @@ from ..redis import metrics
 from ..redis.catalogue import valid_names
 from ..redis.plan import Offload, Plan
 from ..redis.probe import PendingProbe, StrongProbe
-from .cache import PartitionCache, tail_overlay
+from .cache import GRAPH, PartitionCache, tail_overlay
 from .results import CONSISTENCY_LEVELS, GetResult, QueryResult
 from .state import Pid
 
@@ -41,7 +41,12 @@ if TYPE_CHECKING:
 __all__ = ["QueryPath"]
 
 T = TypeVar("T")
+try:  # np.einsum is this function behind numpy's dispatch wrapper, which costs ~2 us of a ~40 us query
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:  # numpy < 2
+    _einsum = np.einsum
 NAMED_GRAPH_SHARE = 0.2  # named partitions holding this share of a loaded version graph are searched there
+ROUTES = 64  # query routes kept per version (the sets of partitions queried are few in practice)
 _INCLUDE_QUERY = ("distances", "metadatas", "embeddings")
 
 
@@ -54,6 +59,7 @@ class QueryPath:
     name: str
     _probes: dict[tuple[tuple[str, ...], bool], StrongProbe]  # partitions -> their strong probe
     _plain: dict[tuple[int, str], Query]  # query_by_id's Query for the default options, per (k, level)
+    _routes: dict[tuple[tuple[str, ...] | None, str], "_Route"]  # (partitions, level) -> its route
 
     if TYPE_CHECKING:  # the version's reads, which the query path uses
         def _partitions_arg(self, partitions: object, *, fresh: bool = True) -> Plan[list[str]]: ...
@@ -85,6 +91,117 @@ class QueryPath:
         queries = yield from self._stored_vectors(id_list, q)
         res = yield from self._explained(replace(q, vectors=queries, k=q.k + 1), ex, probe)
         return _drop_own(res, id_list, q.k)
+
+    # routes: the common single query without the general plan -------------------------------------------------
+    # Most serving calls are one vector, default options, ``eventual`` or ``session``, over the same partitions,
+    # and most of the time nothing is newer than the loaded base that answers them: then the general plan
+    # (partitions, sources, overlays, search, merge) comes down to one hnswlib search, and its ~50 us of Python
+    # are most of a small partition's query. A route remembers that outcome with what it depends on (the cache
+    # entry, the partition list, the grant, the follower's and this hub's writes, each by identity or counter);
+    # while none of them changed, the query is that one search. Anything else takes the general plan.
+    def _routed_base(self, partitions: Any, consistency: Any) -> Any:
+        """The base of a still-valid route for ``partitions`` at ``consistency`` (see above), else None."""
+        try:
+            key = partitions if partitions is None else (partitions,) if type(partitions) is str else tuple(partitions)
+            route = self._routes.get((key, consistency))
+        except TypeError:  # not a sequence, or unhashable names: the general plan names the error
+            return None
+        if route is None:
+            return None
+        hub, cache = self.hub, self.hub.cache
+        base = cache.cached(route.bkey)  # before the generation: a base replaced after the check is not used
+        if (base is None or cache.generation != route.gen or cache.follower.epoch != route.follow
+                or self.space.grant is not route.grant
+                or hub.partitions.cached(self.space.name, self.name) is not route.known
+                or (consistency == "session" and hub.session.stamp != route.session)):
+            return None
+        return base
+
+    def _routed(self, x: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
+        """:meth:`query` of one vector with the default options over a still-valid route; None when there is none
+        or the input is not plain (the general plan then validates it and answers, or raises the error)."""
+        base = self._routed_base(partitions, consistency)
+        if base is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
+                or not 0 < k <= base.count:
+            return None
+        dim = self.space.dim
+        if x.shape == (dim,):
+            flat = x
+        elif x.shape == (1, dim):
+            flat = x[0]
+        else:
+            return None
+        # float32 squares: NaN or inf anywhere (or values past ~1e19) give a sum that is not finite. hnswlib scales
+        # a cosine query to unit length itself, in float32, which is exact enough in this range; the general plan
+        # hands it a float64-normalised copy (needed for its exact scans), so distances agree to float32 rounding.
+        square = float(np.dot(flat, flat))
+        if not 1e-30 < square < 1e30:
+            return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
+        try:
+            labels, dists = base.knn(flat.reshape(1, dim), k, None)
+        except RuntimeError:  # hnswlib found fewer than k: the general plan answers exactly
+            return None
+        return QueryResult(ids=[base.id_of[labels[0]].tolist()], distances=dists, metric=self.space.metric)
+
+    def _routed_by_id(self, ids: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
+        """:meth:`query_by_id` of one id with the default options over a still-valid route, when the route's base
+        holds the id (its stored vector is then the query, as the general plan takes it); else None. Not in a
+        space with neighbour lists, which answer there."""
+        base = self._routed_base(partitions, consistency)
+        if base is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
+                or not 0 < k < base.count or self.space.neighbours:
+            return None
+        own = ids[0]
+        label = base.label.get(own) if type(own) is str else None
+        if label is None:
+            return None  # in another partition, in Redis only, or not stored: the general plan finds out
+        try:
+            labels, dists = base.knn(base.index.get_items([label]), k + 1, None)
+        except RuntimeError:
+            return None
+        found = base.id_of[labels[0]].tolist()
+        if own in found:  # the item itself, nearly always first: not its own neighbour
+            at = found.index(own)
+            del found[at]
+            rest = dists[:, 1:] if at == 0 else np.delete(dists, at, axis=1)  # np.delete costs ~5 us
+            return QueryResult(ids=[found], distances=rest, metric=self.space.metric)
+        return QueryResult(ids=[found[:k]], distances=dists[:, :k].copy(), metric=self.space.metric)
+
+    def _route(self, partitions: tuple[str, ...] | None, consistency: str) -> None:
+        """Remember a route for ``partitions`` at ``consistency`` when one base answers them with nothing to merge
+        (called after the general plan answered, so names and grants are checked and the bases loaded)."""
+        hub, cache = self.hub, self.hub.cache
+        # read first: a change during the checks leaves the route stale at once
+        gen, follow, session = cache.generation, cache.follower.epoch, hub.session.stamp
+        known = hub.partitions.cached(self.space.name, self.name)
+        if known is None or consistency not in ("eventual", "session"):
+            return
+        granted = self.space.allowed_partitions()
+        parts = list(partitions or known)
+        if granted is not None:
+            parts = [p for p in parts if p in granted]
+            if len(parts) != 1:
+                return  # several partitions of a partial grant are searched one by one
+        if len(parts) == 1:
+            bkey = self._pid(parts[0])
+        else:
+            graph = cache.cached_graph(self.space.name, self.name)
+            if graph is None or len(graph.parts) != len(parts) or not all(p in graph.parts for p in parts):
+                return  # not one version graph of exactly these partitions
+            bkey = (self.space.name, self.name, GRAPH)
+        base: Any = cache.cached(bkey)
+        if base is None or not base.has_graph:
+            return
+        for p in parts:
+            view = cache.follower.view(self._pid(p))
+            if view is not None and view.n:
+                return  # followed changes to merge
+            pos = base.parts[p] if isinstance(base, VersionBase) else base.position
+            if consistency == "session" and not hub.session.quiet(self._pid(p), pos):
+                return  # this hub's own writes to merge
+        if len(self._routes) >= ROUTES:
+            self._routes.clear()
+        self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -447,6 +564,18 @@ class _Source:
         return pos_key(self.base.position)
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What one route's answer depends on, each compared by identity or counter (see QueryPath._routed)."""
+
+    bkey: tuple[str, str, str]  # the cache id of the base that answers
+    gen: int  # the cache's generation when checked (the route holds no base: eviction frees it)
+    known: list[str]  # the hub's partition list of the version when checked
+    grant: object  # the space's grant when checked
+    follow: int  # the follower's epoch when checked
+    session: int  # this hub's session-writes stamp when checked
+
+
 @dataclass
 class _Answer:
     result: QueryResult
@@ -457,9 +586,10 @@ def _unit_rows(queries: np.ndarray) -> np.ndarray:
     """Query rows scaled to unit length, bit for bit as codec.normalise does (which names a zero row, and
     handles every other case)."""
     if len(queries) == 1:  # the same float64 norm and division as codec.normalise, with less numpy machinery
-        square = float(np.einsum("i,i->", queries[0], queries[0], dtype=np.float64))
+        square = float(_einsum("ij,ij->", queries, queries, dtype=np.float64))
         if 1e-30 < square < 1e30:
-            unit: np.ndarray = (queries / np.float64(square ** 0.5)).astype(np.float32)
+            unit: np.ndarray = np.divide(queries, np.float64(square ** 0.5), out=np.empty(queries.shape, np.float32),
+                                         casting="unsafe", dtype=np.float64)
             return unit
     return codec.normalise(queries, what="query_embeddings")
 

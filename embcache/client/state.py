@@ -36,15 +36,17 @@ class KnownPartitions:
         return self._lists.get((space, version))
 
     def set(self, space: str, version: str, partitions: list[str]) -> None:
-        """Replace the list with one just read from Redis (sorted)."""
-        self._lists[(space, version)] = partitions
+        """Replace the list with one just read from Redis (sorted); an equal list keeps the old one (query routes
+        compare it by identity)."""
+        if partitions != self._lists.get((space, version)):
+            self._lists[(space, version)] = partitions
 
     def get(self, space: str, version: str, fresh: bool) -> Plan[list[str]]:
         """The version's partitions; ``fresh=False`` accepts the cached list."""
         parts = None if fresh else self._lists.get((space, version))
         if parts is None:
             parts = yield from self.catalogue.partitions.plan(space, version)
-            self._lists[(space, version)] = parts
+            self.set(space, version, parts)
         return parts
 
     def register(self, pid: Pid) -> Plan[bool]:
@@ -75,7 +77,8 @@ class KnownPartitions:
         keys = list(self._lists)
         if keys:
             for key, parts in zip(keys, self.catalogue.partition_lists(keys)):
-                self._lists[key] = parts
+                if parts != self._lists.get(key):  # an unchanged list keeps its identity: query routes check it
+                    self._lists[key] = parts
 
     def drop(self, match: Callable[[Pid], bool]) -> None:
         """Forget the registrations of every partition ``match`` accepts (its space or version was dropped)."""
@@ -99,10 +102,12 @@ class SessionWrites:
         self._floors: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # floors, per version
         self._epoch = 0  # bumped when a floor moves: cached floor checks are then stale
         self._checks: dict[tuple[object, ...], list[str]] = {}
+        self.stamp = 0  # bumped on every change: a query route checked against one stamp is stale after it
 
     def remember(self, pid: Pid, items: Overlay, pos: str, overflow: bool = False) -> None:
         """Keep this hub's write of ``items`` at log position ``pos``; ``overflow``: too many to keep."""
         with self._lock:
+            self.stamp += 1
             ov = self._writes.setdefault(pid, {})
             ov.update(items)
             self._live.setdefault(pid[:2], set()).add(pid[2])
@@ -128,12 +133,14 @@ class SessionWrites:
             ov = self._writes.get(pid)
             if not ov:
                 if ov is not None:  # emptied by an overflow that this base now covers
+                    self.stamp += 1
                     del self._writes[pid]
                     self._live.get(pid[:2], set()).discard(pid[2])
                 return {}
             prune = min(covered, pos_key(oldest)) if oldest is not None else covered
             gone = [i for i, it in ov.items() if pos_key(it.pos) <= prune]
             if gone:
+                self.stamp += 1
                 for i in gone:
                     del ov[i]
                 self._raise_floor(pid, prune)
@@ -141,6 +148,11 @@ class SessionWrites:
                     del self._writes[pid]
                     self._live.get(pid[:2], set()).discard(pid[2])
             return {i: it for i, it in ov.items() if pos_key(it.pos) > covered}
+
+    def quiet(self, pid: Pid, base_pos: str) -> bool:
+        """True when a base at ``base_pos`` holds every write of this hub to the partition: no copies are kept and
+        none were dropped above it (a session read then has nothing to merge)."""
+        return pid not in self._writes and self._floor.get(pid, (0, 0)) <= pos_key(base_pos)
 
     def candidates(self, space: str, version: str, parts: list[str], position: Callable[[str], str],
                    base: object) -> list[str]:
@@ -192,6 +204,7 @@ class SessionWrites:
     def drop(self, match: Callable[[Pid], bool]) -> None:
         """Forget the writes of every partition ``match`` accepts."""
         with self._lock:
+            self.stamp += 1
             for pid in [p for p in self._writes if match(p)]:
                 del self._writes[pid]
             for pid in [p for p in self._floor if match(p)]:

@@ -1,0 +1,224 @@
+"""Query routes (client/queries.py): the common single query over a remembered base must answer exactly as the
+general plan does, and must never serve once anything it depends on changed (this hub's writes, another hub's
+writes followed, a new partition, a new snapshot, grants). Snapshots and the version graph are built in this
+process with the workers' own build functions, on a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import embcache
+from embcache.client.cache import exact_base
+from embcache.core.errors import DimensionMismatch, InvalidInput, ItemNotFound, PartitionNotFound, PermissionDenied
+from embcache.redis.catalogue import Catalogue
+from tests.datasets import MiniLMSubset
+from tests.workers_fixtures import wait_for
+from workers import build as wbuild
+from workers.vgraph import build_version_graph
+
+N = 1500
+PARTS = {"a": slice(0, 700), "b": slice(700, 1400), "c": slice(1400, N)}
+
+
+def _build_all(hub: embcache.Hub, space: str, version: str) -> None:
+    record = Catalogue(hub.store).get_space(space)
+    for p in hub.space(space).version(version).partitions():
+        wbuild.build_snapshot(hub.store, record, version, p)
+    build_version_graph(hub.store, record, version)
+    hub.cache.refresh()
+
+
+@pytest.fixture
+def routed(redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset):  # noqa: ANN201
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=3600)
+    v = hub.create_space("rt", dim=384, metric="cosine").create_version()
+    for p, rows in PARTS.items():
+        v.upsert(ds.ids[rows], ds.base[rows], partition=p)
+    _build_all(hub, "rt", v.name)
+    return hub, v
+
+
+def _general(v: Any, call: Callable[[], Any]) -> Any:
+    """``call``'s answer with no route (the general plan's), leaving the routes as they were."""
+    saved = dict(v._routes)
+    v._routes.clear()
+    try:
+        return call()
+    finally:
+        v._routes.clear()
+        v._routes.update(saved)
+
+
+def _no_general_plan(v: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: Any, **_kw: Any) -> Any:
+        raise AssertionError("the general plan ran where a route should answer")
+
+    monkeypatch.setattr(v, "_search", refuse)
+
+
+@pytest.mark.parametrize("partitions", [None, ["a"], ["c"]])
+@pytest.mark.parametrize("level", ["eventual", "session"])
+def test_a_route_answers_as_the_general_plan(routed, minilm_subset: MiniLMSubset, monkeypatch: pytest.MonkeyPatch,
+                                             partitions: list[str] | None, level: str) -> None:  # noqa: ANN001
+    hub, v = routed
+    ds = minilm_subset
+    queries = ds.queries[:30] * np.float32(3.0)  # not unit length: the route must scale cosine queries too
+    general = [_general(v, lambda q=q: v.query(q, 10, partitions=partitions, consistency=level)) for q in queries]
+    by_id = [_general(v, lambda i=i: v.query_by_id([i], 7, partitions=partitions, consistency=level))
+             for i in ds.ids[690:710]]
+    v.query(queries[0], 10, partitions=partitions, consistency=level)  # the general plan, then the route is kept
+    assert len(v._routes) == 1
+    _no_general_plan(v, monkeypatch)
+    for q, want in zip(queries, general):
+        for shape in (q, q[None, :]):  # one vector, or a batch of one
+            got = v.query(shape, 10, partitions=partitions, consistency=level)
+            assert got.ids == want.ids
+            np.testing.assert_allclose(got.distances, want.distances, rtol=0, atol=2e-6)
+            assert got.distances.shape == (1, 10) and got.distances.dtype == np.float32 and got.metric == "cosine"
+    in_base = set(ds.ids[PARTS[partitions[0]]]) if partitions else set(ds.ids[:N])
+    for i, want in zip(ds.ids[690:710], by_id):
+        if i not in in_base:
+            continue  # the item lives in another partition: the general plan fetches its vector (not routed)
+        got = v.query_by_id([i], 7, partitions=partitions, consistency=level)
+        assert got.ids == want.ids and i not in got.ids[0] and len(got.ids[0]) == 7
+        np.testing.assert_array_equal(got.distances, want.distances)
+
+
+def test_a_route_never_hides_this_hubs_writes(routed, redis_url: str, hubs: Callable[..., embcache.Hub],
+                                             minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    _, built = routed
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=3600, follow=False)  # no follower: only the session writes tell
+    v = hub.space("rt").version(built.name)
+    q = ds.queries[0]
+    top = v.query(q, 3).ids[0]
+    v.query(q, 3)  # over the route
+    v.upsert(["mine"], q[None, :], partition="b")
+    assert v.query(q, 3).ids[0] == ["mine", *top[:2]]  # session: at once
+    v.delete(["mine"], partition="b")
+    assert v.query(q, 3).ids[0] == top
+    v.delete([top[0]], partition=next(p for p, rows in PARTS.items() if top[0] in ds.ids[rows]))
+    assert v.query(q, 3).ids[0][:2] == top[1:]
+    assert top[0] not in v.query(q, 10).ids[0]
+    assert top[0] in v.query(q, 3, consistency="eventual").ids[0]  # eventual: the snapshot, as before
+
+
+def test_a_route_checks_the_base_it_finds(routed, minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    """A base replaced in the cache by one that cannot be routed (an exact base: the partition's snapshot is gone)
+    is answered by the general plan, even where nothing else changed."""
+    hub, v = routed
+    ds = minilm_subset
+    q = ds.queries[2]
+    want = v.query(q, 5, partitions=["a"], consistency="eventual")
+    v.query(q, 5, partitions=["a"], consistency="eventual")  # over the route
+    pid = ("rt", v.name, "a")
+    info = hub.cache._bases[pid][1]
+    hub.cache._put(pid, exact_base(hub.store.read_partition(hub.cache.keys(pid)), info), info)
+    got = v.query(q, 5, partitions=["a"], consistency="eventual")
+    assert got.ids == want.ids  # the same items, now by brute force
+    assert "exact" in v.explain(q, 5, partitions=["a"], consistency="eventual").plan
+
+
+def test_a_route_never_hides_what_the_follower_read(routed, redis_url: str, hubs: Callable[..., embcache.Hub],
+                                                    minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    hub, v = routed
+    ds = minilm_subset
+    other = hubs(redis_url).space("rt").version(v.name)
+    q = ds.queries[5]
+
+    def check(level: str, partitions: list[str] | None) -> None:
+        def top() -> list[str]:
+            return v.query(q, 2, partitions=partitions, consistency=level).ids[0]
+
+        before = top()
+        top()  # over the route
+        new = f"theirs-{level}-{partitions}"
+        other.upsert([new], q[None, :], partition="a")
+        wait_for(lambda: top() == [new, before[0]], 10, what=f"another hub's write at {level} over {partitions}")
+        other.delete([new], partition="a")
+        wait_for(lambda: top() == before, 10, what=f"another hub's delete at {level} over {partitions}")
+
+    for level in ("eventual", "session"):
+        for partitions in (None, ["a"]):
+            check(level, partitions)
+
+
+def test_a_route_never_hides_a_new_partition_or_snapshot(redis_url: str, hubs: Callable[..., embcache.Hub],
+                                                          minilm_subset: MiniLMSubset) -> None:
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=0.2)
+    v = hub.create_space("rt2", dim=384, metric="cosine").create_version()
+    v.upsert(ds.ids[:600], ds.base[:600], partition="a")
+    _build_all(hub, "rt2", v.name)
+    q = ds.queries[7]
+    v.query(q, 1, consistency="eventual")
+    v.query(q, 1, consistency="eventual")  # over the route of the one partition
+    other = hubs(redis_url).space("rt2").version(v.name)
+    other.upsert(["elsewhere"], q[None, :], partition="z")
+    wait_for(lambda: v.query(q, 1, consistency="eventual").ids[0] == ["elsewhere"], 10,
+             what="a partition another hub created")
+    other.delete(["elsewhere"], partition="z")
+    other.upsert(["rebuilt"], q[None, :], partition="a")
+    _build_all(hub, "rt2", v.name)  # a new snapshot (and graph) replaces the routed bases
+    for level in ("eventual", "session"):
+        assert v.query(q, 1, consistency=level).ids[0] == ["rebuilt"]
+        assert v.query(q, 1, consistency=level).ids[0] == ["rebuilt"]
+
+
+def test_bad_input_is_refused_with_a_route_kept(routed, minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    hub, v = routed
+    ds = minilm_subset
+    q = ds.queries[0]
+    for parts in (None, ["a"]):
+        v.query(q, 5, partitions=parts)
+        v.query_by_id([ds.ids[0]], 5, partitions=parts)
+    assert v._routes
+    nan, inf, zero = q.copy(), q.copy(), np.zeros_like(q)
+    nan[3], inf[4] = np.nan, np.inf
+    for bad in (nan, inf, zero, nan[None, :]):
+        with pytest.raises(InvalidInput):
+            v.query(bad, 5)
+    with pytest.raises(DimensionMismatch):
+        v.query(q[:100], 5)
+    with pytest.raises(InvalidInput):
+        v.query(np.stack([q, q])[None], 5)  # 3-D
+    for k in (0, -1, True, "5", 10_001):
+        with pytest.raises(InvalidInput):
+            v.query(q, k)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            v.query_by_id([ds.ids[0]], k)  # type: ignore[arg-type]
+    with pytest.raises(PartitionNotFound):
+        v.query(q, 5, partitions=["nope"])
+    with pytest.raises(InvalidInput):
+        v.query(q, 5, partitions=[["a"]])  # type: ignore[list-item]
+    with pytest.raises(ItemNotFound):
+        v.query_by_id(["no-such-id"], 5, partitions=["a"])
+    with pytest.raises(InvalidInput):
+        v.query_by_id([], 5)
+    assert v.query(q, 5, partitions="a").ids == v.query(q, 5, partitions=["a"]).ids  # a name, not its letters
+    assert v.query(q.astype(np.float64), 5).ids == v.query(q, 5).ids  # other dtypes: the general plan
+    big = v.query(q, N + 5)  # more than the route's base holds: padded by the general plan
+    assert len(big.ids[0]) == N and np.isinf(big.distances[0, N:]).all()
+    assert v.query_by_id([ds.ids[0]], 5, partitions=["b"]).ids[0]  # an item of another partition, searched in b
+
+
+def test_a_partition_limited_principal_is_routed_within_its_grant(routed, redis_url: str,
+                                                                  minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    hub, v = routed
+    ds = minilm_subset
+    creds = hub.grant("only-a", space="rt", role="reader", partitions=["a"])
+    allowed = set(ds.ids[PARTS["a"]])
+    with embcache.connect(redis_url, username=creds.username, password=creds.password, refresh_interval=3600) as lim:
+        lv = lim.space("rt").version(v.name)
+        for _ in range(3):  # the general plan, then the route
+            for q in ds.queries[:10]:
+                assert set(lv.query(q, 10, consistency="eventual").ids[0]) <= allowed
+            for parts in (["b"], ["a", "b"]):
+                with pytest.raises(PermissionDenied):
+                    lv.query(ds.queries[0], 10, partitions=parts, consistency="eventual")
+        assert lim.cache.cached_graph("rt", v.name) is None
