@@ -202,10 +202,15 @@ class Follower:
                             buf.view.pos)
                 self.frozen.add(pid)
                 break
-            buf.apply(pos, items)
-            self.epoch += 1
+            self._publish(buf, pos, items)
             added += 1
         return added
+
+    def _publish(self, buf: TailBuffer, pos: str, items: dict[str, Any]) -> None:
+        """Apply changes read up to ``pos`` to ``buf`` (under the lock); a new view moves the epoch."""
+        view = buf.view
+        if buf.apply(pos, items) is not view:
+            self.epoch += 1
 
     def _total(self) -> int:
         return sum(b.nbytes for b in self.buffers.values())
@@ -297,8 +302,7 @@ class Follower:
                                     "at %s until a newer snapshot is loaded", pk.tag, self.budget, buf.view.pos)
                     self.frozen.add(pid)
                     continue
-                buf.apply(tail.pos, items)
-                self.epoch += 1
+                self._publish(buf, tail.pos, items)
                 updated += 1
             if metrics.ENABLED:
                 metrics.set_overlay(pk.tag, buf.view.n_live, buf.nbytes, buf.unindexed())

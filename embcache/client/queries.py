@@ -96,11 +96,13 @@ class QueryPath:
     # Most serving calls are one vector, default options, ``eventual`` or ``session``, over the same partitions,
     # and most of the time nothing is newer than the loaded base that answers them: then the general plan
     # (partitions, sources, overlays, search, merge) comes down to one hnswlib search, and its ~50 us of Python
-    # are most of a small partition's query. A route remembers that outcome with what it depends on (the cache
-    # entry, the partition list, the grant, the follower's and this hub's writes, each by identity or counter);
-    # while none of them changed, the query is that one search. Anything else takes the general plan.
-    def _routed_base(self, partitions: Any, consistency: Any) -> Any:
-        """The base of a still-valid route for ``partitions`` at ``consistency`` (see above), else None."""
+    # are most of a small partition's query. A route remembers that outcome (the base, and the follower's views
+    # to search with it) with what it depends on (the cache's generation, the partition list, the grant, the
+    # follower's epoch, this hub's writes, each by identity or counter); while none of them changed, the query is
+    # that one search. Anything else takes the general plan. docs/design.md, "Routes".
+    def _routed_base(self, partitions: Any, consistency: Any) -> tuple[Any, "_Route"] | None:
+        """The base of a still-valid route for ``partitions`` at ``consistency`` (see above) and the route, else
+        None."""
         try:
             key = partitions if partitions is None else (partitions,) if type(partitions) is str else tuple(partitions)
             route = self._routes.get((key, consistency))
@@ -115,16 +117,16 @@ class QueryPath:
                 or hub.partitions.cached(self.space.name, self.name) is not route.known
                 or (consistency == "session" and hub.session.stamp != route.session)):
             return None
-        return base
+        return base, route
 
     def _routed(self, x: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
         """:meth:`query` of one vector with the default options over a still-valid route; None when there is none
         or the input is not plain (the general plan then validates it and answers, or raises the error)."""
-        base = self._routed_base(partitions, consistency)
-        if base is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
-                or not 0 < k <= base.count:
+        found = self._routed_base(partitions, consistency)
+        if found is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
+                or not 0 < k <= found[0].count:
             return None
-        dim = self.space.dim
+        (base, route), dim = found, self.space.dim
         if x.shape == (dim,):
             flat = x
         elif x.shape == (1, dim):
@@ -137,6 +139,11 @@ class QueryPath:
         square = float(np.dot(flat, flat))
         if not 1e-30 < square < 1e30:
             return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
+        if route.tails:  # the followed changes on top: the engine's search of one base and its views
+            row = flat.reshape(1, dim)
+            unit = _unit_rows(row) if self.space.metric == "cosine" else row
+            ((ids, d),) = search_view(base, {}, unit, k, None, None, self.space.metric, tails=route.tails)
+            return QueryResult(ids=[ids], distances=_pad([d], k), metric=self.space.metric)
         try:
             labels, dists = base.knn(flat.reshape(1, dim), k, None)
         except RuntimeError:  # hnswlib found fewer than k: the general plan answers exactly
@@ -147,19 +154,24 @@ class QueryPath:
         """:meth:`query_by_id` of one id with the default options over a still-valid route, when the route's base
         holds the id (its stored vector is then the query, as the general plan takes it); else None. Not in a
         space with neighbour lists, which answer there."""
-        base = self._routed_base(partitions, consistency)
-        if base is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
-                or not 0 < k < base.count or self.space.neighbours:
+        routed = self._routed_base(partitions, consistency)
+        if routed is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
+                or not 0 < k < routed[0].count or self.space.neighbours:
             return None
-        own = ids[0]
+        (base, route), own = routed, ids[0]
         label = base.label.get(own) if type(own) is str else None
-        if label is None:
-            return None  # in another partition, in Redis only, or not stored: the general plan finds out
-        try:
-            labels, dists = base.knn(base.index.get_items([label]), k + 1, None)
-        except RuntimeError:
-            return None
-        found = base.id_of[labels[0]].tolist()
+        if label is None or any(own in t for t in route.tails):
+            return None  # in another partition, changed since the base, in Redis only or not stored: the plan
+        vector = base.index.get_items([label])
+        if route.tails:
+            ((found, d),) = search_view(base, {}, vector, k + 1, None, None, self.space.metric, tails=route.tails)
+            dists = _pad([d], k + 1)
+        else:
+            try:
+                labels, dists = base.knn(vector, k + 1, None)
+            except RuntimeError:
+                return None
+            found = base.id_of[labels[0]].tolist()
         if own in found:  # the item itself, nearly always first: not its own neighbour
             at = found.index(own)
             del found[at]
@@ -192,16 +204,18 @@ class QueryPath:
         base: Any = cache.cached(bkey)
         if base is None or not base.has_graph:
             return
+        tails = []
         for p in parts:
-            view = cache.follower.view(self._pid(p))
-            if view is not None and view.n:
-                return  # followed changes to merge
             pos = base.parts[p] if isinstance(base, VersionBase) else base.position
             if consistency == "session" and not hub.session.quiet(self._pid(p), pos):
                 return  # this hub's own writes to merge
+            view = cache.follower.view(self._pid(p))
+            if view is not None and _usable(view, pos, False):
+                tails.append(view)  # as the plan's overlay stage takes it (a view never changes: new rows, new view)
         if len(self._routes) >= ROUTES:
             self._routes.clear()
-        self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session)
+        self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session,
+                                                         tuple(tails))
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -574,6 +588,7 @@ class _Route:
     grant: object  # the space's grant when checked
     follow: int  # the follower's epoch when checked
     session: int  # this hub's session-writes stamp when checked
+    tails: tuple[TailView, ...]  # the follower's views to search with the base (as of that epoch)
 
 
 @dataclass

@@ -89,6 +89,50 @@ def test_a_route_answers_as_the_general_plan(routed, minilm_subset: MiniLMSubset
         np.testing.assert_array_equal(got.distances, want.distances)
 
 
+@pytest.mark.parametrize("partitions", [None, ["b"]])
+def test_a_route_over_followed_changes_answers_as_the_general_plan(
+        routed, redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset,
+        monkeypatch: pytest.MonkeyPatch, partitions: list[str] | None) -> None:  # noqa: ANN001
+    """Writes another hub made after the snapshots, followed into this hub's overlay: new items, replaced items
+    (moved vectors) and deleted items, searched with the base over the route as the plan searches them."""
+    hub, v = routed
+    ds = minilm_subset
+    other = hubs(redis_url).space("rt").version(v.name)
+    v.query(ds.queries[0], 1, partitions=partitions, consistency="eventual")  # bases loaded, hence followed
+    fresh = ds.base[N:N + 60]
+    other.upsert([f"new{i}" for i in range(60)], fresh, partition="b")
+    replaced = ds.ids[700:720]  # items of b, given the vectors of other items
+    other.upsert(replaced, ds.base[N + 60:N + 80], partition="b")
+    deleted = ds.ids[720:740]
+    other.delete(deleted, partition="b")
+    pid = ("rt", v.name, "b")
+    wait_for(lambda: (view := hub.cache.follower.view(pid)) is not None and view.n_live >= 80, 10,
+             what="the follower's overlay")
+    queries = np.concatenate([ds.queries[:20], fresh[:5], ds.base[N + 60:N + 65]])
+    general = [_general(v, lambda q=q: v.query(q, 10, partitions=partitions, consistency="eventual"))
+               for q in queries]
+    probes = [*ds.ids[740:750], *ds.ids[:5]]  # unchanged items (of b, and of a when all partitions are searched)
+    by_id = {i: _general(v, lambda i=i: v.query_by_id([i], 6, partitions=partitions, consistency="eventual"))
+             for i in probes}
+    v.query(queries[0], 10, partitions=partitions, consistency="eventual")  # the plan; the route is kept
+    (route,) = v._routes.values()
+    assert route.tails  # the followed changes travel with the route
+    _no_general_plan(v, monkeypatch)
+    for q, want in zip(queries, general):
+        got = v.query(q, 10, partitions=partitions, consistency="eventual")
+        assert got.ids == want.ids
+        np.testing.assert_allclose(got.distances, want.distances, rtol=0, atol=2e-6)
+        assert not set(got.ids[0]) & set(deleted)
+    assert any(i.startswith("new") for q in fresh[:5] for i in v.query(q, 3, partitions=partitions,
+                                                                       consistency="eventual").ids[0])
+    for i, want in by_id.items():
+        if partitions and i not in ds.ids[PARTS["b"]]:
+            continue
+        got = v.query_by_id([i], 6, partitions=partitions, consistency="eventual")
+        assert got.ids == want.ids and i not in got.ids[0]
+        np.testing.assert_array_equal(got.distances, want.distances)
+
+
 def test_a_route_never_hides_this_hubs_writes(routed, redis_url: str, hubs: Callable[..., embcache.Hub],
                                              minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
     _, built = routed
