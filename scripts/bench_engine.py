@@ -191,6 +191,15 @@ class Bench:
         self.hub.cache.refresh()
         return v, parts
 
+    @staticmethod
+    def unrouted(v: Any) -> Any:
+        """A second facade of the same version (same hub, same loaded bases) that never keeps a query route: every
+        query takes the general plan, as before routes (client/queries.py)."""
+        u = v.space.version(v.name)
+        if hasattr(u, "_route"):
+            u._route = lambda *_a, **_kw: None
+        return u
+
     def plan_of(self, v: Any, **kw: Any) -> str:
         explain = getattr(v, "explain", None)
         if explain is None:
@@ -216,10 +225,12 @@ class Bench:
     def all_partitions(self, P: int | str, v: Any) -> None:
         raw, base = self.rawidx, self.base
         ids_row = {i: r for r, i in enumerate(self.ids)}
+        u = self.unrouted(v)
         runners = {
             "raw": lambda q: raw.knn_query(q, k=K, num_threads=1),
             "numpy": lambda q: np.argpartition(-(base @ q), K)[:K],
             "eventual": lambda q: v.query(q, K, consistency="eventual"),
+            "plan": lambda q: u.query(q, K, consistency="eventual"),
             "session": lambda q: v.query(q, K),
         }
         lat = self.time_single(runners)
@@ -227,12 +238,14 @@ class Bench:
         rec = recall(got, self.truth)
         rawrec = recall([raw.knn_query(q, k=K, num_threads=1)[0][0].tolist() for q in self.queries], self.truth)
         self.row("all partitions", [str(P), f"{lat['raw']:.0f}", f"{lat['numpy']:.0f}", f"{lat['eventual']:.0f}",
-                                    f"{lat['eventual'] / lat['raw']:.2f}x", f"{lat['session']:.0f}",
+                                    f"{lat['eventual'] / lat['raw']:.2f}x", f"{lat['plan']:.0f}",
+                                    f"{lat['plan'] / lat['raw']:.2f}x", f"{lat['session']:.0f}",
                                     f"{lat['session'] / lat['raw']:.2f}x", f"{rawrec:.3f}", f"{rec:.3f}",
                                     self.plan_of(v, consistency="eventual"), loadavg()])
 
     def named(self, v: Any, parts: np.ndarray) -> None:
         a = self.a
+        u = self.unrouted(v)
         for names in (["libs"], ["database"], ["libs", "python", "doc"]):
             names = [p for p in names if p in set(parts.tolist())]
             if not names:
@@ -244,13 +257,15 @@ class Bench:
             kk = min(K, len(rows))
             runners = {"raw": lambda q, sub=sub, kk=kk: sub.knn_query(q, k=kk, num_threads=1),
                        "eventual": lambda q, n=names: v.query(q, K, partitions=n, consistency="eventual"),
+                       "plan": lambda q, n=names: u.query(q, K, partitions=n, consistency="eventual"),
                        "session": lambda q, n=names: v.query(q, K, partitions=n)}
             lat = self.time_single(runners)
             got = [[ids_row[i] for i in v.query(q, K, partitions=names, consistency="eventual").ids[0]]
                    for q in self.queries]
             self.row("named partitions", ["+".join(names), str(len(rows)), f"{lat['raw']:.0f}",
                                           f"{lat['eventual']:.0f}", f"{lat['eventual'] / lat['raw']:.2f}x",
-                                          f"{lat['eventual'] - lat['raw']:+.0f}", f"{lat['session']:.0f}",
+                                          f"{lat['eventual'] - lat['raw']:+.0f}", f"{lat['plan']:.0f}",
+                                          f"{lat['plan'] / lat['raw']:.2f}x", f"{lat['session']:.0f}",
                                           f"{recall(got, truth):.3f}",
                                           self.plan_of(v, partitions=names, consistency="eventual"), loadavg()])
             del sub
@@ -287,12 +302,15 @@ class Bench:
             vec = raw.get_items([lab])
             return raw.knn_query(vec, k=K + 1, num_threads=1)
 
-        it2 = iter(range(1 << 30))
+        it2, it3 = iter(range(1 << 30)), iter(range(1 << 30))
+        u = self.unrouted(v)
         runners = {"raw": raw_by_id,
-                   "eventual": lambda _q: v.query_by_id([probe[next(it2) % len(probe)]], K, consistency="eventual")}
+                   "eventual": lambda _q: v.query_by_id([probe[next(it2) % len(probe)]], K, consistency="eventual"),
+                   "plan": lambda _q: u.query_by_id([probe[next(it3) % len(probe)]], K, consistency="eventual")}
         lat = self.time_single(runners)
         self.row("query_by_id", [str(P), f"{lat['raw']:.0f}", f"{lat['eventual']:.0f}",
-                                 f"{lat['eventual'] / lat['raw']:.2f}x", loadavg()])
+                                 f"{lat['eventual'] / lat['raw']:.2f}x", f"{lat['plan']:.0f}",
+                                 f"{lat['plan'] / lat['raw']:.2f}x", loadavg()])
 
     def batched(self, P: int | str, v: Any) -> None:
         raw, Q = self.rawidx, self.queries
@@ -385,13 +403,16 @@ class Bench:
     def markdown(self, cmd: str) -> str:
         m = machine()
         heads = {
-            "all partitions": "| P | raw p50 us | numpy exact p50 us | eventual p50 us | ratio | session p50 us "
+            "all partitions": "| P | raw p50 us | numpy exact p50 us | eventual p50 us | ratio "
+                              "| eventual, no route p50 us | ratio | session p50 us "
                               "| ratio | raw recall | embcache recall | plan | load |",
             "named partitions": "| partitions | items | raw on their items p50 us | eventual p50 us | ratio "
-                                "| overhead us | session p50 us | recall | plan | load |",
+                                "| overhead us | eventual, no route p50 us | ratio | session p50 us | recall | plan "
+                                "| load |",
             "where": "| P | filter | matches | raw unfiltered p50 us | eventual p50 us | ratio | session p50 us "
                      "| recall | short rows | plan | load |",
-            "query_by_id": "| P | raw get_items+knn p50 us | eventual p50 us | ratio | load |",
+            "query_by_id": "| P | raw get_items+knn p50 us | eventual p50 us | ratio | eventual, no route p50 us "
+                           "| ratio | load |",
             "batched": "| P | queries | raw QPS | embcache QPS | ratio | recall | load |",
             "upsert 100": "| P | owners map p50 ms | Redis commands | each partition asked p50 ms | Redis commands "
                           "| load |",
