@@ -18,7 +18,7 @@ of the same items (P = 1, 4, 16 partitions by row blocks; 59 by Debian section; 
 
 Snapshots are built in this process with the workers' own build functions (``workers.build``), so no
 dispatcher timing enters the numbers. Single queries are timed in blocks interleaved between the systems with
-the order rotated each round (``benchlib.interleaved_latency``); the machine's load average is printed.
+the order shuffled each block (``benchlib.interleaved_latency``); the machine's load average is printed.
 
     nice -n 5 .venv/bin/python scripts/bench_engine.py --n 20000 --queries 200          # a few minutes
     nice -n 5 .venv/bin/python scripts/bench_engine.py --write BENCHMARKS.md --label after

@@ -10,7 +10,7 @@ On debian-minilm (the first ``--n`` of its 59,000 x 384 rows, cosine) and on the
 * ``query_by_id([id], n_results=10)`` p50/p99 at ``eventual`` (and ``session``) from the lists (neighbours=30),
   by the graph path (the neighbours=0 space: the stored vector and a graph search of k + 1), and raw hnswlib
   on an index built with the same parameters (``get_items([label])`` + ``knn_query(k=11)``, one thread), timed
-  in blocks interleaved between the three with the order rotated each round (``benchlib.interleaved_latency``);
+  in blocks interleaved between the three in an order shuffled each block (``benchlib.interleaved_latency``);
 * recall@10 of each against exact neighbours (float32 numpy brute force, the item itself left out), and of the
   lists after an incremental build (2 % deleted, 2 % replaced by other vectors, 5 % new items);
 * the load average at the start and the end (the machine is shared: read the ratios, they come from one run).

@@ -66,14 +66,19 @@ def brute_force_topk(base: np.ndarray, queries: np.ndarray, k: int, *, dtype: An
 def interleaved_latency(runners: dict[str, Callable[[np.ndarray], Any]], queries: np.ndarray, rounds: int,
                         block: int) -> dict[str, list[float]]:
     """Single-query latencies (seconds) of each runner over ``queries``, ``rounds`` times: blocks of ``block``
-    queries per runner, interleaved, the order rotated each round, so that load on a shared machine hits all the
-    runners alike."""
+    queries per runner, interleaved, in an order shuffled for every block (seeded), so that load on a shared
+    machine hits all the runners alike and no runner always follows the same one (a runner that comes after one
+    that sweeps the caches, such as a BLAS scan on every core, pays for it)."""
+    import random
+
     samples: dict[str, list[float]] = {name: [] for name in runners}
     pc = time.perf_counter
     names = list(runners)
-    for rnd in range(rounds):
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
         for start in range(0, len(queries), block):
+            order = names[:]
+            shuffle(order)
             for name in order:
                 fn = runners[name]
                 out = samples[name]

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import struct
 
 import numpy as np
 
-__all__ = ["HEADER", "index_params", "level0_layout", "level0_copy", "level0_vectors"]
+__all__ = ["HEADER", "CPUS", "index_params", "level0_layout", "level0_copy", "level0_vectors"]
+
+# threads for a batch of queries: the CPUs this process may run on. An index loaded from the state built here
+# takes it as its default (with -1 there a batch ran at half the speed of hnswlib's own index: BENCHMARKS.md,
+# "Query routes"), and the bases pass it explicitly.
+CPUS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 # offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset, offsetData (size_t),
 # maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M (size_t), mult (double), ef_construction (size_t)
@@ -131,7 +137,7 @@ def index_params(data: bytes | bytearray | memoryview, metric: str, dim: int, *,
     labels = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
     return {
         "ser_version": 1, "space": metric, "dim": dim, "index_inited": True, "ep_added": count > 0,
-        "normalize": metric == "cosine", "num_threads": -1, "seed": 100, "offset_level0": 0,
+        "normalize": metric == "cosine", "num_threads": CPUS, "seed": 100, "offset_level0": 0,
         "max_elements": max(count, max_elements, 1), "cur_element_count": count, "size_data_per_element": size,
         "label_offset": label_off, "offset_data": data_off, "max_level": max_level if count else -1,
         "enterpoint_node": entry if count else 0xFFFFFFFF, "max_M": max_m, "max_M0": max_m0, "M": m, "mult": mult,

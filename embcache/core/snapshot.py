@@ -47,7 +47,7 @@ import numpy as np
 from .codec import MAX_DIM, MAX_NEIGHBOURS, METRICS
 from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
-from .hnswfile import index_params, level0_copy, level0_layout, level0_vectors
+from .hnswfile import CPUS, index_params, level0_copy, level0_layout, level0_vectors
 from .search import Ranked
 
 __all__ = ["Manifest", "HnswBase", "Receiver", "pack", "unpack", "check_index_header", "load_index_file",
@@ -320,7 +320,7 @@ class HnswBase:
     def knn(self, queries: np.ndarray, k: int, ef: int | None, flt: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """hnswlib's ``(labels, distances)``; raises RuntimeError when fewer than ``k`` matches are found."""
         want_ef = max(ef or self.default_ef, k)
-        threads = 1 if len(queries) == 1 else -1
+        threads = 1 if len(queries) == 1 else CPUS
         if want_ef == self._ef:
             found: tuple[np.ndarray, np.ndarray] = self.index.knn_query(queries, k=k, num_threads=threads, filter=flt)
             return found

@@ -19,7 +19,7 @@ import pytest
 
 from embcache.core import snapshot
 from embcache.core.errors import SnapshotCorrupt
-from embcache.core.hnswfile import HEADER, index_params, level0_vectors
+from embcache.core.hnswfile import CPUS, HEADER, index_params, level0_vectors
 from tests.datasets import MiniLMSubset
 
 DIM = 384
@@ -86,6 +86,8 @@ def test_loaded_from_memory_answers_as_hnswlib_load_index(minilm_subset: MiniLMS
     ref_l, ref_d = reference.knn_query(ds.queries, k=10)
     assert np.array_equal(got_l, ref_l) and np.allclose(got_d, ref_d)
     assert base.index.get_current_count() == reference.get_current_count()
+    # batches search on this process's CPUs (the state's -1 had made hnswlib's default thread count useless)
+    assert base.index.num_threads == CPUS >= 1
     assert sorted(base.index.get_ids_list()) == sorted(reference.get_ids_list())
     if deletes:  # the reused slots hold the new items, the deleted labels are gone
         assert not set(base.index.get_ids_list()) & set(range(0, 2 * deletes, 2))
