@@ -102,7 +102,9 @@ def test_the_planner() -> None:
     assert choose(300, 200, K, False) == ("exact", 200)  # no graph: always exact
     plan, fetch = choose(59000, 30000, K, True)
     assert plan == "graph+overfetch" and K < fetch < 100
-    assert choose(59000, EXACT_ROWS + 1, K, True)[0] == "graph+filter"  # 3.5 %: too few for an over-fetch
+    assert choose(59000, EXACT_ROWS, K, True) == ("exact", EXACT_ROWS)
+    assert choose(59000, EXACT_ROWS, K, True, dim=1536)[0] == "graph+overfetch"  # longer rows: a smaller scan
+    assert choose(200000, EXACT_ROWS + 1, K, True)[0] == "graph+filter"  # 4 %: too few for an over-fetch
 
 
 def test_query_validation() -> None:
@@ -247,3 +249,22 @@ def test_version_graph_round_trip_restrict_and_corruption(minilm_subset: MiniLMS
         unpack_version(chunks[:-1], m2, ef=64)
     with pytest.raises(SnapshotCorrupt):
         VersionManifest.from_json(b'{"generation": 1}')
+
+
+def test_an_over_fetch_that_comes_back_short_walks_wider_before_scanning(
+        minilm_subset: MiniLMSubset, snap: snapshot.HnswBase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hiding a query's 100 nearest items (98 % still match) leaves nothing of a first over-fetch of ef=64: the
+    walk is redone 4x wider, which finds the answer without an exact scan of the 4,900 matches."""
+    from embcache.core import engine
+
+    monkeypatch.setattr(engine, "EXACT_ROWS", 100)  # the subset is small: no scan of 4,900 rows either way
+    ds = minilm_subset
+    q = ds.base[7:8]
+    order = np.argsort(-(ds.base @ q[0]))
+    hidden = frozenset(ds.ids[j] for j in order[:100])
+    step = Step("", "", 0, 0, 0)
+    (ids, dists), = search_base(snap, q, K, None, hidden=hidden, step=step)
+    assert step.plan == "graph+overfetch" and not step.fallback and step.candidates == 4 * 64, step
+    truth = [ds.ids[j] for j in order[100:100 + K]]
+    assert len(ids) == K and not set(ids) & hidden
+    assert len(set(ids) & set(truth)) >= 9 and np.all(np.diff(dists) >= -1e-6)
