@@ -620,7 +620,10 @@ class Space:
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
+        strong = kwargs.get("consistency") == "strong"
+        version = None if strong else self.hub.defaults.get(self.name)  # the hot path: no plan to run
+        if version is None:
+            version = self.hub.store.run(self._default_version(strong))
         return version.query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
