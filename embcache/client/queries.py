@@ -121,7 +121,9 @@ class QueryPath:
 
     def _routed(self, x: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
         """:meth:`query` of one vector with the default options over a still-valid route; None when there is none
-        or the input is not plain (the general plan then validates it and answers, or raises the error)."""
+        or the input is not plain (the general plan then validates it and answers, or raises the error). At
+        ``strong`` the probe goes out first and the answer stands only if the positions it reads are those the
+        route's base and views cover (else the plan reads the tails)."""
         found = self._routed_base(partitions, consistency)
         if found is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
                 or not 0 < k <= found[0].count:
@@ -139,6 +141,20 @@ class QueryPath:
         square = float(np.dot(flat, flat))
         if not 1e-30 < square < 1e30:
             return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
+        if consistency != "strong":
+            return self._route_search(base, route, flat, k)
+        pending = self._strong_probe_send(route.parts, partitions is None)  # ask Redis first, search meanwhile
+        try:
+            res = self._route_search(base, route, flat, k)
+        finally:  # read the answer whatever happened, so the connection stays in step
+            positions, members = pending.read()
+        if positions != route.covers or (members is not None and members != route.known):
+            return None  # the logs moved past what the route covers, or partitions were added: the plan merges
+        return res
+
+    def _route_search(self, base: Any, route: "_Route", flat: np.ndarray, k: int) -> QueryResult | None:
+        """One vector searched over a route: the base's graph, with the route's views when it has any."""
+        dim = self.space.dim
         if route.tails:  # the followed changes on top: the engine's search of one base and its views
             row = flat.reshape(1, dim)
             unit = _unit_rows(row) if self.space.metric == "cosine" else row
@@ -154,10 +170,10 @@ class QueryPath:
         """:meth:`query_by_id` of one id with the default options over a still-valid route, when the route's base
         holds the id (its stored vector is then the query, as the general plan takes it); else None. Not in a
         space with neighbour lists, which answer there."""
-        routed = self._routed_base(partitions, consistency)
+        routed = None if consistency == "strong" else self._routed_base(partitions, consistency)
         if routed is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
                 or not 0 < k < routed[0].count or self.space.neighbours:
-            return None
+            return None  # (strong reads the item itself from Redis: the plan)
         (base, route), own = routed, ids[0]
         label = base.label.get(own) if type(own) is str else None
         if label is None or any(own in t for t in route.tails):
@@ -186,8 +202,8 @@ class QueryPath:
         # read first: a change during the checks leaves the route stale at once
         gen, follow, session = cache.generation, cache.follower.epoch, hub.session.stamp
         known = hub.partitions.cached(self.space.name, self.name)
-        if known is None or consistency not in ("eventual", "session"):
-            return
+        if known is None or consistency not in CONSISTENCY_LEVELS or (consistency == "strong" and hub.is_cluster):
+            return  # (a cluster has no single-connection strong probe)
         granted = self.space.allowed_partitions()
         parts = list(partitions or known)
         if granted is not None:
@@ -204,18 +220,22 @@ class QueryPath:
         base: Any = cache.cached(bkey)
         if base is None or not base.has_graph:
             return
-        tails = []
+        tails, covers = [], []
+        strong = consistency == "strong"
         for p in parts:
             pos = base.parts[p] if isinstance(base, VersionBase) else base.position
             if consistency == "session" and not hub.session.quiet(self._pid(p), pos):
                 return  # this hub's own writes to merge
             view = cache.follower.view(self._pid(p))
-            if view is not None and _usable(view, pos, False):
+            if view is not None and _usable(view, pos, strong):
                 tails.append(view)  # as the plan's overlay stage takes it (a view never changes: new rows, new view)
+            elif strong and view is not None and view.n:
+                return  # a view that does not start at the base: strong reads the tail
+            covers.append(view.pos if view is not None and view in tails else pos)
         if len(self._routes) >= ROUTES:
             self._routes.clear()
         self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session,
-                                                         tuple(tails))
+                                                         tuple(tails), tuple(parts), covers)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -589,6 +609,8 @@ class _Route:
     follow: int  # the follower's epoch when checked
     session: int  # this hub's session-writes stamp when checked
     tails: tuple[TailView, ...]  # the follower's views to search with the base (as of that epoch)
+    parts: tuple[str, ...]  # the partitions searched
+    covers: list[str]  # the log position the base and views cover, per partition (what strong compares)
 
 
 @dataclass

@@ -20,7 +20,7 @@ __all__ = ["HEADER", "CPUS", "index_params", "level0_layout", "level0_copy", "le
 
 # threads for a batch of queries: the CPUs this process may run on. An index loaded from the state built here
 # takes it as its default (with -1 there a batch ran at half the speed of hnswlib's own index: BENCHMARKS.md,
-# "Query routes"), and the bases pass it explicitly.
+# "Query engine", routes and planner), and the bases pass it explicitly.
 CPUS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 # offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset, offsetData (size_t),

@@ -266,3 +266,34 @@ def test_a_partition_limited_principal_is_routed_within_its_grant(routed, redis_
                 with pytest.raises(PermissionDenied):
                     lv.query(ds.queries[0], 10, partitions=parts, consistency="eventual")
         assert lim.cache.cached_graph("rt", v.name) is None
+
+
+@pytest.mark.parametrize("partitions", [None, ["a"]])
+def test_a_strong_route_answers_as_the_plan_and_misses_no_committed_write(
+        routed, redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset,
+        monkeypatch: pytest.MonkeyPatch, partitions: list[str] | None) -> None:  # noqa: ANN001
+    """At strong a route sends the probe, searches, and keeps its answer only when the logs are where its base and
+    views stand: a write another hub committed a moment ago (not followed yet) or a partition it created sends the
+    query to the plan, which reads the tail."""
+    hub, v = routed
+    ds = minilm_subset
+    queries = ds.queries[:15]
+    general = [_general(v, lambda q=q: v.query(q, 10, partitions=partitions, consistency="strong")) for q in queries]
+    v.query(queries[0], 10, partitions=partitions, consistency="strong")
+    assert (None if partitions is None else tuple(partitions), "strong") in v._routes
+    with monkeypatch.context() as m:
+        _no_general_plan(v, m)
+        for q, want in zip(queries, general):
+            got = v.query(q, 10, partitions=partitions, consistency="strong")
+            assert got.ids == want.ids
+            np.testing.assert_allclose(got.distances, want.distances, rtol=0, atol=2e-6)
+    other = hubs(redis_url).space("rt").version(v.name)
+    hub.cache.follower.close()  # nothing followed from here on: only the probe can tell
+    q = queries[3]
+    other.upsert(["committed"], q[None, :], partition="a")
+    assert v.query(q, 1, partitions=partitions, consistency="strong").ids[0] == ["committed"]
+    other.delete(["committed"], partition="a")
+    assert v.query(q, 1, partitions=partitions, consistency="strong").ids[0] != ["committed"]
+    if partitions is None:
+        other.upsert(["elsewhere"], q[None, :], partition="new")
+        assert v.query(q, 1, consistency="strong").ids[0] == ["elsewhere"]
