@@ -154,7 +154,8 @@ def test_a_route_never_hides_this_hubs_writes(routed, redis_url: str, hubs: Call
 
 def test_a_route_checks_the_base_it_finds(routed, minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
     """A base replaced in the cache by one that cannot be routed (an exact base: the partition's snapshot is gone)
-    is answered by the general plan, even where nothing else changed."""
+    is answered by the general plan, even where nothing else changed. (Two things see to it: the cache's generation
+    and the exact base's refusal of a graph search; this test fails only when both are gone.)"""
     hub, v = routed
     ds = minilm_subset
     q = ds.queries[2]
