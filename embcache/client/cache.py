@@ -85,8 +85,9 @@ class PartitionCache:
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
-        # bumped before any base is loaded, replaced, evicted or dropped: a query route checked at one generation
-        # still has its base while the generation is the same (read the base first, then compare)
+        # bumped before and after any base is loaded, replaced, evicted or dropped: a query route built at one
+        # generation still has the base it checked while the generation is the same, whether the reader looks at
+        # the generation or the base first (both orders are used: client/queries.py, "routes")
         self.generation = 0
         # the live change-log follower (its own thread: a snapshot load must not hold up following); with
         # follow=False one that is not live, so that published delta segments still reach eventual reads
@@ -253,6 +254,7 @@ class PartitionCache:
                 old_pid, (old, _) = self._bases.popitem(last=False)
                 total -= old.nbytes
                 log.info("evicted %s from the cache (budget %d bytes)", "/".join(old_pid), self.budget)
+            self.generation += 1
 
     def drop(self, predicate: Callable[[PartitionId], bool]) -> None:
         """Forget the bases whose id matches (e.g. a dropped space)."""
@@ -260,6 +262,7 @@ class PartitionCache:
             self.generation += 1
             for pid in [p for p in self._bases if predicate(p)]:
                 del self._bases[pid]
+            self.generation += 1
         self.follower.forget(predicate)
 
     def nbytes(self) -> int:
@@ -338,6 +341,7 @@ class PartitionCache:
                     if self._bases.get(pid, (None,))[0] is base:
                         self.generation += 1
                         self._bases[pid] = (new, info)
+                        self.generation += 1
                         replaced += 1
         if replaced:
             self.follower.sync()  # the overlays shrink to what the new bases do not cover, at once

@@ -62,8 +62,8 @@ class Follower:
         self.budget = budget_bytes
         self.poll = poll
         self.buffers: dict[PartitionId, TailBuffer] = {}
-        # bumped whenever a buffer is added, replaced, dropped or given rows (every change to what views hold):
-        # a query route checked at one epoch is stale after it (client/queries.py, "routes")
+        # bumped after a buffer is added, replaced, dropped or given rows (every change to what views hold; a route
+        # reads it before it looks at the views): a query route checked at one epoch is stale after it
         self.epoch = 0
         self.infos: dict[PartitionId, SpaceInfo] = {}
         self.frozen: set[PartitionId] = set()
@@ -106,12 +106,12 @@ class Follower:
                 self._drop(pid)
 
     def _drop(self, pid: "PartitionId") -> None:
-        self.epoch += 1
         self.buffers.pop(pid, None)
         self._seeds.pop(pid, None)
         self.infos.pop(pid, None)
         self.frozen.discard(pid)
         self._pending.discard(pid)
+        self.epoch += 1
 
     # which partitions, from which position -------------------------------------------------------------------
     def _wanted(self) -> dict["PartitionId", tuple[str, "SpaceInfo"]]:
@@ -155,14 +155,14 @@ class Follower:
             for pid, (start, info) in wanted.items():
                 buf = self.buffers.get(pid)
                 if buf is None or pos_key(start) < pos_key(buf.start):
-                    self.epoch += 1
                     self.buffers[pid] = TailBuffer(start, info.dim, info.metric, info.ef)
+                    self.epoch += 1
                     self.infos[pid] = info
                     self.frozen.discard(pid)
                     self._pending.add(pid)  # read what was written since the base, without waiting for a new write
                 elif pos_key(start) > pos_key(buf.start):
-                    self.epoch += 1
                     self.buffers[pid] = buf.after(start)
+                    self.epoch += 1
                     if pid in self.frozen and self._total() <= self.budget:
                         self.frozen.discard(pid)
                         self._pending.add(pid)
@@ -353,9 +353,9 @@ class Follower:
                 log.info("%s: the version graph is behind the log's trim point; following from its end",
                          "/".join(pid))
         with self._lock:
-            self.epoch += 1
             self.buffers.pop(pid, None)
             self._pending.discard(pid)
+            self.epoch += 1
         self.sync()
 
     # reporting -----------------------------------------------------------------------------------------------

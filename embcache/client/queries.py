@@ -103,17 +103,25 @@ class QueryPath:
     def _routed_base(self, partitions: Any, consistency: Any) -> tuple[Any, "_Route"] | None:
         """The base of a still-valid route for ``partitions`` at ``consistency`` (see above) and the route, else
         None."""
+        kind = type(partitions)
+        if partitions is None:
+            key = None
+        elif kind is str:
+            key = (partitions,)
+        elif kind is list or kind is tuple:  # what the plan accepts; anything else gets its error there
+            key = tuple(partitions)
+        else:
+            return None
         try:
-            key = partitions if partitions is None else (partitions,) if type(partitions) is str else tuple(partitions)
             route = self._routes.get((key, consistency))
-        except TypeError:  # not a sequence, or unhashable names: the general plan names the error
+        except TypeError:  # unhashable names: the plan names the error
             return None
         if route is None:
             return None
         hub, cache = self.hub, self.hub.cache
-        base = cache.cached(route.bkey)  # before the generation: a base replaced after the check is not used
-        if (base is None or cache.generation != route.gen or cache.follower.epoch != route.follow
-                or self.space.grant is not route.grant
+        base: Any = cache.cached(route.bkey)  # before the generation: a base replaced after the check is not used
+        if (base is None or not base.has_graph or cache.generation != route.gen
+                or cache.follower.epoch != route.follow or self.space.grant is not route.grant
                 or hub.partitions.cached(self.space.name, self.name) is not route.known
                 or (consistency == "session" and hub.session.stamp != route.session)):
             return None
@@ -126,7 +134,7 @@ class QueryPath:
         route's base and views cover (else the plan reads the tails)."""
         found = self._routed_base(partitions, consistency)
         if found is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
-                or not 0 < k <= found[0].count:
+                or not 0 < k <= min(found[0].count, codec.MAX_N_RESULTS):
             return None
         (base, route), dim = found, self.space.dim
         if x.shape == (dim,):
@@ -172,10 +180,10 @@ class QueryPath:
         space with neighbour lists, which answer there."""
         routed = None if consistency == "strong" else self._routed_base(partitions, consistency)
         if routed is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
-                or not 0 < k < routed[0].count or self.space.neighbours:
+                or not 0 < k < min(routed[0].count, codec.MAX_N_RESULTS + 1) or self.space.neighbours:
             return None  # (strong reads the item itself from Redis: the plan)
         (base, route), own = routed, ids[0]
-        label = base.label.get(own) if type(own) is str else None
+        label = base.label.get(own) if type(own) is str and route.newest else None
         if label is None or any(own in t for t in route.tails):
             return None  # in another partition, changed since the base, in Redis only or not stored: the plan
         vector = base.index.get_items([label])
@@ -221,7 +229,7 @@ class QueryPath:
         if base is None or not base.has_graph:
             return
         tails, covers = [], []
-        strong = consistency == "strong"
+        strong, newest = consistency == "strong", True
         for p in parts:
             pos = base.parts[p] if isinstance(base, VersionBase) else base.position
             if consistency == "session" and not hub.session.quiet(self._pid(p), pos):
@@ -232,10 +240,14 @@ class QueryPath:
             elif strong and view is not None and view.n:
                 return  # a view that does not start at the base: strong reads the tail
             covers.append(view.pos if view is not None and view in tails else pos)
+            other = cache.cached(self._pid(p)) if isinstance(base, VersionBase) else cache.cached_graph(*bkey[:2])
+            other_pos = (other.parts.get(p) if isinstance(other, VersionBase) else other.position) if other else None
+            if other_pos is not None and pos_key(other_pos) > pos_key(pos):
+                newest = False  # another loaded base is newer here: query_by_id takes its vectors (the plan)
         if len(self._routes) >= ROUTES:
             self._routes.clear()
         self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session,
-                                                         tuple(tails), tuple(parts), covers)
+                                                         tuple(tails), tuple(parts), covers, newest)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -419,11 +431,11 @@ class QueryPath:
         for i in ids:
             if i in found or i in skip:
                 continue
-            for b in bases:
-                vec = b.vector(i) if i in b else None
+            holders = [b for b in bases if i in b]
+            if holders:  # the newest of the bases that hold it (the version graph may lag a partition's snapshot)
+                vec = max(holders, key=lambda b: _covered(b, i)).vector(i)
                 if vec is not None:
                     found[i] = vec
-                    break
         return found
 
     def _search(self, q: Query, ex: Explain | None = None, *, covered: bool = False,
@@ -611,6 +623,7 @@ class _Route:
     tails: tuple[TailView, ...]  # the follower's views to search with the base (as of that epoch)
     parts: tuple[str, ...]  # the partitions searched
     covers: list[str]  # the log position the base and views cover, per partition (what strong compares)
+    newest: bool  # no other loaded base is newer for these partitions (query_by_id may take the base's vectors)
 
 
 @dataclass
@@ -629,6 +642,14 @@ def _unit_rows(queries: np.ndarray) -> np.ndarray:
                                          casting="unsafe", dtype=np.float64)
             return unit
     return codec.normalise(queries, what="query_embeddings")
+
+
+def _covered(base: Any, id_: str) -> tuple[int, int]:
+    """The log position up to which ``base`` covers the partition of ``id_`` (which it holds), as a sort key."""
+    if isinstance(base, VersionBase):
+        part = base.partition_of(id_)
+        return pos_key(base.parts[part]) if part is not None else (0, 0)
+    return pos_key(base.position)
 
 
 def _base_position(cache: PartitionCache) -> Callable[[Pid], str | None]:

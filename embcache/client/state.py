@@ -102,18 +102,20 @@ class SessionWrites:
         self._floors: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # floors, per version
         self._epoch = 0  # bumped when a floor moves: cached floor checks are then stale
         self._checks: dict[tuple[object, ...], list[str]] = {}
-        self.stamp = 0  # bumped on every change: a query route checked against one stamp is stale after it
+        # bumped after every change (a route reads it before looking at the writes): a route checked against one
+        # stamp is stale after it
+        self.stamp = 0
 
     def remember(self, pid: Pid, items: Overlay, pos: str, overflow: bool = False) -> None:
         """Keep this hub's write of ``items`` at log position ``pos``; ``overflow``: too many to keep."""
         with self._lock:
-            self.stamp += 1
             ov = self._writes.setdefault(pid, {})
             ov.update(items)
             self._live.setdefault(pid[:2], set()).add(pid[2])
             if overflow or len(ov) > SESSION_ITEMS:
                 ov.clear()
                 self._raise_floor(pid, pos_key(pos))
+            self.stamp += 1
 
     def _raise_floor(self, pid: Pid, floor: tuple[int, int]) -> None:
         if floor > self._floor.get(pid, (0, 0)):
@@ -133,20 +135,20 @@ class SessionWrites:
             ov = self._writes.get(pid)
             if not ov:
                 if ov is not None:  # emptied by an overflow that this base now covers
-                    self.stamp += 1
                     del self._writes[pid]
                     self._live.get(pid[:2], set()).discard(pid[2])
+                    self.stamp += 1
                 return {}
             prune = min(covered, pos_key(oldest)) if oldest is not None else covered
             gone = [i for i, it in ov.items() if pos_key(it.pos) <= prune]
             if gone:
-                self.stamp += 1
                 for i in gone:
                     del ov[i]
                 self._raise_floor(pid, prune)
                 if not ov:
                     del self._writes[pid]
                     self._live.get(pid[:2], set()).discard(pid[2])
+                self.stamp += 1
             return {i: it for i, it in ov.items() if pos_key(it.pos) > covered}
 
     def quiet(self, pid: Pid, base_pos: str) -> bool:
@@ -204,7 +206,6 @@ class SessionWrites:
     def drop(self, match: Callable[[Pid], bool]) -> None:
         """Forget the writes of every partition ``match`` accepts."""
         with self._lock:
-            self.stamp += 1
             for pid in [p for p in self._writes if match(p)]:
                 del self._writes[pid]
             for pid in [p for p in self._floor if match(p)]:
@@ -212,3 +213,4 @@ class SessionWrites:
                 self._floors.get(pid[:2], {}).pop(pid[2], None)
                 self._live.get(pid[:2], set()).discard(pid[2])
             self._epoch += 1
+            self.stamp += 1

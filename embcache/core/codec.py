@@ -21,6 +21,7 @@ from .errors import DimensionMismatch, InvalidInput
 __all__ = [
     "METRICS",
     "MAX_NEIGHBOURS",
+    "MAX_N_RESULTS",
     "DTYPES",
     "MAX_ID_BYTES",
     "MAX_METADATA_BYTES",
@@ -259,12 +260,15 @@ def _check_json_value(value: object, where: str) -> None:
             raise InvalidInput(f"{where} holds a {type(x).__name__}, which is not a JSON value")
 
 
+MAX_N_RESULTS = 10_000  # results one query may ask for
+
+
 def check_n_results(n_results: object) -> int:
     """``n_results`` as a positive int."""
     if isinstance(n_results, bool) or not isinstance(n_results, (int, np.integer)) or n_results < 1:
         raise InvalidInput(f"n_results must be a positive integer, got {n_results!r}")
-    if n_results > 10_000:
-        raise InvalidInput(f"n_results={n_results} is above the limit of 10000")
+    if n_results > MAX_N_RESULTS:
+        raise InvalidInput(f"n_results={n_results} is above the limit of {MAX_N_RESULTS}")
     return int(n_results)
 
 

@@ -159,6 +159,7 @@ class TailBuffer:
         self.metas: list[dict[str, Any] | None] = []  # row -> metadata
         self.row_pos: list[str] = []  # row -> the position of the tail it came with
         self.latest: dict[str, int] = {}  # id -> its newest row
+        self.prev: list[int] = []  # row -> the id's row before it (-1: none), for views older than its newest
         self._live = np.zeros(_FIRST_ROWS, dtype=bool)
         self.n = 0
         self.n_live = 0
@@ -199,6 +200,7 @@ class TailBuffer:
             self.ids.append(id_)
             self.metas.append(it.metadata)
             self.row_pos.append(it.pos)
+            self.prev.append(-1 if old is None else old)
             self.latest[id_] = r
             self.n += 1
         if pos_key(pos) > pos_key(self.view.pos) or items:
@@ -248,6 +250,13 @@ class TailBuffer:
         return out
 
     # what queries ask (any thread) ----------------------------------------------------------------------------
+    def row_in(self, id_: str, n: int) -> int | None:
+        """The id's newest row among rows ``[0, n)`` (a view's), None when it has none there."""
+        r = self.latest.get(id_)
+        while r is not None and r >= n:  # rows newer than the view: walk back to the one it holds, if any
+            r = self.prev[r] if self.prev[r] >= 0 else None
+        return r
+
     def _hidden_slots(self, base: Any, n: int) -> np.ndarray:
         """Slots of ``base`` whose ids rows ``[0, n)`` replace or delete, each once (a read-only array)."""
         hides = self._hides.get(id(base))
@@ -304,16 +313,15 @@ class TailView:
         return pos_key(self.buf.start) <= k <= pos_key(self.pos)
 
     def __contains__(self, id_: str) -> bool:
-        r = self.buf.latest.get(id_)
-        return r is not None and r < self.n
+        return self.buf.row_in(id_, self.n) is not None
 
     def __len__(self) -> int:
         return self.n
 
     def item(self, id_: str) -> OverlayItem | None:
         """The id's change in this view (vector None: deleted); None when the view does not hold it."""
-        r = self.buf.latest.get(id_)
-        if r is None or r >= self.n:
+        r = self.buf.row_in(id_, self.n)
+        if r is None:
             return None
         return OverlayItem(self.buf.row_pos[r], self.matrix[r] if self.live[r] else None, self.buf.metas[r])
 
@@ -358,8 +366,8 @@ class TailView:
         if where is not None:
             alive = alive & self.buf._match(where, n)
         if hidden:
-            latest = self.buf.latest
-            rows = [r for r in (latest.get(i) for i in hidden) if r is not None and r < n]
+            row_in = self.buf.row_in
+            rows = [r for r in (row_in(i, n) for i in hidden) if r is not None]
             if rows:
                 alive = alive.copy()
                 alive[rows] = False

@@ -5,6 +5,9 @@ process with the workers' own build functions, on a real redis-server."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,7 @@ from workers import build as wbuild
 from workers.vgraph import build_version_graph
 
 N = 1500
+N_NEW = N + 10
 PARTS = {"a": slice(0, 700), "b": slice(700, 1400), "c": slice(1400, N)}
 
 
@@ -41,6 +45,14 @@ def routed(redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: Min
         v.upsert(ds.ids[rows], ds.base[rows], partition=p)
     _build_all(hub, "rt", v.name)
     return hub, v
+
+
+def _err(call: Callable[[], Any]) -> Any:
+    """``("ok", ids)`` or ``("raise", the error's class name)``."""
+    try:
+        return ("ok", call().ids)
+    except Exception as exc:  # noqa: BLE001
+        return ("raise", type(exc).__name__)
 
 
 def _general(v: Any, call: Callable[[], Any]) -> Any:
@@ -298,3 +310,211 @@ def test_a_strong_route_answers_as_the_plan_and_misses_no_committed_write(
     if partitions is None:
         other.upsert(["elsewhere"], q[None, :], partition="new")
         assert v.query(q, 1, consistency="strong").ids[0] == ["elsewhere"]
+
+
+# found by a review of the routes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda: {"a"}, lambda: frozenset({"a"}), lambda: (p for p in ["a"]),
+                                  lambda: {"a": 1}, lambda: np.array(["a"]), lambda: iter(["a"])])
+def test_partitions_of_other_types_are_refused_with_a_route_kept(routed, minilm_subset: MiniLMSubset,
+                                                                 make: Callable[[], Any]) -> None:  # noqa: ANN001
+    """A set, generator, iterator, dict or array of names is refused by the plan; a route kept for the same names
+    as a list must not answer it."""
+    hub, v = routed
+    q = minilm_subset.queries[0]
+    assert _err(lambda: v.query(q, 5, partitions=make())) == ("raise", "InvalidInput")  # no route yet
+    for level in ("session", "strong"):
+        v.query(q, 5, partitions=["a"], consistency=level)
+        v.query(q, 5, partitions=["a"], consistency=level)  # a route kept for ("a",)
+        assert (("a",), level) in v._routes
+        assert _err(lambda lv=level: v.query(q, 5, partitions=make(), consistency=lv)) == ("raise", "InvalidInput")
+    assert _err(lambda: v.query_by_id([minilm_subset.ids[0]], 5, partitions=make())) == ("raise", "InvalidInput")
+
+
+@pytest.fixture
+def big(redis_url: str, hubs: Callable[..., embcache.Hub]):  # noqa: ANN201
+    """10,050 items in one partition: a route could hold more than the 10,000 results a query may ask for."""
+    rng = np.random.default_rng(0)
+    n = 10_050
+    hub = hubs(redis_url, refresh_interval=3600)
+    v = hub.create_space("bigsp", dim=8, metric="l2").create_version()
+    data = rng.standard_normal((n, 8)).astype(np.float32)
+    ids = [f"i{j}" for j in range(n)]
+    for s in range(0, n, 2000):
+        v.upsert(ids[s:s + 2000], data[s:s + 2000], partition="a")
+    _build_all(hub, "bigsp", v.name)
+    return hub, v, data, ids
+
+
+def test_n_results_above_the_limit_is_refused_with_a_route_kept(big) -> None:  # noqa: ANN001
+    hub, v, data, ids = big
+    q = data[0] + np.float32(0.01)
+    assert _err(lambda: v.query(q, 10_001)) == ("raise", "InvalidInput")  # the plan refuses
+    v.query(q, 5)
+    v.query(q, 5)
+    v.query_by_id([ids[0]], 5)
+    v.query_by_id([ids[0]], 5)
+    assert v._routes
+    assert _err(lambda: v.query(q, 10_001)) == ("raise", "InvalidInput")
+    assert _err(lambda: v.query_by_id([ids[0]], 10_001)) == ("raise", "InvalidInput")
+    assert len(v.query(q, 10_000).ids[0]) == 10_000  # the limit itself is allowed
+    assert len(v.query_by_id([ids[0]], 10_000).ids[0]) == 10_000
+
+
+def test_a_route_built_during_this_hubs_write_does_not_hide_it(routed, redis_url: str,
+                                                                hubs: Callable[..., embcache.Hub],
+                                                                minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    """A route reads SessionWrites.stamp, then asks quiet(): the stamp must move after a write is stored, not
+    before (it moved first). The window is widened (a dict whose setdefault sleeps) and a route built in it."""
+    _, built = routed
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=3600, follow=False)  # no follower: only the session writes tell
+    v = hub.space("rt").version(built.name)
+    q = ds.queries[0]
+    v.query(q, 3, partitions=["a"], consistency="session")
+    entered = threading.Event()
+
+    class Slow(dict):  # type: ignore[type-arg]
+        def setdefault(self, *a: Any) -> Any:
+            entered.set()
+            time.sleep(0.5)
+            return super().setdefault(*a)
+
+    hub.session._writes = Slow(hub.session._writes)
+    v._routes.clear()
+    writer = threading.Thread(target=lambda: v.upsert(["mine"], q[None, :], partition="a"))
+    writer.start()
+    assert entered.wait(10)
+    v.query(q, 3, partitions=["a"], consistency="session")  # the plan, then a route built mid-write
+    writer.join()
+    got = v.query(q, 3, partitions=["a"], consistency="session")  # after the upsert returned
+    want = _general(v, lambda: v.query(q, 3, partitions=["a"], consistency="session"))
+    assert want.ids[0][0] == "mine" and got.ids == want.ids
+
+
+def test_a_route_built_while_a_base_is_replaced_is_not_used_for_the_new_one(routed,
+                                                                            minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    """PartitionCache stores a base between two bumps of its generation; a route reads the generation, then the
+    base (no lock). A route built in between must not serve the new base (with one bump before the store,
+    query_by_id over such a route met an exact base and raised AttributeError). Two checks see to it now: the
+    bump after the store, and the route's look at whether the base it finds has a graph."""
+    hub, v = routed
+    ds = minilm_subset
+    q, x = ds.queries[2], ds.ids[3]
+    pid = ("rt", v.name, "a")
+    v.query(q, 5, partitions=["a"], consistency="eventual")
+    want = v.query_by_id([x], 5, partitions=["a"], consistency="eventual")
+    info = hub.cache._bases[pid][1]
+    exact = exact_base(hub.store.read_partition(hub.cache.keys(pid)), info)
+    entered = threading.Event()
+
+    class Slow(OrderedDict):  # type: ignore[type-arg]
+        def __setitem__(self, key: Any, value: Any) -> None:
+            if key == pid and value[0] is exact:
+                entered.set()
+                time.sleep(0.5)
+            super().__setitem__(key, value)
+
+    hub.cache._bases = Slow(hub.cache._bases)
+    v._routes.clear()
+    putter = threading.Thread(target=lambda: hub.cache._put(pid, exact, info))
+    putter.start()
+    assert entered.wait(10)
+    v.query(q, 5, partitions=["a"], consistency="eventual")  # the plan, then a route built mid-store
+    putter.join()
+    assert _err(lambda: v.query_by_id([x], 5, partitions=["a"], consistency="eventual")) == ("ok", want.ids)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_query_by_id_takes_the_newest_loaded_vector_with_or_without_a_route(
+        routed, redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset,
+        follow: bool) -> None:  # noqa: ANN001
+    """The version graph lags a partition whose snapshot was rebuilt: the item's vector comes from the newer
+    base, by the plan and over a route alike (the plan had taken the graph's, the route its own base's)."""
+    _, built = routed
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=3600, follow=follow)
+    v = hub.space("rt").version(built.name)
+    x = ds.ids[0]  # in partition a
+    v.query(ds.queries[0], 3, consistency="eventual")  # loads the version graph
+    v.query(ds.queries[0], 3, partitions=["a"], consistency="eventual")  # loads a's snapshot
+    hubs(redis_url).space("rt").version(v.name).upsert([x], ds.base[N_NEW:N_NEW + 1], partition="a")  # x moves
+    wbuild.build_snapshot(hub.store, Catalogue(hub.store).get_space("rt"), v.name, "a")  # a rebuilt, not the graph
+    hub.cache.refresh()
+    want = _general(v, lambda: v.query_by_id([x], 5, partitions=["a"], consistency="eventual"))
+    v.query_by_id([x], 5, partitions=["a"], consistency="eventual")
+    assert v.query_by_id([x], 5, partitions=["a"], consistency="eventual").ids == want.ids
+    new_top = v.query(ds.base[N_NEW], 6, partitions=["a"], consistency="eventual").ids[0]
+    assert want.ids[0] == [i for i in new_top if i != x][:5]  # the new vector's neighbours
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_session_reads_see_own_writes_and_deletes_while_others_query(
+        routed, redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset,
+        follow: bool) -> None:  # noqa: ANN001
+    """Two threads query (routes kept and dropped all the time) while this hub upserts and deletes: a session read
+    after each write sees it, and never the item just deleted (an older follower view did not hide an id that a
+    newer row of it had deleted)."""
+    _, built = routed
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=0.3, follow=follow)
+    v = hub.space("rt").version(built.name)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            try:
+                q = ds.queries[int(rng.integers(0, 50))]
+                level = ["eventual", "session"][int(rng.integers(0, 2))]
+                v.query(q, 5, partitions=[None, ["a"], ["b"]][int(rng.integers(0, 3))], consistency=level)
+                v.query_by_id([ds.ids[int(rng.integers(0, 1400))]], 3, consistency=level)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    misses = []
+    try:
+        for j in range(60):
+            q, part = ds.queries[j % 50], ["a", "b"][j % 2]
+            v.upsert([f"mine{j}"], q[None, :], partition=part)
+            for parts in (None, [part]):
+                if v.query(q, 1, partitions=parts, consistency="session").ids[0] != [f"mine{j}"]:
+                    misses.append((j, parts, "missed"))
+            v.delete([f"mine{j}"], partition=part)
+            for parts in (None, [part]):
+                if v.query(q, 1, partitions=parts, consistency="session").ids[0] == [f"mine{j}"]:
+                    misses.append((j, parts, "deleted but returned"))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:5]
+    assert not misses, misses[:5]
+
+
+def test_query_by_id_over_a_partition_route_defers_to_a_newer_version_graph(
+        routed, redis_url: str, hubs: Callable[..., embcache.Hub], minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    """The reverse of the above: a's snapshot was loaded before a rebuild, the version graph after it. The plan
+    takes the item's vector from the (newer) graph; a route over a's older snapshot must leave the call to it."""
+    _, built = routed
+    ds = minilm_subset
+    hub = hubs(redis_url, refresh_interval=3600, follow=False)
+    v = hub.space("rt").version(built.name)
+    x = ds.ids[0]  # in partition a
+    pid = ("rt", v.name, "a")
+    v.query(ds.queries[0], 3, partitions=["a"], consistency="eventual")  # loads a's snapshot
+    old, info = hub.cache._bases[pid]
+    hubs(redis_url).space("rt").version(v.name).upsert([x], ds.base[N_NEW:N_NEW + 1], partition="a")  # x moves
+    record = Catalogue(hub.store).get_space("rt")
+    wbuild.build_snapshot(hub.store, record, v.name, "a")
+    build_version_graph(hub.store, record, v.name)
+    v.query(ds.queries[0], 3, consistency="eventual")  # loads the new version graph
+    hub.cache._put(pid, old, info)  # a's snapshot as it was before the rebuild (the refresher would reload it)
+    want = _general(v, lambda: v.query_by_id([x], 5, partitions=["a"], consistency="eventual"))
+    v.query_by_id([x], 5, partitions=["a"], consistency="eventual")
+    assert v.query_by_id([x], 5, partitions=["a"], consistency="eventual").ids == want.ids
+    new_top = v.query(ds.base[N_NEW], 6, partitions=["a"], consistency="eventual").ids[0]
+    assert want.ids[0] == [i for i in new_top if i != x][:5]  # the graph's (new) vector's neighbours in a

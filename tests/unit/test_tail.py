@@ -212,3 +212,17 @@ def test_cutting_the_overlay_at_the_bases_kth_distance_changes_no_answer() -> No
         for g, w in zip(got, whole):
             assert g[0] == w[0]
             np.testing.assert_array_equal(g[1], w[1])
+
+
+def test_an_older_view_holds_and_hides_an_id_that_a_newer_row_changed() -> None:
+    """A view older than an id's newest row still holds the id's earlier row: ``in``, ``item`` and a search that
+    hides the id (an overlay newer than the view deleted it) must find that row (found by review: they looked
+    only at the newest row, which the older view does not have)."""
+    buf = TailBuffer("1-0", 4, "l2", 16)
+    x = np.array([1, 0, 0, 0], np.float32)
+    old = buf.apply("2-0", {"X": OverlayItem("2-0", x, None)})
+    buf.apply("3-0", {"X": OverlayItem("3-0", None, None)})  # the follower reads the delete: a newer view
+    assert "X" in old and old.item("X") is not None and np.array_equal(old.item("X").vector, x)
+    assert old.search(x[None, :], 1, None, {"X"})[0][0] == []
+    assert old.search(x[None, :], 1)[0][0] == ["X"]
+    assert "X" in buf.view and buf.view.item("X").vector is None
