@@ -613,6 +613,10 @@ class Space:
             if not versions:
                 raise VersionNotFound(f"space {self.name!r} has no versions")
             rec = versions[-1]
+        version = self.hub.defaults.get(self.name)
+        if version is not None and version.name == rec.name:  # the same version: keep its object (and routes)
+            version.state, version.description = rec.state, rec.description
+            return version
         version = Version(self, rec)
         self.hub.defaults[self.name] = version
         return version

@@ -518,3 +518,17 @@ def test_query_by_id_over_a_partition_route_defers_to_a_newer_version_graph(
     assert v.query_by_id([x], 5, partitions=["a"], consistency="eventual").ids == want.ids
     new_top = v.query(ds.base[N_NEW], 6, partitions=["a"], consistency="eventual").ids[0]
     assert want.ids[0] == [i for i in new_top if i != x][:5]  # the graph's (new) vector's neighbours in a
+
+
+def test_space_queries_keep_their_routes_at_every_level(routed, minilm_subset: MiniLMSubset) -> None:  # noqa: ANN001
+    """Space.query resolves the default version afresh at strong: the same version keeps its Version object, and
+    so its routes (a new object each call had kept none)."""
+    hub, v = routed
+    space = hub.space("rt")
+    q = minilm_subset.queries[4]
+    space.query(q, 5)
+    default = hub.defaults["rt"]
+    for level in ("eventual", "session", "strong"):
+        want = space.query(q, 5, consistency=level)
+        assert space.query(q, 5, consistency=level).ids == want.ids == v.query(q, 5, consistency=level).ids
+        assert hub.defaults["rt"] is default and (None, level) in default._routes
