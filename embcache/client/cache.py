@@ -101,6 +101,10 @@ class PartitionCache:
         entry = self._bases.get(pid)
         return entry[0] if entry else None
 
+    def loaded(self, space: str, version: str) -> list[PartitionId]:
+        """The cache ids of the version's loaded bases (its partitions', its version graph's), no I/O."""
+        return [pid for pid in list(self._bases) if pid[0] == space and pid[1] == version]
+
     def touch(self, pid: PartitionId) -> None:
         """Mark ``pid`` as just used (LRU)."""
         with self._lock:

@@ -183,9 +183,17 @@ class QueryPath:
                 or not 0 < k < min(routed[0].count, codec.MAX_N_RESULTS + 1) or self.space.neighbours:
             return None  # (strong reads the item itself from Redis: the plan)
         (base, route), own = routed, ids[0]
-        label = base.label.get(own) if type(own) is str and route.newest else None
+        # the plan takes the id's vector from this hub's writes, the followed views of every partition, else the
+        # newest loaded base that holds it: a route over every partition (its views are all of them, and at
+        # session this hub has nothing of its own in any) agrees when no other loaded base holds it newer
+        label = base.label.get(own) if type(own) is str and route.whole else None
         if label is None or any(own in t for t in route.tails):
-            return None  # in another partition, changed since the base, in Redis only or not stored: the plan
+            return None  # in no loaded base of the route, changed since, in Redis only or not stored: the plan
+        cache = self.hub.cache
+        for pid in route.others:
+            other = cache.cached(pid)
+            if other is not None and own in other and _covered(other, own) > _covered(base, own):
+                return None
         vector = base.index.get_items([label])
         if route.tails:
             ((found, d),) = search_view(base, {}, vector, k + 1, None, None, self.space.metric, tails=route.tails)
@@ -229,7 +237,7 @@ class QueryPath:
         if base is None or not base.has_graph:
             return
         tails, covers = [], []
-        strong, newest = consistency == "strong", True
+        strong = consistency == "strong"
         for p in parts:
             pos = base.parts[p] if isinstance(base, VersionBase) else base.position
             if consistency == "session" and not hub.session.quiet(self._pid(p), pos):
@@ -240,14 +248,12 @@ class QueryPath:
             elif strong and view is not None and view.n:
                 return  # a view that does not start at the base: strong reads the tail
             covers.append(view.pos if view is not None and view in tails else pos)
-            other = cache.cached(self._pid(p)) if isinstance(base, VersionBase) else cache.cached_graph(*bkey[:2])
-            other_pos = (other.parts.get(p) if isinstance(other, VersionBase) else other.position) if other else None
-            if other_pos is not None and pos_key(other_pos) > pos_key(pos):
-                newest = False  # another loaded base is newer here: query_by_id takes its vectors (the plan)
+        others = tuple(pid for pid in cache.loaded(self.space.name, self.name) if pid != bkey)
         if len(self._routes) >= ROUTES:
             self._routes.clear()
         self._routes[(partitions, consistency)] = _Route(bkey, gen, known, self.space.grant, follow, session,
-                                                         tuple(tails), tuple(parts), covers, newest)
+                                                         tuple(tails), tuple(parts), covers,
+                                                         granted is None and len(parts) == len(known), others)
 
     def _make_query(self, query_embeddings: Any, n_results: Any, partitions: Any, where: Any, ef: Any,
                     consistency: Any, include: Any, exclude: Any) -> Query:
@@ -623,7 +629,8 @@ class _Route:
     tails: tuple[TailView, ...]  # the follower's views to search with the base (as of that epoch)
     parts: tuple[str, ...]  # the partitions searched
     covers: list[str]  # the log position the base and views cover, per partition (what strong compares)
-    newest: bool  # no other loaded base is newer for these partitions (query_by_id may take the base's vectors)
+    whole: bool  # it searches every partition of the version (query_by_id may use it)
+    others: tuple[tuple[str, str, str], ...]  # the version's other loaded bases (query_by_id asks them)
 
 
 @dataclass
@@ -762,12 +769,13 @@ def _usable(view: TailView, base_pos: str, exact: bool) -> bool:
 
 def _locator(bases: list[Any], overlays: list[Overlay], tails: list[dict[str, TailView]]):  # noqa: ANN202
     def find(id_: str, what: str) -> Any:
+        # an answer's id is live somewhere: a delete row (the id moved to another partition) is not its data
         for base, ov, views in zip(bases, overlays, tails):
-            if id_ in ov:
+            if id_ in ov and ov[id_].vector is not None:
                 return getattr(ov[id_], what)
             for view in views.values():
                 it = view.item(id_)
-                if it is not None:
+                if it is not None and it.vector is not None:
                     return getattr(it, what)
             if id_ in base:
                 return base.metadata(id_) if what == "metadata" else base.vector(id_)

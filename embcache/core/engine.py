@@ -443,9 +443,9 @@ def search_base(
                       key if not gone else None)
     try:
         if plan == "graph+filter":
-            mask = allowed
+            mask = allowed if allowed is not None else _hide(base, gone)  # a few hidden ids, no other mask
             step.ef = ef or base.default_ef
-            labels, dists = base.knn(queries, kk, ef, lambda label: bool(mask[label]))  # type: ignore[index]
+            labels, dists = base.knn(queries, kk, ef, lambda label: bool(mask[label]))
             return _ranked(base, labels, dists)
         want_ef = max(ef or base.default_ef, fetch + len(gone))  # over-fetching k' results needs ef >= k'
         # a walk of width ef finds ef results for the price of k: an over-fetch takes them all

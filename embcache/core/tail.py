@@ -372,7 +372,9 @@ class TailView:
                 alive = alive.copy()
                 alive[rows] = False
         twin = self.buf.twin
-        got = twin.acquire() if twin is not None else None
+        # the twin indexes the rows live in the newest view: a row this older view still has live may be missing
+        # there (a newer row of its id came after), so an older view is scanned exactly (queries in flight only)
+        got = twin.acquire() if twin is not None and n == self.buf.n else None
         if got is None:
             return self._exact(queries, k, alive, 0, n)
         s, idx, indexed_rows = got

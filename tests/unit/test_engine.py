@@ -268,3 +268,21 @@ def test_an_over_fetch_that_comes_back_short_walks_wider_before_scanning(
     truth = [ds.ids[j] for j in order[100:100 + K]]
     assert len(ids) == K and not set(ids) & hidden
     assert len(set(ids) & set(truth)) >= 9 and np.all(np.diff(dists) >= -1e-6)
+
+
+def test_a_large_k_with_a_few_hidden_ids_walks_with_a_filter_that_hides_them() -> None:
+    """n_results past an over-fetch's reach, no filter, a few hidden ids (an exclude, this hub's writes): the plan
+    is a filtered walk, whose mask must be built from the hidden ids (found by review: it was None, a TypeError)."""
+    n, dim = 10_000, 8
+    x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    index = hnswlib.Index(space="l2", dim=dim)
+    index.init_index(max_elements=n, M=16, ef_construction=100, random_seed=1)
+    index.add_items(x, np.arange(n), num_threads=1)
+    ids = [f"i{j}" for j in range(n)]
+    chunks, manifest = snapshot.pack(index, np.arange(n), ids, [None] * n, generation=1, pos="5-0", dim=dim,
+                                     metric="l2", M=16, ef_construction=100, builder="t", build_seconds=0.0,
+                                     deleted=0, max_label=n - 1)
+    base = snapshot.unpack(chunks, manifest, ef=64)
+    step = Step("", "", 0, 0, 0)
+    (got, _), = search_base(base, x[:1] + np.float32(0.01), 700, None, hidden=frozenset({"i0", "i5"}), step=step)
+    assert step.plan == "graph+filter" and len(got) == 700 and not {"i0", "i5"} & set(got)

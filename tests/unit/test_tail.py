@@ -226,3 +226,20 @@ def test_an_older_view_holds_and_hides_an_id_that_a_newer_row_changed() -> None:
     assert old.search(x[None, :], 1, None, {"X"})[0][0] == []
     assert old.search(x[None, :], 1)[0][0] == ["X"]
     assert "X" in buf.view and buf.view.item("X").vector is None
+
+
+def test_an_older_view_is_searched_whole_after_the_twin_indexed_a_newer_one() -> None:
+    """The twin index holds the rows live in the newest view: an older view (a query in flight) whose row of an id
+    was replaced later must still find that row (found by review: the index had left it out)."""
+    n = INDEX_FROM + 500
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n + 1, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    buf = TailBuffer("0-0", 16, "cosine", ef=100)
+    ids = [f"r{j}" for j in range(n)]
+    old = buf.apply("1-0", {i: OverlayItem("1-0", x[j], None) for j, i in enumerate(ids)})
+    buf.apply("2-0", {"r5": OverlayItem("2-0", x[n], None)})  # r5 replaced in a newer view
+    while buf.index_behind():
+        buf.index_step(0.05)
+    assert old.search(x[5:6], 3)[0][0][0] == "r5"
+    assert buf.view.search(x[5:6], 3)[0][0][0] != "r5" and buf.view.search(x[n:n + 1], 1)[0][0] == ["r5"]
