@@ -175,9 +175,9 @@ class QueryPath:
         return QueryResult(ids=[base.id_of[labels[0]].tolist()], distances=dists, metric=self.space.metric)
 
     def _routed_by_id(self, ids: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
-        """:meth:`query_by_id` of one id with the default options over a still-valid route, when the route's base
-        holds the id (its stored vector is then the query, as the general plan takes it); else None. Not in a
-        space with neighbour lists, which answer there."""
+        """:meth:`query_by_id` of one id with the default options over a still-valid route of the whole version,
+        when the route's base holds the newest loaded copy of the id (its stored vector is then the query, as the
+        general plan takes it); else None. Not at strong, nor in a space with neighbour lists (they answer)."""
         routed = None if consistency == "strong" else self._routed_base(partitions, consistency)
         if routed is None or type(ids) not in (list, tuple) or len(ids) != 1 or type(k) is not int \
                 or not 0 < k < min(routed[0].count, codec.MAX_N_RESULTS + 1) or self.space.neighbours:
