@@ -399,6 +399,11 @@ def _named(operation: str, space: str, who: str | None) -> Iterator[None]:
         raise err from None
 
 
+def _plain_options(where: Any, ef: Any, exclude: Any, include: Any) -> bool:
+    """True for the default options of a query: what a route can answer (client/queries.py, "routes")."""
+    return where is None and ef is None and exclude is None and type(include) is tuple and include == ("distances",)
+
+
 def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
 
@@ -621,25 +626,26 @@ class Space:
         self.hub.defaults[self.name] = version
         return version
 
+    def _default(self, kwargs: dict[str, Any]) -> "Version":
+        """The default version for a call with ``kwargs``: resolved afresh at strong, else the hub's cached one
+        (no plan to run on the query hot path)."""
+        strong = kwargs.get("consistency") == "strong"
+        version = None if strong else self.hub.defaults.get(self.name)
+        return version if version is not None else self.hub.store.run(self._default_version(strong))
+
     def query(self, query_embeddings: Any, n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query` on :meth:`default_version` (resolved afresh for ``consistency="strong"``,
         from the hub's cache otherwise)."""
-        strong = kwargs.get("consistency") == "strong"
-        version = None if strong else self.hub.defaults.get(self.name)  # the hot path: no plan to run
-        if version is None:
-            version = self.hub.store.run(self._default_version(strong))
-        return version.query(query_embeddings, n_results, **kwargs)
+        return self._default(kwargs).query(query_embeddings, n_results, **kwargs)
 
     def query_by_id(self, ids: Sequence[str], n_results: int = 10, **kwargs: Any) -> QueryResult:
         """:meth:`Version.query_by_id` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
-        return version.query_by_id(ids, n_results, **kwargs)
+        return self._default(kwargs).query_by_id(ids, n_results, **kwargs)
 
     def recommend(self, positive: Sequence[Any], negative: Sequence[Any] | None = None, n_results: int = 10,
                   **kwargs: Any) -> QueryResult:
         """:meth:`Version.recommend` on :meth:`default_version` (cached as for :meth:`query`)."""
-        version = self.hub.store.run(self._default_version(kwargs.get("consistency") == "strong"))
-        return version.recommend(positive, negative, n_results, **kwargs)
+        return self._default(kwargs).recommend(positive, negative, n_results, **kwargs)
 
 
 class Version(QueryPath):
@@ -1026,8 +1032,7 @@ class Version(QueryPath):
         writes; ``strong`` adds every write committed before the call (one round trip). :meth:`explain` shows
         how a query is answered.
         """
-        plain = (where is None and ef is None and exclude is None
-                 and type(include) is tuple and include == ("distances",))
+        plain = _plain_options(where, ef, exclude, include)
         if plain:  # the common query: over a route when one is valid (client/queries.py, "routes")
             t0 = time.perf_counter() if metrics.ENABLED else 0.0
             res = self._routed(query_embeddings, n_results, partitions, consistency)
@@ -1110,8 +1115,7 @@ class Version(QueryPath):
         otherwise. :class:`~embcache.errors.NotFound` if an id is not stored in this version.
         """
         t0 = time.perf_counter() if metrics.ENABLED else 0.0
-        plain = (where is None and ef is None and exclude is None
-                 and type(include) is tuple and include == ("distances",))
+        plain = _plain_options(where, ef, exclude, include)
         res = self._routed_by_id(ids, n_results, partitions, consistency) if plain else None
         if res is None:
             id_list, q = self._by_id_query(ids, n_results, partitions, where, ef, consistency, include, exclude)

@@ -149,28 +149,30 @@ class QueryPath:
         square = float(np.dot(flat, flat))
         if not 1e-30 < square < 1e30:
             return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
+        row = flat.reshape(1, dim)
         if consistency != "strong":
-            return self._route_search(base, route, flat, k)
+            return self._route_search(base, route, row, k, False)
         pending = self._strong_probe_send(route.parts, partitions is None)  # ask Redis first, search meanwhile
         try:
-            res = self._route_search(base, route, flat, k)
+            res = self._route_search(base, route, row, k, False)
         finally:  # read the answer whatever happened, so the connection stays in step
             positions, members = pending.read()
         if positions != route.covers or (members is not None and members != route.known):
             return None  # the logs moved past what the route covers, or partitions were added: the plan merges
         return res
 
-    def _route_search(self, base: Any, route: "_Route", flat: np.ndarray, k: int) -> QueryResult | None:
-        """One vector searched over a route: the base's graph, with the route's views when it has any."""
-        dim = self.space.dim
+    def _route_search(self, base: Any, route: "_Route", row: np.ndarray, k: int, unit: bool) -> QueryResult | None:
+        """One query row ``(1, dim)`` searched over a route: the base's graph, with the route's views when it has
+        any (their exact scans need a unit row in a cosine space: ``unit`` says it is one already); None when
+        hnswlib finds fewer than ``k`` (the general plan then answers exactly)."""
         if route.tails:  # the followed changes on top: the engine's search of one base and its views
-            row = flat.reshape(1, dim)
-            unit = _unit_rows(row) if self.space.metric == "cosine" else row
-            ((ids, d),) = search_view(base, {}, unit, k, None, None, self.space.metric, tails=route.tails)
+            if not unit and self.space.metric == "cosine":
+                row = _unit_rows(row)
+            ((ids, d),) = search_view(base, {}, row, k, None, None, self.space.metric, tails=route.tails)
             return QueryResult(ids=[ids], distances=_pad([d], k), metric=self.space.metric)
         try:
-            labels, dists = base.knn(flat.reshape(1, dim), k, None)
-        except RuntimeError:  # hnswlib found fewer than k: the general plan answers exactly
+            labels, dists = base.knn(row, k, None)
+        except RuntimeError:
             return None
         return QueryResult(ids=[base.id_of[labels[0]].tolist()], distances=dists, metric=self.space.metric)
 
@@ -194,22 +196,9 @@ class QueryPath:
             other = cache.cached(pid)
             if other is not None and own in other and _covered(other, own) > _covered(base, own):
                 return None
-        vector = base.index.get_items([label])
-        if route.tails:
-            ((found, d),) = search_view(base, {}, vector, k + 1, None, None, self.space.metric, tails=route.tails)
-            dists = _pad([d], k + 1)
-        else:
-            try:
-                labels, dists = base.knn(vector, k + 1, None)
-            except RuntimeError:
-                return None
-            found = base.id_of[labels[0]].tolist()
-        if own in found:  # the item itself, nearly always first: not its own neighbour
-            at = found.index(own)
-            del found[at]
-            rest = dists[:, 1:] if at == 0 else np.delete(dists, at, axis=1)  # np.delete costs ~5 us
-            return QueryResult(ids=[found], distances=rest, metric=self.space.metric)
-        return QueryResult(ids=[found[:k]], distances=dists[:, :k].copy(), metric=self.space.metric)
+        # the stored vector (unit length in a cosine space), as the plan takes it, asked for one more than k
+        res = self._route_search(base, route, base.index.get_items([label]), k + 1, True)
+        return None if res is None else _drop_own(res, [own], k)
 
     def _route(self, partitions: tuple[str, ...] | None, consistency: str) -> None:
         """Remember a route for ``partitions`` at ``consistency`` when one base answers them with nothing to merge
