@@ -313,21 +313,25 @@ class Bench:
                                  f"{lat['plan'] / lat['raw']:.2f}x", loadavg()])
 
     def batched(self, P: int | str, v: Any) -> None:
-        raw, Q = self.rawidx, self.queries
+        raw, Q, u = self.rawidx, self.queries, self.unrouted(v)
         v.query(Q, K, consistency="eventual")
-        rt, et = [], []
-        for _ in range(self.a.batch_repeats):
+        u.query(Q, K, consistency="eventual")
+        rt, et, ut = [], [], []
+        for _ in range(self.a.batch_repeats):  # raw, routed and unrouted in turn
             t = time.perf_counter()
             raw.knn_query(Q, k=K, num_threads=-1)
             rt.append(time.perf_counter() - t)
             t = time.perf_counter()
             res = v.query(Q, K, consistency="eventual")
             et.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            u.query(Q, K, consistency="eventual")
+            ut.append(time.perf_counter() - t)
         ids_row = {i: r for r, i in enumerate(self.ids)}
         rec = recall([[ids_row[i] for i in r] for r in res.ids], self.truth)
-        rq, eq = len(Q) / np.median(rt), len(Q) / np.median(et)
-        self.row("batched", [str(P), str(len(Q)), f"{rq:.0f}", f"{eq:.0f}", f"{eq / rq:.2f}x", f"{rec:.3f}",
-                             loadavg()])
+        rq, eq, uq = len(Q) / np.median(rt), len(Q) / np.median(et), len(Q) / np.median(ut)
+        self.row("batched", [str(P), str(len(Q)), f"{rq:.0f}", f"{eq:.0f}", f"{eq / rq:.2f}x", f"{uq:.0f}",
+                             f"{uq / rq:.2f}x", f"{rec:.3f}", loadavg()])
 
     def upserts(self, P: int | str, v: Any, parts: np.ndarray) -> None:
         """100 new ids into one partition, with the version's owners map (one claim call) and, interleaved, as a
@@ -413,7 +417,7 @@ class Bench:
                      "| recall | short rows | plan | load |",
             "query_by_id": "| P | raw get_items+knn p50 us | eventual p50 us | ratio | eventual, no route p50 us "
                            "| ratio | load |",
-            "batched": "| P | queries | raw QPS | embcache QPS | ratio | recall | load |",
+            "batched": "| P | queries | raw QPS | embcache QPS | ratio | no route QPS | ratio | recall | load |",
             "upsert 100": "| P | owners map p50 ms | Redis commands | each partition asked p50 ms | Redis commands "
                           "| load |",
             "memory": "| P | raw index MB | hnswlib in client MB | Python tables MB (tracemalloc) | total MB "

@@ -1042,7 +1042,7 @@ class Version(QueryPath):
                 return res
         q = self._make_query(query_embeddings, n_results, partitions, where, ef, consistency, include, exclude)
         res = self._answer(q)
-        if plain and len(q.vectors) == 1:
+        if plain:
             self._route(q.partitions, q.consistency)
         return res
 

@@ -128,53 +128,58 @@ class QueryPath:
         return base, route
 
     def _routed(self, x: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
-        """:meth:`query` of one vector with the default options over a still-valid route; None when there is none
-        or the input is not plain (the general plan then validates it and answers, or raises the error). At
-        ``strong`` the probe goes out first and the answer stands only if the positions it reads are those the
-        route's base and views cover (else the plan reads the tails)."""
+        """:meth:`query` of one vector or a batch with the default options over a still-valid route; None when
+        there is none or the input is not plain (the general plan then validates it and answers, or raises the
+        error). At ``strong`` the probe goes out first and the answer stands only if the positions it reads are
+        those the route's base and views cover (else the plan reads the tails)."""
         found = self._routed_base(partitions, consistency)
         if found is None or type(x) is not np.ndarray or x.dtype != np.float32 or type(k) is not int \
                 or not 0 < k <= min(found[0].count, codec.MAX_N_RESULTS):
             return None
         (base, route), dim = found, self.space.dim
         if x.shape == (dim,):
-            flat = x
-        elif x.shape == (1, dim):
-            flat = x[0]
+            rows = x.reshape(1, dim)
+        elif x.ndim == 2 and x.shape[1] == dim and len(x) and x.flags.c_contiguous:
+            rows = x  # a batch takes the same route: one knn_query over every row
         else:
             return None
         # float32 squares: NaN or inf anywhere (or values past ~1e19) give a sum that is not finite. hnswlib scales
         # a cosine query to unit length itself, in float32, which is exact enough in this range; the general plan
         # hands it a float64-normalised copy (needed for its exact scans), so distances agree to float32 rounding.
-        square = float(np.dot(flat, flat))
-        if not 1e-30 < square < 1e30:
-            return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
-        row = flat.reshape(1, dim)
+        if len(rows) == 1:
+            square = float(np.dot(rows[0], rows[0]))
+            if not 1e-30 < square < 1e30:
+                return None  # the general plan raises for NaN, inf or a zero vector, and handles the extremes
+        else:
+            squares = np.einsum("ij,ij->i", rows, rows)
+            if not ((squares > 1e-30) & (squares < 1e30)).all():
+                return None
         if consistency != "strong":
-            return self._route_search(base, route, row, k, False)
+            return self._route_search(base, route, rows, k, False)
         pending = self._strong_probe_send(route.parts, partitions is None)  # ask Redis first, search meanwhile
         try:
-            res = self._route_search(base, route, row, k, False)
+            res = self._route_search(base, route, rows, k, False)
         finally:  # read the answer whatever happened, so the connection stays in step
             positions, members = pending.read()
         if positions != route.covers or (members is not None and members != route.known):
             return None  # the logs moved past what the route covers, or partitions were added: the plan merges
         return res
 
-    def _route_search(self, base: Any, route: "_Route", row: np.ndarray, k: int, unit: bool) -> QueryResult | None:
-        """One query row ``(1, dim)`` searched over a route: the base's graph, with the route's views when it has
-        any (their exact scans need a unit row in a cosine space: ``unit`` says it is one already); None when
+    def _route_search(self, base: Any, route: "_Route", rows: np.ndarray, k: int, unit: bool) -> QueryResult | None:
+        """Query rows ``(n, dim)`` searched over a route: the base's graph, with the route's views when it has
+        any (their exact scans need unit rows in a cosine space: ``unit`` says they are already); None when
         hnswlib finds fewer than ``k`` (the general plan then answers exactly)."""
         if route.tails:  # the followed changes on top: the engine's search of one base and its views
             if not unit and self.space.metric == "cosine":
-                row = _unit_rows(row)
-            ((ids, d),) = search_view(base, {}, row, k, None, None, self.space.metric, tails=route.tails)
-            return QueryResult(ids=[ids], distances=_pad([d], k), metric=self.space.metric)
+                rows = _unit_rows(rows)
+            found = search_view(base, {}, rows, k, None, None, self.space.metric, tails=route.tails)
+            return QueryResult(ids=[ids for ids, _ in found], distances=_pad([d for _, d in found], k),
+                               metric=self.space.metric)
         try:
-            labels, dists = base.knn(row, k, None)
+            labels, dists = base.knn(rows, k, None)
         except RuntimeError:
             return None
-        return QueryResult(ids=[base.id_of[labels[0]].tolist()], distances=dists, metric=self.space.metric)
+        return QueryResult(ids=base.id_of[labels].tolist(), distances=dists, metric=self.space.metric)
 
     def _routed_by_id(self, ids: Any, k: Any, partitions: Any, consistency: Any) -> QueryResult | None:
         """:meth:`query_by_id` of one id with the default options over a still-valid route of the whole version,

@@ -92,7 +92,13 @@ def test_a_route_answers_as_the_general_plan(routed, minilm_subset: MiniLMSubset
             assert got.ids == want.ids
             np.testing.assert_allclose(got.distances, want.distances, rtol=0, atol=2e-6)
             assert got.distances.shape == (1, 10) and got.distances.dtype == np.float32 and got.metric == "cosine"
+    batch = v.query(queries, 10, partitions=partitions, consistency=level)  # a batch takes the same route
+    assert batch.ids == [w.ids[0] for w in general]
+    np.testing.assert_allclose(batch.distances, np.concatenate([w.distances for w in general]), rtol=0, atol=2e-6)
+    assert batch.distances.shape == (30, 10) and batch.distances.dtype == np.float32
     monkeypatch.undo()  # query_by_id over some partitions takes the plan (their route is not the whole version)
+    strided = v.query(np.asfortranarray(queries), 10, partitions=partitions, consistency=level)  # the plan's
+    assert strided.ids == batch.ids
     if partitions is None:
         _no_general_plan(v, monkeypatch)
     for i, want in zip(ds.ids[690:710], by_id):
@@ -135,6 +141,9 @@ def test_a_route_over_followed_changes_answers_as_the_general_plan(
         assert got.ids == want.ids
         np.testing.assert_allclose(got.distances, want.distances, rtol=0, atol=2e-6)
         assert not set(got.ids[0]) & set(deleted)
+    batch = v.query(queries, 10, partitions=partitions, consistency="eventual")
+    assert batch.ids == [w.ids[0] for w in general]
+    np.testing.assert_allclose(batch.distances, np.concatenate([w.distances for w in general]), rtol=0, atol=2e-6)
     assert any(i.startswith("new") for q in fresh[:5] for i in v.query(q, 3, partitions=partitions,
                                                                        consistency="eventual").ids[0])
     monkeypatch.undo()  # query_by_id over some partitions takes the plan (their route is not the whole version)
@@ -238,7 +247,7 @@ def test_bad_input_is_refused_with_a_route_kept(routed, minilm_subset: MiniLMSub
     assert v._routes
     nan, inf, zero = q.copy(), q.copy(), np.zeros_like(q)
     nan[3], inf[4] = np.nan, np.inf
-    for bad in (nan, inf, zero, nan[None, :]):
+    for bad in (nan, inf, zero, nan[None, :], np.stack([q, nan, q]), np.stack([q, zero]), np.stack([inf, q])):
         with pytest.raises(InvalidInput):
             v.query(bad, 5)
     with pytest.raises(DimensionMismatch):
@@ -306,6 +315,7 @@ def test_a_strong_route_answers_as_the_plan_and_misses_no_committed_write(
     q = queries[3]
     other.upsert(["committed"], q[None, :], partition="a")
     assert v.query(q, 1, partitions=partitions, consistency="strong").ids[0] == ["committed"]
+    assert v.query(np.stack([queries[0], q]), 1, partitions=partitions, consistency="strong").ids[1] == ["committed"]
     other.delete(["committed"], partition="a")
     assert v.query(q, 1, partitions=partitions, consistency="strong").ids[0] != ["committed"]
     if partitions is None:
