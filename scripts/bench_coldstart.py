@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", help="with no --url: keep the server's data in this directory and print its url")
     p.add_argument("--before", metavar="TREE", help="also time the embcache of this source tree (e.g. `git archive "
                    "main embcache tests scripts | tar -x -C TREE`), interleaved: before/after in one window")
+    p.add_argument("--before-label", default="--before tree", help="what the --before tree is, for the table")
     p.add_argument("--tree", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(REPO_ROOT / "BENCHMARKS.md"))
     p.add_argument("--no-write", action="store_true")
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{med([x['fetch_only_s'] for x in xs]) * 1e3:.0f} ms", ""))
 
     if old:
-        emb_rows("embcache before (one pipeline of GETs, temporary file, load_index, float16 copy at load)", old)
+        emb_rows(f"embcache before ({args.before_label})", old)
     emb_rows("embcache" + (" after" if old else ""), emb)
     table = ["| system | what | median | ratio to raw hnswlib |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]

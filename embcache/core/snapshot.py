@@ -37,6 +37,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +51,8 @@ from .errors import SnapshotCorrupt
 from .hnswfile import CPUS, index_params, level0_copy, level0_layout, level0_vectors
 from .search import Ranked
 
-__all__ = ["Manifest", "HnswBase", "Receiver", "pack", "unpack", "check_index_header", "load_index_file",
-           "pending_uploads", "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
+__all__ = ["Manifest", "HnswBase", "LazyMetadata", "Receiver", "pack", "unpack", "check_index_header",
+           "load_index_file", "pending_uploads", "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
@@ -195,6 +196,44 @@ def check_index_header(head: bytes, manifest: Manifest) -> None:
                               f"manifest (dim {manifest.dim}, M {manifest.M}, {manifest.count} items)")
 
 
+class LazyMetadata:
+    """A snapshot's metadata table (a JSON list, one object or null per item) kept as its bytes and parsed on
+    first use: most serving never reads metadata (no filter, no ``include``), and the parsed dicts cost ~5x the
+    bytes and ~40-80 ms of a cold start on 59,000 items. Parsing checks what loading used to: a list of
+    ``count`` objects or nulls; otherwise every use raises :class:`SnapshotCorrupt`."""
+
+    def __init__(self, raw: bytes, count: int, what: str) -> None:
+        self._raw = raw
+        self.count = count
+        self._what = what
+        self._rows: list[dict[str, Any] | None] | None = None
+        self._error = ""
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._raw)
+
+    def rows(self) -> list[dict[str, Any] | None]:
+        rows = self._rows
+        if rows is not None:
+            return rows
+        with self._lock:
+            if self._rows is None and not self._error:
+                try:
+                    got = json.loads(self._raw)
+                except (ValueError, RecursionError) as exc:
+                    got, self._error = None, f"unreadable: {str(exc)[:200]}"
+                if got is not None and not (isinstance(got, list) and len(got) == self.count
+                                            and all(m is None or type(m) is dict for m in got)):
+                    self._error = f"not a list of {self.count} objects"
+                if not self._error:
+                    self._rows, self._raw = got, b""
+            if self._error:
+                raise SnapshotCorrupt(f"{self._what} has a bad metadata table: {self._error}")
+            return self._rows  # type: ignore[return-value]
+
+
 class HnswBase:
     """A loaded snapshot: the hnswlib index, its label -> id table, the items' metadata and a float16 copy of the
     vectors for exact scans (hnswlib's ``get_items`` costs ~13-30 us a row). Searched by
@@ -206,8 +245,9 @@ class HnswBase:
     has_graph = True
 
     def __init__(
-        self, index: hnswlib.Index, labels: np.ndarray, ids: list[str], metas: list[dict[str, Any] | None],
-        manifest: Manifest, ef: int, vectors: np.ndarray | Future[np.ndarray] | None = None,
+        self, index: hnswlib.Index, labels: np.ndarray, ids: list[str],
+        metas: list[dict[str, Any] | None] | LazyMetadata, manifest: Manifest, ef: int,
+        vectors: np.ndarray | Future[np.ndarray] | None = None,
         neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.index = index
@@ -221,17 +261,19 @@ class HnswBase:
         self.id_of = np.empty(size, dtype=object)  # label -> id, None for deleted slots
         self.id_of[self.labels] = ids
         label_list = self.labels.tolist()
-        dense = size == len(label_list) and bool(np.array_equal(self.labels, np.arange(size)))
-        self.meta_of: list[dict[str, Any] | None] = list(metas) if dense else [None] * size
-        if not dense:  # tombstoned or reused slots: place each item at its label
-            for lab, m in zip(label_list, metas):
-                self.meta_of[lab] = m
-        self.metas = metas  # aligned with labels
+        self._dense = size == len(label_list) and bool(np.array_equal(self.labels, np.arange(size)))
+        # metadata aligned with labels (metas) and by slot (meta_of), made on first use (see LazyMetadata)
+        self._metas_in = metas
+        self._metas: list[dict[str, Any] | None] | None = None
+        self._meta_of: list[dict[str, Any] | None] | None = None
+        self._meta_lock = threading.Lock()
+        # called (with the reason) when the metadata table turns out bad on first use; set by the reader's cache
+        self.on_corrupt: Callable[[str], None] | None = None
         self.label: dict[str, int] = dict(zip(ids, label_list))
         self.slot = self.label
         self.live = np.zeros(size, dtype=bool)
         self.live[self.labels] = True
-        self.live_slots = self.labels.copy() if dense else np.sort(self.labels)
+        self.live_slots = self.labels.copy() if self._dense else np.sort(self.labels)
         # float16 (slots, dim), row = label; None in a worker's private copy. A reader gets it as a Future: the
         # copy is made beside the first queries, which do not need it (see Receiver.load)
         self._vectors: np.ndarray | Future[np.ndarray] | None = vectors
@@ -260,6 +302,48 @@ class HnswBase:
             self.nb_complete = w >= len(ids) - 1
             for a in (self.nb_labels, self.nb_dists, self.nb_len):
                 a.flags.writeable = False  # shared by every query (answers copy what they return)
+
+    @property
+    def metas(self) -> list[dict[str, Any] | None]:
+        """The items' metadata, aligned with ``labels`` (:class:`SnapshotCorrupt` if its table is bad)."""
+        got = self._metas
+        if got is None:
+            self._load_metas()
+            got = self._metas
+        return got  # type: ignore[return-value]
+
+    @property
+    def meta_of(self) -> list[dict[str, Any] | None]:
+        """The items' metadata by slot (None for empty slots)."""
+        got = self._meta_of
+        if got is None:
+            self._load_metas()
+            got = self._meta_of
+        return got  # type: ignore[return-value]
+
+    def _load_metas(self) -> None:
+        try:
+            self._place_metas()
+        except SnapshotCorrupt as exc:
+            if self.on_corrupt is not None:
+                self.on_corrupt(str(exc))  # the cache forgets this base and reports it (it was checked at load)
+            raise
+
+    def _place_metas(self) -> None:
+        with self._meta_lock:
+            if self._meta_of is not None:
+                return
+            src = self._metas_in
+            metas = src.rows() if isinstance(src, LazyMetadata) else src
+            if self._dense:
+                meta_of = list(metas)
+            else:  # tombstoned or reused slots: place each item at its label
+                meta_of = [None] * len(self.id_of)
+                for lab, m in zip(self.labels.tolist(), metas):
+                    meta_of[lab] = m
+            self._metas = metas
+            self._meta_of = meta_of  # last: readers check it first
+            self._metas_in = metas
 
     @property
     def vectors(self) -> np.ndarray | None:
@@ -507,7 +591,7 @@ class Receiver:
             try:
                 labels = np.frombuffer(tables, dtype="<i8", count=b // 8).astype(np.int64)
                 ids = json.loads(bytes(tables[b : b + c]))
-                metas = json.loads(bytes(tables[b + c : b + c + d]))
+                metas = LazyMetadata(bytes(tables[b + c : b + c + d]), m.count, f"snapshot generation {m.generation}")
             except (ValueError, RecursionError) as exc:
                 return SnapshotCorrupt(f"snapshot generation {m.generation} has unreadable tables: {str(exc)[:200]}")
             lists = None
@@ -560,8 +644,7 @@ class Receiver:
                 raise SnapshotCorrupt(f"snapshot generation {gen} failed its sha256 check")
             raise self._tables
         labels, ids, metas, lists = self._tables
-        if not (isinstance(ids, list) and isinstance(metas, list)
-                and len(labels) == len(ids) == len(metas) == m.count):
+        if not (isinstance(ids, list) and len(labels) == len(ids) == m.count):  # metas: checked on first use
             raise SnapshotCorrupt(f"snapshot generation {gen} has inconsistent tables")
         n_slots = int(labels.max()) + 1 if len(labels) else 0
         if m.metric not in ("cosine", "l2", "ip"):  # embcache's metric names are hnswlib's
@@ -575,6 +658,8 @@ class Receiver:
                                   f"{exc}") from None
         if self._finish_digest() != m.sha256:
             raise SnapshotCorrupt(f"snapshot generation {gen} failed its sha256 check")
+        if for_update:  # a worker reads every item's metadata: refuse a bad table here, where it rebuilds in full
+            metas.rows()
         try:
             index = hnswlib.Index(params)
         except (RuntimeError, ValueError, TypeError) as exc:

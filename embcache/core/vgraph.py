@@ -28,7 +28,7 @@ import hnswlib
 import numpy as np
 
 from .errors import SnapshotCorrupt
-from .snapshot import HnswBase, index_bytes, load_index_file
+from .snapshot import HnswBase, LazyMetadata, index_bytes, load_index_file
 from .views import pos_key
 
 __all__ = ["VersionManifest", "VersionBase", "pack_version", "unpack_version", "MAX_PARTITIONS"]
@@ -92,7 +92,7 @@ class VersionBase(HnswBase):
     kind = "version"
 
     def __init__(self, index: hnswlib.Index, labels: np.ndarray, part_idx: np.ndarray, ids: list[str],
-                 metas: list[dict[str, Any] | None], manifest: VersionManifest, ef: int,
+                 metas: list[dict[str, Any] | None] | LazyMetadata, manifest: VersionManifest, ef: int,
                  vectors: np.ndarray | None = None) -> None:
         super().__init__(index, labels, ids, metas, manifest, ef, vectors=vectors)  # type: ignore[arg-type]
         self.parts = dict(manifest.parts)  # partition -> position covered
@@ -163,14 +163,16 @@ def unpack_version(chunks: list[bytes | None], manifest: VersionManifest, *, ef:
         labels = np.frombuffer(blob, dtype="<i8", count=b // 8, offset=a).astype(np.int64)
         part_idx = np.frombuffer(blob, dtype="<i4", count=c // 4, offset=a + b).astype(np.int32)
         ids = json.loads(blob[a + b + c : a + b + c + d])
-        metas = json.loads(blob[a + b + c + d :])
     except ValueError as exc:
         raise SnapshotCorrupt(f"version graph generation {manifest.generation} has unreadable tables: {exc}") from None
     n = manifest.count
-    if not (len(labels) == len(part_idx) == len(ids) == len(metas) == n) or not isinstance(ids, list) \
+    metas = LazyMetadata(blob[a + b + c + d :], n, f"version graph generation {manifest.generation}")
+    if not (len(labels) == len(part_idx) == len(ids) == n) or not isinstance(ids, list) \
             or (n and (part_idx.min() < 0 or part_idx.max() >= len(manifest.parts) or labels.min() < 0
                        or labels.max() > manifest.max_label)):
         raise SnapshotCorrupt(f"version graph generation {manifest.generation} has inconsistent tables")
+    if for_update:  # a worker reads every item's metadata: refuse a bad table here
+        metas.rows()
     headroom = n + manifest.deleted + 1024 if for_update else 0
     index, vectors = load_index_file(memoryview(blob)[:a], manifest.metric, manifest.dim, headroom, for_update,
                                      n_slots=int(labels.max()) + 1 if n else 0)

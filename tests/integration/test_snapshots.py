@@ -5,6 +5,7 @@ around exactly, reported and rebuilt. Real ``python -m workers`` processes do th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -169,3 +170,51 @@ def test_corrupt_snapshot_is_rebuilt_without_new_writes(corrupted, hubs, redis_u
     q = np.random.default_rng(7).standard_normal((10, 32)).astype(np.float32)
     assert rv.query(q, n_results=5, consistency="eventual", ef=600).ids == \
         [[f"i{j}" for j in r] for r in brute_force(data, q, 5, "l2")]
+
+
+def test_a_bad_metadata_table_is_refused_when_first_used_and_rebuilt(redis_url, workers, hubs) -> None:  # noqa: ANN001
+    """Readers parse a snapshot's metadata table on first use, not at load. A table that passes the checksums
+    (a forging worker's) but is not a list of one object per item: the first filtered query raises
+    SnapshotCorrupt, the reader forgets the base and reports it; the next query is answered exactly from the
+    stored items, and a rebuild replaces the snapshot."""
+    hub = hubs(redis_url)
+    v = hub.create_space("badmeta", dim=32, metric="l2").create_version()
+    data = np.random.default_rng(8).standard_normal((300, 32)).astype(np.float32)
+    v.upsert([f"i{i}" for i in range(300)], data, metadatas=[{"g": i % 3} for i in range(300)])
+    workers.start(redis_url)
+    v.build(timeout=60)
+    pk = hub.keys.partition("badmeta", v.name, "default")
+    r = hub.store.r
+    m = read_manifest(r, pk)
+    blob = b"".join(r.mget([pk.chunk(m.sid, i) for i in range(m.chunks)]))
+    a, b, c, d = m.sections[:4]
+    table = b"[" + b",".join([b'{"g":0}'] * (m.count - 1)) + b"]"  # one item short
+    blob = blob[: a + b + c] + table + blob[a + b + c + d :]
+    forged = dataclasses.replace(m, sid=f"{m.generation}.0badbeef", sections=(a, b, c, len(table), *m.sections[4:]),
+                                 nbytes=len(blob), chunks=-(-len(blob) // snapshot.CHUNK_BYTES),
+                                 sha256=hashlib.sha256(blob).hexdigest()).sealed()
+    q = data[:5] + 0.01
+    wanted = [[f"i{j}" for j in np.flatnonzero(np.arange(300) % 3 == 1)[r]] for r in
+              brute_force(data[np.arange(300) % 3 == 1], q, 10, "l2")]
+    with paused_builds(hub):
+        for i in range(forged.chunks):
+            r.set(pk.chunk(forged.sid, i), blob[i * snapshot.CHUNK_BYTES : (i + 1) * snapshot.CHUNK_BYTES])
+        r.set(pk.snap, forged.to_json())
+        reader = hubs(redis_url, refresh_interval=3600)
+        rv = reader.space("badmeta").version(v.name)
+        pid = ("badmeta", v.name, "default")
+        assert rv.query(q, 10, consistency="eventual").ids == [[f"i{j}" for j in row] for row in
+                                                              brute_force(data, q, 10, "l2")]
+        assert isinstance(reader.cache.cached(pid), HnswBase)  # loaded: nothing read the table yet
+        with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
+            rv.query(q, 10, where={"g": 1}, consistency="eventual")
+        assert reader.cache.cached(pid) is None and reader.cache.corrupt_seen == 1
+        (s,) = rv.stats()
+        assert s.corrupt and "bad metadata table" in s.corrupt
+        assert rv.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted  # exactly, from Redis
+        assert isinstance(reader.cache.cached(pid), ExactBase)
+    wait_for(lambda: (rv.stats()[0].generation or 0) > m.generation and rv.stats()[0].corrupt is None, 30,
+             interval=0.1, what="the forged snapshot to be rebuilt")
+    fresh = hubs(redis_url).space("badmeta").version(v.name)
+    assert fresh.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted
+    assert isinstance(fresh.hub.cache.cached(pid), HnswBase)

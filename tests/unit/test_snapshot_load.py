@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from embcache.core import snapshot
+from embcache.core.engine import compile_filter
 from embcache.core.errors import SnapshotCorrupt
 from embcache.core.hnswfile import CPUS, HEADER, index_params, level0_vectors
 from tests.datasets import MiniLMSubset
@@ -226,3 +227,50 @@ def test_an_empty_index_loads(minilm_subset: MiniLMSubset) -> None:
     worker = snapshot.unpack(chunks, m, ef=64, for_update=True)
     worker.index.add_items(minilm_subset.base[:3], np.arange(3))
     assert worker.index.knn_query(minilm_subset.base[1:2], k=1)[0][0][0] == 1
+
+
+def _with_metadata_table(chunks: list[bytes], manifest: snapshot.Manifest, table: bytes) -> tuple[list[bytes],
+                                                                                                   snapshot.Manifest]:
+    """The snapshot with another metadata table and its digest chain recomputed (what a forging worker writes)."""
+    blob = b"".join(chunks)
+    a, b, c, d = manifest.sections[:4]
+    blob = blob[: a + b + c] + table + blob[a + b + c + d :]
+    step = snapshot.CHUNK_BYTES
+    new_chunks = [blob[i : i + step] for i in range(0, len(blob), step)]
+    m = dataclasses.replace(manifest, sections=(a, b, c, len(table), *manifest.sections[4:]), nbytes=len(blob),
+                            chunks=len(new_chunks), sha256=hashlib.sha256(blob).hexdigest()).sealed()
+    return new_chunks, m
+
+
+def test_metadata_is_parsed_on_first_use(minilm_subset: MiniLMSubset) -> None:
+    """A reader keeps the metadata table as bytes until a query needs it (filters, include), then serves the
+    same metadata a worker's copy parses at once."""
+    index, labels, ids = _build(minilm_subset, 300, deletes=20)  # reused labels: metadata placed by slot
+    chunks, m = _pack(index, labels, ids)
+    base = snapshot.unpack(chunks, m, ef=64)
+    assert base._metas is None and base._meta_of is None  # nothing parsed by the load or a plain search
+    base.knn(minilm_subset.queries[:1], 5, None)
+    assert base._metas is None
+    assert base.metadata(ids[7]) == {"i": 7} and base.metas == [{"i": i} for i in range(len(ids))]
+    assert all(base.meta_of[lab] == {"i": i} for i, lab in enumerate(labels.tolist()))
+    assert base.fields.mask(compile_filter({"i": {"$lt": 10}}).tree).sum() == 10  # type: ignore[union-attr]
+    worker = snapshot.unpack(chunks, m, ef=64, for_update=True)
+    assert worker.metas == base.metas
+
+
+@pytest.mark.parametrize("table", [b"[{\"i\": 0}", b"{}", b"[]", b"[1, 2]", b"[[]]", b"\"x\""])
+def test_a_bad_metadata_table_is_refused_on_first_use(minilm_subset: MiniLMSubset, table: bytes) -> None:
+    """Not JSON, not a list, the wrong length, or items that are not objects or null: the first use raises
+    SnapshotCorrupt (and tells the cache), every later use too; a worker refuses the snapshot at load."""
+    index, labels, ids = _build(minilm_subset, 2)
+    chunks, m = _with_metadata_table(*_pack(index, labels, ids), table)
+    base = snapshot.unpack(chunks, m, ef=64)  # the load does not read the table
+    told: list[str] = []
+    base.on_corrupt = told.append
+    assert base.knn(minilm_subset.queries[:1], 1, None)[0].shape == (1, 1)
+    for use in (lambda: base.metas, lambda: base.metadata(ids[0]), lambda: base.fields):
+        with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
+            use()
+    assert len(told) == 3 and "bad metadata table" in told[0]
+    with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
+        snapshot.unpack(chunks, m, ef=64, for_update=True)
