@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class PartitionCache:
         self._refused: dict[str, str] = {}  # partition tag -> sid of a snapshot refused as corrupt
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
+        self._refused_graphs: dict[tuple[str, str], str] = {}  # version -> sid of a graph refused as corrupt
         # bumped before and after any base is loaded, replaced, evicted or dropped: a query route built at one
         # generation still has the base it checked while the generation is the same, whether the reader looks at
         # the generation or the base first (both orders are used: client/queries.py, "routes")
@@ -169,10 +171,15 @@ class PartitionCache:
     def _load_graph(self, space: str, version: str, info: SpaceInfo,
                     manifest: Any = None) -> VersionBase | None:
         try:
+            manifest = manifest or vgraph_io.read_manifest(self.store.r, self.store.keys, space, version)
+            if manifest is None or self._refused_graphs.get((space, version)) == manifest.sid:
+                return None  # none, or this one was refused already: not fetched again
             return vgraph_io.load(self.store.r, self.store.keys, space, version, ef=info.ef, manifest=manifest)
         except SnapshotCorrupt as exc:  # serve from the partitions' own snapshots; the next build replaces it
             log.warning("refused the version graph of %s/%s: %s", space, version, exc)
             self.corrupt_seen += 1
+            if manifest is not None:
+                self._refused_graphs[(space, version)] = manifest.sid
             return None
 
     def covered(self, pid: PartitionId) -> str | None:
@@ -252,7 +259,14 @@ class PartitionCache:
         """Let ``base`` tell the cache when its metadata table, parsed on first use, is bad (see
         :class:`~embcache.core.snapshot.LazyMetadata`)."""
         if isinstance(base, snapshot.HnswBase):
-            base.on_corrupt = lambda reason: self._refuse_loaded(pid, base, reason)
+            ref = weakref.ref(base)  # not the base itself: no cycle keeps an evicted index alive
+
+            def refuse(reason: str) -> None:
+                found = ref()
+                if found is not None:
+                    self._refuse_loaded(pid, found, reason)
+
+            base.on_corrupt = refuse
 
     def _refuse_loaded(self, pid: PartitionId, base: Any, reason: str) -> None:
         """Forget a loaded base found corrupt after its load and refuse its snapshot as a corrupt load is refused:
@@ -268,7 +282,7 @@ class PartitionCache:
         self.corrupt_seen += 1
         log.warning("refused the loaded base of %s: %s", "/".join(pid), reason)
         if pid[2] == GRAPH:
-            self._no_graph.add((pid[0], pid[1]))
+            self._refused_graphs[(pid[0], pid[1])] = sid  # the partitions' own snapshots serve until a new one
             return
         pk = self.keys(pid)
         self._refused[pk.tag] = sid

@@ -39,6 +39,7 @@ from ..core.errors import (
     OutOfMemory,
     PartitionNotFound,
     PermissionDenied,
+    SnapshotCorrupt,
     Unavailable,
     VersionNotFound,
     VersionSealed,
@@ -404,13 +405,23 @@ def _plain_options(where: Any, ef: Any, exclude: Any, include: Any) -> bool:
     return where is None and ef is None and exclude is None and type(include) is tuple and include == ("distances",)
 
 
+_READS = frozenset({"query", "query_by_id", "recommend", "get", "compare"})  # calls that write nothing
+
+
 def _guard(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis."""
+    """Name the operation, the space and the principal in a :class:`PermissionDenied` from Redis; call a read
+    again, once, when a loaded base was refused as corrupt during the call."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:  # a plain try, not a context manager: this wraps the query hot path
+                return fn(self, *args, **kwargs)
+            except SnapshotCorrupt as exc:
+                if operation not in _READS or not getattr(exc, "refused", False):
+                    raise
+                # a loaded base's metadata table was bad on first use (core.snapshot.LazyMetadata): the cache
+                # has forgotten it and refused its snapshot, so the call again is answered without it, once
                 return fn(self, *args, **kwargs)
             except PermissionDenied:
                 space = self.name if isinstance(self, Space) else self.space.name

@@ -223,12 +223,13 @@ class LazyMetadata:
                 try:
                     got = json.loads(self._raw)
                 except (ValueError, RecursionError) as exc:
-                    got, self._error = None, f"unreadable: {str(exc)[:200]}"
-                if got is not None and not (isinstance(got, list) and len(got) == self.count
-                                            and all(m is None or type(m) is dict for m in got)):
-                    self._error = f"not a list of {self.count} objects"
-                if not self._error:
-                    self._rows, self._raw = got, b""
+                    self._error = f"unreadable: {str(exc)[:200]}"
+                else:
+                    if isinstance(got, list) and len(got) == self.count \
+                            and all(m is None or type(m) is dict for m in got):
+                        self._rows, self._raw = got, b""
+                    else:  # (``null`` too: a list is what was written)
+                        self._error = f"not a list of {self.count} objects or nulls"
             if self._error:
                 raise SnapshotCorrupt(f"{self._what} has a bad metadata table: {self._error}")
             return self._rows  # type: ignore[return-value]
@@ -327,6 +328,7 @@ class HnswBase:
         except SnapshotCorrupt as exc:
             if self.on_corrupt is not None:
                 self.on_corrupt(str(exc))  # the cache forgets this base and reports it (it was checked at load)
+                exc.refused = True  # type: ignore[attr-defined]  # the call may be tried again: see hub._guard
             raise
 
     def _place_metas(self) -> None:

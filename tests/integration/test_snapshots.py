@@ -174,9 +174,9 @@ def test_corrupt_snapshot_is_rebuilt_without_new_writes(corrupted, hubs, redis_u
 
 def test_a_bad_metadata_table_is_refused_when_first_used_and_rebuilt(redis_url, workers, hubs) -> None:  # noqa: ANN001
     """Readers parse a snapshot's metadata table on first use, not at load. A table that passes the checksums
-    (a forging worker's) but is not a list of one object per item: the first filtered query raises
-    SnapshotCorrupt, the reader forgets the base and reports it; the next query is answered exactly from the
-    stored items, and a rebuild replaces the snapshot."""
+    (a forging worker's) but is not a list of one object per item: the first filtered query finds it, the reader
+    forgets the base and reports it, and the query is answered exactly from the stored items; a rebuild replaces
+    the snapshot."""
     hub = hubs(redis_url)
     v = hub.create_space("badmeta", dim=32, metric="l2").create_version()
     data = np.random.default_rng(8).standard_normal((300, 32)).astype(np.float32)
@@ -206,15 +206,59 @@ def test_a_bad_metadata_table_is_refused_when_first_used_and_rebuilt(redis_url, 
         assert rv.query(q, 10, consistency="eventual").ids == [[f"i{j}" for j in row] for row in
                                                               brute_force(data, q, 10, "l2")]
         assert isinstance(reader.cache.cached(pid), HnswBase)  # loaded: nothing read the table yet
-        with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
-            rv.query(q, 10, where={"g": 1}, consistency="eventual")
-        assert reader.cache.cached(pid) is None and reader.cache.corrupt_seen == 1
+        # the first filter reads the table: the base is refused and reported, and the query answered without it
+        assert rv.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted  # exactly, from Redis
+        assert isinstance(reader.cache.cached(pid), ExactBase) and reader.cache.corrupt_seen == 1
         (s,) = rv.stats()
         assert s.corrupt and "bad metadata table" in s.corrupt
-        assert rv.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted  # exactly, from Redis
-        assert isinstance(reader.cache.cached(pid), ExactBase)
+        reader.cache.refresh()  # the refused snapshot is not fetched again
+        assert rv.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted
+        assert isinstance(reader.cache.cached(pid), ExactBase) and reader.cache.corrupt_seen == 1
     wait_for(lambda: (rv.stats()[0].generation or 0) > m.generation and rv.stats()[0].corrupt is None, 30,
              interval=0.1, what="the forged snapshot to be rebuilt")
     fresh = hubs(redis_url).space("badmeta").version(v.name)
     assert fresh.query(q, 10, where={"g": 1}, consistency="eventual").ids == wanted
     assert isinstance(fresh.hub.cache.cached(pid), HnswBase)
+
+
+def test_a_bad_metadata_table_in_the_version_graph_is_refused_once(redis_url, hubs) -> None:  # noqa: ANN001
+    """The version graph's table, forged the same way: the filtered query that finds it is answered from the
+    partitions' own snapshots, and the refused graph is not fetched again on refresh (its sid is remembered)."""
+    from embcache.redis.catalogue import Catalogue
+    from workers import build as wbuild
+    from workers.vgraph import build_version_graph
+
+    hub = hubs(redis_url, refresh_interval=3600)
+    v = hub.create_space("badgraph", dim=32, metric="l2").create_version()
+    data = np.random.default_rng(9).standard_normal((400, 32)).astype(np.float32)
+    for p, rows in (("a", slice(0, 200)), ("b", slice(200, 400))):
+        v.upsert([f"i{i}" for i in range(rows.start, rows.stop)], data[rows],
+                 metadatas=[{"g": i % 3} for i in range(rows.start, rows.stop)], partition=p)
+    record = Catalogue(hub.store).get_space("badgraph")
+    for p in ("a", "b"):
+        wbuild.build_snapshot(hub.store, record, v.name, p)
+    build_version_graph(hub.store, record, v.name)
+    r, keys = hub.store.r, hub.keys
+    from embcache.redis.vgraph import read_manifest as read_graph
+
+    m = read_graph(r, keys, "badgraph", v.name)
+    blob = b"".join(r.mget([keys.version_graph_chunk("badgraph", v.name, m.sid, i) for i in range(m.chunks)]))
+    table = b"[1]"
+    blob = blob[: sum(m.sections[:4])] + table
+    forged = dataclasses.replace(m, sid=f"{m.generation}.0badbeef", sections=(*m.sections[:4], len(table)),
+                                 nbytes=len(blob), chunks=1, sha256=hashlib.sha256(blob).hexdigest())
+    r.set(keys.version_graph_chunk("badgraph", v.name, forged.sid, 0), blob)
+    r.set(keys.version_graph("badgraph", v.name), forged.to_json())
+    reader = hubs(redis_url, refresh_interval=3600)
+    rv = reader.space("badgraph").version(v.name)
+    q = data[:4] + 0.01
+    assert rv.query(q, 5, consistency="eventual").ids == [[f"i{j}" for j in row] for row in
+                                                         brute_force(data, q, 5, "l2")]
+    assert reader.cache.cached_graph("badgraph", v.name) is not None  # plain queries do not read the table
+    ones = np.flatnonzero(np.arange(400) % 3 == 1)
+    wanted = [[f"i{ones[j]}" for j in row] for row in brute_force(data[ones], q, 5, "l2")]
+    for _ in range(2):
+        assert rv.query(q, 5, where={"g": 1}, consistency="eventual", ef=400).ids == wanted
+        assert reader.cache.cached_graph("badgraph", v.name) is None and reader.cache.corrupt_seen == 1
+        reader.cache.refresh()  # the refused graph stays refused: not fetched, not failing the next filter
+        rv.query(q, 5, consistency="eventual")

@@ -258,7 +258,8 @@ def test_metadata_is_parsed_on_first_use(minilm_subset: MiniLMSubset) -> None:
     assert worker.metas == base.metas
 
 
-@pytest.mark.parametrize("table", [b"[{\"i\": 0}", b"{}", b"[]", b"[1, 2]", b"[[]]", b"\"x\""])
+@pytest.mark.parametrize("table", [b"[{\"i\": 0}", b"{}", b"[]", b"[1, 2]", b"[[]]", b"\"x\"", b"null",
+                                   b"[" * 100_000 + b"]" * 100_000])
 def test_a_bad_metadata_table_is_refused_on_first_use(minilm_subset: MiniLMSubset, table: bytes) -> None:
     """Not JSON, not a list, the wrong length, or items that are not objects or null: the first use raises
     SnapshotCorrupt (and tells the cache), every later use too; a worker refuses the snapshot at load."""
@@ -269,8 +270,9 @@ def test_a_bad_metadata_table_is_refused_on_first_use(minilm_subset: MiniLMSubse
     base.on_corrupt = told.append
     assert base.knn(minilm_subset.queries[:1], 1, None)[0].shape == (1, 1)
     for use in (lambda: base.metas, lambda: base.metadata(ids[0]), lambda: base.fields):
-        with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
+        with pytest.raises(SnapshotCorrupt, match="bad metadata table") as exc:
             use()
-    assert len(told) == 3 and "bad metadata table" in told[0]
+        assert exc.value.refused  # type: ignore[attr-defined]  # the cache was told: a read may be tried again
+    assert len(told) == 3 and "bad metadata table" in told[0] and len(set(told)) == 1  # the same reason each time
     with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
         snapshot.unpack(chunks, m, ef=64, for_update=True)
