@@ -210,10 +210,6 @@ class LazyMetadata:
         self._error = ""
         self._lock = threading.Lock()
 
-    @property
-    def nbytes(self) -> int:
-        return len(self._raw)
-
     def rows(self) -> list[dict[str, Any] | None]:
         rows = self._rows
         if rows is not None:
@@ -307,20 +303,16 @@ class HnswBase:
     @property
     def metas(self) -> list[dict[str, Any] | None]:
         """The items' metadata, aligned with ``labels`` (:class:`SnapshotCorrupt` if its table is bad)."""
-        got = self._metas
-        if got is None:
+        if self._meta_of is None:
             self._load_metas()
-            got = self._metas
-        return got  # type: ignore[return-value]
+        return self._metas  # type: ignore[return-value]
 
     @property
     def meta_of(self) -> list[dict[str, Any] | None]:
         """The items' metadata by slot (None for empty slots)."""
-        got = self._meta_of
-        if got is None:
+        if self._meta_of is None:
             self._load_metas()
-            got = self._meta_of
-        return got  # type: ignore[return-value]
+        return self._meta_of  # type: ignore[return-value]
 
     def _load_metas(self) -> None:
         try:
