@@ -176,10 +176,7 @@ class PartitionCache:
                 return None  # none, or this one was refused already: not fetched again
             return vgraph_io.load(self.store.r, self.store.keys, space, version, ef=info.ef, manifest=manifest)
         except SnapshotCorrupt as exc:  # serve from the partitions' own snapshots; the next build replaces it
-            log.warning("refused the version graph of %s/%s: %s", space, version, exc)
-            self.corrupt_seen += 1
-            if manifest is not None:
-                self._refused_graphs[(space, version)] = manifest.sid
+            self._refuse((space, version, GRAPH), manifest.sid if manifest is not None else None, str(exc))
             return None
 
     def covered(self, pid: PartitionId) -> str | None:
@@ -226,10 +223,7 @@ class PartitionCache:
         except SnapshotCorrupt as exc:
             if metrics.ENABLED:
                 metrics.observe_snapshot_load(pk.tag, "corrupt", time.perf_counter() - t0)
-            self.corrupt_seen += 1
-            self._refused[pk.tag] = manifest.sid if manifest is not None else "unreadable"
-            log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, exc)
-            self.store.report_corrupt(pk, str(exc))
+            self._refuse(pk.names(), manifest.sid if manifest is not None else "unreadable", str(exc))
             return None
 
     def _segments(self, pk: PartitionKeys, base: snapshot.HnswBase, info: SpaceInfo,
@@ -279,13 +273,20 @@ class PartitionCache:
             self.generation += 1
             del self._bases[pid]
             self.generation += 1
+        self._refuse(pid, sid, reason)
+
+    def _refuse(self, pid: PartitionId, sid: str | None, reason: str) -> None:
+        """Refuse the snapshot ``sid`` of ``pid`` as corrupt (at load or on first use): count it, do not fetch it
+        again, and report a partition's for a rebuild (a version graph has no report: its partitions serve)."""
         self.corrupt_seen += 1
-        log.warning("refused the loaded base of %s: %s", "/".join(pid), reason)
         if pid[2] == GRAPH:
-            self._refused_graphs[(pid[0], pid[1])] = sid  # the partitions' own snapshots serve until a new one
+            log.warning("refused the version graph of %s/%s: %s", pid[0], pid[1], reason)
+            if sid is not None:
+                self._refused_graphs[(pid[0], pid[1])] = sid
             return
         pk = self.keys(pid)
-        self._refused[pk.tag] = sid
+        log.warning("refused the snapshot of %s: %s; answering exactly until it is rebuilt", pk.tag, reason)
+        self._refused[pk.tag] = sid or "unreadable"
         self.store.report_corrupt(pk, reason)
 
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
