@@ -120,6 +120,7 @@ def role_reader(a: argparse.Namespace) -> None:
     n_batches = int(a.rate * a.seconds / BATCH)
     vecs = new_vectors(base, 0, n_batches * BATCH, a.seed)[::BATCH]
     ids = [f"w{a.seed}_{j * BATCH}" for j in range(n_batches)]
+    applied: list[tuple[float, float]] = []  # (when, the ms of the position it reached), embcache only
     if a.switch_interval:  # the readers' GIL switch interval (Python's default: 5 ms)
         sys.setswitchinterval(a.switch_interval)
     if a.system == "embcache":
@@ -127,6 +128,13 @@ def role_reader(a: argparse.Namespace) -> None:
 
         hub = embcache.connect(a.url, refresh_interval=1.0)
         v = hub.space(SPACE).version(a.version)
+        follower, publish = hub.cache.follower, hub.cache.follower._publish
+
+        def traced(buf: Any, pos: str, items: dict[str, Any]) -> None:  # when this process applied each tail
+            publish(buf, pos, items)
+            applied.append((time.time(), int(pos.split("-")[0]) / 1000.0))
+
+        follower._publish = traced
 
         def top1(q: np.ndarray) -> str | None:
             got = v.query(q, n_results=1, consistency="eventual").ids[0]
@@ -161,11 +169,14 @@ def role_reader(a: argparse.Namespace) -> None:
             if hit:
                 seen.append((j, time.time()))
                 break
+            if a.poll_every and (rest := a.poll_every - (pc() - t)) > 0:  # a reader with other work to do
+                time.sleep(rest)
         last = j
         if j == n_batches - 1:
             break
     np.save(a.out, np.array(seen, dtype=np.float64).reshape(-1, 2))
     np.save(a.out + ".polls.npy", np.array(polls))
+    np.save(a.out + ".applied.npy", np.array(applied, dtype=np.float64).reshape(-1, 2))
     if a.system == "embcache":
         hub.close()
 
@@ -347,7 +358,7 @@ class Bench:
         seed = int(rate) + (7 if system != "embcache" else 0)
         out = self.tmp / f"{system}-{int(rate)}"
         common = dict(system=system, url=url, version=version or "none", rate=rate, seconds=seconds, n=self.a.n,
-                      seed=seed, switch_interval=self.a.switch_interval)
+                      seed=seed, switch_interval=self.a.switch_interval, poll_every=self.a.poll_every)
         readers_ready = [Path(f"{out}-r{i}.npy.ready") for i in range(2)]
         for p in readers_ready:
             p.unlink(missing_ok=True)
@@ -377,13 +388,19 @@ class Bench:
                        "aof_rewrites": bytes1["aof_rewrites"] - bytes0["aof_rewrites"],
                        "snapshot_mb_s": (gens or 0) * (m.nbytes if m is not None else 0) / 1e6 / seconds}
         sent, committed = np.load(f"{out}-w.npy")
-        delays, from_send, polls = [], [], []
+        delays, from_send, polls, applied, after = [], [], [], [], []
         for i in range(2):
             seen = np.load(f"{out}-r{i}.npy")
             polls += list(np.load(f"{out}-r{i}.npy.polls.npy"))
+            trace = np.load(f"{out}-r{i}.npy.applied.npy")  # (when, position's ms) of each tail applied
+            reached = np.maximum.accumulate(trace[:, 1])
             for j, t in seen:
                 if np.isfinite(committed[int(j)]):
                     delays.append(max(0.0, t - committed[int(j)]))
+                    k = int(np.searchsorted(reached, committed[int(j)]))  # the first tail that reached it
+                    if k < len(trace):
+                        applied.append(max(0.0, trace[k, 0] - committed[int(j)]))
+                        after.append(max(0.0, t - trace[k, 0]))
                 if np.isfinite(sent[int(j)]):
                     from_send.append(t - sent[int(j)])
         d = np.array(delays)
@@ -402,6 +419,11 @@ class Bench:
                "indexed_p50": pct(indexed, 50) if len(indexed) else float("nan"),
                "indexed_p95": pct(indexed, 95) if len(indexed) else float("nan"),
                "indexed_max": float(indexed.max()) if len(indexed) else float("nan"),
+               # commit -> applied by the reader's follower, and applied -> seen by its next poll
+               "applied_p50": pct(applied, 50) if applied else float("nan"),
+               "applied_p95": pct(applied, 95) if applied else float("nan"),
+               "after_applied_p50": pct(after, 50) if after else float("nan"),
+               "after_applied_p95": pct(after, 95) if after else float("nan"),
                "send_to_commit_p50_ms": float(np.nanmedian(call)) * 1e3 if np.isfinite(call).any() else float("nan"),
                **traffic}
         self.log(json.dumps(res))
@@ -613,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0)
     p.add_argument("--t0", type=float, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--poll-every", type=float, default=0.0,
+                   help="seconds from the start of one reader poll to the next (0: poll flat out, a reader "
+                        "process that does nothing but query)")
     p.add_argument("--switch-interval", type=float, default=0.0,
                    help="the reader processes' sys.setswitchinterval (0: Python's default, 5 ms)")
     a = p.parse_args(argv)

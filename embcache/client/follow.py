@@ -1,15 +1,20 @@
 """The follower: every loaded partition's change log, read live into an overlay (:mod:`embcache.core.tail`).
 
-One thread per hub. On a standalone server it waits on the change logs of every partition this process has loaded
-with one ``XREAD BLOCK`` (all keys, one connection), and reads the net effect since its position with ``emb_tail``
-in the same pipeline (Redis runs them as soon as the XREAD returns: one round trip per change; past
-:data:`PIPELINED_TAILS` partitions, the moved ones' tails in a second pipeline), then publishes a new overlay view
-per partition. Where it
-cannot block on them all (Redis Cluster: a multi-key ``XREAD`` wants one slot, and each partition is its own
-slot; or a principal granted before readers got ``XREAD``) it polls the partitions' positions in one pipeline
-every ``poll`` seconds instead. Errors (Redis away, a killed connection) are retried with a backoff; once back,
-the next read catches up from the follower's position. A log trimmed past that position makes it reload the
-partition (the cache's reload: the newest snapshot) and follow from there, so no write is skipped.
+One thread per hub reads the logs. On a standalone server it waits on the change logs of every partition this
+process has loaded with one ``XREAD BLOCK`` (all keys, one connection), and reads the net effect since its position
+with ``emb_tail`` in the same pipeline (Redis runs them as soon as the XREAD returns: one round trip per change;
+past :data:`PIPELINED_TAILS` partitions, the moved ones' tails in a second pipeline), then publishes a new overlay
+view per partition. Where it cannot block on them all (Redis Cluster: a multi-key ``XREAD`` wants one slot, and each
+partition is its own slot; or a principal granted before readers got ``XREAD``) it polls the partitions' positions
+in one pipeline every ``poll`` seconds instead. Errors (Redis away, a killed connection) are retried with a backoff;
+once back, the next read catches up from the follower's position. A log trimmed past that position makes it reload
+the partition (the cache's reload: the newest snapshot) and follow from there, so no write is skipped.
+
+A second thread indexes the overlays (:meth:`TailBuffer.index_step`, hnswlib releases the GIL), so that the
+reading thread is always back in its ``XREAD`` at once: a write that comes while rows are being indexed is not
+kept waiting behind them (with both in one thread, a round read, then indexed for a few milliseconds, which put
+2-10 ms between a commit and its overlay whenever there was indexing to do). Queries scan a view's rows past
+what its index covers, so an index that trails never hides a row.
 
 The overlays are bounded by ``budget_bytes`` in all: a partition whose overlay would pass it stops being followed
 (*frozen*, reported by :meth:`stats`) and keeps serving what it has, until a newer base lets it shrink.
@@ -40,7 +45,7 @@ __all__ = ["Follower", "FollowStats", "FedSegment"]
 
 log = logging.getLogger("embcache.follow")
 BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
-INDEX_BUDGET = 0.005  # seconds of overlay indexing per round, so a read is never held up for long
+INDEX_STEP = 0.02  # seconds of one overlay's indexing before the indexer looks at the others (and at close())
 PIPELINED_TAILS = 16  # up to this many partitions, every tail read rides in the XREAD's pipeline
 INDEX_STATIC = 2.0  # seconds the refresher spends indexing a fed overlay of a hub that does not follow
 
@@ -78,7 +83,9 @@ class Follower:
         self._sealed: set[PartitionId] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._work = threading.Event()  # rows came: the indexer has work
         self._thread: threading.Thread | None = None
+        self._indexer: threading.Thread | None = None
 
     # what queries read ------------------------------------------------------------------------------------
     def view(self, pid: "PartitionId") -> TailView | None:
@@ -92,12 +99,16 @@ class Follower:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="embcache-follow", daemon=True)
             self._thread.start()
+            self._indexer = threading.Thread(target=self._index_loop, name="embcache-overlay-index", daemon=True)
+            self._indexer.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._work.set()
+        for t in (self._thread, self._indexer):
+            if t is not None:
+                t.join(timeout=5)
+        self._thread = self._indexer = None
 
     def forget(self, predicate: Any) -> None:
         """Drop the overlays of the partitions ``predicate`` accepts (their space or version was dropped)."""
@@ -183,10 +194,12 @@ class Follower:
         with self._lock:
             buf = self.buffers.get(pid)
             added = 0 if buf is None else self._feed(pid, buf, segments)
-        if added and not self.live and buf is not None:  # no follower thread indexes it: the caller's does
+        if added and not self.live and buf is not None:  # no indexer thread: the caller's indexes it
             deadline = time.monotonic() + INDEX_STATIC
             while buf.index_behind() and time.monotonic() < deadline:
                 buf.index_step(0.05)
+        elif added:
+            self._work.set()
         return added
 
     def _feed(self, pid: "PartitionId", buf: TailBuffer, segments: list[FedSegment]) -> int:
@@ -247,8 +260,7 @@ class Follower:
             self._stop.wait(BLOCK_SECONDS)
             return 0
         keys = {pid: self.cache.keys(pid) for pid in active}
-        behind = any(buf.index_behind() for buf in active.values())
-        block = 0.001 if behind else BLOCK_SECONDS  # with indexing to do, only look for changes, then index
+        block = BLOCK_SECONDS
         got: list[tuple[PartitionId, str, Tail | None]] = []
         if not pending and self.mode == "xread" and len(active) <= PIPELINED_TAILS:
             got = self._wait_and_read(active, keys, block)  # one round trip: wait, then every tail
@@ -261,8 +273,8 @@ class Follower:
                 got = [(pid, since, tail) for pid, (_, since), tail in zip(pending, requests, tails)]
         updated = self._apply(got, keys) if got else 0
         self.rounds += 1
-        if behind:
-            self._index(active, INDEX_BUDGET if got else 2 * INDEX_BUDGET)
+        if updated:
+            self._work.set()
         return updated
 
     def _wait_and_read(self, active: dict["PartitionId", TailBuffer], keys: dict["PartitionId", Any],
@@ -328,13 +340,23 @@ class Follower:
             self._stop.wait(min(self.poll, block))
         return moved_pids
 
-    def _index(self, active: dict["PartitionId", TailBuffer], budget: float) -> None:
-        """Index what the overlays' serving indexes lack, for a few milliseconds (between reads)."""
-        deadline = time.monotonic() + budget
-        for buf in active.values():
-            if time.monotonic() > deadline:
-                break
-            buf.index_step(max(0.0005, deadline - time.monotonic()))
+    def _index_loop(self) -> None:
+        """The indexer thread: index what the overlays' serving indexes lack, a step per overlay in turn, until
+        none lacks rows; then wait for rows (or look again after :data:`BLOCK_SECONDS`: a replaced buffer)."""
+        while not self._stop.is_set():
+            self._work.wait(BLOCK_SECONDS)
+            self._work.clear()
+            try:
+                while not self._stop.is_set():
+                    behind = [buf for pid, buf in list(self.buffers.items())
+                              if pid not in self.frozen and buf.index_behind()]
+                    if not behind:
+                        break
+                    for buf in behind:
+                        buf.index_step(INDEX_STEP)
+            except Exception:  # the indexer must outlive any one bad overlay; its rows are scanned meanwhile
+                log.exception("indexing an overlay failed")
+                self._stop.wait(1.0)
 
     def _trimmed(self, pid: "PartitionId") -> None:
         """The log no longer reaches back to the overlay's position: load the partition afresh (its newest

@@ -8,8 +8,9 @@ follower publishes after each applied tail: a query never sees half a tail.
 
 Past :data:`INDEX_FROM` rows the buffer is also indexed by hnswlib, so that a query does not scan tens of
 thousands of rows. hnswlib is not safe for concurrent add and search, so there are two indexes (a *twin*): queries
-search the serving one while the follower adds the rows it lacks to the other, then swaps them; each row is added
-twice, and neither index is ever written while a query reads it (a reader count per index, taken under a lock).
+search the serving one while the follower's indexer adds the rows it lacks to the other, then swaps them; each row
+is added twice, and neither index is ever written while a query reads it (a reader count per index, taken under a
+lock).
 Rows past what the serving index covers are scanned exactly, so a query always sees every row of its view.
 """
 
@@ -59,7 +60,7 @@ class _Twin:
 
     def step(self, matrix: np.ndarray, live: np.ndarray, n: int, budget_s: float) -> int:
         """Add rows to the index that is not serving, up to ``n`` or for about ``budget_s`` seconds, then make it
-        the serving one. Called by the follower thread only; returns the rows added."""
+        the serving one. Called by one thread only (the follower's indexer); returns the rows added."""
         import hnswlib
 
         t = 0 if self.serving < 0 else 1 - self.serving
@@ -209,8 +210,8 @@ class TailBuffer:
         return self.view
 
     def index_step(self, budget_s: float = 0.002) -> int:
-        """Index rows the serving index lacks (from :data:`INDEX_FROM` rows on); the follower calls it between
-        reads. Returns the rows added."""
+        """Index rows the serving index lacks (from :data:`INDEX_FROM` rows on); one thread at a time (the
+        follower's indexer) calls it, beside the thread that applies tails. Returns the rows added."""
         v = self.view
         if v.n < INDEX_FROM:
             return 0

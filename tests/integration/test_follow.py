@@ -18,7 +18,7 @@ from redis.exceptions import NoPermissionError
 import embcache
 from embcache.core.errors import ItemNotFound
 from embcache.core.snapshot import HnswBase
-from embcache.core.tail import INDEX_FROM
+from embcache.core.tail import INDEX_FROM, TailBuffer
 from embcache.core.views import ExactBase
 from embcache.redis.server import RedisServer, free_port
 from tests.workers_fixtures import brute_force, paused_builds, random_unit, recall_at_k, wait_for
@@ -254,13 +254,48 @@ def test_a_principal_limited_to_a_partition_follows_only_it(redis_url: str, hubs
         raw.xread({p1.vec: "0-0"}, count=1)
 
 
+def test_a_write_is_applied_while_the_overlay_is_being_indexed(redis_url: str, hubs, monkeypatch) -> None:  # noqa: ANN001
+    """The thread that reads the logs never waits for the overlay's indexing: with the indexer held inside
+    ``index_step`` (an overlay past INDEX_FROM rows), a new write still reaches B's eventual reads, and so does a
+    delete; once let go, the indexer covers every row."""
+    entered, release = threading.Event(), threading.Event()
+    step = TailBuffer.index_step
+
+    def held(self: TailBuffer, budget_s: float = 0.002) -> int:
+        entered.set()
+        release.wait(30)
+        return step(self, budget_s)
+
+    monkeypatch.setattr(TailBuffer, "index_step", held)
+    a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
+    x = random_unit(INDEX_FROM + 100, DIM, 11)
+    ids = [f"i{i}" for i in range(len(x))]
+    va = a.create_space("ix", dim=DIM, metric="cosine").create_version()
+    va.upsert(ids[:10], x[:10])
+    vb = b.space("ix").version(va.name)
+    vb.query(x[:1], 1)  # B loads the partition and follows it
+    for s in range(10, len(x), 500):
+        va.upsert(ids[s : s + 500], x[s : s + 500])
+    assert entered.wait(WITHIN), "the indexer never started on the overlay"
+    q = random_unit(1, DIM, 12)
+    va.upsert(["new"], q)
+    wait_for(lambda: _top(vb, q, 1) == ["new"], WITHIN, 0.005, what="a write while the indexer is held")
+    assert va.delete(["new"]) == 1
+    wait_for(lambda: "new" not in _top(vb, q, 3), WITHIN, 0.005, what="a delete while the indexer is held")
+    release.set()
+    buf = b.cache.follower.buffers[("ix", va.name, "default")]
+    wait_for(lambda: buf.unindexed() == 0 and not buf.index_behind(), 30, what="the overlay index")
+    assert _top(vb, x[-1:], 1) == [ids[-1]]
+
+
 def test_close_stops_the_follower_thread(redis_url: str) -> None:
     before = {t.ident for t in threading.enumerate()}
     hub = embcache.connect(redis_url, refresh_interval=0.2)
     v = hub.create_space("c", dim=4).create_version()
     v.upsert(["a"], [[1, 0, 0, 0]])
     v.query([[1, 0, 0, 0]], consistency="eventual")
-    assert any(t.name == "embcache-follow" for t in threading.enumerate())
+    names = {t.name for t in threading.enumerate()}
+    assert {"embcache-follow", "embcache-overlay-index"} <= names, names
     t0 = time.monotonic()
     hub.close()
     assert time.monotonic() - t0 < 2.0
