@@ -46,6 +46,7 @@ __all__ = ["Follower", "FollowStats", "FedSegment"]
 log = logging.getLogger("embcache.follow")
 BLOCK_SECONDS = 0.1  # one XREAD waits at most this long, so close() and new partitions are not kept waiting
 INDEX_STEP = 0.02  # seconds of one overlay's indexing before the indexer looks at the others (and at close())
+INDEX_RETRY = 1.0  # seconds before the indexer tries again an overlay whose indexing failed
 PIPELINED_TAILS = 16  # up to this many partitions, every tail read rides in the XREAD's pipeline
 INDEX_STATIC = 2.0  # seconds the refresher spends indexing a fed overlay of a hub that does not follow
 
@@ -95,7 +96,9 @@ class Follower:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None and self.live:
+        with self._lock:  # two loads at once must not start two indexers on the same twin indexes
+            if self._thread is not None or not self.live:
+                return
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="embcache-follow", daemon=True)
             self._thread.start()
@@ -342,21 +345,28 @@ class Follower:
 
     def _index_loop(self) -> None:
         """The indexer thread: index what the overlays' serving indexes lack, a step per overlay in turn, until
-        none lacks rows; then wait for rows (or look again after :data:`BLOCK_SECONDS`: a replaced buffer)."""
+        none lacks rows; then wait for rows (or look again after :data:`BLOCK_SECONDS`: a replaced buffer). An
+        overlay whose step fails (hnswlib out of memory, say) is left for :data:`INDEX_RETRY` seconds, its rows
+        scanned exactly meanwhile, and the others go on."""
+        failed: dict[PartitionId, float] = {}  # partition -> when its overlay may be tried again
         while not self._stop.is_set():
             self._work.wait(BLOCK_SECONDS)
             self._work.clear()
-            try:
-                while not self._stop.is_set():
-                    behind = [buf for pid, buf in list(self.buffers.items())
-                              if pid not in self.frozen and buf.index_behind()]
-                    if not behind:
-                        break
-                    for buf in behind:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                behind = [(pid, buf) for pid, buf in list(self.buffers.items())
+                          if pid not in self.frozen and failed.get(pid, 0.0) <= now and buf.index_behind()]
+                if not behind:
+                    break
+                for pid, buf in behind:
+                    try:
                         buf.index_step(INDEX_STEP)
-            except Exception:  # the indexer must outlive any one bad overlay; its rows are scanned meanwhile
-                log.exception("indexing an overlay failed")
-                self._stop.wait(1.0)
+                        failed.pop(pid, None)
+                    except Exception:  # the indexer must outlive any one bad overlay
+                        if pid not in failed:
+                            log.exception("indexing the overlay of %s failed; its rows are scanned exactly",
+                                          "/".join(pid))
+                        failed[pid] = time.monotonic() + INDEX_RETRY
 
     def _trimmed(self, pid: "PartitionId") -> None:
         """The log no longer reaches back to the overlay's position: load the partition afresh (its newest

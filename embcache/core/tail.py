@@ -41,18 +41,23 @@ class _Twin:
         self.dim, self.space, self.ef = dim, ("ip" if metric == "cosine" else metric), ef
         self.idx: list[Any] = [None, None]
         self.covered = [0, 0]  # rows [0, covered) were offered to the index (rows dead by then are left out)
+        # the newest view (its row count) whose live mask fed the index: a query's view at least as new holds
+        # every indexed row it has live (rows die, never come back); an older view may have live rows it lacks
+        self.fed = [0, 0]
         self.readers = [0, 0]
         self.serving = -1
         self.lock = threading.Lock()
         self.nbytes = 0
 
-    def acquire(self) -> tuple[int, Any, int] | None:
+    def acquire(self) -> tuple[int, Any, int, int] | None:
+        """``(which, index, rows covered, rows of the newest view that fed it)`` of the serving index, held for
+        a search until :meth:`release`; None before there is one."""
         with self.lock:
             s = self.serving
             if s < 0:
                 return None
             self.readers[s] += 1
-            return s, self.idx[s], self.covered[s]
+            return s, self.idx[s], self.covered[s], self.fed[s]
 
     def release(self, s: int) -> None:
         with self.lock:
@@ -90,7 +95,9 @@ class _Twin:
             start = end
             if time.monotonic() - t0 > budget_s:
                 break
-        self.covered[t] = start
+        with self.lock:
+            self.covered[t] = start
+            self.fed[t] = max(self.fed[t], n)
         self.nbytes = sum(i.get_max_elements() * (4 * self.dim + 8 * INDEX_M + 32) for i in self.idx if i is not None)
         with self.lock:
             if self.serving < 0 or self.covered[t] >= self.covered[self.serving]:
@@ -373,12 +380,13 @@ class TailView:
                 alive = alive.copy()
                 alive[rows] = False
         twin = self.buf.twin
-        # the twin indexes the rows live in the newest view: a row this older view still has live may be missing
-        # there (a newer row of its id came after), so an older view is scanned exactly (queries in flight only)
-        got = twin.acquire() if twin is not None and n == self.buf.n else None
+        got = twin.acquire() if twin is not None else None
         if got is None:
             return self._exact(queries, k, alive, 0, n)
-        s, idx, indexed_rows = got
+        s, idx, indexed_rows, fed = got
+        if fed > n:  # fed by a newer view: a row this view has live may be missing (a newer row of its id came)
+            twin.release(s)  # type: ignore[union-attr]
+            return self._exact(queries, k, alive, 0, n)
         try:
             covered = min(indexed_rows, n)
             # rows the query may get among the indexed ones (with no filter or hidden ids, an indexed view's count)

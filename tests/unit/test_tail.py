@@ -243,3 +243,31 @@ def test_an_older_view_is_searched_whole_after_the_twin_indexed_a_newer_one() ->
         buf.index_step(0.05)
     assert old.search(x[5:6], 3)[0][0][0] == "r5"
     assert buf.view.search(x[5:6], 3)[0][0][0] != "r5" and buf.view.search(x[n:n + 1], 1)[0][0] == ["r5"]
+
+
+def test_a_view_is_searched_whole_when_the_index_swapped_in_meanwhile_was_fed_by_a_newer_one() -> None:
+    """A query takes the newest view, then the serving index; in between the follower may apply a tail that
+    replaces an id of that view and the indexer swap in an index fed by the newer view, which left the old row
+    out. The query must still find that row (found by review: it checked the view's age before it took the
+    index, so it searched one that lacked the row, then cut the rows past its own view)."""
+    n = INDEX_FROM + 50
+    x = _unit(n + 2, 31)
+    buf = TailBuffer("0-0", DIM, "cosine")
+    buf.apply("1-0", _items("1-0", [f"i{i}" for i in range(n)], x[:n]))
+    while buf.index_behind():
+        buf.index_step(1.0)
+    view = buf.apply("2-0", _items("2-0", ["X"], x[n : n + 1]))  # the query's view: X live, not indexed yet
+    twin = buf.twin
+    assert twin is not None
+    real = twin.acquire
+
+    def acquire():  # noqa: ANN202 - between the query's view and its index: a new tail, indexed and swapped in
+        twin.acquire = real  # type: ignore[method-assign]
+        buf.apply("3-0", _items("3-0", ["X"], x[n + 1 : n + 2]))
+        while buf.index_behind():
+            buf.index_step(1.0)
+        return real()
+
+    twin.acquire = acquire  # type: ignore[method-assign]
+    assert view.search(x[n : n + 1], 5)[0][0][0] == "X"
+    assert buf.view.search(x[n + 1 : n + 2], 1)[0][0] == ["X"]  # the newest view finds X's new row
