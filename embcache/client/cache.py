@@ -87,6 +87,9 @@ class PartitionCache:
         self.on_refresh: list[Callable[[], None]] = []  # more things the refresher keeps current
         self._no_graph: set[tuple[str, str]] = set()  # versions seen without a version graph
         self._refused_graphs: dict[tuple[str, str], str] = {}  # version -> sid of a graph refused as corrupt
+        # partitions (and version graphs) whose bases made their float16 copy for an exact scan: their next bases
+        # make it at load, beside the first queries; the others only when an exact scan first asks for it
+        self._scanned: set[PartitionId] = set()
         # bumped before and after any base is loaded, replaced, evicted or dropped: a query route built at one
         # generation still has the base it checked while the generation is the same, whether the reader looks at
         # the generation or the base first (both orders are used: client/queries.py, "routes")
@@ -174,7 +177,8 @@ class PartitionCache:
             manifest = manifest or vgraph_io.read_manifest(self.store.r, self.store.keys, space, version)
             if manifest is None or self._refused_graphs.get((space, version)) == manifest.sid:
                 return None  # none, or this one was refused already: not fetched again
-            return vgraph_io.load(self.store.r, self.store.keys, space, version, ef=info.ef, manifest=manifest)
+            return vgraph_io.load(self.store.r, self.store.keys, space, version, ef=info.ef, manifest=manifest,
+                                  copy_vectors=(space, version, GRAPH) in self._scanned)
         except SnapshotCorrupt as exc:  # serve from the partitions' own snapshots; the next build replaces it
             self._refuse((space, version, GRAPH), manifest.sid if manifest is not None else None, str(exc))
             return None
@@ -211,7 +215,8 @@ class PartitionCache:
             if manifest is None or self._refused.get(pk.tag) == manifest.sid:
                 return None  # none published, or this one was refused already: do not fetch it again
             with translate_errors("load snapshot"):
-                base = snapshots.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest)
+                base = snapshots.load(self.store.r, pk, ef=info.ef, dim=info.dim, metric=info.metric, manifest=manifest,
+                                      copy_vectors=pk.names() in self._scanned)
             if metrics.ENABLED and base is not None:
                 metrics.observe_snapshot_load(pk.tag, "ok", time.perf_counter() - t0, base.manifest.built_at)
             if base is not None:
@@ -251,7 +256,7 @@ class PartitionCache:
 
     def _hook(self, pid: PartitionId, base: Any) -> None:
         """Let ``base`` tell the cache when its metadata table, parsed on first use, is bad (see
-        :class:`~embcache.core.snapshot.LazyMetadata`)."""
+        :class:`~embcache.core.snapshot.LazyMetadata`), and when it made its float16 copy for an exact scan."""
         if isinstance(base, snapshot.HnswBase):
             ref = weakref.ref(base)  # not the base itself: no cycle keeps an evicted index alive
 
@@ -261,6 +266,7 @@ class PartitionCache:
                     self._refuse_loaded(pid, found, reason)
 
             base.on_corrupt = refuse
+            base.on_vectors = lambda: self._scanned.add(pid)
 
     def _refuse_loaded(self, pid: PartitionId, base: Any, reason: str) -> None:
         """Forget a loaded base found corrupt after its load and refuse its snapshot as a corrupt load is refused:

@@ -13,10 +13,11 @@ import bisect
 import math
 import os
 import struct
+from typing import Any
 
 import numpy as np
 
-__all__ = ["HEADER", "CPUS", "index_params", "level0_layout", "level0_copy", "level0_vectors"]
+__all__ = ["HEADER", "CPUS", "index_params", "level0_layout", "level0_copy", "level0_vectors", "index_vectors"]
 
 # threads for a batch of queries: the CPUs this process may run on. An index loaded from the state built here
 # takes it as its default (with -1 there a batch ran at half the speed of hnswlib's own index: BENCHMARKS.md,
@@ -63,6 +64,25 @@ def level0_vectors(data: bytes | bytearray | memoryview, dim: int, n_slots: int,
     Raises ValueError when the bytes do not look like an index of ``dim`` float32 vectors."""
     block, labels, offset = level0_layout(data, dim, n_slots)
     return level0_copy(block, labels, offset, dim, n_slots, dtype)
+
+
+def index_vectors(index: Any, dim: int, n_slots: int, dtype: type = np.float16) -> np.ndarray:
+    """The vectors of a loaded ``hnswlib.Index`` as ``(n_slots, dim)`` in ``dtype``, row = label, read from
+    hnswlib's own level-0 memory (its ``__getstate__``: one copy of it, held for the cast, and the GIL for that
+    copy). Raises ValueError when its layout is not one of ``dim`` float32 vectors whose labels fit ``n_slots``."""
+    state = index.__getstate__()
+    params = state[0] if isinstance(state, tuple) else state
+    count, size = int(params["cur_element_count"]), int(params["size_data_per_element"])
+    label_off, data_off = int(params["label_offset"]), int(params["offset_data"])
+    data = np.asarray(params["data_level0"]).view(np.uint8).reshape(-1)
+    del state, params
+    if label_off != data_off + 4 * dim or size != label_off + 8 or count * size > len(data):
+        raise ValueError("the index's level 0 does not hold vectors of this dimension")
+    block = data[: count * size].reshape(count, size)
+    labels = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
+    if count and int(labels.max()) >= n_slots:
+        raise ValueError("the index holds a label beyond the snapshot's label table")
+    return level0_copy(block, labels, data_off, dim, n_slots, dtype)
 
 
 def index_params(data: bytes | bytearray | memoryview, metric: str, dim: int, *, max_elements: int = 0,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -48,12 +49,13 @@ import numpy as np
 from .codec import MAX_DIM, MAX_NEIGHBOURS, METRICS
 from .engine import FieldIndex, MaskCache, search_base
 from .errors import SnapshotCorrupt
-from .hnswfile import CPUS, index_params, level0_copy, level0_layout, level0_vectors
+from .hnswfile import CPUS, index_params, index_vectors, level0_copy, level0_layout, level0_vectors
 from .search import Ranked
 
 __all__ = ["Manifest", "HnswBase", "LazyMetadata", "Receiver", "pack", "unpack", "check_index_header",
            "load_index_file", "pending_uploads", "valid_pos", "check_neighbour_lists", "CHUNK_BYTES", "UPLOAD_FIELD"]
 
+log = logging.getLogger("embcache.snapshot")
 CHUNK_BYTES = (8 << 20) - 4096  # just under 8 MiB: with Redis's string header an exact 8 MiB lands in 10 MiB
 UPLOAD_FIELD = "upload:"  # state field upload:<sid> = "<chunks> <bytes>" while a build's chunks are unpublished
 MAX_UPLOADS = 16  # upload records one build looks at (writers can write the state hash too)
@@ -236,6 +238,11 @@ class HnswBase:
     vectors for exact scans (hnswlib's ``get_items`` costs ~13-30 us a row). Searched by
     :func:`embcache.core.engine.search_base`.
 
+    The float16 copy is 0.45x of hnswlib's memory for 384-d items, and only exact scans (selective filters) read
+    it. A base loaded with ``lazy_vectors=True`` makes it on first use, from hnswlib's own memory (~150 ms for
+    59k x 384, holding the GIL for the ~50 ms of hnswlib's copy), and then calls :attr:`on_vectors`, so that the
+    cache can ask for the copy at load (from the received bytes, beside the first queries) the next time.
+
     Never mutated after construction while a query may read it; the worker mutates its own private copies.
     """
 
@@ -245,7 +252,7 @@ class HnswBase:
         self, index: hnswlib.Index, labels: np.ndarray, ids: list[str],
         metas: list[dict[str, Any] | None] | LazyMetadata, manifest: Manifest, ef: int,
         vectors: np.ndarray | Future[np.ndarray] | None = None,
-        neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+        neighbours: tuple[np.ndarray, np.ndarray] | None = None, *, lazy_vectors: bool = False,
     ) -> None:
         self.index = index
         self.manifest = manifest
@@ -275,6 +282,10 @@ class HnswBase:
         # copy is made beside the first queries, which do not need it (see Receiver.load)
         self._vectors: np.ndarray | Future[np.ndarray] | None = vectors
         self._vectors_nbytes = 2 * size * manifest.dim if vectors is not None else 0
+        self._lazy_vectors = lazy_vectors and vectors is None  # made from hnswlib's memory on first use
+        self._vectors_lock = threading.Lock()
+        # called once the lazy copy was made (the cache then has it made at load for this partition's next base)
+        self.on_vectors: Callable[[], None] | None = None
         self.masks = MaskCache()
         self._fields: FieldIndex | None = None
         self.default_ef = ef
@@ -341,7 +352,10 @@ class HnswBase:
 
     @property
     def vectors(self) -> np.ndarray | None:
-        """The float16 copy of the vectors (waits for it while it is still being made); None when there is none."""
+        """The float16 copy of the vectors (waits for it while it is still being made, or makes it if it is lazy);
+        None when there is none."""
+        if self._lazy_vectors:
+            self._make_vectors()
         v = self._vectors
         if isinstance(v, Future):
             try:
@@ -350,6 +364,19 @@ class HnswBase:
                 v = None
             self._vectors = v
         return v
+
+    def _make_vectors(self) -> None:
+        with self._vectors_lock:
+            if not self._lazy_vectors:
+                return
+            try:
+                self._vectors = index_vectors(self.index, self.manifest.dim, len(self.id_of))
+                self._vectors_nbytes = self._vectors.nbytes
+            except (MemoryError, ValueError):  # hnswlib's own vectors serve (slower)
+                log.warning("no float16 copy of a snapshot's vectors: exact scans read hnswlib's", exc_info=True)
+            self._lazy_vectors = False
+        if self._vectors is not None and self.on_vectors is not None:
+            self.on_vectors()
 
     @property
     def count(self) -> int:
@@ -440,13 +467,17 @@ def _load_index(path: str, metric: str, dim: int, max_elements: int, allow_repla
     return index
 
 
-def _level0(path: str, dim: int, n_slots: int) -> np.ndarray:
-    """The float16 copy of the index's vectors, read from hnswlib's file (see :mod:`embcache.core.hnswfile`)."""
+def _level0(path: str, dim: int, n_slots: int, copy: bool) -> np.ndarray | None:
+    """The float16 copy of the index's vectors, read from hnswlib's file (see :mod:`embcache.core.hnswfile`);
+    with ``copy=False`` only the check that its labels fit the label table, and None."""
     if os.path.getsize(path) == 0:
-        return np.zeros((n_slots, dim), dtype=np.float16)
+        return np.zeros((n_slots, dim), dtype=np.float16) if copy else None
     try:
         data = np.memmap(path, dtype=np.uint8, mode="r")
         try:
+            if not copy:
+                level0_layout(data.data, dim, n_slots)
+                return None
             return level0_vectors(data.data, dim, n_slots)
         finally:
             del data
@@ -455,15 +486,15 @@ def _level0(path: str, dim: int, n_slots: int) -> np.ndarray:
 
 
 def load_index_file(data: bytes | memoryview, metric: str, dim: int, max_elements: int, allow_replace_deleted: bool,
-                    *, n_slots: int) -> tuple[hnswlib.Index, np.ndarray | None]:
-    """hnswlib's index from its file bytes, and (for readers, not ``allow_replace_deleted`` builders) the float16
-    copy of its vectors."""
+                    *, n_slots: int, copy_vectors: bool = True) -> tuple[hnswlib.Index, np.ndarray | None]:
+    """hnswlib's index from its file bytes, and (for readers, not ``allow_replace_deleted`` builders, unless
+    ``copy_vectors=False``) the float16 copy of its vectors."""
     fd, path = tempfile.mkstemp(prefix="embcache-", suffix=".hnsw", dir=_SHM)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         index = _load_index(path, metric, dim, max_elements, allow_replace_deleted)
-        vectors = None if allow_replace_deleted else _level0(path, dim, n_slots)
+        vectors = None if allow_replace_deleted else _level0(path, dim, n_slots, copy_vectors)
     finally:
         os.unlink(path)
     return index, vectors
@@ -618,9 +649,11 @@ class Receiver:
             self._queue = None
         return self._digest.hexdigest()
 
-    def load(self, *, ef: int, for_update: bool = False) -> HnswBase:
+    def load(self, *, ef: int, for_update: bool = False, copy_vectors: bool = True) -> HnswBase:
         """Verify what was received and load it: :class:`SnapshotCorrupt` when a chunk is missing, the sha256
-        fails, or the index file or the tables disagree with the manifest or with themselves."""
+        fails, or the index file or the tables disagree with the manifest or with themselves. A reader's base gets
+        its float16 copy of the vectors made from the received bytes beside its first queries, or, with
+        ``copy_vectors=False``, on first use (see :class:`HnswBase`)."""
         m = self.manifest
         a = m.sections[0]
         gen = m.generation
@@ -660,15 +693,17 @@ class Receiver:
             raise SnapshotCorrupt(f"hnswlib could not load the snapshot index: {exc}") from None
         del params
         vectors: Future[np.ndarray] | None = None
-        if layout is not None:  # the float16 copy: checked above, cast beside the first queries
+        if layout is not None and copy_vectors:  # the float16 copy: checked above, cast beside the first queries
             vectors = Future()
             self._keep = True
             holder = [layout]  # the thread drops the last reference to the buffer's block before unmapping it
             del layout
             threading.Thread(target=self._copy_vectors, args=(vectors, holder, m.dim, n_slots),
                              name="embcache-f16", daemon=True).start()
+        layout = None  # no reference to the buffer's block past the load (it is unmapped on close)
         index_file.release()
-        return HnswBase(index, labels, ids, metas, m, ef, vectors=vectors, neighbours=lists)
+        return HnswBase(index, labels, ids, metas, m, ef, vectors=vectors, neighbours=lists,
+                        lazy_vectors=not (for_update or copy_vectors))
 
     def _copy_vectors(self, out: Future[np.ndarray], holder: list[tuple[np.ndarray, np.ndarray, int]], dim: int,
                       n_slots: int) -> None:
@@ -700,7 +735,8 @@ class Receiver:
                 pass
 
 
-def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False) -> HnswBase:
+def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_update: bool = False,
+           copy_vectors: bool = True) -> HnswBase:
     """Verify and parse a snapshot from its chunks; :class:`SnapshotCorrupt` when a chunk is missing or the
     checksum fails (the same checks as a :class:`Receiver` fed while fetching)."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
@@ -708,7 +744,7 @@ def unpack(chunks: list[bytes | None], manifest: Manifest, *, ef: int, for_updat
     with Receiver(manifest) as receiver:
         for i, chunk in enumerate(chunks):
             receiver.write(i, chunk)  # type: ignore[arg-type]
-        return receiver.load(ef=ef, for_update=for_update)
+        return receiver.load(ef=ef, for_update=for_update, copy_vectors=copy_vectors)
 
 
 def check_neighbour_lists(rows: np.ndarray, dists: np.ndarray, count: int) -> None:

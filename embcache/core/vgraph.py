@@ -93,8 +93,9 @@ class VersionBase(HnswBase):
 
     def __init__(self, index: hnswlib.Index, labels: np.ndarray, part_idx: np.ndarray, ids: list[str],
                  metas: list[dict[str, Any] | None] | LazyMetadata, manifest: VersionManifest, ef: int,
-                 vectors: np.ndarray | None = None) -> None:
-        super().__init__(index, labels, ids, metas, manifest, ef, vectors=vectors)  # type: ignore[arg-type]
+                 vectors: np.ndarray | None = None, *, lazy_vectors: bool = False) -> None:
+        super().__init__(index, labels, ids, metas, manifest, ef, vectors=vectors,  # type: ignore[arg-type]
+                         lazy_vectors=lazy_vectors)
         self.parts = dict(manifest.parts)  # partition -> position covered
         self.names = manifest.names
         self.position = ""  # no single position: see ``parts``
@@ -148,9 +149,9 @@ def pack_version(
 
 
 def unpack_version(chunks: list[bytes | None], manifest: VersionManifest, *, ef: int,
-                   for_update: bool = False) -> VersionBase:
+                   for_update: bool = False, copy_vectors: bool = True) -> VersionBase:
     """Verify and parse a version graph; :class:`SnapshotCorrupt` when a chunk is missing, the checksum fails or
-    the tables disagree."""
+    the tables disagree. ``copy_vectors=False``: its float16 copy is made on first use (see :class:`HnswBase`)."""
     if len(chunks) != manifest.chunks or any(c is None for c in chunks):
         raise SnapshotCorrupt(f"version graph generation {manifest.generation} is missing chunks")
     blob = b"".join(chunks)  # type: ignore[arg-type]
@@ -175,6 +176,7 @@ def unpack_version(chunks: list[bytes | None], manifest: VersionManifest, *, ef:
         metas.rows()
     headroom = n + manifest.deleted + 1024 if for_update else 0
     index, vectors = load_index_file(memoryview(blob)[:a], manifest.metric, manifest.dim, headroom, for_update,
-                                     n_slots=int(labels.max()) + 1 if n else 0)
+                                     n_slots=int(labels.max()) + 1 if n else 0, copy_vectors=copy_vectors)
     del blob
-    return VersionBase(index, labels, part_idx, ids, metas, manifest, ef, vectors=vectors)
+    return VersionBase(index, labels, part_idx, ids, metas, manifest, ef, vectors=vectors,
+                       lazy_vectors=not (for_update or copy_vectors))

@@ -59,9 +59,10 @@ def _pos(p: str) -> tuple[int, int]:
 
 
 def load(r: Any, pk: PartitionKeys, *, ef: int, dim: int, metric: str, for_update: bool = False,
-         manifest: Manifest | None = None) -> HnswBase | None:
+         manifest: Manifest | None = None, copy_vectors: bool = True) -> HnswBase | None:
     """The partition's published snapshot, verified (manifest digest, the space's ``dim`` and ``metric``, the
-    log position, the index header, the blob's sha256); None when there is none."""
+    log position, the index header, the blob's sha256); None when there is none. ``copy_vectors``: see
+    :meth:`embcache.core.snapshot.Receiver.load`."""
     for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and the chunks
         manifest = manifest or read_manifest(r, pk)
         if manifest is None:
@@ -74,7 +75,7 @@ def load(r: Any, pk: PartitionKeys, *, ef: int, dim: int, metric: str, for_updat
                     manifest = latest
                     continue
             check_position(manifest, last_log_position(r, pk))
-            return receiver.load(ef=ef, for_update=for_update)
+            return receiver.load(ef=ef, for_update=for_update, copy_vectors=copy_vectors)
     raise SnapshotCorrupt(f"snapshot of {pk.tag} kept moving while it was read")
 
 

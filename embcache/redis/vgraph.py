@@ -33,8 +33,9 @@ def read_manifest(r: Any, keys: Keys, space: str, version: str) -> VersionManife
 
 
 def load(r: Any, keys: Keys, space: str, version: str, *, ef: int, for_update: bool = False,
-         manifest: VersionManifest | None = None) -> VersionBase | None:
-    """The published version graph, verified; None when there is none."""
+         manifest: VersionManifest | None = None, copy_vectors: bool = True) -> VersionBase | None:
+    """The published version graph, verified; None when there is none. ``copy_vectors``: see
+    :meth:`embcache.core.snapshot.Receiver.load`."""
     for _ in range(3):  # the pointer may move (and old chunks expire) between reading it and its chunks
         manifest = manifest or read_manifest(r, keys, space, version)
         if manifest is None:
@@ -47,7 +48,7 @@ def load(r: Any, keys: Keys, space: str, version: str, *, ef: int, for_update: b
             if latest is not None and latest.generation != manifest.generation:
                 manifest = latest
                 continue
-        return unpack_version(chunks, manifest, ef=ef, for_update=for_update)
+        return unpack_version(chunks, manifest, ef=ef, for_update=for_update, copy_vectors=copy_vectors)
     raise SnapshotCorrupt(f"the version graph of {space}/{version} kept moving while it was read")
 
 

@@ -262,3 +262,41 @@ def test_a_bad_metadata_table_in_the_version_graph_is_refused_once(redis_url, hu
         assert reader.cache.cached_graph("badgraph", v.name) is None and reader.cache.corrupt_seen == 1
         reader.cache.refresh()  # the refused graph stays refused: not fetched, not failing the next filter
         rv.query(q, 5, consistency="eventual")
+
+
+def test_the_float16_copy_is_made_for_the_first_exact_scan_and_at_load_after_that(redis_url, workers,  # noqa: ANN001
+                                                                                  hubs) -> None:  # noqa: ANN001
+    """A reader holds no float16 copy of a snapshot's vectors until an exact scan (a selective filter) needs
+    one: unfiltered serving costs hnswlib's memory and the tables only. That scan answers as brute force does;
+    the partition's next snapshot then gets its copy at load, beside its first queries."""
+    x = random_unit(3000, 24, 41)
+    ids = [f"i{i}" for i in range(len(x))]
+    metas = [{"tag": i % 100} for i in range(len(x))]
+    writer = hubs(redis_url)
+    v = writer.create_space("lazyf16", dim=24, metric="cosine").create_version()
+    v.upsert(ids, x, metas)
+    workers.start(redis_url)
+    v.build(timeout=60)
+    reader = hubs(redis_url, refresh_interval=3600)
+    rv = reader.space("lazyf16").version(v.name)
+    pid = ("lazyf16", v.name, "default")
+    q = random_unit(5, 24, 42)
+    rv.query(q, n_results=10, consistency="eventual")
+    base = reader.cache.cached(pid)
+    assert isinstance(base, HnswBase) and base._vectors is None
+    lazy_bytes = base.nbytes
+    got = rv.query(q, n_results=10, where={"tag": 7}, consistency="eventual").ids
+    rows = [i for i in range(len(x)) if metas[i]["tag"] == 7]
+    assert got == [[ids[rows[j]] for j in row] for row in brute_force(x[rows], q, 10)]
+    assert base._vectors is not None and base.nbytes >= lazy_bytes + 2 * 3000 * 24
+    assert pid in reader.cache._scanned
+    extra = random_unit(1, 24, 43)
+    v.upsert(["new"], extra, [{"tag": 7}])
+    v.build(timeout=60)
+    reader.cache.refresh()
+    new = reader.cache.cached(pid)
+    assert isinstance(new, HnswBase) and new.generation > base.generation
+    assert new._vectors is not None, "a partition that scanned exactly gets its next copy at load"
+    tagged = [ids[r] for r in rows] + ["new"]
+    truth = [[tagged[j] for j in row] for row in brute_force(np.vstack([x[rows], extra]), q, 10)]
+    assert rv.query(q, n_results=10, where={"tag": 7}, consistency="eventual").ids == truth

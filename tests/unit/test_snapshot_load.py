@@ -20,7 +20,7 @@ import pytest
 from embcache.core import snapshot
 from embcache.core.engine import compile_filter
 from embcache.core.errors import SnapshotCorrupt
-from embcache.core.hnswfile import CPUS, HEADER, index_params, level0_vectors
+from embcache.core.hnswfile import CPUS, HEADER, index_params, index_vectors, level0_vectors
 from tests.datasets import MiniLMSubset
 
 DIM = 384
@@ -97,6 +97,35 @@ def test_loaded_from_memory_answers_as_hnswlib_load_index(minilm_subset: MiniLMS
     expect = level0_vectors(b"".join(chunks)[: m.sections[0]], DIM, int(labels.max()) + 1)
     assert np.array_equal(base.vectors, expect)
     assert np.allclose(base.gather(labels[:5]), ds.base[[ds.ids.index(i) for i in ids[:5]]], atol=1e-2)
+
+
+@pytest.mark.parametrize("deletes", [0, 40])
+def test_a_lazy_float16_copy_is_made_on_first_use_from_hnswlibs_memory(minilm_subset: MiniLMSubset,
+                                                                        deletes: int) -> None:
+    """``copy_vectors=False``: no copy at load (nor in ``nbytes``); the first use makes the very copy an eager
+    load makes (read from hnswlib's memory instead of the file), once, and says so through ``on_vectors``."""
+    ds = minilm_subset
+    index, labels, ids = _build(ds, 1200, deletes=deletes)
+    chunks, m = _pack(index, labels, ids)
+    eager = snapshot.unpack(chunks, m, ef=64)
+    lazy = snapshot.unpack(chunks, m, ef=64, copy_vectors=False)
+    assert lazy._vectors is None and lazy.nbytes < eager.nbytes
+    calls: list[int] = []
+    lazy.on_vectors = lambda: calls.append(1)
+    assert eager.vectors is not None and lazy.vectors is not None
+    assert np.array_equal(lazy.vectors, eager.vectors) and calls == [1]
+    assert lazy.nbytes == eager.nbytes
+    slots = labels[::7]
+    assert np.array_equal(lazy.gather(slots), eager.gather(slots))
+
+
+def test_index_vectors_refuses_labels_beyond_the_table(minilm_subset: MiniLMSubset) -> None:
+    index, labels, _ = _build(minilm_subset, 300)
+    with pytest.raises(ValueError):
+        index_vectors(index, DIM, int(labels.max()))  # one slot short
+    with pytest.raises(ValueError):
+        index_vectors(index, DIM + 1, int(labels.max()) + 1)
+    assert index_vectors(index, DIM, int(labels.max()) + 1).shape == (int(labels.max()) + 1, DIM)
 
 
 def test_a_worker_copy_takes_updates_and_reuses_deleted_slots(minilm_subset: MiniLMSubset) -> None:
