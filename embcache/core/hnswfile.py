@@ -52,8 +52,13 @@ def level0_copy(block: np.ndarray, labels: np.ndarray, offset: int, dim: int, n_
     """The vectors of a :func:`level0_layout` as ``(n_slots, dim)`` in ``dtype``, row = label (zeros where no
     element has it). The slow part (a float16 cast of every value): readers run it beside their first queries."""
     out: np.ndarray = np.zeros((n_slots, dim), dtype=dtype)
-    vecs = block[:, offset : offset + 4 * dim].copy().view("<f4")
-    out[labels.astype(np.int64)] = vecs
+    rows = labels.astype(np.int64)
+    step = 4096  # a block of rows at a time: no full float32 temporary (the cast reads hnswlib's rows in place)
+    for i in range(0, len(block), step):
+        part = block[i : i + step, offset : offset + 4 * dim]
+        if part.strides[0] % 4 or part.ctypes.data % 4:  # a float32 view needs 4-byte alignment
+            part = part.copy()
+        out[rows[i : i + step]] = part.view("<f4")
     return out
 
 
