@@ -266,7 +266,7 @@ class PartitionCache:
                     self._refuse_loaded(pid, found, reason)
 
             base.on_corrupt = refuse
-            base.on_vectors = lambda: self._scanned.add(pid)
+            base.on_vectors = lambda: self._grew(pid)
 
     def _refuse_loaded(self, pid: PartitionId, base: Any, reason: str) -> None:
         """Forget a loaded base found corrupt after its load and refuse its snapshot as a corrupt load is refused:
@@ -301,12 +301,28 @@ class PartitionCache:
             self.generation += 1
             self._bases[pid] = (base, info)
             self._bases.move_to_end(pid)
-            total = sum(b.nbytes for b, _ in self._bases.values())
-            while total > self.budget and len(self._bases) > 1:
-                old_pid, (old, _) = self._bases.popitem(last=False)
-                total -= old.nbytes
-                log.info("evicted %s from the cache (budget %d bytes)", "/".join(old_pid), self.budget)
+            self._evict()
             self.generation += 1
+
+    def _grew(self, pid: PartitionId) -> None:
+        """A cached base of ``pid`` grew (it made its float16 copy for an exact scan): keep it, and evict the
+        least recently used others until the cache is within its budget again."""
+        self._scanned.add(pid)
+        with self._lock:
+            if pid not in self._bases:
+                return
+            self.generation += 1
+            self._bases.move_to_end(pid)
+            self._evict()
+            self.generation += 1
+
+    def _evict(self) -> None:
+        """Evict the least recently used bases while over the budget, never the last one (under the lock)."""
+        total = sum(b.nbytes for b, _ in self._bases.values())
+        while total > self.budget and len(self._bases) > 1:
+            old_pid, (old, _) = self._bases.popitem(last=False)
+            total -= old.nbytes
+            log.info("evicted %s from the cache (budget %d bytes)", "/".join(old_pid), self.budget)
 
     def drop(self, predicate: Callable[[PartitionId], bool]) -> None:
         """Forget the bases whose id matches (e.g. a dropped space)."""

@@ -263,13 +263,12 @@ class Follower:
             self._stop.wait(BLOCK_SECONDS)
             return 0
         keys = {pid: self.cache.keys(pid) for pid in active}
-        block = BLOCK_SECONDS
         got: list[tuple[PartitionId, str, Tail | None]] = []
         if not pending and self.mode == "xread" and len(active) <= PIPELINED_TAILS:
-            got = self._wait_and_read(active, keys, block)  # one round trip: wait, then every tail
+            got = self._wait_and_read(active, keys, BLOCK_SECONDS)  # one round trip: wait, then every tail
         else:
             if not pending:
-                pending = self._moved(active, keys, block)
+                pending = self._moved(active, keys, BLOCK_SECONDS)
             if pending:
                 requests = [(keys[pid], active[pid].view.pos) for pid in pending]
                 tails = self.store.read_tails(requests, TAIL_LIMIT)

@@ -41,16 +41,30 @@ def level0_layout(data: bytes | bytearray | memoryview, dim: int,
     if size <= 0 or data_off + 4 * dim > size or label_off + 8 > size or end > len(data):
         raise ValueError("index file header does not match its size")
     block = np.frombuffer(data, dtype=np.uint8, count=count * size, offset=HEADER.size).reshape(count, size)
-    labels = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
-    if count and int(labels.max()) >= n_slots:
+    return block, _live_labels(block, label_off, n_slots), int(data_off)
+
+
+DELETE_MARK = 0x01  # hnswlib marks a deleted element in the third byte of its level-0 link header
+
+
+def _live_labels(block: np.ndarray, label_off: int, n_slots: int) -> np.ndarray:
+    """Each element's label (int64), -1 for a deleted one. A deleted element keeps its slot and label in level 0
+    (a worker's tombstone), and its label may lie beyond the table (the item with the highest label was deleted):
+    that is fine, hnswlib never returns it. A live label beyond the table is refused (ValueError)."""
+    raw = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
+    deleted = (block[:, 2] & DELETE_MARK) != 0
+    if bool((raw[~deleted] >= n_slots).any()):
         raise ValueError("index file holds a label beyond the snapshot's label table")
-    return block, labels, int(data_off)
+    labels = np.where(deleted, 0, raw).astype(np.int64)
+    labels[deleted] = -1
+    return labels
 
 
 def level0_copy(block: np.ndarray, labels: np.ndarray, offset: int, dim: int, n_slots: int,
                 dtype: type = np.float16) -> np.ndarray:
     """The vectors of a :func:`level0_layout` as ``(n_slots, dim)`` in ``dtype``, row = label (zeros where no
-    element has it). The slow part (a float16 cast of every value): readers run it beside their first queries."""
+    live element has it; ``labels`` -1 for a deleted one). The slow part (a float16 cast of every value): readers
+    run it beside their first queries, or on their first exact scan."""
     out: np.ndarray = np.zeros((n_slots, dim), dtype=dtype)
     rows = labels.astype(np.int64)
     step = 4096  # a block of rows at a time: no full float32 temporary (the cast reads hnswlib's rows in place)
@@ -58,7 +72,8 @@ def level0_copy(block: np.ndarray, labels: np.ndarray, offset: int, dim: int, n_
         part = block[i : i + step, offset : offset + 4 * dim]
         if part.strides[0] % 4 or part.ctypes.data % 4:  # a float32 view needs 4-byte alignment
             part = part.copy()
-        out[rows[i : i + step]] = part.view("<f4")
+        live = rows[i : i + step] >= 0
+        out[rows[i : i + step][live]] = part.view("<f4")[live]
     return out
 
 
@@ -84,10 +99,7 @@ def index_vectors(index: Any, dim: int, n_slots: int, dtype: type = np.float16) 
     if label_off != data_off + 4 * dim or size != label_off + 8 or count * size > len(data):
         raise ValueError("the index's level 0 does not hold vectors of this dimension")
     block = data[: count * size].reshape(count, size)
-    labels = block[:, label_off : label_off + 8].copy().view("<u8").ravel()
-    if count and int(labels.max()) >= n_slots:
-        raise ValueError("the index holds a label beyond the snapshot's label table")
-    return level0_copy(block, labels, data_off, dim, n_slots, dtype)
+    return level0_copy(block, _live_labels(block, label_off, n_slots), data_off, dim, n_slots, dtype)
 
 
 def index_params(data: bytes | bytearray | memoryview, metric: str, dim: int, *, max_elements: int = 0,

@@ -372,7 +372,7 @@ class HnswBase:
             try:
                 self._vectors = index_vectors(self.index, self.manifest.dim, len(self.id_of))
                 self._vectors_nbytes = self._vectors.nbytes
-            except (MemoryError, ValueError):  # hnswlib's own vectors serve (slower)
+            except Exception:  # noqa: BLE001 - MemoryError, a bad layout: hnswlib's own vectors serve (slower)
                 log.warning("no float16 copy of a snapshot's vectors: exact scans read hnswlib's", exc_info=True)
             self._lazy_vectors = False
         if self._vectors is not None and self.on_vectors is not None:

@@ -300,3 +300,33 @@ def test_the_float16_copy_is_made_for_the_first_exact_scan_and_at_load_after_tha
     tagged = [ids[r] for r in rows] + ["new"]
     truth = [[tagged[j] for j in row] for row in brute_force(np.vstack([x[rows], extra]), q, 10)]
     assert rv.query(q, n_results=10, where={"tag": 7}, consistency="eventual").ids == truth
+
+
+def test_deleting_the_newest_item_leaves_a_snapshot_that_readers_load(redis_url, workers, hubs) -> None:  # noqa: ANN001
+    """An incremental build marks a deleted item in hnswlib and keeps its slot (a tombstone). When the item
+    deleted is the one with the highest label, level 0 holds a label above every live one; readers must load
+    that snapshot (they had refused it as corrupt: a label beyond the label table), copy included."""
+    x = random_unit(600, 24, 51)
+    ids = [f"i{i}" for i in range(len(x))]
+    writer = hubs(redis_url)
+    v = writer.create_space("tomb", dim=24, metric="cosine").create_version()
+    v.upsert(ids[:500], x[:500], [{"tag": i % 50} for i in range(500)])
+    workers.start(redis_url)
+    v.build(timeout=60)
+    v.upsert(ids[500:], x[500:], [{"tag": i % 50} for i in range(500, 600)])
+    v.build(timeout=60)
+    assert v.delete([ids[-1]]) == 1
+    v.build(timeout=60)
+    pk = writer.keys.partition("tomb", v.name, "default")
+    m = read_manifest(writer.store.r, pk)
+    assert m.deleted >= 1, "the build was not incremental: no tombstone to test"
+    reader = hubs(redis_url, refresh_interval=3600)
+    rv = reader.space("tomb").version(v.name)
+    q = random_unit(4, 24, 52)
+    got = rv.query(q, n_results=10, consistency="eventual").ids
+    base = reader.cache.cached(("tomb", v.name, "default"))
+    assert isinstance(base, HnswBase) and base.generation == m.generation and reader.cache.corrupt_seen == 0
+    assert all(ids[-1] not in row for row in got)
+    rows = [i for i in range(599) if i % 50 == 7]
+    assert rv.query(q, n_results=10, where={"tag": 7}, consistency="eventual").ids == [
+        [ids[rows[j]] for j in row] for row in brute_force(x[rows], q, 10)]

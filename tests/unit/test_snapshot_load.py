@@ -12,11 +12,13 @@ import hashlib
 import os
 import struct
 import tempfile
+import types
 
 import hnswlib
 import numpy as np
 import pytest
 
+from embcache.client.cache import PartitionCache
 from embcache.core import snapshot
 from embcache.core.engine import compile_filter
 from embcache.core.errors import SnapshotCorrupt
@@ -305,3 +307,51 @@ def test_a_bad_metadata_table_is_refused_on_first_use(minilm_subset: MiniLMSubse
     assert len(told) == 3 and "bad metadata table" in told[0] and len(set(told)) == 1  # the same reason each time
     with pytest.raises(SnapshotCorrupt, match="bad metadata table"):
         snapshot.unpack(chunks, m, ef=64, for_update=True)
+
+
+def _budget_base(n: int = 4000, dim: int = 64) -> snapshot.HnswBase:
+    x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    index = hnswlib.Index(space="l2", dim=dim)
+    index.init_index(max_elements=n, M=16, ef_construction=50, random_seed=1)
+    labels = np.arange(n)
+    index.add_items(x, labels, num_threads=1)
+    chunks, m = snapshot.pack(index, labels, [f"i{i}" for i in labels], [None] * n, generation=3, pos="9-0",
+                              dim=dim, metric="l2", M=16, ef_construction=50, builder="t", build_seconds=0.0,
+                              deleted=0, max_label=n - 1)
+    return snapshot.unpack(chunks, m, ef=64, copy_vectors=False)
+
+
+def test_the_cache_stays_within_its_budget_when_a_lazy_copy_is_made() -> None:
+    """A base grows when it makes its float16 copy (found by review: the budget was only checked at load, so two
+    bases that fit without their copies stayed over it): the cache evicts the least recently used other base."""
+    a, b = _budget_base(), _budget_base()
+    cache = PartitionCache(types.SimpleNamespace(is_cluster=False), budget_bytes=2 * a.nbytes + 1000,  # type: ignore[arg-type]
+                           refresh_interval=0, follow=False)
+    cache._put(("s", "v", "a"), a, None)  # type: ignore[arg-type]
+    cache._put(("s", "v", "b"), b, None)  # type: ignore[arg-type]
+    assert cache.cached(("s", "v", "a")) is a and cache.cached(("s", "v", "b")) is b
+    assert a.vectors is not None  # a's first exact scan: a is kept, b goes
+    assert cache.nbytes() <= cache.budget and cache.cached(("s", "v", "a")) is a
+    assert cache.cached(("s", "v", "b")) is None and ("s", "v", "a") in cache._scanned
+
+
+def test_a_tombstone_above_every_live_label_is_neither_refused_nor_copied() -> None:
+    """A worker's tombstone keeps its label in level 0; when it is the highest label, it lies beyond the label
+    table. Found by review: readers refused such a snapshot as corrupt. A live label beyond the table still is."""
+    x = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
+    index = hnswlib.Index(space="l2", dim=64)
+    index.init_index(max_elements=250, M=16, ef_construction=50, random_seed=1, allow_replace_deleted=True)
+    index.add_items(x, np.arange(200), num_threads=1)
+    index.mark_deleted(199)
+    labels = np.arange(199)
+    common = dict(generation=3, pos="9-0", dim=64, metric="l2", M=16, ef_construction=50, builder="t",
+                  build_seconds=0.0, max_label=199)
+    chunks, m = snapshot.pack(index, labels, [f"i{i}" for i in labels], [None] * 199, deleted=1, **common)
+    for copy in (True, False):
+        base = snapshot.unpack(chunks, m, ef=64, copy_vectors=copy)
+        assert base.vectors is not None and base.vectors.shape == (199, 64)
+        assert np.allclose(base.vectors.astype(np.float32), x[:199], atol=1e-2)
+    index.unmark_deleted(199)  # now live, and beyond the table
+    chunks, m = snapshot.pack(index, labels, [f"i{i}" for i in labels], [None] * 199, deleted=0, **common)
+    with pytest.raises(SnapshotCorrupt):
+        snapshot.unpack(chunks, m, ef=64)
