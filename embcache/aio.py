@@ -10,8 +10,9 @@
 Every call runs the very plan the sync client runs (:mod:`embcache.plan`: reads, writes, queries, and the
 administrative calls: spaces, versions, aliases, grants, seal, build, stats, compare), executed on
 ``redis.asyncio``; a query answered from loaded snapshots does no I/O at all, and the one-time load of a snapshot
-runs in a worker thread, so the event loop never waits on Redis or on hnswlib's loader. Waiting for a build
-sleeps with ``asyncio.sleep``.
+runs in a worker thread, so the event loop never waits on Redis or on hnswlib's loader. One exception: a
+partition's first exact scan in a process (a selective ``where`` filter) makes the float16 copy of its vectors on
+the loop (~130 ms once at 59k x 384; docs/operations.md). Waiting for a build sleeps with ``asyncio.sleep``.
 
 What a process has loaded is in-process state, not a connection: each :class:`AsyncHub` shares one
 :class:`~embcache.client.Hub`'s state (``.sync``: the loaded snapshots, the refresher and follower threads that
