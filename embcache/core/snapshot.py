@@ -239,7 +239,7 @@ class HnswBase:
     :func:`embcache.core.engine.search_base`.
 
     The float16 copy is 0.45x of hnswlib's memory for 384-d items, and only exact scans (selective filters) read
-    it. A base loaded with ``lazy_vectors=True`` makes it on first use, from hnswlib's own memory (~150 ms for
+    it. A base loaded with ``lazy_vectors=True`` makes it on first use, from hnswlib's own memory (~130 ms for
     59k x 384, holding the GIL for the ~50 ms of hnswlib's copy), and then calls :attr:`on_vectors`, so that the
     cache can ask for the copy at load (from the received bytes, beside the first queries) the next time.
 
