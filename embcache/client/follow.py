@@ -361,6 +361,9 @@ class Follower:
                     try:
                         buf.index_step(INDEX_STEP)
                         failed.pop(pid, None)
+                        if metrics.ENABLED:  # the unindexed rows go down here, not where tails are applied
+                            metrics.set_overlay(self.cache.keys(pid).tag, buf.view.n_live, buf.nbytes,
+                                                buf.unindexed())
                     except Exception:  # the indexer must outlive any one bad overlay
                         if pid not in failed:
                             log.exception("indexing the overlay of %s failed; its rows are scanned exactly",

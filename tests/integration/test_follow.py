@@ -359,6 +359,36 @@ def test_follow_false_keeps_eventual_at_the_base(redis_url: str, hubs) -> None: 
         embcache.connect(redis_url, overlay_bytes=0)
 
 
+def test_the_unindexed_rows_metric_falls_to_zero_once_the_overlay_is_indexed(redis_url: str, hubs) -> None:  # noqa: ANN001
+    """``embcache_overlay_unindexed_rows`` is set as the indexer goes (it was set only where tails are applied, so
+    it kept the count of the last write's moment after the indexer had caught up)."""
+    from prometheus_client import CollectorRegistry
+
+    from embcache.redis import metrics
+
+    reg = CollectorRegistry()
+    metrics.enable(registry=reg)
+    try:
+        a, b = hubs(redis_url), hubs(redis_url, refresh_interval=60)
+        x = random_unit(INDEX_FROM + 300, DIM, 21)
+        va = a.create_space("gauge", dim=DIM).create_version()
+        va.upsert(["s"], x[:1])
+        vb = b.space("gauge").version(va.name)
+        vb.query(x[:1], 1)
+        for s in range(1, len(x), 500):
+            va.upsert([f"i{i}" for i in range(s, min(len(x), s + 500))], x[s : s + 500])
+        pid = ("gauge", va.name, "default")
+        wait_for(lambda: _caught_up(b, a, pid), WITHIN, what="B's follower")
+        buf = b.cache.follower.buffers[pid]
+        wait_for(lambda: not buf.index_behind(), 30, what="the overlay index")
+        labels = {"space": "gauge", "version": va.name, "partition": "default"}
+        wait_for(lambda: reg.get_sample_value("embcache_overlay_unindexed_rows", labels) == 0, WITHIN,
+                 what="the gauge at zero")
+        assert reg.get_sample_value("embcache_overlay_items", labels) == len(x) - 1
+    finally:
+        metrics.disable()
+
+
 def test_the_overlay_bound_freezes_a_partition_and_stats_and_metrics_say_so(redis_url: str, hubs) -> None:  # noqa: ANN001
     from prometheus_client import CollectorRegistry
 
