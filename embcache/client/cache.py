@@ -14,7 +14,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,9 @@ class PartitionCache:
         # partitions (and version graphs) whose bases made their float16 copy for an exact scan: their next bases
         # make it at load, beside the first queries; the others only when an exact scan first asks for it
         self._scanned: set[PartitionId] = set()
-        # bumped before and after any base is loaded, replaced, evicted or dropped: a query route built at one
-        # generation still has the base it checked while the generation is the same, whether the reader looks at
-        # the generation or the base first (both orders are used: client/queries.py, "routes")
+        # bumped before and after any base is loaded, replaced, evicted or dropped (``_changing``): a query route
+        # built at one generation still has the base it checked while the generation is the same, whether the
+        # reader looks at the generation or the base first (both orders are used: client/queries.py, "routes")
         self.generation = 0
         # the live change-log follower (its own thread: a snapshot load must not hold up following); with
         # follow=False one that is not live, so that published delta segments still reach eventual reads
@@ -276,9 +277,8 @@ class PartitionCache:
         with self._lock:
             if self._bases.get(pid, (None,))[0] is not base:
                 return  # replaced or forgotten already
-            self.generation += 1
-            del self._bases[pid]
-            self.generation += 1
+            with self._changing():
+                del self._bases[pid]
         self._refuse(pid, sid, reason)
 
     def _refuse(self, pid: PartitionId, sid: str | None, reason: str) -> None:
@@ -297,12 +297,10 @@ class PartitionCache:
 
     def _put(self, pid: PartitionId, base: Base, info: SpaceInfo) -> None:
         self._hook(pid, base)
-        with self._lock:
-            self.generation += 1
+        with self._lock, self._changing():
             self._bases[pid] = (base, info)
             self._bases.move_to_end(pid)
             self._evict()
-            self.generation += 1
 
     def _grew(self, pid: PartitionId) -> None:
         """A cached base of ``pid`` grew (it made its float16 copy for an exact scan): keep it, and evict the
@@ -311,9 +309,18 @@ class PartitionCache:
         with self._lock:
             if pid not in self._bases:
                 return
-            self.generation += 1
-            self._bases.move_to_end(pid)
-            self._evict()
+            with self._changing():
+                self._bases.move_to_end(pid)
+                self._evict()
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around any change to the bases (under the lock): the generation moves before and after it, so a query
+        route built at one generation still has the base it checked, in whichever order it read them."""
+        self.generation += 1
+        try:
+            yield
+        finally:
             self.generation += 1
 
     def _evict(self) -> None:
@@ -326,11 +333,9 @@ class PartitionCache:
 
     def drop(self, predicate: Callable[[PartitionId], bool]) -> None:
         """Forget the bases whose id matches (e.g. a dropped space)."""
-        with self._lock:
-            self.generation += 1
+        with self._lock, self._changing():
             for pid in [p for p in self._bases if predicate(p)]:
                 del self._bases[pid]
-            self.generation += 1
         self.follower.forget(predicate)
 
     def nbytes(self) -> int:
@@ -408,9 +413,8 @@ class PartitionCache:
                 with self._lock:
                     if self._bases.get(pid, (None,))[0] is base:
                         self._hook(pid, new)
-                        self.generation += 1
-                        self._bases[pid] = (new, info)
-                        self.generation += 1
+                        with self._changing():
+                            self._bases[pid] = (new, info)
                         replaced += 1
         if replaced:
             self.follower.sync()  # the overlays shrink to what the new bases do not cover, at once

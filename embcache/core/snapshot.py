@@ -697,7 +697,6 @@ class Receiver:
             vectors = Future()
             self._keep = True
             holder = [layout]  # the thread drops the last reference to the buffer's block before unmapping it
-            del layout
             threading.Thread(target=self._copy_vectors, args=(vectors, holder, m.dim, n_slots),
                              name="embcache-f16", daemon=True).start()
         layout = None  # no reference to the buffer's block past the load (it is unmapped on close)

@@ -384,16 +384,15 @@ class TailView:
         if got is None:
             return self._exact(queries, k, alive, 0, n)
         s, idx, indexed_rows, fed = got
-        if fed > n:  # fed by a newer view: a row this view has live may be missing (a newer row of its id came)
-            twin.release(s)  # type: ignore[union-attr]
-            return self._exact(queries, k, alive, 0, n)
         try:
             covered = min(indexed_rows, n)
             # rows the query may get among the indexed ones (with no filter or hidden ids, an indexed view's count)
             n_ok = self.n_live if alive is self.live and covered == n else int(np.count_nonzero(alive[:covered]))
             share = n_ok / max(1, covered)
-            if n_ok == 0:
-                indexed: list[Ranked] | None = [EMPTY for _ in range(len(queries))]
+            if fed > n:  # fed by a newer view: a row live here may be missing (a newer row of its id came)
+                indexed: list[Ranked] | None = None
+            elif n_ok == 0:
+                indexed = [EMPTY for _ in range(len(queries))]
             elif share < 0.1 or n_ok <= 4 * k:
                 indexed = None
             elif n_ok == indexed_rows:  # every row in the index may come back: ask for k, drop nothing
